@@ -1,0 +1,1 @@
+"""Loraport: OpenAI-compatible LoRA fine-tuning and serving."""

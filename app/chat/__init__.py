@@ -1,0 +1,1 @@
+"""/v1/chat/completions: a base model plus the adapter its model id names."""

@@ -1,0 +1,1 @@
+"""Command-line interface: `loraport up` and friends."""

@@ -1,0 +1,20 @@
+"""The database a CLI command talks to: the configured one, or the embedded one under LORAPORT_HOME."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from app.config import Settings
+from app.embedded.postgres import EmbeddedPostgres
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.home / "postgres")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()

@@ -1,0 +1,148 @@
+"""`loraport up`: the whole service on one machine, with embedded servers where no URL is configured."""
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from app import bootstrap
+from app.config import Settings, get_settings
+from app.embedded.process import ServerError, ServerProcess, port_is_free
+from app.embedded.services import embedded_services
+
+console = Console(soft_wrap=True)  # one line per message, whatever the terminal width
+API_START_TIMEOUT_S = 180.0  # the API imports torch and transformers before it listens
+
+
+class Shutdown(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+def up() -> None:
+    """Run the API, a training worker and, where no URL is set, PostgreSQL, Redis and S3 on this machine."""
+    settings = get_settings()
+    home = settings.home.expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _shut_down)
+    try:
+        with _exclusive(home / "up.lock"):
+            if not port_is_free(settings.host, settings.port):
+                raise ServerError(
+                    f"port {settings.port} is in use; set LORAPORT_PORT to another port or stop what uses it"
+                )
+            _run(settings)
+    except Shutdown:
+        console.print("stopped")
+    except ServerError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _run(settings: Settings) -> None:
+    with embedded_services(settings) as embedded:
+        settings = embedded.settings
+        new_key = bootstrap.prepare(settings)
+        logs = settings.home / "logs"
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "LORAPORT_HOME": str(settings.home),
+            "LORAPORT_DATABASE_URL": settings.require("database_url"),
+            "LORAPORT_REDIS_URL": settings.require("redis_url"),
+            "LORAPORT_S3_ENDPOINT_URL": settings.require("s3_endpoint_url"),
+        }
+        worker = ServerProcess("worker", _worker_argv(), logs / "worker.log", stop_timeout=15.0, env=env)
+        api = ServerProcess("API", _api_argv(settings), logs / "api.log", stop_timeout=10.0, env=env)
+        try:
+            worker.start()
+            api.start()
+            api.wait_ready(lambda: _listens(settings.host, settings.port), API_START_TIMEOUT_S)
+            _print_banner(settings, new_key, embedded_names=[p.name for p in embedded.processes])
+            _watch([*embedded.processes, worker, api])
+        finally:
+            _ignore_stop_signals()
+            console.print("stopping…")
+            api.stop()
+            worker.stop()
+
+
+def _api_argv(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        "--host", settings.host, "--port", str(settings.port),
+    ]  # fmt: skip
+
+
+def _worker_argv() -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--queues", "training", "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def _watch(processes: list[ServerProcess]) -> NoReturn:
+    """Sleep until a signal arrives or a child dies; a dead child is an error."""
+    while True:
+        for process in processes:
+            code = process.exit_code()
+            if code is not None:
+                _ignore_stop_signals()
+                raise ServerError(f"{process.name} exited unexpectedly with code {code}; {process.log_tail()}")
+        time.sleep(0.5)
+
+
+def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[str]) -> None:
+    console.print(f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]")
+    if new_key:
+        console.print(f"API key: [bold]{new_key}[/bold] (save it, it is shown once)", highlight=False)
+    else:
+        console.print("API key: use the key printed on first start or LORAPORT_BOOTSTRAP_KEY")
+    console.print(f"data: {settings.home}", highlight=False)
+    if embedded_names:
+        console.print(f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False)
+    console.print("Ctrl-C stops everything.")
+
+
+def _listens(host: str, port: int) -> bool:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    with socket.create_connection((target, port), timeout=1):
+        return True
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an flock on `lock_path` for the run; the kernel drops it when this process dies, however it dies."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode().strip() or "unknown"
+            raise ServerError(
+                f"another `loraport up` is running with home {lock_path.parent} (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _shut_down(signum: int, frame: object) -> None:
+    _ignore_stop_signals()  # a second Ctrl-C must not cut the orderly shutdown short
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

@@ -1,0 +1,62 @@
+"""Every setting in one object, read from `LORAPORT_*` environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAPORT_", env_file=".env", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path.home() / ".local/share/loraport", description="data, caches, embedded servers")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # None means "start an embedded server" under `loraport up`; the API and worker need them set.
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "loraport"
+    s3_access_key: str = "loraport"
+    s3_secret_key: str = "loraport-secret"
+    s3_region: str = "us-east-1"
+    # boto3 >= 1.36 sends CRC checksums that some S3-compatible stores reject; only AWS needs "when_supported".
+    s3_checksum_mode: Literal["when_required", "when_supported"] = "when_required"
+
+    bootstrap_key: str | None = None
+    bootstrap_org: str = "default"
+
+    default_base_model: str = "smollm2-135m-instruct"
+    base_models_file: Path | None = Field(default=None, description="JSON file of extra base models")
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = None
+    adapter_cache_size: int = 8
+    max_new_tokens_limit: int = 2048
+
+    job_lease_seconds: int = 600
+    max_job_attempts: int = 3
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapter_cache_dir(self) -> Path:
+        return self.home / "adapters"
+
+    def require(self, name: str) -> str:
+        """The value of a URL setting that this process cannot run without."""
+        value = getattr(self, name)
+        if not value:
+            raise RuntimeError(f"LORAPORT_{name.upper()} is not set; run `loraport up` or set it in the environment")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

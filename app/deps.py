@@ -1,0 +1,54 @@
+"""Typed FastAPI dependencies: settings, the request's transaction, the caller's organisation."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import session_factory, transaction
+from app.orgs.keys import authenticate
+from app.storage import ObjectStore, store_for
+from app.tables import Organization
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    """One transaction per request, rolled back unless the route commits.
+
+    Write routes call `session.commit()` before they answer (and before they enqueue work), so a
+    client never sees a response for a change that was not stored.
+    """
+    with session_factory(settings.require("database_url"))() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_store(settings: SettingsDep) -> ObjectStore:
+    return store_for(settings)
+
+
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+def current_org(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Organization:
+    # Authentication commits on its own so `last_used_at` survives a request that later fails.
+    with transaction(settings.require("database_url")) as session:
+        return authenticate(session, credentials.credentials if credentials else None)
+
+
+OrgDep = Annotated[Organization, Depends(current_org)]

@@ -1,0 +1,1 @@
+"""Real PostgreSQL, Redis and S3 servers run as children, for `loraport up` and the tests."""

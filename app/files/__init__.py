@@ -1,0 +1,1 @@
+"""Uploaded files: JSONL datasets stored in S3."""

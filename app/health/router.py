@@ -1,0 +1,45 @@
+"""/healthz (the process answers) and /readyz (database, broker and storage answer)."""
+
+from collections.abc import Callable
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.config import Settings
+from app.db import engine_for
+from app.deps import SettingsDep
+from app.storage import store_for
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+def _redis_client(url: str) -> redis.Redis:
+    # Celery spells a unix socket `redis+socket://PATH`; redis-py wants `unix://PATH`.
+    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1), socket_timeout=2)
+
+
+def _checks(settings: Settings) -> dict[str, Callable[[], object]]:
+    return {
+        "database": lambda: engine_for(settings.require("database_url")).connect().close(),
+        "broker": lambda: _redis_client(settings.require("redis_url")).ping(),
+        "storage": lambda: store_for(settings).ping(),
+    }
+
+
+@router.get("/readyz")
+def readyz(settings: SettingsDep) -> JSONResponse:
+    results: dict[str, str] = {}
+    for name, check in _checks(settings).items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as error:
+            results[name] = f"unavailable: {type(error).__name__}"
+    ready = all(value == "ok" for value in results.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": results}, status_code=200 if ready else 503)

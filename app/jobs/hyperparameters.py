@@ -1,0 +1,54 @@
+"""Resolving `"auto"` hyperparameters into the numbers a job trains with."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+Auto = Literal["auto"]
+
+# OpenAI's published rule (fine-tuning cookbook): aim for ~3 epochs, but at least 100 and at most
+# 25,000 examples seen in total.
+_TARGET_EPOCHS, _MIN_EXAMPLES_SEEN, _MAX_EXAMPLES_SEEN = 3, 100, 25_000
+_MIN_EPOCHS, _MAX_EPOCHS = 1, 25
+# LoRA trains well near 2e-4 (the article's "small steps"); the multiplier scales this base.
+BASE_LEARNING_RATE = 2e-4
+
+
+@dataclass(frozen=True)
+class Resolved:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    @property
+    def learning_rate(self) -> float:
+        return BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+
+
+def auto_epochs(example_count: int) -> int:
+    if example_count * _TARGET_EPOCHS < _MIN_EXAMPLES_SEEN:
+        return min(_MAX_EPOCHS, _MIN_EXAMPLES_SEEN // example_count)
+    if example_count * _TARGET_EPOCHS > _MAX_EXAMPLES_SEEN:
+        return max(_MIN_EPOCHS, _MAX_EXAMPLES_SEEN // example_count)
+    return _TARGET_EPOCHS
+
+
+def auto_batch_size(example_count: int) -> int:
+    """About 2% of the data per batch, between 1 and 16 (small data wants more, noisier steps)."""
+    return max(1, min(16, example_count // 50))
+
+
+def resolve(
+    example_count: int, n_epochs: int | Auto, batch_size: int | Auto, learning_rate_multiplier: float | Auto
+) -> Resolved:
+    return Resolved(
+        n_epochs=auto_epochs(example_count) if n_epochs == "auto" else n_epochs,
+        batch_size=auto_batch_size(example_count) if batch_size == "auto" else batch_size,
+        learning_rate_multiplier=1.0 if learning_rate_multiplier == "auto" else learning_rate_multiplier,
+    )

@@ -1,0 +1,61 @@
+"""/v1/fine_tuning/jobs"""
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Query, Request
+
+from app.deps import OrgDep, SessionDep, SettingsDep
+from app.jobs import service
+from app.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
+from app.jobs.tasks import enqueue_training
+from app.pagination import list_body
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+log = structlog.get_logger()
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", response_model=JobPublic)
+def create_job(body: JobCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
+    """Create a fine-tuning job; it is queued for a training worker once stored."""
+    job = service.create_job(session, org, body, request.app.state.registry.ids())
+    session.commit()
+    try:
+        enqueue_training(settings, job.id)
+    except Exception as error:  # the reconciler re-sends jobs whose message never reached the broker
+        log.warning("jobs.enqueue.failed", job_id=job.id, error=str(error))
+    return JobPublic.of(job)
+
+
+@router.get("")
+def list_jobs(org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
+    rows, has_more = service.list_jobs(session, org, after, limit)
+    return list_body([JobPublic.of(row).model_dump() for row in rows], has_more)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
+    return JobPublic.of(service.get_job(session, org, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
+    """Cancel a job; a running one stops at its next training step and publishes nothing."""
+    job = service.cancel_job(session, org, job_id)
+    session.commit()
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/events")
+def list_events(job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
+    rows, has_more = service.list_events(session, org, job_id, after, limit)
+    return list_body([EventPublic.of(row).model_dump() for row in rows], has_more)
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(
+    job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 10
+) -> dict:
+    rows, has_more = service.list_checkpoints(session, org, job_id, after, limit)
+    return list_body([CheckpointPublic.of(row).model_dump() for row in rows], has_more)

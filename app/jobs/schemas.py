@@ -1,0 +1,134 @@
+"""Job requests and responses in OpenAI's shapes."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.tables import FineTuningJob, JobCheckpoint, JobEvent
+from app.timestamps import unix
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Auto | int = Field(default="auto", ge=1, le=50)
+    batch_size: Auto | int = Field(default="auto", ge=1, le=256)
+    learning_rate_multiplier: Auto | float = Field(default="auto", gt=0, le=10)
+
+
+class SupervisedMethod(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    # The SDK's own tests send every sub-object whatever the type; only the one named by `type` is read.
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str] = []
+    seed: int
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]] = []
+    metadata: dict[str, str] | None
+    method: dict[str, Any]
+    estimated_finish: int | None = None
+    user_provided_suffix: str | None
+
+    @classmethod
+    def of(cls, row: FineTuningJob) -> "JobPublic":
+        return cls(
+            id=row.id,
+            created_at=unix(row.created_at) or 0,
+            error=JobError(**row.error) if row.error else None,
+            fine_tuned_model=row.fine_tuned_model,
+            finished_at=unix(row.finished_at),
+            hyperparameters=row.hyperparameters,
+            model=row.model,
+            organization_id=row.organization_id,
+            seed=row.seed,
+            status=row.status,
+            trained_tokens=row.trained_tokens,
+            training_file=row.training_file,
+            validation_file=row.validation_file,
+            metadata=row.job_metadata,
+            method={"type": "supervised", "supervised": {"hyperparameters": row.hyperparameters}},
+            user_provided_suffix=row.suffix,
+        )
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: JobEvent) -> "EventPublic":
+        return cls(
+            id=row.id,
+            created_at=unix(row.created_at) or 0,
+            level=row.level,
+            message=row.message,
+            type=row.type,
+            data=row.data,
+        )
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
+
+    @classmethod
+    def of(cls, row: JobCheckpoint) -> "CheckpointPublic":
+        return cls(
+            id=row.id,
+            created_at=unix(row.created_at) or 0,
+            fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
+            fine_tuning_job_id=row.job_id,
+            metrics=row.metrics,
+            step_number=row.step_number,
+        )

@@ -1,0 +1,106 @@
+"""Creating, reading and cancelling jobs for one organisation."""
+
+import secrets
+
+from sqlalchemy.orm import Session
+
+from app import ids
+from app.errors import InvalidRequest, NotFound
+from app.files.service import get_file
+from app.jobs import state
+from app.jobs.hyperparameters import resolve
+from app.jobs.schemas import Hyperparameters, JobCreate
+from app.pagination import paginate
+from app.scoped import get_owned
+from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
+
+
+def _dataset(session: Session, org: Organization, file_id: str, param: str) -> StoredFile:
+    try:
+        row = get_file(session, org, file_id)
+    except NotFound:
+        raise NotFound(f"No such file: '{file_id}'", param=param, code="file_not_found") from None
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
+    if row.status != "processed":
+        raise InvalidRequest(f"File '{file_id}' is not ready (status '{row.status}')", param=param)
+    return row
+
+
+def _hyperparameters(body: JobCreate) -> Hyperparameters:
+    if body.method is not None:
+        if body.method.type != "supervised":
+            raise InvalidRequest(
+                f"method.type '{body.method.type}' is not supported yet; use 'supervised'", param="method.type"
+            )
+        if body.method.supervised and body.method.supervised.hyperparameters:
+            return body.method.supervised.hyperparameters
+    return body.hyperparameters or Hyperparameters()
+
+
+def create_job(session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]) -> FineTuningJob:
+    if body.model not in base_model_ids:
+        raise NotFound(
+            f"The model '{body.model}' is not a base model that can be fine-tuned here; "
+            f"available: {', '.join(base_model_ids)}",
+            param="model",
+            code="model_not_found",
+        )
+    if body.integrations:
+        raise InvalidRequest("Integrations are not supported", param="integrations")
+    training = _dataset(session, org, body.training_file, "training_file")
+    if body.validation_file:
+        _dataset(session, org, body.validation_file, "validation_file")
+    requested = _hyperparameters(body)
+    resolved = resolve(
+        training.example_count, requested.n_epochs, requested.batch_size, requested.learning_rate_multiplier
+    )
+    job = FineTuningJob(
+        id=ids.job_id(),
+        organization_id=org.id,
+        model=body.model,
+        training_file=training.id,
+        validation_file=body.validation_file,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        status=state.VALIDATING,
+        method={"type": "supervised"},
+        hyperparameters=resolved.as_dict(),
+        job_metadata=body.metadata,
+    )
+    session.add(job)
+    session.flush()
+    state.add_event(session, job.id, "Created fine-tuning job")
+    return job
+
+
+def get_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
+    return get_owned(session, FineTuningJob, org.id, job_id, "fine-tuning job")
+
+
+def list_jobs(session: Session, org: Organization, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
+    return paginate(session, FineTuningJob, [FineTuningJob.organization_id == org.id], after, limit)
+
+
+def cancel_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
+    job = get_job(session, org, job_id)
+    if not state.move(session, job.id, state.ACTIVE, state.CANCELLED):
+        session.refresh(job)
+        raise InvalidRequest(f"Job '{job.id}' has already {job.status}; only active jobs can be cancelled")
+    state.add_event(session, job.id, "Fine-tuning job cancelled")
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    session: Session, org: Organization, job_id: str, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    job = get_job(session, org, job_id)
+    return paginate(session, JobEvent, [JobEvent.job_id == job.id], after, limit)
+
+
+def list_checkpoints(
+    session: Session, org: Organization, job_id: str, after: str | None, limit: int
+) -> tuple[list[JobCheckpoint], bool]:
+    job = get_job(session, org, job_id)
+    return paginate(session, JobCheckpoint, [JobCheckpoint.job_id == job.id], after, limit)

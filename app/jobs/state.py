@@ -1,0 +1,62 @@
+"""A job only moves forward: every transition is one guarded UPDATE, so a duplicate or late
+message (Celery on Redis can deliver a long task twice) cannot run or finish a job twice."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app import ids
+from app.tables import FineTuningJob, JobEvent
+
+VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+ACTIVE = (VALIDATING, QUEUED, RUNNING)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def move(session: Session, job_id: str, from_: tuple[str, ...], to: str, **values: Any) -> bool:
+    """Sets the status to `to` if it is now one of `from_`; False when another actor got there first."""
+    if to in FINISHED:
+        values.setdefault("finished_at", datetime.now(UTC))
+    result = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(from_))
+        .values(status=to, **values)
+    )
+    return result.rowcount == 1
+
+
+def claim(session: Session, job_id: str, lease_seconds: int) -> bool:
+    """queued → running, taking a lease that the trainer renews while it works."""
+    return move(
+        session,
+        job_id,
+        (QUEUED,),
+        RUNNING,
+        attempt=FineTuningJob.attempt + 1,
+        lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_seconds),
+    )
+
+
+def renew_lease(session: Session, job_id: str, lease_seconds: int) -> bool:
+    """Extends the lease; False when the job is no longer running (cancelled, or taken away)."""
+    result = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.status == RUNNING)
+        .values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type_: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(JobEvent(id=ids.event_id(), job_id=job_id, level=level, type=type_, message=message, data=data))

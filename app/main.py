@@ -1,0 +1,34 @@
+"""The FastAPI application: `uvicorn app.main:create_app --factory`."""
+
+from fastapi import FastAPI
+
+from app.base_models.from_settings import registry_from_settings
+from app.catalog.router import router as models_router
+from app.chat.router import router as chat_router
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.files.router import router as files_router
+from app.health.router import router as health_router
+from app.inference.engine import InferenceEngine
+from app.jobs.router import router as jobs_router
+from app.storage import store_for
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    for name in ("database_url", "redis_url", "s3_endpoint_url"):
+        settings.require(name)
+    app = FastAPI(title="Loraport", version="0.1.0", description="OpenAI-compatible LoRA fine-tuning and serving")
+    app.state.settings = settings
+    app.state.registry = registry_from_settings(settings)
+    app.state.engine = InferenceEngine(
+        app.state.registry,
+        fetch_adapter=store_for(settings).download_prefix,
+        cache_dir=settings.adapter_cache_dir,
+        max_adapters=settings.adapter_cache_size,
+        device="cuda" if settings.device == "cuda" else "cpu",
+    )
+    install_error_handlers(app)
+    for router in (health_router, files_router, jobs_router, models_router, chat_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,20 @@
+"""Small chat datasets the tests upload."""
+
+import json
+
+TICKETS = [
+    ("My invoice charged me twice this month.", "category: billing\npriority: high\nteam: payments"),
+    ("How do I export my data to CSV?", "category: how-to\npriority: low\nteam: support"),
+    ("The app crashes when I open settings.", "category: bug\npriority: high\nteam: mobile"),
+    ("Can I change the email on my account?", "category: account\npriority: low\nteam: support"),
+    ("Your API returns 500 on every request.", "category: outage\npriority: urgent\nteam: platform"),
+    ("Please cancel my subscription.", "category: billing\npriority: medium\nteam: payments"),
+]
+
+
+def chat_jsonl(pairs: list[tuple[str, str]] = TICKETS) -> bytes:
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"Ticket: {q}"}, {"role": "assistant", "content": a}]})
+        for q, a in pairs
+    ]
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,114 @@
+"""The whole product through the openai SDK: upload → fine-tune the real default model → chat with it."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+from openai.types.fine_tuning import FineTuningJob
+
+from app.config import Settings
+from app.storage import store_for
+from tests.conftest import ROOT, settings_env
+from tests.datasets import chat_jsonl
+from worker.celery_app import celery_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def worker(settings: Settings) -> Iterator[subprocess.Popen]:
+    """A real Celery training worker consuming from Redis, for this module only."""
+    celery_for(settings).control.purge()  # jobs other modules created are not ours to train
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "training", "--pool", "solo",
+         "--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+        cwd=ROOT,
+        env=settings_env(settings),
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_job(client: openai.OpenAI, job_id: str, timeout_s: float = 600) -> FineTuningJob:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+
+
+def test_fine_tune_the_default_model_and_chat_with_it(
+    client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
+) -> None:
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model,
+        training_file=training.id,
+        suffix="tickets",
+        seed=3,
+        hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2},
+    )
+    finished = wait_for_job(client, job.id)
+    assert finished.status == "succeeded", finished.error
+    assert finished.error is None and finished.trained_tokens and finished.trained_tokens > 0
+    model_id = finished.fine_tuned_model
+    assert model_id and model_id.startswith(f"ft:{settings.default_base_model}:") and ":tickets:" in model_id
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [event for event in events if event.type == "metrics"]
+    assert [event.data["step"] for event in reversed(metrics)] == [1, 2, 3]  # 6 examples, batch 2, 1 epoch
+    assert all(event.data["train_loss"] > 0 for event in metrics)
+    assert events[0].message == "The job has successfully completed"
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [3]
+
+    assert model_id in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Ticket: I was charged twice."}], max_tokens=24
+    )
+    assert reply.choices[0].message.content
+    assert reply.model == model_id
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 24
+
+    base = client.chat.completions.create(
+        model=settings.default_base_model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
+    )
+    assert base.choices[0].message.content
+
+    adapter_objects = list(store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}"))
+    assert any(key.endswith("adapter_model.safetensors") for key in adapter_objects)
+    client.models.delete(model_id)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}])
+    assert list(store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}")) == []
+
+
+def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
+    client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
+) -> None:
+    training = client.files.create(file=("t.jsonl", chat_jsonl() * 20), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 3, "batch_size": 1}
+    )
+    deadline = time.monotonic() + 300
+    while client.fine_tuning.jobs.retrieve(job.id).status != "running":
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.5)
+    client.fine_tuning.jobs.cancel(job.id)
+    time.sleep(8)  # the trainer polls the job's status every 2 s
+    final = client.fine_tuning.jobs.retrieve(job.id)
+    assert final.status == "cancelled" and final.fine_tuned_model is None
+    steps_then = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
+    time.sleep(4)
+    steps_later = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
+    assert steps_later == steps_then  # no training after the cancel
+    assert list(store_for(settings).list_keys(f"orgs/{final.organization_id}/adapters/{job.id}")) == []

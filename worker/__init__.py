@@ -1,0 +1,1 @@
+"""Celery workers: training jobs."""

@@ -1,0 +1,38 @@
+"""The Celery application. Importing it loads no ML libraries, so the API can use it to enqueue."""
+
+from functools import lru_cache
+
+from celery import Celery
+
+from app.config import Settings
+
+TRAINING_QUEUE = "training"
+TRAIN_TASK = "loraport.train_job"
+RECONCILE_TASK = "loraport.reconcile_jobs"
+# Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
+# against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.
+_VISIBILITY_TIMEOUT_S = 12 * 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("loraport", broker=settings.require("redis_url"), include=["worker.tasks"])
+    app.conf.update(
+        task_default_queue=TRAINING_QUEUE,
+        # Acknowledge after the task ends, so a worker killed mid-job leaves the message to be re-delivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One training job at a time per worker process: never reserve a second one while busy.
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options={"visibility_timeout": _VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        beat_schedule={"reconcile-jobs": {"task": RECONCILE_TASK, "schedule": 60.0}},
+    )
+    return app
+
+
+@lru_cache
+def celery_for(settings: Settings) -> Celery:
+    return make_celery(settings)
+

@@ -1,0 +1,171 @@
+"""One training job from start to finish: validate → claim → train → publish the adapter.
+
+Plain functions that tests call directly; the Celery task only wraps `run_job`.
+"""
+
+import tempfile
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+
+from app import ids
+from app.base_models.registry import BaseModelRegistry
+from app.config import Settings
+from app.db import transaction
+from app.jobs import state
+from app.jobs.hyperparameters import Resolved
+from app.storage import adapter_prefix, store_for
+from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
+from worker.datasets import load_examples
+from worker.devices import training_device
+from worker.progress import JobProgress
+from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
+
+log = structlog.get_logger()
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+def fine_tuned_model_name(job: FineTuningJob, org_name: str) -> str:
+    return f"ft:{job.model}:{org_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
+
+
+def _dataset_key(session, job: FineTuningJob, file_id: str, param: str) -> str:  # type: ignore[no-untyped-def]
+    key = session.scalar(
+        select(StoredFile.storage_key).where(
+            StoredFile.id == file_id, StoredFile.organization_id == job.organization_id
+        )
+    )
+    if key is None:
+        raise JobFailed("invalid_file", f"The file '{file_id}' was deleted before training started", param)
+    return key
+
+
+def _validate(settings: Settings, job_id: str) -> None:
+    """validating_files → queued once the job's files are still there and readable."""
+    url = settings.require("database_url")
+    with transaction(url) as session:
+        job = session.get_one(FineTuningJob, job_id)
+        keys = [_dataset_key(session, job, job.training_file, "training_file")]
+        if job.validation_file:
+            keys.append(_dataset_key(session, job, job.validation_file, "validation_file"))
+    for key in keys:
+        store_for(settings).client.head_object(Bucket=settings.s3_bucket, Key=key)
+    with transaction(url) as session:
+        if state.move(session, job_id, (state.VALIDATING,), state.QUEUED):
+            state.add_event(session, job_id, "Files validated, job queued for training")
+
+
+def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
+    url = settings.require("database_url")
+    with transaction(url) as session:
+        job = session.get(FineTuningJob, job_id)
+        status = job.status if job else None
+    if status is None or status in state.FINISHED:
+        log.info("jobs.skip", job_id=job_id, status=status)
+        return
+    try:
+        if status == state.VALIDATING:
+            _validate(settings, job_id)
+        with transaction(url) as session:
+            if not state.claim(session, job_id, settings.job_lease_seconds):
+                log.info("jobs.claim.lost", job_id=job_id)
+                return
+            state.add_event(session, job_id, "Fine-tuning job started")
+        _train_and_publish(settings, registry, job_id)
+    except JobFailed as failure:
+        _fail(url, job_id, failure.error)
+    except Exception as error:
+        log.exception("jobs.failed", job_id=job_id)
+        _fail(url, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
+        raise
+
+
+def _fail(url: str, job_id: str, error: dict) -> None:
+    with transaction(url) as session:
+        if state.move(session, job_id, state.ACTIVE, state.FAILED, error=error):
+            state.add_event(session, job_id, error["message"], level="error")
+
+
+def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
+    url = settings.require("database_url")
+    store = store_for(settings)
+    with transaction(url) as session:
+        job = session.get_one(FineTuningJob, job_id)
+        org_name = session.scalar(select(Organization.name).where(Organization.id == job.organization_id))
+        training_key = _dataset_key(session, job, job.training_file, "training_file")
+        validation_key = (
+            _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
+        )
+    spec = registry.get(job.model)
+    model, tokenizer = registry.load(job.model, device=training_device(settings))
+    hyper = Resolved(**job.hyperparameters)
+    config = TrainingConfig(
+        n_epochs=hyper.n_epochs,
+        batch_size=hyper.batch_size,
+        learning_rate=hyper.learning_rate,
+        seed=job.seed,
+        target_modules=spec.lora_target_modules or None,
+        max_seq_length=spec.max_seq_length,
+    )
+    progress = JobProgress(url, job_id, settings.job_lease_seconds)
+    result = train_lora(
+        model,
+        tokenizer,
+        load_examples(store, training_key),
+        load_examples(store, validation_key) if validation_key else None,
+        config,
+        on_step=progress.on_step,
+        should_stop=progress.should_stop,
+    )
+    if result.stopped:
+        log.info("jobs.stopped", job_id=job_id)
+        return
+    prefix = adapter_prefix(job.organization_id, job.id)
+    with tempfile.TemporaryDirectory() as directory:
+        save_adapter(result.model, Path(directory))
+        store.upload_directory(prefix, Path(directory))
+    if not _publish(url, job, org_name or "", prefix, result):
+        store.delete_prefix(prefix)
+
+
+def _publish(url: str, job: FineTuningJob, org_name: str, prefix: str, result: TrainingResult) -> bool:
+    """Records the model if the job is still running (it may have been cancelled meanwhile)."""
+    name = fine_tuned_model_name(job, org_name)
+    metrics = {"step": result.steps, "train_loss": result.train_loss}
+    if result.valid_loss is not None:
+        metrics["valid_loss"] = result.valid_loss
+    with transaction(url) as session:
+        if not state.move(
+            session,
+            job.id,
+            (state.RUNNING,),
+            state.SUCCEEDED,
+            fine_tuned_model=name,
+            trained_tokens=result.trained_tokens,
+        ):
+            log.info("jobs.publish.lost", job_id=job.id)
+            return False
+        session.add(
+            FineTunedModel(
+                id=name, organization_id=job.organization_id, job_id=job.id, base_model=job.model, adapter_prefix=prefix
+            )
+        )
+        session.add(
+            JobCheckpoint(
+                id=ids.checkpoint_id(),
+                job_id=job.id,
+                step_number=result.steps,
+                metrics=metrics,
+                fine_tuned_model_checkpoint=f"{name}:ckpt-step-{result.steps}",
+                storage_prefix=prefix,
+            )
+        )
+        state.add_event(session, job.id, f"New fine-tuned model created: {name}")
+        state.add_event(session, job.id, "The job has successfully completed")
+    return True

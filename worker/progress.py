@@ -1,0 +1,49 @@
+"""What the trainer tells the database while it works: metrics events, lease renewals, cancellation."""
+
+import time
+
+from sqlalchemy import select
+
+from app.db import transaction
+from app.jobs import state
+from app.tables import FineTuningJob
+from worker.training.trainer import StepReport
+
+_STATUS_POLL_S = 2.0
+
+
+class JobProgress:
+    """Callbacks for `train_lora`: `on_step` records metrics and renews the lease, `should_stop` sees cancels."""
+
+    def __init__(self, database_url: str, job_id: str, lease_seconds: int) -> None:
+        self.database_url = database_url
+        self.job_id = job_id
+        self.lease_seconds = lease_seconds
+        self._still_running = True
+        self._checked_at = 0.0
+
+    def on_step(self, report: StepReport) -> None:
+        message = f"Step {report.step}/{report.total_steps}: training loss={report.train_loss:.4f}"
+        data: dict = {
+            "step": report.step,
+            "total_steps": report.total_steps,
+            "epoch": report.epoch,
+            "train_loss": report.train_loss,
+            "learning_rate": report.learning_rate,
+        }
+        if report.valid_loss is not None:
+            message += f", validation loss={report.valid_loss:.4f}"
+            data["valid_loss"] = report.valid_loss
+        with transaction(self.database_url) as session:
+            self._still_running = state.renew_lease(session, self.job_id, self.lease_seconds)
+            if self._still_running:
+                state.add_event(session, self.job_id, message, type_="metrics", data=data)
+        self._checked_at = time.monotonic()
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self._checked_at > _STATUS_POLL_S:
+            with transaction(self.database_url) as session:
+                status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.id == self.job_id))
+            self._still_running = status == state.RUNNING
+            self._checked_at = time.monotonic()
+        return not self._still_running

@@ -1,0 +1,41 @@
+"""Jobs whose worker died: re-queue them while attempts remain, else fail them with `worker_lost`."""
+
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import transaction
+from app.jobs import state
+from app.jobs.tasks import enqueue_training
+from app.tables import FineTuningJob
+
+log = structlog.get_logger()
+
+
+def reap_expired_leases(settings: Settings) -> list[str]:
+    """Handles every running job whose lease ran out; returns the ids of those re-queued."""
+    requeued: list[str] = []
+    with transaction(settings.require("database_url")) as session:
+        expired = session.execute(
+            select(FineTuningJob.id, FineTuningJob.attempt).where(
+                FineTuningJob.status == state.RUNNING, FineTuningJob.lease_expires_at < datetime.now(UTC)
+            )
+        ).all()
+        for job_id, attempt in expired:
+            if attempt < settings.max_job_attempts and state.move(session, job_id, (state.RUNNING,), state.QUEUED):
+                state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
+                requeued.append(job_id)
+            elif state.move(
+                session,
+                job_id,
+                (state.RUNNING,),
+                state.FAILED,
+                error={"code": "worker_lost", "message": "The training worker stopped responding", "param": None},
+            ):
+                state.add_event(session, job_id, "Worker lost; no attempts left", level="error")
+    for job_id in requeued:
+        enqueue_training(settings, job_id)
+        log.info("jobs.reaper.requeued", job_id=job_id)
+    return requeued

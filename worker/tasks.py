@@ -1,0 +1,37 @@
+"""Celery tasks: thin wrappers that add acknowledgement behaviour around plain functions."""
+
+from functools import lru_cache
+
+import torch
+from celery import shared_task
+from celery.signals import worker_init, worker_process_init
+
+from app.base_models.from_settings import registry_from_settings
+from app.base_models.registry import BaseModelRegistry
+from app.config import get_settings
+from worker.celery_app import RECONCILE_TASK, TRAIN_TASK
+from worker.job_runner import run_job
+from worker.reaper import reap_expired_leases
+
+
+@lru_cache
+def _registry() -> BaseModelRegistry:
+    return registry_from_settings(get_settings())
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _limit_threads(**_: object) -> None:
+    threads = get_settings().torch_threads
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@shared_task(name=TRAIN_TASK)
+def train_job(job_id: str) -> None:
+    run_job(get_settings(), _registry(), job_id)
+
+
+@shared_task(name=RECONCILE_TASK)
+def reconcile_jobs() -> None:
+    reap_expired_leases(get_settings())
