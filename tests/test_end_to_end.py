@@ -23,8 +23,23 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen]:
     """A real Celery training worker consuming from Redis, for this module only."""
     celery_for(settings).control.purge()  # jobs other modules created are not ours to train
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "training", "--pool", "solo",
-         "--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--queues",
+            "training",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ],
         cwd=ROOT,
         env=settings_env(settings),
     )
@@ -84,7 +99,9 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     )
     assert base.choices[0].message.content
 
-    adapter_objects = list(store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}"))
+    adapter_objects = list(
+        store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}")
+    )
     assert any(key.endswith("adapter_model.safetensors") for key in adapter_objects)
     client.models.delete(model_id)
     with pytest.raises(openai.NotFoundError):
@@ -97,7 +114,9 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
 ) -> None:
     training = client.files.create(file=("t.jsonl", chat_jsonl() * 20), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model=settings.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 3, "batch_size": 1}
+        model=settings.default_base_model,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 3, "batch_size": 1},
     )
     deadline = time.monotonic() + 300
     while client.fine_tuning.jobs.retrieve(job.id).status != "running":
@@ -107,8 +126,12 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     time.sleep(8)  # the trainer polls the job's status every 2 s
     final = client.fine_tuning.jobs.retrieve(job.id)
     assert final.status == "cancelled" and final.fine_tuned_model is None
-    steps_then = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
+    steps_then = len(
+        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    )
     time.sleep(4)
-    steps_later = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
+    steps_later = len(
+        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    )
     assert steps_later == steps_then  # no training after the cancel
     assert list(store_for(settings).list_keys(f"orgs/{final.organization_id}/adapters/{job.id}")) == []

@@ -35,4 +35,3 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache
 def celery_for(settings: Settings) -> Celery:
     return make_celery(settings)
-

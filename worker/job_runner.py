@@ -100,7 +100,9 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         org_name = session.scalar(select(Organization.name).where(Organization.id == job.organization_id))
         training_key = _dataset_key(session, job, job.training_file, "training_file")
         validation_key = (
-            _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
+            _dataset_key(session, job, job.validation_file, "validation_file")
+            if job.validation_file
+            else None
         )
     spec = registry.get(job.model)
     model, tokenizer = registry.load(job.model, device=training_device(settings))
@@ -153,7 +155,11 @@ def _publish(url: str, job: FineTuningJob, org_name: str, prefix: str, result: T
             return False
         session.add(
             FineTunedModel(
-                id=name, organization_id=job.organization_id, job_id=job.id, base_model=job.model, adapter_prefix=prefix
+                id=name,
+                organization_id=job.organization_id,
+                job_id=job.id,
+                base_model=job.model,
+                adapter_prefix=prefix,
             )
         )
         session.add(

@@ -24,7 +24,9 @@ def reap_expired_leases(settings: Settings) -> list[str]:
             )
         ).all()
         for job_id, attempt in expired:
-            if attempt < settings.max_job_attempts and state.move(session, job_id, (state.RUNNING,), state.QUEUED):
+            if attempt < settings.max_job_attempts and state.move(
+                session, job_id, (state.RUNNING,), state.QUEUED
+            ):
                 state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
                 requeued.append(job_id)
             elif state.move(
@@ -32,7 +34,11 @@ def reap_expired_leases(settings: Settings) -> list[str]:
                 job_id,
                 (state.RUNNING,),
                 state.FAILED,
-                error={"code": "worker_lost", "message": "The training worker stopped responding", "param": None},
+                error={
+                    "code": "worker_lost",
+                    "message": "The training worker stopped responding",
+                    "param": None,
+                },
             ):
                 state.add_event(session, job_id, "Worker lost; no attempts left", level="error")
     for job_id in requeued:

@@ -33,7 +33,9 @@ def resolve(session: Session, registry: BaseModelRegistry, org: Organization, mo
 def _fine_tuned(session: Session, org: Organization, model_id: str) -> FineTunedModel:
     row = session.scalar(
         select(FineTunedModel).where(
-            FineTunedModel.id == model_id, FineTunedModel.organization_id == org.id, FineTunedModel.deleted.is_(False)
+            FineTunedModel.id == model_id,
+            FineTunedModel.organization_id == org.id,
+            FineTunedModel.deleted.is_(False),
         )
     )
     if row is None:
@@ -48,14 +50,19 @@ def list_models(session: Session, registry: BaseModelRegistry, org: Organization
         .where(FineTunedModel.organization_id == org.id, FineTunedModel.deleted.is_(False))
         .order_by(FineTunedModel.created_at)
     )
-    refs += [ModelRef(row.id, row.base_model, row.adapter_prefix, int(row.created_at.timestamp()), org.id) for row in rows]
+    refs += [
+        ModelRef(row.id, row.base_model, row.adapter_prefix, int(row.created_at.timestamp()), org.id)
+        for row in rows
+    ]
     return refs
 
 
 def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> str:
     """Marks a fine-tuned model deleted and returns its adapter prefix, to remove once committed."""
     if model_id in registry.ids():
-        raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model")
+        raise InvalidRequest(
+            f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model"
+        )
     row = _fine_tuned(session, org, model_id)
     row.deleted = True
     session.flush()

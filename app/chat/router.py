@@ -47,7 +47,10 @@ async def create_chat_completion(
         created=int(time.time()),
         model=model.id,
         choices=[
-            Choice(message={"role": "assistant", "content": completion.text}, finish_reason=completion.finish_reason)
+            Choice(
+                message={"role": "assistant", "content": completion.text},
+                finish_reason=completion.finish_reason,
+            )
         ],
         usage=Usage(
             prompt_tokens=completion.prompt_tokens,

@@ -97,19 +97,25 @@ def _watch(processes: list[ServerProcess]) -> NoReturn:
             code = process.exit_code()
             if code is not None:
                 _ignore_stop_signals()
-                raise ServerError(f"{process.name} exited unexpectedly with code {code}; {process.log_tail()}")
+                raise ServerError(
+                    f"{process.name} exited unexpectedly with code {code}; {process.log_tail()}"
+                )
         time.sleep(0.5)
 
 
 def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[str]) -> None:
-    console.print(f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]")
+    console.print(
+        f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]"
+    )
     if new_key:
         console.print(f"API key: [bold]{new_key}[/bold] (save it, it is shown once)", highlight=False)
     else:
         console.print("API key: use the key printed on first start or LORAPORT_BOOTSTRAP_KEY")
     console.print(f"data: {settings.home}", highlight=False)
     if embedded_names:
-        console.print(f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False)
+        console.print(
+            f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False
+        )
     console.print("Ctrl-C stops everything.")
 
 

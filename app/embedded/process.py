@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -52,6 +53,14 @@ def socket_dir(preferred: Path) -> Path:
         return preferred
     digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"loraport-{digest}"
+
+
+def as_user(user: str | None) -> dict[str, object]:
+    """Popen arguments that run a child as `user` with only that user's group (not root's groups)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def runs_on(pid: int, marker: Path) -> bool:
@@ -127,7 +136,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                user=self.user,
+                **as_user(self.user),  # type: ignore[arg-type]
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )

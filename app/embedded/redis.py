@@ -49,7 +49,15 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         check_pid_file(self.pid_file, "Redis", self.socket_path)
-        argv = [str(executable), "--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        argv = [
+            str(executable),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+        ]
         argv += ["--dir", str(self.data_dir), "--pidfile", str(self.pid_file), "--daemonize", "no"]
         # Broker messages survive a crash; PostgreSQL re-sends a lost one anyway, so fsync once a second is enough.
         argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]

@@ -22,7 +22,10 @@ _UPLOAD_FORM = {
                 "schema": {
                     "type": "object",
                     "required": ["file", "purpose"],
-                    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string"},
+                    },
                 }
             }
         }
@@ -31,7 +34,9 @@ _UPLOAD_FORM = {
 
 
 @router.post("", response_model=FilePublic, openapi_extra=_UPLOAD_FORM)
-async def upload_file(request: Request, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep):
+async def upload_file(
+    request: Request, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+):
     """Upload a JSONL dataset (multipart fields `file` and `purpose`); it is checked line by line."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes:
@@ -84,7 +89,10 @@ def file_content(file_id: str, org: OrgDep, session: SessionDep, store: StoreDep
     return StreamingResponse(
         store.open(row.storage_key),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{row.filename}"', "Content-Length": str(row.bytes)},
+        headers={
+            "Content-Disposition": f'attachment; filename="{row.filename}"',
+            "Content-Length": str(row.bytes),
+        },
     )
 
 

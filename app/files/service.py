@@ -70,7 +70,12 @@ def get_file(session: Session, org: Organization, file_id: str) -> StoredFile:
 
 
 def list_files(
-    session: Session, org: Organization, after: str | None, limit: int, purpose: str | None, newest_first: bool
+    session: Session,
+    org: Organization,
+    after: str | None,
+    limit: int,
+    purpose: str | None,
+    newest_first: bool,
 ) -> tuple[list[StoredFile], bool]:
     scope = [StoredFile.organization_id == org.id]
     if purpose:

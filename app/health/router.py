@@ -42,4 +42,6 @@ def readyz(settings: SettingsDep) -> JSONResponse:
         except Exception as error:
             results[name] = f"unavailable: {type(error).__name__}"
     ready = all(value == "ok" for value in results.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": results}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": results}, status_code=200 if ready else 503
+    )

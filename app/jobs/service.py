@@ -31,14 +31,17 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     if body.method is not None:
         if body.method.type != "supervised":
             raise InvalidRequest(
-                f"method.type '{body.method.type}' is not supported yet; use 'supervised'", param="method.type"
+                f"method.type '{body.method.type}' is not supported yet; use 'supervised'",
+                param="method.type",
             )
         if body.method.supervised and body.method.supervised.hyperparameters:
             return body.method.supervised.hyperparameters
     return body.hyperparameters or Hyperparameters()
 
 
-def create_job(session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]) -> FineTuningJob:
+def create_job(
+    session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]
+) -> FineTuningJob:
     if body.model not in base_model_ids:
         raise NotFound(
             f"The model '{body.model}' is not a base model that can be fine-tuned here; "
@@ -78,7 +81,9 @@ def get_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
     return get_owned(session, FineTuningJob, org.id, job_id, "fine-tuning job")
 
 
-def list_jobs(session: Session, org: Organization, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
+def list_jobs(
+    session: Session, org: Organization, after: str | None, limit: int
+) -> tuple[list[FineTuningJob], bool]:
     return paginate(session, FineTuningJob, [FineTuningJob.organization_id == org.id], after, limit)
 
 

@@ -62,7 +62,8 @@ def authenticate(session: Session, plaintext: str | None) -> Organization:
     """The organisation a live key belongs to, or 401."""
     if not plaintext:
         raise AuthenticationFailed(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            code="missing_api_key",
         )
     key = find_key(session, plaintext)
     if key is None or key.revoked_at is not None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL_ID
 
 import app.base_models.registry as registry_module
 from app.base_models import BaseModelRegistry, UnknownBaseModel
 from app.chat_format import render_prompt_ids
+from tests.unit.tiny_models import TINY_MODEL_ID
 
 DEFAULT_ID = "smollm2-135m-instruct"
 

@@ -1,6 +1,5 @@
-from conftest import DEFAULT_SYSTEM_PROMPT, conversation
-
 from app.chat_format import IGNORE_INDEX, count_tokens, render_prompt_ids, tokenize_example
+from tests.unit.tiny_models import DEFAULT_SYSTEM_PROMPT, conversation
 
 
 def trained_text(tokenizer, example) -> str:

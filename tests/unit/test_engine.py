@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL_ID, conversation
 
 from app.inference import InferenceEngine
+from tests.unit.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

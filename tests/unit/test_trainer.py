@@ -1,7 +1,7 @@
 import pytest
-from conftest import conversation
 
 from app.chat_format import tokenize_example
+from tests.unit.tiny_models import conversation
 from worker.training import StepReport, TrainingConfig, save_adapter, train_lora
 from worker.training.trainer import linear_projection_names, lr_factor
 
