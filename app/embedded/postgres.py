@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import URL
 
-from app.embedded.process import ServerError, ServerProcess, as_user, check_pid_file, socket_dir
+from app.embedded.process import ServerError, ServerProcess, check_pid_file, socket_dir, user_ids
 
 DATABASE = "loraport"
 SUPERUSER = "postgres"
@@ -102,7 +102,8 @@ class EmbeddedPostgres:
         argv = [str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, "--encoding=UTF8"]
         # Trust is safe here: the server listens on no TCP address and its socket directory is mode 700.
         argv += ["--auth=trust", "--auth-local=trust"]
-        done = subprocess.run(argv, capture_output=True, text=True, **as_user(user))  # type: ignore[call-overload]
+        uid, gid, groups = user_ids(user)
+        done = subprocess.run(argv, capture_output=True, text=True, user=uid, group=gid, extra_groups=groups)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1:] or ["no output"]
             raise ServerError(f"initdb failed for {self.pgdata}: {last[0]}")

@@ -55,12 +55,16 @@ def socket_dir(preferred: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"loraport-{digest}"
 
 
-def as_user(user: str | None) -> dict[str, object]:
-    """Popen arguments that run a child as `user` with only that user's group (not root's groups)."""
+def user_ids(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """Popen's `user`, `group` and `extra_groups` for running as `user` without root's groups.
+
+    Without `group` and `extra_groups` the child keeps gid 0, and a directory's group bits then deny it
+    what its "other" bits allow.
+    """
     if user is None:
-        return {}
+        return None, None, None
     entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return entry.pw_uid, entry.pw_gid, []
 
 
 def runs_on(pid: int, marker: Path) -> bool:
@@ -129,6 +133,7 @@ class ServerProcess:
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os.kill(os.getpid(), death_signal)
 
+        uid, gid, groups = user_ids(self.user)
         with self.log_path.open("ab") as log:
             self._popen = subprocess.Popen(
                 self.argv,
@@ -136,7 +141,9 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                **as_user(self.user),  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
+                extra_groups=groups,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
