@@ -81,18 +81,14 @@ def test_redis_serves_redis_py_and_celery_and_keeps_keys_across_restart(tmp_path
     assert_gone(processes)
 
 
-def s3_client(
-    endpoint: str, secret_key: str = "test-secret"
-) -> Any:  # botocore clients are built at run time
+def s3_client(endpoint: str, secret_key: str = "test-secret") -> Any:  # botocore clients are built at run time
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id="test-access",
         aws_secret_access_key=secret_key,
         region_name="us-east-1",
-        config=Config(
-            request_checksum_calculation="when_required", response_checksum_validation="when_required"
-        ),
+        config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required"),
     )
 
 
@@ -127,9 +123,7 @@ def test_s3_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_pid_file_of_a_dead_server_is_removed(tmp_path: Path) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "redis.pid").write_text(dead.stdout)
     server = EmbeddedRedis(tmp_path / "redis")

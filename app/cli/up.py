@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from app import bootstrap
 from app.config import Settings, get_settings
@@ -23,8 +24,8 @@ console = Console(soft_wrap=True)  # one line per message, whatever the terminal
 API_START_TIMEOUT_S = 180.0  # the API imports torch and transformers before it listens
 
 
-class Shutdown(Exception):
-    """SIGINT or SIGTERM arrived."""
+class Shutdown(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException like KeyboardInterrupt, so `except Exception` lets it pass."""
 
 
 def up() -> None:
@@ -44,7 +45,7 @@ def up() -> None:
     except Shutdown:
         console.print("stopped")
     except ServerError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -61,7 +62,7 @@ def _run(settings: Settings) -> None:
             "LORAPORT_REDIS_URL": settings.require("redis_url"),
             "LORAPORT_S3_ENDPOINT_URL": settings.require("s3_endpoint_url"),
         }
-        worker = ServerProcess("worker", _worker_argv(), logs / "worker.log", stop_timeout=15.0, env=env)
+        worker = ServerProcess("worker", _worker_argv(settings), logs / "worker.log", stop_timeout=15.0, env=env)
         api = ServerProcess("API", _api_argv(settings), logs / "api.log", stop_timeout=10.0, env=env)
         try:
             worker.start()
@@ -83,10 +84,12 @@ def _api_argv(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def _worker_argv() -> list[str]:
+def _worker_argv(settings: Settings) -> list[str]:
+    # `--beat` runs the periodic reaper that re-queues jobs whose worker died; one machine needs one beat.
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--queues", "training", "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
+        "--beat", "--schedule", str(settings.home / "celerybeat-schedule"),
     ]  # fmt: skip
 
 
@@ -97,25 +100,20 @@ def _watch(processes: list[ServerProcess]) -> NoReturn:
             code = process.exit_code()
             if code is not None:
                 _ignore_stop_signals()
-                raise ServerError(
-                    f"{process.name} exited unexpectedly with code {code}; {process.log_tail()}"
-                )
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"with code {code}"
+                raise ServerError(f"{process.name} exited unexpectedly ({how}); {process.log_tail()}")
         time.sleep(0.5)
 
 
 def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[str]) -> None:
-    console.print(
-        f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]"
-    )
+    console.print(f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]")
     if new_key:
         console.print(f"API key: [bold]{new_key}[/bold] (save it, it is shown once)", highlight=False)
     else:
         console.print("API key: use the key printed on first start or LORAPORT_BOOTSTRAP_KEY")
     console.print(f"data: {settings.home}", highlight=False)
     if embedded_names:
-        console.print(
-            f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False
-        )
+        console.print(f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False)
     console.print("Ctrl-C stops everything.")
 
 
@@ -134,9 +132,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode().strip() or "unknown"
-            raise ServerError(
-                f"another `loraport up` is running with home {lock_path.parent} (pid {holder})"
-            ) from None
+            raise ServerError(f"another `loraport up` is running with home {lock_path.parent} (pid {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
 
 
 class ServerError(RuntimeError):
@@ -129,7 +129,9 @@ class ServerProcess:
         death_signal = self.death_signal
 
         def die_with_parent() -> None:
-            _libc.prctl(_PR_SET_PDEATHSIG, int(death_signal))
+            if _prctl is None:
+                return
+            _prctl(_PR_SET_PDEATHSIG, int(death_signal))
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os.kill(os.getpid(), death_signal)
 
@@ -152,8 +154,8 @@ class ServerProcess:
         """None while it runs."""
         return self._popen.poll() if self._popen else None
 
-    def wait_ready(self, ready: Callable[[], bool], timeout: float) -> float:
-        """Poll `ready` until it is true; returns the seconds it took. Raises with the log's tail otherwise."""
+    def wait_ready(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Poll `ready` until it is true; raise with the log's tail if the process exits or time runs out."""
         started = time.monotonic()
         last_error = "not ready"
         while True:
@@ -162,7 +164,7 @@ class ServerProcess:
                 raise ServerError(f"{self.name} exited with code {code} while starting; {self.log_tail()}")
             try:
                 if ready():
-                    return time.monotonic() - started
+                    return
             except Exception as error:  # any failure of the probe means "not yet"
                 last_error = f"{type(error).__name__}: {error}"
             if time.monotonic() - started > timeout:
@@ -179,7 +181,7 @@ class ServerProcess:
         stop_group(self._popen, self.stop_signal, self.stop_timeout)
         self._popen = None
 
-    def log_tail(self, lines: int = 8) -> str:
+    def log_tail(self, lines: int = 5) -> str:
         try:
             tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         except FileNotFoundError:
@@ -191,10 +193,8 @@ def stop_group(popen: subprocess.Popen[bytes], sig: signal.Signals, timeout: flo
     """Signal the group led by `popen`, wait for the leader, then SIGKILL whatever is left of the group."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(popen.pid, sig)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(popen.pid, signal.SIGKILL)
     popen.wait()

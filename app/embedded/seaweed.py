@@ -89,9 +89,7 @@ class SeaweedS3:
         ports = json.loads(saved_file.read_text()) if saved_file.exists() else {}
         if self.requested_port is not None:
             if not port_is_free(HOST, self.requested_port):
-                raise ServerError(
-                    f"S3 port {self.requested_port} is in use; choose another or stop what uses it"
-                )
+                raise ServerError(f"S3 port {self.requested_port} is in use; choose another or stop what uses it")
             ports["s3"] = self.requested_port
         if set(ports) != set(PORT_FLAGS) or not all(port_is_free(HOST, port) for port in ports.values()):
             fresh = [port for port in free_ports(len(PORT_FLAGS) + 1, HOST) if port != self.requested_port]
@@ -125,9 +123,7 @@ class SeaweedS3:
 
     def _ready(self) -> bool:
         """A volume server has joined the master, and S3 answers a signed request with our keys."""
-        with urllib.request.urlopen(
-            f"http://{HOST}:{self.ports['master']}/dir/status", timeout=2
-        ) as response:
+        with urllib.request.urlopen(f"http://{HOST}:{self.ports['master']}/dir/status", timeout=2) as response:
             racks = json.load(response)["Topology"]["DataCenters"][0]["Racks"]
         if not any(rack["DataNodes"] for rack in racks):
             return False

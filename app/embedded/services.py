@@ -1,14 +1,23 @@
 """Embedded servers for whichever of PostgreSQL, Redis and S3 the settings give no URL for."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.config import Settings
 from app.embedded.postgres import EmbeddedPostgres
 from app.embedded.process import ServerProcess
 from app.embedded.redis import EmbeddedRedis
 from app.embedded.seaweed import SeaweedS3
+
+
+class EmbeddedServer(Protocol):
+    process: ServerProcess | None
+
+    def start(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -24,7 +33,7 @@ def embedded_services(settings: Settings) -> Iterator[EmbeddedServices]:
     Started in the order S3, PostgreSQL, Redis, so they stop as Redis, PostgreSQL, S3.
     """
     home = settings.home.expanduser().resolve()
-    servers = {
+    servers: dict[str, Callable[[], EmbeddedServer]] = {
         "s3_endpoint_url": lambda: SeaweedS3(home / "s3", settings.s3_access_key, settings.s3_secret_key),
         "database_url": lambda: EmbeddedPostgres(home / "postgres"),
         "redis_url": lambda: EmbeddedRedis(home / "redis"),

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from app.config import Settings
 from app.db import engine_for
 from app.deps import SettingsDep
+from app.embedded.redis import redis_py_url
 from app.storage import store_for
 
 router = APIRouter(tags=["health"])
@@ -19,15 +20,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-def _redis_client(url: str) -> redis.Redis:
-    # Celery spells a unix socket `redis+socket://PATH`; redis-py wants `unix://PATH`.
-    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1), socket_timeout=2)
-
-
 def _checks(settings: Settings) -> dict[str, Callable[[], object]]:
     return {
         "database": lambda: engine_for(settings.require("database_url")).connect().close(),
-        "broker": lambda: _redis_client(settings.require("redis_url")).ping(),
+        "broker": lambda: redis.Redis.from_url(redis_py_url(settings.require("redis_url")), socket_timeout=2).ping(),
         "storage": lambda: store_for(settings).ping(),
     }
 

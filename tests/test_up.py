@@ -1,0 +1,86 @@
+"""`loraport up` with no URLs configured: every embedded server starts, the API answers, Ctrl-C leaves
+nothing behind, and a second start reuses the data and the key."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+
+from app.embedded.process import free_ports
+from tests.conftest import ROOT
+
+URL_SETTINGS = ("LORAPORT_DATABASE_URL", "LORAPORT_REDIS_URL", "LORAPORT_S3_ENDPOINT_URL", "LORAPORT_BOOTSTRAP_KEY")
+
+
+def start_up(home: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
+    """Runs `loraport up` and reads its output until the banner says it is ready."""
+    env = {key: value for key, value in os.environ.items() if key not in URL_SETTINGS}
+    env.update(LORAPORT_HOME=str(home), LORAPORT_PORT=str(port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli.main", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            return process, lines
+    raise AssertionError("`loraport up` exited before it was ready:\n" + "".join(lines))
+
+
+def stop_up(process: subprocess.Popen) -> None:
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "up started no child processes"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=90) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    process, lines = start_up(tmp_path, port)
+    try:
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}/v1" in output
+        key = re.search(r"(lp_[A-Za-z0-9]+)", output)
+        assert key, output
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        files = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": f"Bearer {key.group(1)}"})
+        assert files.status_code == 200
+    finally:
+        stop_up(process)
+
+    process, lines = start_up(tmp_path, port)
+    try:
+        assert "lp_" not in "".join(lines)  # the key is shown only once …
+        again = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": f"Bearer {key.group(1)}"})
+        assert again.status_code == 200  # … and still works after a restart
+    finally:
+        stop_up(process)
+
+
+def test_up_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {key: value for key, value in os.environ.items() if key not in URL_SETTINGS}
+        env.update(LORAPORT_HOME=str(tmp_path), LORAPORT_PORT=str(port))
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode != 0
+    assert f"port {port} is in use" in result.stdout + result.stderr
