@@ -24,9 +24,7 @@ class TokenizedExample:
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -57,9 +55,7 @@ def _is_trained(message: dict) -> bool:
     return message.get("role") == "assistant" and message.get("weight", 1) != 0
 
 
-def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int
-) -> TokenizedExample:
+def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int) -> TokenizedExample:
     """Token ids of a conversation with labels on assistant tokens only, truncated to `max_length`.
 
     Each trained assistant turn covers its content and its end-of-turn token; the whitespace a template
@@ -72,9 +68,7 @@ def tokenize_example(
         if not _is_trained(message):
             continue
         before = _encode(tokenizer, _render(tokenizer, messages[:index], add_generation_prompt=True))
-        through = _encode(
-            tokenizer, _render(tokenizer, messages[: index + 1], add_generation_prompt=False).rstrip()
-        )
+        through = _encode(tokenizer, _render(tokenizer, messages[: index + 1], add_generation_prompt=False).rstrip())
         start = _shared_prefix_length(before, input_ids)
         end = _shared_prefix_length(through, input_ids)
         labels[start:end] = input_ids[start:end]

@@ -11,9 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAPORT_", env_file=".env", extra="ignore", frozen=True)
 
-    home: Path = Field(
-        default=Path.home() / ".local/share/loraport", description="data, caches, embedded servers"
-    )
+    home: Path = Field(default=Path.home() / ".local/share/loraport", description="data, caches, embedded servers")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -55,9 +53,7 @@ class Settings(BaseSettings):
         """The value of a URL setting that this process cannot run without."""
         value = getattr(self, name)
         if not value:
-            raise RuntimeError(
-                f"LORAPORT_{name.upper()} is not set; run `loraport up` or set it in the environment"
-            )
+            raise RuntimeError(f"LORAPORT_{name.upper()} is not set; run `loraport up` or set it in the environment")
         return value
 
 

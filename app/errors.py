@@ -38,9 +38,7 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(
-            f"The model '{model}' does not exist or you do not have access to it.", param="model"
-        )
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
 
 
 class Conflict(LoraportError):
@@ -74,9 +72,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoraportError)
     async def _loraport(_: Request, exc: LoraportError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status_code
-        )
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

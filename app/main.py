@@ -18,9 +18,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for name in ("database_url", "redis_url", "s3_endpoint_url"):
         settings.require(name)
-    app = FastAPI(
-        title="Loraport", version="0.1.0", description="OpenAI-compatible LoRA fine-tuning and serving"
-    )
+    app = FastAPI(title="Loraport", version="0.1.0", description="OpenAI-compatible LoRA fine-tuning and serving")
     app.state.settings = settings
     app.state.registry = registry_from_settings(settings)
     app.state.engine = InferenceEngine(

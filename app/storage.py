@@ -52,9 +52,7 @@ class ObjectStore:
 
     def upload_directory(self, prefix: str, directory: Path) -> None:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            self.client.upload_file(
-                str(path), self.bucket, f"{prefix}/{path.relative_to(directory).as_posix()}"
-            )
+            self.client.upload_file(str(path), self.bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
 
     def download_prefix(self, prefix: str, dest: Path) -> None:
         keys = list(self.list_keys(prefix))

@@ -97,9 +97,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def api_base_url(settings: Settings) -> Iterator[str]:
     """The real API served by uvicorn on a free loopback port, in this process."""
     port = free_ports(1)[0]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -145,7 +143,5 @@ def other_client(api_base_url: str, other_org_key: str) -> openai.OpenAI:
 @pytest.fixture
 def http(api_base_url: str, org_key: str) -> Iterator[httpx.Client]:
     """Plain HTTP, as curl would send it."""
-    with httpx.Client(
-        base_url=api_base_url, headers={"Authorization": f"Bearer {org_key}"}, timeout=120
-    ) as c:
+    with httpx.Client(base_url=api_base_url, headers={"Authorization": f"Bearer {org_key}"}, timeout=120) as c:
         yield c

@@ -14,9 +14,7 @@ TICKETS = [
 
 def chat_jsonl(pairs: list[tuple[str, str]] = TICKETS) -> bytes:
     lines = [
-        json.dumps(
-            {"messages": [{"role": "user", "content": f"Ticket: {q}"}, {"role": "assistant", "content": a}]}
-        )
+        json.dumps({"messages": [{"role": "user", "content": f"Ticket: {q}"}, {"role": "assistant", "content": a}]})
         for q, a in pairs
     ]
     return ("\n".join(lines) + "\n").encode()

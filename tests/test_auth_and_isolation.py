@@ -78,9 +78,7 @@ def test_another_organisation_gets_404_for_every_object(
         lambda: other_client.fine_tuning.jobs.checkpoints.list(job_id),
         lambda: other_client.models.retrieve(model_id),
         lambda: other_client.models.delete(model_id),
-        lambda: other_client.chat.completions.create(
-            model=model_id, messages=[{"role": "user", "content": "hi"}]
-        ),
+        lambda: other_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}]),
         lambda: other_client.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=file_id),
     ]
     for attempt in attempts:

@@ -99,9 +99,7 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     )
     assert base.choices[0].message.content
 
-    adapter_objects = list(
-        store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}")
-    )
+    adapter_objects = list(store_for(settings).list_keys(f"orgs/{finished.organization_id}/adapters/{job.id}"))
     assert any(key.endswith("adapter_model.safetensors") for key in adapter_objects)
     client.models.delete(model_id)
     with pytest.raises(openai.NotFoundError):
@@ -126,12 +124,8 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     time.sleep(8)  # the trainer polls the job's status every 2 s
     final = client.fine_tuning.jobs.retrieve(job.id)
     assert final.status == "cancelled" and final.fine_tuned_model is None
-    steps_then = len(
-        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
-    )
+    steps_then = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
     time.sleep(4)
-    steps_later = len(
-        [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
-    )
+    steps_later = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
     assert steps_later == steps_then  # no training after the cancel
     assert list(store_for(settings).list_keys(f"orgs/{final.organization_id}/adapters/{job.id}")) == []

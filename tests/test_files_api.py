@@ -87,9 +87,7 @@ def test_error_names_several_bad_lines(client: openai.OpenAI) -> None:
 
 
 def test_curl_style_upload_with_multipart_form(http) -> None:  # type: ignore[no-untyped-def]
-    response = http.post(
-        "/v1/files", files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune"}
-    )
+    response = http.post("/v1/files", files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "file"
     missing = http.post("/v1/files", data={"purpose": "fine-tune"})

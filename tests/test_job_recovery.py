@@ -14,9 +14,7 @@ from worker.job_runner import run_job
 from worker.reaper import reap_expired_leases
 
 
-def _job_in_state(
-    client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int
-) -> str:
+def _job_in_state(client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int) -> str:
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
     with transaction(settings.require("database_url")) as session:
@@ -27,14 +25,10 @@ def _job_in_state(
 
 def _events(settings: Settings, job_id: str) -> list[str]:
     with transaction(settings.require("database_url")) as session:
-        return list(
-            session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
-        )
+        return list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
 
-def test_a_duplicate_delivery_of_a_running_job_does_nothing(
-    client: openai.OpenAI, settings: Settings
-) -> None:
+def test_a_duplicate_delivery_of_a_running_job_does_nothing(client: openai.OpenAI, settings: Settings) -> None:
     job_id = _job_in_state(client, settings, "running", timedelta(minutes=5), attempt=1)
     before = _events(settings, job_id)
     run_job(settings, registry_from_settings(settings), job_id)
@@ -59,17 +53,13 @@ def test_reaper_requeues_a_job_whose_lease_expired(client: openai.OpenAI, settin
 
 
 def test_reaper_fails_a_job_out_of_attempts(client: openai.OpenAI, settings: Settings) -> None:
-    job_id = _job_in_state(
-        client, settings, "running", -timedelta(seconds=1), attempt=settings.max_job_attempts
-    )
+    job_id = _job_in_state(client, settings, "running", -timedelta(seconds=1), attempt=settings.max_job_attempts)
     assert job_id not in reap_expired_leases(settings)
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "failed" and job.error is not None and job.error.code == "worker_lost"
 
 
-def test_a_job_whose_training_file_was_deleted_fails_naming_it(
-    client: openai.OpenAI, settings: Settings
-) -> None:
+def test_a_job_whose_training_file_was_deleted_fails_naming_it(client: openai.OpenAI, settings: Settings) -> None:
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
     client.files.delete(file_id)

@@ -32,9 +32,7 @@ def test_method_hyperparameters_are_used(client: openai.OpenAI, training_file: s
         training_file=training_file,
         method={
             "type": "supervised",
-            "supervised": {
-                "hyperparameters": {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 0.5}
-            },
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 0.5}},
         },
     )
     assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (2, 3)

@@ -100,9 +100,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         org_name = session.scalar(select(Organization.name).where(Organization.id == job.organization_id))
         training_key = _dataset_key(session, job, job.training_file, "training_file")
         validation_key = (
-            _dataset_key(session, job, job.validation_file, "validation_file")
-            if job.validation_file
-            else None
+            _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
     spec = registry.get(job.model)
     model, tokenizer = registry.load(job.model, device=training_device(settings))

@@ -24,9 +24,7 @@ def reap_expired_leases(settings: Settings) -> list[str]:
             )
         ).all()
         for job_id, attempt in expired:
-            if attempt < settings.max_job_attempts and state.move(
-                session, job_id, (state.RUNNING,), state.QUEUED
-            ):
+            if attempt < settings.max_job_attempts and state.move(session, job_id, (state.RUNNING,), state.QUEUED):
                 state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
                 requeued.append(job_id)
             elif state.move(

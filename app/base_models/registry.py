@@ -62,9 +62,7 @@ def read_extra_models(path: Path) -> list[BaseModelSpec]:
     specs = []
     for entry in entries:
         if entry.get("source") not in ("gguf-package", "local", "s3"):
-            raise ValueError(
-                f"{path}: base model {entry.get('id')!r} has unknown source {entry.get('source')!r}"
-            )
+            raise ValueError(f"{path}: base model {entry.get('id')!r} has unknown source {entry.get('source')!r}")
         specs.append(
             BaseModelSpec(
                 id=entry["id"],
@@ -115,9 +113,7 @@ class BaseModelRegistry:
         else:
             fetch_prefix = self._fetch_prefix
             if fetch_prefix is None:
-                raise RuntimeError(
-                    f"base model {spec.id!r} is in S3 but the registry was given no fetch_prefix"
-                )
+                raise RuntimeError(f"base model {spec.id!r} is in S3 but the registry was given no fetch_prefix")
             build_once(destination, lambda staging: fetch_prefix(spec.location, staging))
         return destination
 

@@ -51,8 +51,7 @@ def list_models(session: Session, registry: BaseModelRegistry, org: Organization
         .order_by(FineTunedModel.created_at)
     )
     refs += [
-        ModelRef(row.id, row.base_model, row.adapter_prefix, int(row.created_at.timestamp()), org.id)
-        for row in rows
+        ModelRef(row.id, row.base_model, row.adapter_prefix, int(row.created_at.timestamp()), org.id) for row in rows
     ]
     return refs
 
@@ -60,9 +59,7 @@ def list_models(session: Session, registry: BaseModelRegistry, org: Organization
 def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> str:
     """Marks a fine-tuned model deleted and returns its adapter prefix, to remove once committed."""
     if model_id in registry.ids():
-        raise InvalidRequest(
-            f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model"
-        )
+        raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model")
     row = _fine_tuned(session, org, model_id)
     row.deleted = True
     session.flush()

@@ -13,6 +13,9 @@ def database_url(settings: Settings) -> Iterator[str]:
         yield settings.database_url
         return
     server = EmbeddedPostgres(settings.home / "postgres")
+    if server.is_running():  # `loraport up` owns it: use it, leave it running
+        yield server.url
+        return
     url = server.start()
     try:
         yield url

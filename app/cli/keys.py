@@ -28,17 +28,18 @@ def create(
 @keys_app.command("list")
 def list_(org: str | None = typer.Option(None, "--org", help="only this organisation")) -> None:
     """List keys by prefix (the secret itself is never stored)."""
-    table = Table("id", "organisation", "prefix", "name", "created", "last used", "revoked")
+    table = Table("organisation", "prefix", "name", "created", "last used", "revoked")
+    table.add_column("id", no_wrap=True)  # copied into `keys revoke`, so never cut
     with database_url(get_settings()) as url, transaction(url) as session:
         for key, organization in key_service.list_keys(session, org):
             table.add_row(
-                key.id,
                 organization.name,
                 key.prefix + "…",
                 key.name,
-                f"{key.created_at:%Y-%m-%d %H:%M}",
-                f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "-",
-                f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-",
+                f"{key.created_at:%Y-%m-%d}",
+                f"{key.last_used_at:%Y-%m-%d}" if key.last_used_at else "-",
+                f"{key.revoked_at:%Y-%m-%d}" if key.revoked_at else "-",
+                key.id,
             )
     console.print(table)
 

@@ -93,6 +93,13 @@ class EmbeddedPostgres:
         self._ensure_database()
         return self.url
 
+    def is_running(self) -> bool:
+        """Whether a server answers on this cluster's socket (perhaps started by a running `loraport up`)."""
+        try:
+            return self._accepts_connections()
+        except psycopg.OperationalError:
+            return False
+
     def stop(self) -> None:
         if self.process:
             self.process.stop()

@@ -34,9 +34,7 @@ _UPLOAD_FORM = {
 
 
 @router.post("", response_model=FilePublic, openapi_extra=_UPLOAD_FORM)
-async def upload_file(
-    request: Request, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
-):
+async def upload_file(request: Request, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep):
     """Upload a JSONL dataset (multipart fields `file` and `purpose`); it is checked line by line."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes:

@@ -213,9 +213,7 @@ class InferenceEngine:
         )
         return output[0, len(prompt_ids) :].tolist()
 
-    def _completion(
-        self, base: _LoadedBase, prompt_ids: list[int], new_ids: list[int], stop: list[str]
-    ) -> Completion:
+    def _completion(self, base: _LoadedBase, prompt_ids: list[int], new_ids: list[int], stop: list[str]) -> Completion:
         end_ids = set(_end_of_turn_ids(base.model, base.tokenizer))
         ended = next((i for i, token in enumerate(new_ids) if token in end_ids), None)
         if ended is not None:

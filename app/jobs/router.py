@@ -17,9 +17,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 @router.post("", response_model=JobPublic)
-def create_job(
-    body: JobCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
-) -> JobPublic:
+def create_job(body: JobCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Create a fine-tuning job; it is queued for a training worker once stored."""
     job = service.create_job(session, org, body, request.app.state.registry.ids())
     session.commit()
@@ -50,9 +48,7 @@ def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
 
 
 @router.get("/{job_id}/events")
-def list_events(
-    job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20
-) -> dict:
+def list_events(job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
     rows, has_more = service.list_events(session, org, job_id, after, limit)
     return list_body([EventPublic.of(row).model_dump() for row in rows], has_more)
 

@@ -39,9 +39,7 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     return body.hyperparameters or Hyperparameters()
 
 
-def create_job(
-    session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]
-) -> FineTuningJob:
+def create_job(session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]) -> FineTuningJob:
     if body.model not in base_model_ids:
         raise NotFound(
             f"The model '{body.model}' is not a base model that can be fine-tuned here; "
@@ -81,9 +79,7 @@ def get_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
     return get_owned(session, FineTuningJob, org.id, job_id, "fine-tuning job")
 
 
-def list_jobs(
-    session: Session, org: Organization, after: str | None, limit: int
-) -> tuple[list[FineTuningJob], bool]:
+def list_jobs(session: Session, org: Organization, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
     return paginate(session, FineTuningJob, [FineTuningJob.organization_id == org.id], after, limit)
 
 

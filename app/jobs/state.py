@@ -59,6 +59,4 @@ def add_event(
     type_: str = "message",
     data: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        JobEvent(id=ids.event_id(), job_id=job_id, level=level, type=type_, message=message, data=data)
-    )
+    session.add(JobEvent(id=ids.event_id(), job_id=job_id, level=level, type=type_, message=message, data=data))

@@ -19,9 +19,7 @@ DEFAULT_ID = "smollm2-135m-instruct"
 def test_default_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     conversions = []
     convert = registry_module.convert_gguf
-    monkeypatch.setattr(
-        registry_module, "convert_gguf", lambda *args: conversions.append(args) or convert(*args)
-    )
+    monkeypatch.setattr(registry_module, "convert_gguf", lambda *args: conversions.append(args) or convert(*args))
     registry = BaseModelRegistry(cache_dir=tmp_path)
 
     converted = registry.materialize(DEFAULT_ID)

@@ -9,9 +9,7 @@ def trained_text(tokenizer, example) -> str:
 
 
 def test_labels_cover_exactly_the_assistant_reply_and_its_end_of_turn_token(tokenizer):
-    example = tokenize_example(
-        tokenizer, conversation("What is the capital of France?", "Paris"), max_length=512
-    )
+    example = tokenize_example(tokenizer, conversation("What is the capital of France?", "Paris"), max_length=512)
 
     assert trained_text(tokenizer, example) == "Paris<|im_end|>"
     trained = [label != IGNORE_INDEX for label in example.labels]
@@ -37,10 +35,7 @@ def test_every_assistant_turn_is_trained_but_not_user_or_system_turns(tokenizer)
     ]
     example = tokenize_example(tokenizer, messages, max_length=512)
 
-    assert (
-        trained_text(tokenizer, example)
-        == "I am fine.<|im_end|>Why did the chicken cross the road?<|im_end|>"
-    )
+    assert trained_text(tokenizer, example) == "I am fine.<|im_end|>Why did the chicken cross the road?<|im_end|>"
     assert len(example.input_ids) == count_tokens(tokenizer, messages)
 
 

@@ -46,9 +46,7 @@ def engine(registry, store, tmp_path) -> InferenceEngine:
 
 
 def ask(engine: InferenceEngine, adapter: str | None, **options):
-    return engine.generate(
-        TINY_MODEL_ID, adapter, QUESTION, **({"max_tokens": 8, "temperature": 0} | options)
-    )
+    return engine.generate(TINY_MODEL_ID, adapter, QUESTION, **({"max_tokens": 8, "temperature": 0} | options))
 
 
 def test_trained_adapter_changes_the_greedy_reply(engine):

@@ -147,9 +147,7 @@ def train_lora(
     steps_per_epoch = batches_per_epoch(len(train_set), config.batch_size)
     total_steps = config.n_epochs * steps_per_epoch
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
 
     step = trained_tokens = 0
     train_loss: float | None = None
