@@ -6,6 +6,7 @@ from app.base_models.from_settings import registry_from_settings
 from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
 from app.config import Settings, get_settings
+from app.devices import compute_device
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fetch_adapter=store_for(settings).download_prefix,
         cache_dir=settings.adapter_cache_dir,
         max_adapters=settings.adapter_cache_size,
-        device="cuda" if settings.device == "cuda" else "cpu",
+        device=compute_device(settings),
     )
     install_error_handlers(app)
     for router in (health_router, files_router, jobs_router, models_router, chat_router):

@@ -67,6 +67,10 @@ class ObjectStore:
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         yield from body.iter_chunks(chunk_size=1024 * 1024)
 
+    def head(self, key: str) -> None:
+        """Raises if the object is not there."""
+        self.client.head_object(Bucket=self.bucket, Key=key)
+
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 

@@ -13,12 +13,12 @@ from app import ids
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.db import transaction
+from app.devices import compute_device
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved
 from app.storage import adapter_prefix, store_for
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.datasets import load_examples
-from worker.devices import training_device
 from worker.progress import JobProgress
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
 
@@ -55,7 +55,7 @@ def _validate(settings: Settings, job_id: str) -> None:
         if job.validation_file:
             keys.append(_dataset_key(session, job, job.validation_file, "validation_file"))
     for key in keys:
-        store_for(settings).client.head_object(Bucket=settings.s3_bucket, Key=key)
+        store_for(settings).head(key)
     with transaction(url) as session:
         if state.move(session, job_id, (state.VALIDATING,), state.QUEUED):
             state.add_event(session, job_id, "Files validated, job queued for training")
@@ -103,7 +103,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
     spec = registry.get(job.model)
-    model, tokenizer = registry.load(job.model, device=training_device(settings))
+    model, tokenizer = registry.load(job.model, device=compute_device(settings))
     hyper = Resolved(**job.hyperparameters)
     config = TrainingConfig(
         n_epochs=hyper.n_epochs,
