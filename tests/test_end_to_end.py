@@ -12,10 +12,14 @@ from openai.types.fine_tuning import FineTuningJob
 from app.config import Settings
 from app.storage import store_for
 from tests.conftest import ROOT, settings_env
-from tests.datasets import chat_jsonl
+from tests.datasets import TICKETS, chat_jsonl
 from worker.celery_app import celery_for
 
 pytestmark = pytest.mark.e2e
+HELD_OUT = [
+    ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
+    ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +68,12 @@ def wait_for_job(client: openai.OpenAI, job_id: str, timeout_s: float = 600) -> 
 def test_fine_tune_the_default_model_and_chat_with_it(
     client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
 ) -> None:
-    training = client.files.create(file=("tickets.jsonl", chat_jsonl()), purpose="fine-tune")
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    held_out = client.files.create(file=("held-out.jsonl", chat_jsonl(HELD_OUT)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=settings.default_base_model,
         training_file=training.id,
+        validation_file=held_out.id,
         suffix="tickets",
         seed=3,
         hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2},
@@ -82,9 +88,11 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     metrics = [event for event in events if event.type == "metrics"]
     assert [event.data["step"] for event in reversed(metrics)] == [1, 2, 3]  # 6 examples, batch 2, 1 epoch
     assert all(event.data["train_loss"] > 0 for event in metrics)
+    assert metrics[0].data["valid_loss"] > 0  # the held-out loss after the (only) epoch
     assert events[0].message == "The job has successfully completed"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [3]
+    assert checkpoints[0].metrics.valid_loss == metrics[0].data["valid_loss"]
 
     assert model_id in [m.id for m in client.models.list()]
     reply = client.chat.completions.create(

@@ -87,9 +87,12 @@ def test_error_names_several_bad_lines(client: openai.OpenAI) -> None:
 
 
 def test_curl_style_upload_with_multipart_form(http) -> None:  # type: ignore[no-untyped-def]
-    response = http.post("/v1/files", files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune"})
+    name = 'tick"ets\r\nX-Evil: 1.jsonl'
+    response = http.post("/v1/files", files={"file": (name, chat_jsonl())}, data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "file"
+    download = http.get(f"/v1/files/{response.json()['id']}/content")
+    assert download.content == chat_jsonl() and "x-evil" not in download.headers
     missing = http.post("/v1/files", data={"purpose": "fine-tune"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
 

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import openai
+import redis
 from sqlalchemy import select
 
 from app.base_models.from_settings import registry_from_settings
@@ -11,7 +12,7 @@ from app.db import transaction
 from app.tables import FineTuningJob, JobEvent
 from tests.datasets import chat_jsonl
 from worker.job_runner import run_job
-from worker.reaper import reap_expired_leases
+from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, resend_unqueued
 
 
 def _job_in_state(client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int) -> str:
@@ -67,3 +68,17 @@ def test_a_job_whose_training_file_was_deleted_fails_naming_it(client: openai.Op
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "failed" and job.error is not None
     assert job.error.param == "training_file" and file_id in job.error.message
+
+
+def test_a_job_the_broker_never_got_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
+    """The broker was down at creation: the job stayed `validating_files` with no message anywhere."""
+    job_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
+    fresh_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
+    with transaction(settings.require("database_url")) as session:
+        session.get_one(FineTuningJob, job_id).created_at = datetime.now(UTC) - 2 * UNQUEUED_GRACE
+    broker = redis.Redis.from_url(settings.require("redis_url"))
+    waiting = broker.llen("training")
+    assert resend_unqueued(settings) == [job_id]
+    assert broker.llen("training") == waiting + 1
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(fresh_id).status == "validating_files"  # may still be on its way

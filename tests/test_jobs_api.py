@@ -17,13 +17,16 @@ def training_file(client: openai.OpenAI) -> str:
 
 def test_create_echoes_resolved_hyperparameters_as_numbers(client: openai.OpenAI, training_file: str) -> None:
     job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, suffix="tickets", seed=7)
-    assert job.status == "validating_files" and job.error is None and job.fine_tuned_model is None
+    # files are checked on upload and the job's message is with the broker: it waits for a worker
+    assert job.status == "queued" and job.error is None and job.fine_tuned_model is None
     assert job.seed == 7 and job.training_file == training_file and job.model == BASE
     assert job.hyperparameters.n_epochs == auto_epochs(len(TICKETS))
     assert isinstance(job.hyperparameters.batch_size, int)
     assert job.hyperparameters.learning_rate_multiplier == 1.0
     assert job.method is not None and job.method.type == "supervised"
     assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
+    events = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
+    assert events == ["Files validated; job queued for a training worker", "Created fine-tuning job"]
 
 
 def test_method_hyperparameters_are_used(client: openai.OpenAI, training_file: str) -> None:

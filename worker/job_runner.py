@@ -46,19 +46,15 @@ def _dataset_key(session, job: FineTuningJob, file_id: str, param: str) -> str: 
     return key
 
 
-def _validate(settings: Settings, job_id: str) -> None:
-    """validating_files → queued once the job's files are still there and readable."""
-    url = settings.require("database_url")
-    with transaction(url) as session:
+def _check_datasets(settings: Settings, job_id: str) -> None:
+    """Fails the job now, with the file named, if a dataset was deleted after the job was created."""
+    with transaction(settings.require("database_url")) as session:
         job = session.get_one(FineTuningJob, job_id)
         keys = [_dataset_key(session, job, job.training_file, "training_file")]
         if job.validation_file:
             keys.append(_dataset_key(session, job, job.validation_file, "validation_file"))
     for key in keys:
         store_for(settings).head(key)
-    with transaction(url) as session:
-        if state.move(session, job_id, (state.VALIDATING,), state.QUEUED):
-            state.add_event(session, job_id, "Files validated, job queued for training")
 
 
 def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
@@ -70,8 +66,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
         log.info("jobs.skip", job_id=job_id, status=status)
         return
     try:
-        if status == state.VALIDATING:
-            _validate(settings, job_id)
+        _check_datasets(settings, job_id)
         with transaction(url) as session:
             if not state.claim(session, job_id, settings.job_lease_seconds):
                 log.info("jobs.claim.lost", job_id=job_id)

@@ -1,6 +1,7 @@
-"""Jobs whose worker died: re-queue them while attempts remain, else fail them with `worker_lost`."""
+"""Repairs what a crash can leave behind: jobs whose worker died, and jobs whose message never reached
+the broker. Run every minute by Celery beat; both passes are safe to run at any time and twice."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import select
@@ -12,6 +13,9 @@ from app.jobs.tasks import enqueue_training
 from app.tables import FineTuningJob
 
 log = structlog.get_logger()
+# A job whose message reached the broker is marked queued within the create request, so one still
+# validating after this long was never enqueued.
+UNQUEUED_GRACE = timedelta(seconds=60)
 
 
 def reap_expired_leases(settings: Settings) -> list[str]:
@@ -43,3 +47,21 @@ def reap_expired_leases(settings: Settings) -> list[str]:
         enqueue_training(settings, job_id)
         log.info("jobs.reaper.requeued", job_id=job_id)
     return requeued
+
+
+def resend_unqueued(settings: Settings) -> list[str]:
+    """Enqueues jobs left in `validating_files` because the broker was down when they were created."""
+    url = settings.require("database_url")
+    with transaction(url) as session:
+        stale = session.scalars(
+            select(FineTuningJob.id).where(
+                FineTuningJob.status == state.VALIDATING,
+                FineTuningJob.created_at < datetime.now(UTC) - UNQUEUED_GRACE,
+            )
+        ).all()
+    for job_id in stale:
+        enqueue_training(settings, job_id)
+        with transaction(url) as session:
+            state.mark_queued(session, job_id)
+        log.info("jobs.reaper.resent", job_id=job_id)
+    return list(stale)

@@ -11,7 +11,7 @@ from app.base_models.registry import BaseModelRegistry
 from app.config import get_settings
 from worker.celery_app import RECONCILE_TASK, TRAIN_TASK
 from worker.job_runner import run_job
-from worker.reaper import reap_expired_leases
+from worker.reaper import reap_expired_leases, resend_unqueued
 
 
 @lru_cache
@@ -34,4 +34,6 @@ def train_job(job_id: str) -> None:
 
 @shared_task(name=RECONCILE_TASK)
 def reconcile_jobs() -> None:
-    reap_expired_leases(get_settings())
+    settings = get_settings()
+    reap_expired_leases(settings)
+    resend_unqueued(settings)

@@ -6,7 +6,7 @@ import structlog
 from fastapi import APIRouter, Query, Request
 
 from app.deps import OrgDep, SessionDep, SettingsDep
-from app.jobs import service
+from app.jobs import service, state
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.jobs.tasks import enqueue_training
 from app.pagination import list_body
@@ -23,8 +23,12 @@ def create_job(body: JobCreate, request: Request, org: OrgDep, session: SessionD
     session.commit()
     try:
         enqueue_training(settings, job.id)
-    except Exception as error:  # the reconciler re-sends jobs whose message never reached the broker
+    except Exception as error:  # the reaper re-sends jobs whose message never reached the broker
         log.warning("jobs.enqueue.failed", job_id=job.id, error=str(error))
+    else:
+        state.mark_queued(session, job.id)
+        session.commit()
+        session.refresh(job)
     return JobPublic.of(job)
 
 

@@ -29,15 +29,25 @@ def move(session: Session, job_id: str, from_: tuple[str, ...], to: str, **value
 
 
 def claim(session: Session, job_id: str, lease_seconds: int) -> bool:
-    """queued → running, taking a lease that the trainer renews while it works."""
+    """→ running, taking a lease that the trainer renews while it works.
+
+    A job may still be `validating_files` when its message arrives: the API marks it queued only after
+    the broker took the message, and a worker can be quicker than that.
+    """
     return move(
         session,
         job_id,
-        (QUEUED,),
+        (VALIDATING, QUEUED),
         RUNNING,
         attempt=FineTuningJob.attempt + 1,
         lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_seconds),
     )
+
+
+def mark_queued(session: Session, job_id: str) -> None:
+    """validating_files → queued, once the job's message is with the broker."""
+    if move(session, job_id, (VALIDATING,), QUEUED):
+        add_event(session, job_id, "Files validated; job queued for a training worker")
 
 
 def renew_lease(session: Session, job_id: str, lease_seconds: int) -> bool:
