@@ -1,9 +1,12 @@
 """One error hierarchy, rendered once as OpenAI's `{"error": {message, type, param, code}}`."""
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger()
 
 
 class LoraportError(Exception):
@@ -78,6 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("api.unexpected_error", path=request.url.path)
+        message = "The server hit an unexpected error; retry, and report it if it persists."
+        return JSONResponse(error_body(message, "server_error", None, None), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

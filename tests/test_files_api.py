@@ -1,6 +1,7 @@
 """Uploading datasets through the openai SDK and curl-style HTTP; bad files leave nothing behind."""
 
 import json
+from urllib.parse import unquote
 
 import openai
 import pytest
@@ -87,12 +88,14 @@ def test_error_names_several_bad_lines(client: openai.OpenAI) -> None:
 
 
 def test_curl_style_upload_with_multipart_form(http) -> None:  # type: ignore[no-untyped-def]
-    name = 'tick"ets\r\nX-Evil: 1.jsonl'
+    name = "tickets; 票据 ünïcode.jsonl"
     response = http.post("/v1/files", files={"file": (name, chat_jsonl())}, data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
-    assert response.json()["object"] == "file"
+    assert response.json()["object"] == "file" and response.json()["filename"] == name
     download = http.get(f"/v1/files/{response.json()['id']}/content")
-    assert download.content == chat_jsonl() and "x-evil" not in download.headers
+    assert download.content == chat_jsonl()
+    disposition = download.headers["content-disposition"]
+    assert unquote(disposition.split("filename*=UTF-8''", 1)[1]) == name
     missing = http.post("/v1/files", data={"purpose": "fine-tune"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
 

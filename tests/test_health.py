@@ -22,3 +22,16 @@ def test_readyz_names_the_service_that_is_down(settings: Settings) -> None:
     checks = response.json()["checks"]
     assert checks["database"] == "ok" and checks["storage"] == "ok"
     assert checks["broker"].startswith("unavailable")
+
+
+def test_an_unexpected_failure_is_a_500_in_openai_shape(settings: Settings, org_key: str) -> None:
+    storage_down = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:1"})
+    with TestClient(create_app(storage_down), raise_server_exceptions=False) as api:
+        response = api.post(
+            "/v1/files",
+            headers={"Authorization": f"Bearer {org_key}"},
+            files={"file": ("t.jsonl", b'{"messages": [{"role": "assistant", "content": "x"}]}\n')},
+            data={"purpose": "fine-tune"},
+        )
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"

@@ -89,7 +89,8 @@ def file_content(file_id: str, org: OrgDep, session: SessionDep, store: StoreDep
         store.open(row.storage_key),
         media_type="application/octet-stream",
         headers={
-            "Content-Disposition": f'attachment; filename="{row.filename}"',
+            # RFC 6266 encoding: whatever the uploaded name holds, it cannot break the header.
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.filename)}",
             "Content-Length": str(row.bytes),
         },
     )
