@@ -18,10 +18,6 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
 
-    @property
-    def trained_token_count(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -44,11 +40,6 @@ def _shared_prefix_length(a: list[int], b: list[int]) -> int:
 def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
     """Token ids of the conversation followed by the prompt for the assistant's reply."""
     return _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
-
-
-def count_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> int:
-    """Length in tokens of the whole conversation as it is trained (before truncation)."""
-    return len(_encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=False)))
 
 
 def _is_trained(message: dict) -> bool:

@@ -47,9 +47,6 @@ class ObjectStore:
             stream, self.bucket, key, Config=boto3.s3.transfer.TransferConfig(multipart_chunksize=_PART_SIZE)
         )
 
-    def upload_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
-
     def upload_directory(self, prefix: str, directory: Path) -> None:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             self.client.upload_file(str(path), self.bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")

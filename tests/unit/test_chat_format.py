@@ -1,4 +1,4 @@
-from app.chat_format import IGNORE_INDEX, count_tokens, render_prompt_ids, tokenize_example
+from app.chat_format import IGNORE_INDEX, render_prompt_ids, tokenize_example
 from tests.unit.tiny_models import DEFAULT_SYSTEM_PROMPT, conversation
 
 
@@ -36,7 +36,7 @@ def test_every_assistant_turn_is_trained_but_not_user_or_system_turns(tokenizer)
     example = tokenize_example(tokenizer, messages, max_length=512)
 
     assert trained_text(tokenizer, example) == "I am fine.<|im_end|>Why did the chicken cross the road?<|im_end|>"
-    assert len(example.input_ids) == count_tokens(tokenizer, messages)
+    assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def test_assistant_turn_with_weight_zero_is_context_only(tokenizer):
