@@ -14,10 +14,13 @@ class LoraportError(Exception):
     type = "invalid_request_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, details: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.details = details  # extra fields inside "error"; clients that do not know them ignore them
         if code is not None:
             self.code = code
 
@@ -44,9 +47,22 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
 
 
+class DatasetRejected(InvalidRequest):
+    """A file that failed validation: the message names the first bad lines, `validation` lists them all."""
+
+    code = "invalid_file_format"
+
+    def __init__(self, summary: str, validation: dict) -> None:
+        super().__init__(summary, param="file", details={"validation": validation})
+
+
 class Conflict(LoraportError):
     status_code = 409
     code = "conflict"
+
+
+class UnprocessableEntity(LoraportError):
+    status_code = 422
 
 
 class PayloadTooLarge(LoraportError):
@@ -75,7 +91,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoraportError)
     async def _loraport(_: Request, exc: LoraportError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status_code)
+        body = error_body(exc.message, exc.type, exc.param, exc.code)
+        body["error"].update(exc.details or {})
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

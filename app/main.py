@@ -13,6 +13,7 @@ from app.health.router import router as health_router
 from app.inference.engine import InferenceEngine
 from app.jobs.router import router as jobs_router
 from app.storage import store_for
+from app.uploads.router import router as uploads_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,6 +31,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device=compute_device(settings),
     )
     install_error_handlers(app)
-    for router in (health_router, files_router, jobs_router, models_router, chat_router):
+    for router in (health_router, files_router, uploads_router, jobs_router, models_router, chat_router):
         app.include_router(router)
     return app

@@ -3,7 +3,6 @@
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import boto3
 from botocore.config import Config
@@ -41,11 +40,8 @@ class ObjectStore:
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 
-    def upload_stream(self, key: str, stream: IO[bytes]) -> None:
-        """Multipart upload from a file object, never holding the whole object in memory."""
-        self.client.upload_fileobj(
-            stream, self.bucket, key, Config=boto3.s3.transfer.TransferConfig(multipart_chunksize=_PART_SIZE)
-        )
+    def writer(self, key: str) -> "ObjectWriter":
+        return ObjectWriter(self, key)
 
     def upload_directory(self, prefix: str, directory: Path) -> None:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -82,6 +78,52 @@ class ObjectStore:
     def delete_prefix(self, prefix: str) -> None:
         for key in list(self.list_keys(prefix)):
             self.delete(key)
+
+
+class ObjectWriter:
+    """Writes one object from chunks as they arrive, holding at most one part in memory.
+
+    Small objects take one PUT; larger ones a multipart upload. `abort` removes whatever was written,
+    so a failed or refused upload leaves no object and no dangling multipart upload behind.
+    """
+
+    def __init__(self, store: ObjectStore, key: str, part_size: int = _PART_SIZE) -> None:
+        self.store, self.key, self.part_size = store, key, part_size
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, object]] = []
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self.part_size:
+            self._send_part(bytes(self._buffer[: self.part_size]))
+            del self._buffer[: self.part_size]
+
+    def close(self) -> None:
+        client, bucket = self.store.client, self.store.bucket
+        if self._upload_id is None:
+            client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self._buffer))
+            return
+        if self._buffer:
+            self._send_part(bytes(self._buffer))
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+        )
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id)
+        self.store.delete(self.key)
+
+    def _send_part(self, data: bytes) -> None:
+        client, bucket = self.store.client, self.store.bucket
+        if self._upload_id is None:
+            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self._parts) + 1
+        etag = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data)[
+            "ETag"
+        ]
+        self._parts.append({"PartNumber": number, "ETag": etag})
 
 
 @lru_cache

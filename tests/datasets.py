@@ -9,6 +9,12 @@ TICKETS = [
     ("Can I change the email on my account?", "category: account\npriority: low\nteam: support"),
     ("Your API returns 500 on every request.", "category: outage\npriority: urgent\nteam: platform"),
     ("Please cancel my subscription.", "category: billing\npriority: medium\nteam: payments"),
+    ("Where can I download my invoices?", "category: how-to\npriority: low\nteam: support"),
+    ("Login page shows a blank screen.", "category: bug\npriority: high\nteam: web"),
+    ("I want to add a second admin.", "category: account\npriority: low\nteam: support"),
+    ("Webhooks stopped arriving an hour ago.", "category: outage\npriority: urgent\nteam: platform"),
+    ("Why did my plan price go up?", "category: billing\npriority: medium\nteam: payments"),
+    ("Dark mode makes the charts unreadable.", "category: bug\npriority: low\nteam: web"),
 ]
 
 

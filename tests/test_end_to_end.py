@@ -16,9 +16,17 @@ from tests.datasets import TICKETS, chat_jsonl
 from worker.celery_app import celery_for
 
 pytestmark = pytest.mark.e2e
-HELD_OUT = [
+HELD_OUT = [  # ten tickets the model never trains on (a file needs at least ten examples)
     ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
     ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
+    ("The export button does nothing.", "category: bug\npriority: medium\nteam: web"),
+    ("How do I rotate my API key?", "category: how-to\npriority: low\nteam: support"),
+    ("All requests time out since noon.", "category: outage\npriority: urgent\nteam: platform"),
+    ("I was charged after cancelling.", "category: billing\npriority: high\nteam: payments"),
+    ("Can I merge two accounts?", "category: account\npriority: low\nteam: support"),
+    ("Search returns nothing at all.", "category: bug\npriority: high\nteam: web"),
+    ("Where do I change my timezone?", "category: how-to\npriority: low\nteam: support"),
+    ("The status page says everything is down.", "category: outage\npriority: urgent\nteam: platform"),
 ]
 
 
@@ -76,7 +84,7 @@ def test_fine_tune_the_default_model_and_chat_with_it(
         validation_file=held_out.id,
         suffix="tickets",
         seed=3,
-        hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2},
+        hyperparameters={"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 2},
     )
     finished = wait_for_job(client, job.id)
     assert finished.status == "succeeded", finished.error
@@ -86,7 +94,7 @@ def test_fine_tune_the_default_model_and_chat_with_it(
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = [event for event in events if event.type == "metrics"]
-    assert [event.data["step"] for event in reversed(metrics)] == [1, 2, 3]  # 6 examples, batch 2, 1 epoch
+    assert [event.data["step"] for event in reversed(metrics)] == [1, 2, 3]  # 12 examples, batch 4, 1 epoch
     assert all(event.data["train_loss"] > 0 for event in metrics)
     assert metrics[0].data["valid_loss"] > 0  # the held-out loss after the (only) epoch
     assert events[0].message == "The job has successfully completed"
@@ -118,7 +126,7 @@ def test_fine_tune_the_default_model_and_chat_with_it(
 def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
 ) -> None:
-    training = client.files.create(file=("t.jsonl", chat_jsonl() * 20), purpose="fine-tune")
+    training = client.files.create(file=("t.jsonl", chat_jsonl() * 10), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=settings.default_base_model,
         training_file=training.id,

@@ -48,43 +48,59 @@ def test_file_list_pages_with_after_and_limit(client: openai.OpenAI) -> None:
     assert [f.id for f in client.files.list(limit=2)] == list(reversed(ids))  # auto-pagination
 
 
+def validation_errors(error: openai.BadRequestError) -> list[tuple[int | None, str]]:
+    """(line, code) of each error the server reported for a refused file."""
+    return [(item["line"], item["code"]) for item in error.body["validation"]["errors"]]
+
+
 @pytest.mark.parametrize(
-    ("content", "purpose", "expected"),
+    ("content", "expected"),
     [
-        (chat_jsonl() + b'{"messages": [oops\n', "fine-tune", "line 7: not valid JSON"),
+        (chat_jsonl() + b'{"messages": [oops\n', [(len(TICKETS) + 1, "invalid_json")]),
         (
-            json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode() + b"\n",
-            "fine-tune",
-            "line 1: no assistant message",
+            chat_jsonl() + json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+            [(13, "no_assistant_message")],
         ),
         (
-            json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(),
-            "fine-tune",
-            "line 1: message 1 has role 'robot'",
+            json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode() + b"\n" + chat_jsonl(),
+            [(1, "unknown_role")],
         ),
-        (b"", "fine-tune", "The file is empty"),
-        (b"\n\n", "fine-tune", "The file is empty"),
-        (chat_jsonl(), "assistants", "'assistants' is not a supported purpose"),
-        (b"[1, 2]\n", "fine-tune", "line 1: expected a JSON object"),
+        (b"", [(None, "empty_file")]),
+        (b"\n\n", [(None, "empty_file")]),
+        (b"[1, 2]\n" + chat_jsonl(), [(1, "not_a_json_object")]),
+        (chat_jsonl(TICKETS[:5]), [(None, "too_few_examples")]),
+        (b"\xff\xfe binary \x00\x01\n" + chat_jsonl(), [(1, "not_utf8")]),
+        (chat_jsonl() + b'{"messages": [{"role": "user", "content": "cut', [(13, "invalid_json")]),
     ],
 )
-def test_bad_upload_is_rejected_naming_the_problem_and_leaves_nothing(
-    client: openai.OpenAI, settings: Settings, content: bytes, purpose: str, expected: str
+def test_bad_upload_is_refused_naming_each_bad_line_and_leaves_nothing(
+    client: openai.OpenAI, settings: Settings, content: bytes, expected: list[tuple[int | None, str]]
 ) -> None:
     before = stored_state(settings)
     with pytest.raises(openai.BadRequestError) as error:
-        client.files.create(file=("bad.jsonl", content), purpose=purpose)  # type: ignore[arg-type]
-    assert expected in error.value.message
-    assert error.value.body["type"] == "invalid_request_error"
+        client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
+    assert validation_errors(error.value) == expected
+    assert error.value.code == "invalid_file_format" and error.value.body["param"] == "file"
+    if expected[0][0] is not None:
+        assert f"line {expected[0][0]}" in error.value.message.lower()
+    assert stored_state(settings) == before
+
+
+def test_wrong_purpose_is_refused_and_leaves_nothing(client: openai.OpenAI, settings: Settings) -> None:
+    before = stored_state(settings)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.files.create(file=("t.jsonl", chat_jsonl()), purpose="assistants")
+    assert "'assistants' is not a supported purpose" in error.value.message
     assert stored_state(settings) == before
 
 
 def test_error_names_several_bad_lines(client: openai.OpenAI) -> None:
-    good = chat_jsonl(TICKETS[:1])
     bad = b'{"messages": []}\n'
+    content = bad + chat_jsonl() + bad + b"{}\n"
     with pytest.raises(openai.BadRequestError) as error:
-        client.files.create(file=("bad.jsonl", good + bad + good + bad), purpose="fine-tune")
-    assert "line 2:" in error.value.message and "line 4:" in error.value.message
+        client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
+    assert [line for line, _ in validation_errors(error.value)] == [1, 14, 15]
+    assert "line 1" in error.value.message.lower() and error.value.body["validation"]["error_count"] == 3
 
 
 def test_curl_style_upload_with_multipart_form(http) -> None:  # type: ignore[no-untyped-def]
@@ -96,8 +112,10 @@ def test_curl_style_upload_with_multipart_form(http) -> None:  # type: ignore[no
     assert download.content == chat_jsonl()
     disposition = download.headers["content-disposition"]
     assert unquote(disposition.split("filename*=UTF-8''", 1)[1]) == name
-    missing = http.post("/v1/files", data={"purpose": "fine-tune"})
+    missing = http.post("/v1/files", files={"purpose": (None, "fine-tune")})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    not_multipart = http.post("/v1/files", data={"purpose": "fine-tune"})
+    assert not_multipart.status_code == 400 and "multipart/form-data" in not_multipart.json()["error"]["message"]
 
 
 def test_upload_over_the_size_limit_is_refused(settings: Settings, org_key: str) -> None:
@@ -112,4 +130,26 @@ def test_upload_over_the_size_limit_is_refused(settings: Settings, org_key: str)
         )
     assert response.status_code == 413
     assert "larger than the limit of 300 bytes" in response.json()["error"]["message"]
+    assert stored_state(settings) == before
+
+
+def test_a_retried_upload_with_an_idempotency_key_returns_the_first_file(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    first = client.files.create(
+        file=("t.jsonl", chat_jsonl()), purpose="fine-tune", extra_headers={"Idempotency-Key": "upload-1"}
+    )
+    before = stored_state(settings)
+    again = client.files.create(
+        file=("t.jsonl", chat_jsonl()), purpose="fine-tune", extra_headers={"Idempotency-Key": "upload-1"}
+    )
+    assert again.id == first.id and again.created_at == first.created_at
+    assert stored_state(settings) == before  # no second row, no second object
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.files.create(
+            file=("t.jsonl", chat_jsonl(TICKETS[1:] + TICKETS[:1])),
+            purpose="fine-tune",
+            extra_headers={"Idempotency-Key": "upload-1"},
+        )
+    assert error.value.code == "idempotency_key_reused"
     assert stored_state(settings) == before

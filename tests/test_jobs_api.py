@@ -1,5 +1,7 @@
 """Creating, listing and cancelling jobs; hyperparameters; bad requests."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import openai
 import pytest
 
@@ -95,3 +97,35 @@ def test_models_list_has_the_default_base_model(client: openai.OpenAI, settings:
     models = {m.id: m for m in client.models.list()}
     assert settings.default_base_model in models
     assert models[settings.default_base_model].object == "model"
+
+
+def test_a_retried_create_with_an_idempotency_key_makes_one_job(
+    client: openai.OpenAI, other_client: openai.OpenAI, training_file: str
+) -> None:
+    key = {"Idempotency-Key": "create-tickets-1"}
+    first = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, seed=1, extra_headers=key)
+    again = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, seed=1, extra_headers=key)
+    assert again.id == first.id
+    assert [job.id for job in client.fine_tuning.jobs.list()] == [first.id]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.fine_tuning.jobs.create(model=BASE, training_file=training_file, seed=2, extra_headers=key)
+    # keys belong to one organisation: the same key elsewhere is a different request
+    other_file = other_client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    other = other_client.fine_tuning.jobs.create(model=BASE, training_file=other_file, extra_headers=key)
+    assert other.id != first.id
+
+
+def test_concurrent_creates_with_one_idempotency_key_make_one_job(
+    api_base_url: str, org_key: str, training_file: str
+) -> None:
+    retrying = openai.OpenAI(base_url=f"{api_base_url}/v1", api_key=org_key, max_retries=5)
+    key = {"Idempotency-Key": "concurrent-1"}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = list(
+            pool.map(
+                lambda _: retrying.fine_tuning.jobs.create(model=BASE, training_file=training_file, extra_headers=key),
+                range(4),
+            )
+        )
+    assert len({job.id for job in jobs}) == 1
+    assert [job.id for job in retrying.fine_tuning.jobs.list()] == [jobs[0].id]

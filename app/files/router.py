@@ -1,18 +1,25 @@
 """/v1/files"""
 
+from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
+from app import idempotency, ids
+from app.datasets.validation import DatasetValidator
 from app.deps import OrgDep, SessionDep, SettingsDep, StoreDep
-from app.errors import InvalidRequest, PayloadTooLarge
+from app.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.files import service
+from app.files.form_stream import stream_form
+from app.files.ingest import FileIngest
 from app.files.schemas import FileDeleted, FilePublic
+from app.idempotency import IdempotencyKey
 from app.pagination import list_body
+from app.storage import file_key
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -35,33 +42,51 @@ _UPLOAD_FORM = {
 
 
 @router.post("", response_model=FilePublic, openapi_extra=_UPLOAD_FORM)
-async def upload_file(request: Request, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep):
-    """Upload a JSONL dataset (multipart fields `file` and `purpose`); it is checked line by line."""
+async def upload_file(
+    request: Request,
+    org: OrgDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> FilePublic:
+    """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes:
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
-    async with request.form(max_files=1, max_fields=10) as form:
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("Missing the multipart field 'file'", param="file")
-        if not isinstance(purpose, str) or not purpose:
-            raise InvalidRequest("Missing the multipart field 'purpose'", param="purpose")
-        row = await run_in_threadpool(
-            service.create_file,
-            session,
-            store,
-            org,
-            upload.file,
-            upload.filename or "upload.jsonl",
-            purpose,
-            settings.max_upload_bytes,
-        )
+    file_id = ids.file_id()
+    storage_key = file_key(org.id, file_id)
+    ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, DatasetValidator())
     try:
-        session.commit()
-    except Exception:
-        store.delete(row.storage_key)
+        form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
+        if not form.file_seen:
+            raise InvalidRequest("Missing the multipart field 'file'", param="file")
+        purpose = service.check_purpose(form.fields.get("purpose"))
+        ingested = await run_in_threadpool(ingest.finish)
+    except BaseException:
+        await run_in_threadpool(ingest.abort)
         raise
-    return FilePublic.of(row)
+    if not ingested.validation.ok:
+        raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
+    filename = form.filename or "upload.jsonl"
+    try:
+        row = service.record_file(session, org, file_id, storage_key, filename, purpose, ingested)
+        answer = FilePublic.of(row)
+        if idempotency_key:
+            digest = idempotency.request_hash("files.create", purpose, filename, ingested.sha256)
+            earlier = idempotency.replay(session, org, idempotency_key, "POST /v1/files", digest)
+            if earlier is not None:
+                session.rollback()
+                await run_in_threadpool(store.delete, storage_key)
+                return FilePublic(**earlier)
+            idempotency.remember(session, org, idempotency_key, "POST /v1/files", digest, answer.model_dump())
+        session.commit()
+    except BaseException as error:  # the object is only kept with the row that points at it
+        await run_in_threadpool(store.delete, storage_key)
+        if idempotency_key and isinstance(error, IntegrityError):
+            raise idempotency.in_flight(idempotency_key) from None
+        raise
+    return answer
 
 
 @router.get("")

@@ -1,67 +1,49 @@
-"""Uploading, reading and deleting files; a bad upload leaves nothing behind."""
-
-import hashlib
-from collections.abc import Iterator
-from typing import IO
+"""Recording, reading and deleting files; the bytes themselves arrive through `app.files.ingest`."""
 
 from sqlalchemy.orm import Session
 
-from app import ids
-from app.errors import InvalidRequest, PayloadTooLarge
-from app.files.validation import check_jsonl
+from app.errors import InvalidRequest
+from app.files.ingest import Ingested
 from app.pagination import paginate
 from app.scoped import get_owned
-from app.storage import ObjectStore, file_key
 from app.tables import Organization, StoredFile
 
 PURPOSES = ("fine-tune",)
 
 
-def _lines_counting(stream: IO[bytes], digest: "hashlib._Hash", max_bytes: int) -> Iterator[bytes]:
-    size = 0
-    for line in stream:
-        size += len(line)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.", param="file")
-        digest.update(line)
-        yield line
-
-
-def create_file(
-    session: Session,
-    store: ObjectStore,
-    org: Organization,
-    stream: IO[bytes],
-    filename: str,
-    purpose: str,
-    max_bytes: int,
-) -> StoredFile:
-    """Validates every line, then streams the file to S3 and records it."""
+def check_purpose(purpose: str | None) -> str:
+    if not purpose:
+        raise InvalidRequest("Missing the multipart field 'purpose'", param="purpose")
     if purpose not in PURPOSES:
         raise InvalidRequest(
             f"'{purpose}' is not a supported purpose; use one of: {', '.join(PURPOSES)}", param="purpose"
         )
-    digest = hashlib.sha256()
-    report = check_jsonl(_lines_counting(stream, digest, max_bytes))
-    if not report.ok:
-        raise InvalidRequest(report.summary(), param="file", code="invalid_file_format")
-    size = stream.tell()
-    stream.seek(0)
+    return purpose
+
+
+def record_file(
+    session: Session,
+    org: Organization,
+    file_id: str,
+    storage_key: str,
+    filename: str,
+    purpose: str,
+    ingested: Ingested,
+) -> StoredFile:
+    """The row for a file whose bytes passed validation and are stored under `storage_key`."""
     row = StoredFile(
-        id=ids.file_id(),
+        id=file_id,
         organization_id=org.id,
         filename=filename,
         purpose=purpose,
-        bytes=size,
+        bytes=ingested.bytes,
         status="processed",
-        storage_key="",
-        sha256=digest.hexdigest(),
-        example_count=report.example_count,
+        storage_key=storage_key,
+        sha256=ingested.sha256,
+        example_count=ingested.validation.example_count,
     )
-    row.storage_key = file_key(org.id, row.id)
     session.add(row)
     session.flush()
-    store.upload_stream(row.storage_key, stream)
     return row
 
 
@@ -70,12 +52,7 @@ def get_file(session: Session, org: Organization, file_id: str) -> StoredFile:
 
 
 def list_files(
-    session: Session,
-    org: Organization,
-    after: str | None,
-    limit: int,
-    purpose: str | None,
-    newest_first: bool,
+    session: Session, org: Organization, after: str | None, limit: int, purpose: str | None, newest_first: bool
 ) -> tuple[list[StoredFile], bool]:
     scope = [StoredFile.organization_id == org.id]
     if purpose:

@@ -4,8 +4,11 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.exc import IntegrityError
 
+from app import idempotency
 from app.deps import OrgDep, SessionDep, SettingsDep
+from app.idempotency import IdempotencyKey
 from app.jobs import service, state
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.jobs.tasks import enqueue_training
@@ -14,13 +17,33 @@ from app.pagination import list_body
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 log = structlog.get_logger()
 Limit = Annotated[int, Query(ge=1, le=100)]
+_CREATE = "POST /v1/fine_tuning/jobs"
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
+def create_job(
+    body: JobCreate,
+    request: Request,
+    org: OrgDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
     """Create a fine-tuning job; it is queued for a training worker once stored."""
+    digest = idempotency.request_hash(body.model_dump())
+    if idempotency_key:
+        earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
+        if earlier is not None:
+            return JobPublic.of(service.get_job(session, org, earlier["id"]))
     job = service.create_job(session, org, body, request.app.state.registry.ids())
-    session.commit()
+    if idempotency_key:
+        idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
+    try:
+        session.commit()
+    except IntegrityError:
+        if idempotency_key:
+            raise idempotency.in_flight(idempotency_key) from None
+        raise
     try:
         enqueue_training(settings, job.id)
     except Exception as error:  # the reaper re-sends jobs whose message never reached the broker

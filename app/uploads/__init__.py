@@ -1,0 +1,1 @@
+"""OpenAI's Uploads API: large files sent in parts, assembled into a file on completion."""

@@ -1,0 +1,173 @@
+"""Upload throughput and memory: our streaming ingest against the naive recipe, side by side in one run.
+
+    .venv/bin/python -m bench.upload_throughput [--sizes-mb 10 100 1000]
+
+Needs the test services (PostgreSQL on 127.0.0.1:5432, database `test`); starts its own SeaweedFS.
+Reports, per size: the naive way (read the whole file, `json.loads` every line, one PUT) and our
+ingest (stream, hash, validate, multipart PUT) in MB/s and their ratio, then an HTTP upload through
+the real API with the API process's peak RSS, which must not grow with the file size.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+from app.bootstrap import prepare
+from app.config import Settings
+from app.datasets.validation import DatasetValidator
+from app.db import transaction
+from app.embedded.process import free_ports
+from app.embedded.seaweed import SeaweedS3
+from app.files.ingest import FileIngest
+from app.orgs.keys import get_or_create_org, issue_key
+from app.storage import store_for
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("LORAPORT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_CHUNK = 1024 * 1024
+
+
+def make_dataset(path: Path, megabytes: int) -> None:
+    line = (
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "You tag support tickets."},
+                    {"role": "user", "content": "Ticket: My invoice charged me twice this month, please refund."},
+                    {"role": "assistant", "content": "category: billing\npriority: high\nteam: payments"},
+                ]
+            }
+        ).encode()
+        + b"\n"
+    )
+    with path.open("wb") as out:
+        for _ in range(megabytes * 1024 * 1024 // len(line) + 1):
+            out.write(line)
+
+
+def naive(settings: Settings, path: Path) -> float:
+    start = time.perf_counter()
+    data = path.read_bytes()
+    for raw in data.splitlines():
+        example = json.loads(raw)
+        assert any(message["role"] == "assistant" for message in example["messages"])
+    hashlib.sha256(data).hexdigest()
+    store_for(settings).client.put_object(Bucket=settings.s3_bucket, Key=f"bench/{uuid.uuid4()}", Body=data)
+    return time.perf_counter() - start
+
+
+def streaming(settings: Settings, path: Path) -> float:
+    start = time.perf_counter()
+    ingest = FileIngest(store_for(settings).writer(f"bench/{uuid.uuid4()}"), 2**40, DatasetValidator())
+    with path.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            ingest.feed(chunk)
+    assert ingest.finish().validation.ok
+    return time.perf_counter() - start
+
+
+def http_upload(base_url: str, key: str, path: Path, api_pid: int) -> tuple[float, float]:
+    """Seconds for an upload through the API, and the API process's peak RSS in MB meanwhile."""
+    peak = 0.0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        process = psutil.Process(api_pid)
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss / 2**20)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start = time.perf_counter()
+    with path.open("rb") as body:
+        response = httpx.post(
+            f"{base_url}/v1/files",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"file": (path.name, body)},
+            data={"purpose": "fine-tune"},
+            timeout=600,
+        )
+    elapsed = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    response.raise_for_status()
+    return elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[10, 100])
+    sizes = parser.parse_args().sizes_mb
+    database = f"loraport_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    work = Path(tempfile.mkdtemp(prefix="loraport-bench-"))
+    s3 = SeaweedS3(work / "s3", access_key="bench", secret_key="bench-secret")
+    api = None
+    try:
+        base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        settings = Settings(
+            home=work / "home",
+            database_url=f"{base}/{database}",
+            redis_url="redis://127.0.0.1:6379/14",
+            s3_endpoint_url=s3.start(),
+            s3_access_key="bench",
+            s3_secret_key="bench-secret",
+            max_upload_bytes=2**40,
+        )
+        prepare(settings)
+        with transaction(settings.require("database_url")) as session:
+            key = issue_key(session, get_or_create_org(session, "bench")).plaintext
+        port = free_ports(1)[0]
+        env = {
+            **os.environ,
+            **{f"LORAPORT_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None},
+        }
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        base_url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                httpx.get(f"{base_url}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        print(f"{'size':>7} {'naive MB/s':>11} {'ours MB/s':>10} {'ratio':>6} {'HTTP MB/s':>10} {'API peak RSS':>13}")
+        for megabytes in sizes:
+            path = work / f"data-{megabytes}.jsonl"
+            make_dataset(path, megabytes)
+            size = path.stat().st_size / 2**20
+            naive_s, ours_s = naive(settings, path), streaming(settings, path)
+            http_s, rss = http_upload(base_url, key, path, api.pid)
+            print(
+                f"{megabytes:>5}MB {size / naive_s:>11.1f} {size / ours_s:>10.1f} {naive_s / ours_s:>6.2f}"
+                f" {size / http_s:>10.1f} {rss:>10.0f} MB"
+            )
+            path.unlink()
+    finally:
+        if api:
+            api.terminate()
+            api.wait(timeout=30)
+        s3.stop()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
