@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     def adapter_cache_dir(self) -> Path:
         return self.home / "adapters"
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as `LORAPORT_*` variables, to hand to a child process."""
+        return {
+            f"LORAPORT_{name.upper()}": str(value) for name, value in self.model_dump().items() if value is not None
+        }
+
     def require(self, name: str) -> str:
         """The value of a URL setting that this process cannot run without."""
         value = getattr(self, name)

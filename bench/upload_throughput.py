@@ -133,10 +133,7 @@ def main() -> None:
         with transaction(settings.require("database_url")) as session:
             key = issue_key(session, get_or_create_org(session, "bench")).plaintext
         port = free_ports(1)[0]
-        env = {
-            **os.environ,
-            **{f"LORAPORT_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None},
-        }
+        env = {**os.environ, **settings.as_environment()}
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

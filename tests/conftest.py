@@ -86,11 +86,7 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process these settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"LORAPORT_{name.upper()}"] = str(value)
-    return env
+    return {**os.environ, **settings.as_environment()}
 
 
 @pytest.fixture(scope="session")

@@ -54,14 +54,7 @@ def _run(settings: Settings) -> None:
         settings = embedded.settings
         new_key = bootstrap.prepare(settings)
         logs = settings.home / "logs"
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "LORAPORT_HOME": str(settings.home),
-            "LORAPORT_DATABASE_URL": settings.require("database_url"),
-            "LORAPORT_REDIS_URL": settings.require("redis_url"),
-            "LORAPORT_S3_ENDPOINT_URL": settings.require("s3_endpoint_url"),
-        }
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.as_environment()}
         worker = ServerProcess("worker", _worker_argv(settings), logs / "worker.log", stop_timeout=15.0, env=env)
         api = ServerProcess("API", _api_argv(settings), logs / "api.log", stop_timeout=10.0, env=env)
         try:
