@@ -1,6 +1,8 @@
 """Objects in S3-compatible storage, under one prefix per organisation."""
 
+import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,10 +83,12 @@ class ObjectStore:
 
 
 class ObjectWriter:
-    """Writes one object from chunks as they arrive, holding at most one part in memory.
+    """Writes one object from chunks as they arrive.
 
-    Small objects take one PUT; larger ones a multipart upload. `abort` removes whatever was written,
-    so a failed or refused upload leaves no object and no dangling multipart upload behind.
+    Small objects take one PUT; larger ones a multipart upload whose parts go out on a background
+    thread, one at a time, while the caller goes on reading and checking the next part (memory: two
+    parts at most). `abort` removes whatever was written, so a failed or refused upload leaves no object
+    and no dangling multipart upload behind.
     """
 
     def __init__(self, store: ObjectStore, key: str, part_size: int = _PART_SIZE) -> None:
@@ -92,12 +96,14 @@ class ObjectWriter:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, object]] = []
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: Future[None] | None = None
 
     def write(self, data: bytes) -> None:
         self._buffer += data
-        while len(self._buffer) >= self.part_size:
-            self._send_part(bytes(self._buffer[: self.part_size]))
-            del self._buffer[: self.part_size]
+        if len(self._buffer) >= self.part_size:
+            self._send_part(bytes(self._buffer))
+            self._buffer.clear()
 
     def close(self) -> None:
         client, bucket = self.store.client, self.store.bucket
@@ -106,24 +112,44 @@ class ObjectWriter:
             return
         if self._buffer:
             self._send_part(bytes(self._buffer))
+        self._settle()
         client.complete_multipart_upload(
             Bucket=bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
         )
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the part in flight may have failed too; we are removing it all
+            self._settle()
         if self._upload_id is not None:
             self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id)
         self.store.delete(self.key)
 
     def _send_part(self, data: bytes) -> None:
-        client, bucket = self.store.client, self.store.bucket
         if self._upload_id is None:
-            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
-        number = len(self._parts) + 1
-        etag = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data)[
-            "ETag"
-        ]
-        self._parts.append({"PartNumber": number, "ETag": etag})
+            created = self.store.client.create_multipart_upload(Bucket=self.store.bucket, Key=self.key)
+            self._upload_id = created["UploadId"]
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        if self._in_flight is not None:
+            self._in_flight.result()
+        assert self._sender is not None
+        self._parts.append({"PartNumber": len(self._parts) + 1})
+        self._in_flight = self._sender.submit(self._upload_part, len(self._parts), data)
+
+    def _upload_part(self, number: int, data: bytes) -> None:
+        response = self.store.client.upload_part(
+            Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
+        )
+        self._parts[number - 1]["ETag"] = response["ETag"]
+
+    def _settle(self) -> None:
+        """Waits for the part in flight and stops the sender thread."""
+        try:
+            if self._in_flight is not None:
+                self._in_flight.result()
+        finally:
+            if self._sender is not None:
+                self._sender.shutdown(wait=True)
+                self._sender = None
 
 
 @lru_cache

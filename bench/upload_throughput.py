@@ -39,19 +39,27 @@ ADMIN_URL = os.environ.get("LORAPORT_TEST_POSTGRES", "postgresql://postgres@127.
 _CHUNK = 1024 * 1024
 
 
-def make_dataset(path: Path, megabytes: int) -> None:
-    line = (
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "system", "content": "You tag support tickets."},
-                    {"role": "user", "content": "Ticket: My invoice charged me twice this month, please refund."},
-                    {"role": "assistant", "content": "category: billing\npriority: high\nteam: payments"},
-                ]
-            }
-        ).encode()
-        + b"\n"
-    )
+TICKET = "Ticket: My invoice charged me twice this month, please refund."
+# Line length decides the cost (the checks run per line): a bare ticket (~250 B) and a typical example
+# with a longer instruction and answer (~1.5 KB).
+LINES = {
+    "short": ("You tag support tickets.", TICKET, "category: billing\npriority: high\nteam: payments"),
+    "typical": (
+        "You tag support tickets. " * 10,
+        TICKET + " I have attached the statement." * 20,
+        "category: billing\ndetail: " + "the customer was charged twice " * 20,
+    ),
+}
+
+
+def make_dataset(path: Path, megabytes: int, style: str) -> None:
+    system, question, answer = LINES[style]
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
+    line = json.dumps({"messages": messages}).encode() + b"\n"
     with path.open("wb") as out:
         for _ in range(megabytes * 1024 * 1024 // len(line) + 1):
             out.write(line)
@@ -145,18 +153,20 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        print(f"{'size':>7} {'naive MB/s':>11} {'ours MB/s':>10} {'ratio':>6} {'HTTP MB/s':>10} {'API peak RSS':>13}")
-        for megabytes in sizes:
-            path = work / f"data-{megabytes}.jsonl"
-            make_dataset(path, megabytes)
-            size = path.stat().st_size / 2**20
-            naive_s, ours_s = naive(settings, path), streaming(settings, path)
-            http_s, rss = http_upload(base_url, key, path, api.pid)
-            print(
-                f"{megabytes:>5}MB {size / naive_s:>11.1f} {size / ours_s:>10.1f} {naive_s / ours_s:>6.2f}"
-                f" {size / http_s:>10.1f} {rss:>10.0f} MB"
-            )
-            path.unlink()
+        header = f"{'lines':>8} {'size':>7} {'naive MB/s':>11} {'ours MB/s':>10} {'ratio':>6} {'HTTP MB/s':>10}"
+        print(header + f" {'API peak RSS':>13}")
+        for style in LINES:
+            for megabytes in sizes:
+                path = work / f"data-{style}-{megabytes}.jsonl"
+                make_dataset(path, megabytes, style)
+                size = path.stat().st_size / 2**20
+                naive_s, ours_s = naive(settings, path), streaming(settings, path)
+                http_s, rss = http_upload(base_url, key, path, api.pid)
+                print(
+                    f"{style:>8} {megabytes:>5}MB {size / naive_s:>11.1f} {size / ours_s:>10.1f}"
+                    f" {naive_s / ours_s:>6.2f} {size / http_s:>10.1f} {rss:>10.0f} MB"
+                )
+                path.unlink()
     finally:
         if api:
             api.terminate()

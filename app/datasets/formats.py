@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from app.datasets.messages import InvalidExample, check_message, json_type
+from app.datasets.messages import is_plain_message, InvalidExample, check_message, json_type
 from app.datasets.results import Example
 
 CHAT = "chat"
@@ -72,7 +72,10 @@ def _messages(value: Any, key: str, line: int) -> list[dict]:
         raise InvalidExample("wrong_type", f"`{key}` on line {line} must be an array, found {json_type(value)}.")
     if not value:
         raise InvalidExample("empty_messages", f"`{key}` on line {line} must not be empty.")
-    return [check_message(message, f"message {index} of `{key}`", line) for index, message in enumerate(value, 1)]
+    return [
+        message if is_plain_message(message) else check_message(message, f"message {index} of `{key}`", line)
+        for index, message in enumerate(value, 1)
+    ]
 
 
 def _check_tools(example: dict, line: int) -> None:

@@ -12,6 +12,7 @@ _KEYS_BY_ROLE = {
     "tool": _COMMON_KEYS | {"tool_call_id"},
 }
 _PLAIN_KEYS = {"role", "content"}
+_PLAIN_ROLES = frozenset(("system", "user", "assistant"))
 
 
 class InvalidExample(Exception):
@@ -27,6 +28,17 @@ def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for messages users recognise."""
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
+
+
+def is_plain_message(message: Any) -> bool:
+    """Whether this is the common `{"role", "content": non-empty str}` message that needs no further check.
+
+    Checked first because it is nearly every message: it keeps validation well above network speed.
+    """
+    if type(message) is not dict or len(message) != 2:
+        return False
+    content = message.get("content")
+    return message.get("role") in _PLAIN_ROLES and type(content) is str and bool(content) and not content.isspace()
 
 
 def check_message(message: Any, where: str, line: int) -> dict:
