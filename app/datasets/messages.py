@@ -37,8 +37,9 @@ def is_plain_message(message: Any) -> bool:
     """
     if type(message) is not dict or len(message) != 2:
         return False
-    content = message.get("content")
-    return message.get("role") in _PLAIN_ROLES and type(content) is str and bool(content) and not content.isspace()
+    role, content = message.get("role"), message.get("content")
+    plain_role = type(role) is str and role in _PLAIN_ROLES
+    return plain_role and type(content) is str and bool(content) and not content.isspace()
 
 
 def check_message(message: Any, where: str, line: int) -> dict:
