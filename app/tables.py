@@ -49,6 +49,18 @@ class StoredFile(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
     example_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The data report (app.files.report), computed once after upload; None until then.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _now()
+
+
+class FileTokenStats(Base):
+    """Token counts of a file under one base model's tokenizer, computed on first request and kept."""
+
+    __tablename__ = "file_token_stats"
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = _now()
 
 

@@ -77,7 +77,8 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
 ) -> None:
     training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
-    held_out = client.files.create(file=("held-out.jsonl", chat_jsonl(HELD_OUT)), purpose="fine-tune")
+    # one held-out example is also in the training file: the job must say so
+    held_out = client.files.create(file=("held-out.jsonl", chat_jsonl(HELD_OUT + TICKETS[2:3])), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=settings.default_base_model,
         training_file=training.id,
@@ -98,6 +99,9 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert all(event.data["train_loss"] > 0 for event in metrics)
     assert metrics[0].data["valid_loss"] > 0  # the held-out loss after the (only) epoch
     assert events[0].message == "The job has successfully completed"
+    leaks = [event for event in events if event.data and event.data.get("code") == "validation_leakage"]
+    assert len(leaks) == 1 and leaks[0].level == "warn"
+    assert leaks[0].data["groups"] == [{"validation_lines": [len(HELD_OUT) + 1], "training_lines": [3]}]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [3]
     assert checkpoints[0].metrics.valid_loss == metrics[0].data["valid_loss"]

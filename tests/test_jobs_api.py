@@ -27,8 +27,14 @@ def test_create_echoes_resolved_hyperparameters_as_numbers(client: openai.OpenAI
     assert job.hyperparameters.learning_rate_multiplier == 1.0
     assert job.method is not None and job.method.type == "supervised"
     assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
-    events = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
-    assert events == ["Files validated; job queued for a training worker", "Created fine-tuning job"]
+    events = [(event.level, event.message) for event in client.fine_tuning.jobs.list_events(job.id)]
+    assert events[0] == ("info", "Files validated; job queued for a training worker")
+    assert events[-1] == ("info", "Created fine-tuning job")
+    # the data report's warnings reach the people watching the job
+    assert (
+        "warn",
+        f"training_file {training_file}: Only 12 examples: 50 or more usually give a clearly better fine-tune.",
+    ) in events
 
 
 def test_method_hyperparameters_are_used(client: openai.OpenAI, training_file: str) -> None:

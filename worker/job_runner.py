@@ -12,11 +12,14 @@ from sqlalchemy import select
 from app import ids
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
+from app.datasets import leakage
+from app.datasets.report import lines_text
 from app.db import transaction
 from app.devices import compute_device
+from app.files.report import profile
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved
-from app.storage import adapter_prefix, store_for
+from app.storage import ObjectStore, adapter_prefix, store_for
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.datasets import load_examples
 from worker.progress import JobProgress
@@ -87,6 +90,19 @@ def _fail(url: str, job_id: str, error: dict) -> None:
             state.add_event(session, job_id, error["message"], level="error")
 
 
+def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key: str, validation_key: str) -> None:
+    """Validation examples that also appear in training make the held-out loss look better than it is."""
+    shared = leakage(profile(store, training_key).fingerprints(), profile(store, validation_key).fingerprints())
+    if shared["count"]:
+        lines = sorted(line for group in shared["groups"] for line in group["validation_lines"])
+        message = (
+            f"{shared['count']} validation example(s) also appear in the training file (validation lines "
+            f"{lines_text(lines)}); the validation loss will look better than it is"
+        )
+        with transaction(url) as session:
+            state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
+
+
 def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
     url = settings.require("database_url")
     store = store_for(settings)
@@ -97,6 +113,8 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         validation_key = (
             _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
+    if validation_key:
+        _warn_about_leakage(url, store, job_id, training_key, validation_key)
     spec = registry.get(job.model)
     model, tokenizer = registry.load(job.model, device=compute_device(settings))
     hyper = Resolved(**job.hyperparameters)

@@ -91,6 +91,7 @@ class BaseModelRegistry:
         self._fetch_prefix = fetch_prefix
         extras = read_extra_models(extra_models_file) if extra_models_file else []
         self._specs = {spec.id: spec for spec in [SMOLLM2_135M_INSTRUCT, *extras]}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
 
     def ids(self) -> list[str]:
         return list(self._specs)
@@ -116,6 +117,12 @@ class BaseModelRegistry:
                 raise RuntimeError(f"base model {spec.id!r} is in S3 but the registry was given no fetch_prefix")
             build_once(destination, lambda staging: fetch_prefix(spec.location, staging))
         return destination
+
+    def tokenizer(self, model_id: str) -> PreTrainedTokenizerBase:
+        """The model's tokenizer alone, kept once loaded (reports count tokens without loading weights)."""
+        if model_id not in self._tokenizers:
+            self._tokenizers[model_id] = AutoTokenizer.from_pretrained(self.materialize(model_id))
+        return self._tokenizers[model_id]
 
     def load(
         self, model_id: str, device: str = "cpu", dtype: torch.dtype | None = None

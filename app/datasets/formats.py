@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from app.datasets.messages import is_plain_message, InvalidExample, check_message, json_type
+from app.datasets.messages import InvalidExample, check_message, is_plain_message, json_type
 from app.datasets.results import Example
 
 CHAT = "chat"

@@ -4,22 +4,26 @@ from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app import idempotency, ids
+from app.base_models.registry import UnknownBaseModel
+from app.config import Settings
 from app.datasets.validation import DatasetValidator
+from app.db import transaction
 from app.deps import OrgDep, SessionDep, SettingsDep, StoreDep
-from app.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
-from app.files import service
+from app.errors import DatasetRejected, InvalidRequest, ModelNotFound, PayloadTooLarge
+from app.files import report, service
 from app.files.form_stream import stream_form
 from app.files.ingest import FileIngest
 from app.files.schemas import FileDeleted, FilePublic
 from app.idempotency import IdempotencyKey
 from app.pagination import list_body
-from app.storage import file_key
+from app.storage import file_key, store_for
+from app.tables import StoredFile
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -48,6 +52,7 @@ async def upload_file(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
 ) -> FilePublic:
     """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
@@ -86,7 +91,39 @@ async def upload_file(
         if idempotency_key and isinstance(error, IntegrityError):
             raise idempotency.in_flight(idempotency_key) from None
         raise
+    background.add_task(_report_after_upload, settings, file_id)
     return answer
+
+
+def _report_after_upload(settings: Settings, file_id: str) -> None:
+    """Computes the data report once the client has its answer, so job creation finds it ready."""
+    with transaction(settings.require("database_url")) as session:
+        report.structural_report(session, store_for(settings), session.get_one(StoredFile, file_id))
+
+
+@router.get("/{file_id}/report")
+def file_report(
+    file_id: str,
+    request: Request,
+    org: OrgDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    model: str | None = None,
+) -> dict:
+    """The data report: counts, duplicates, conflicting targets, answer shape, short targets, and token
+    counts under `model`'s tokenizer (the default base model if not given)."""
+    row = service.get_file(session, org, file_id)
+    registry = request.app.state.registry
+    model_id = model or settings.default_base_model
+    try:
+        registry.get(model_id)
+    except UnknownBaseModel:
+        raise ModelNotFound(model_id) from None
+    body = {"object": "file.report", "file_id": row.id, **report.structural_report(session, store, row)}
+    body["tokens"] = report.token_report(session, store, registry, row, model_id)
+    session.commit()
+    return body
 
 
 @router.get("")

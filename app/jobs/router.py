@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy.exc import IntegrityError
 
 from app import idempotency
-from app.deps import OrgDep, SessionDep, SettingsDep
+from app.deps import OrgDep, SessionDep, SettingsDep, StoreDep
 from app.idempotency import IdempotencyKey
 from app.jobs import service, state
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
@@ -27,6 +27,7 @@ def create_job(
     org: OrgDep,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Create a fine-tuning job; it is queued for a training worker once stored."""
@@ -35,7 +36,7 @@ def create_job(
         earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
         if earlier is not None:
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
-    job = service.create_job(session, org, body, request.app.state.registry.ids())
+    job = service.create_job(session, store, org, body, request.app.state.registry.ids())
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
     try:

@@ -6,12 +6,14 @@ from sqlalchemy.orm import Session
 
 from app import ids
 from app.errors import InvalidRequest, NotFound
+from app.files.report import structural_report
 from app.files.service import get_file
 from app.jobs import state
 from app.jobs.hyperparameters import resolve
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.pagination import paginate
 from app.scoped import get_owned
+from app.storage import ObjectStore
 from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
 
 
@@ -23,8 +25,16 @@ def _dataset(session: Session, org: Organization, file_id: str, param: str) -> S
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
     if row.status != "processed":
-        raise InvalidRequest(f"File '{file_id}' is not ready (status '{row.status}')", param=param)
+        raise InvalidRequest(
+            f"File '{file_id}' cannot be trained on (status '{row.status}')", param=param, code=f"invalid_{param}"
+        )
     return row
+
+
+def _report_warnings(session: Session, store: ObjectStore, job: FineTuningJob, row: StoredFile, param: str) -> None:
+    """Copies the file's data-report warnings into the job's events, where people watching the job see them."""
+    for warning in structural_report(session, store, row).get("warnings", []):
+        state.add_event(session, job.id, f"{param} {row.id}: {warning['message']}", level="warn", data=warning)
 
 
 def _hyperparameters(body: JobCreate) -> Hyperparameters:
@@ -39,7 +49,9 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     return body.hyperparameters or Hyperparameters()
 
 
-def create_job(session: Session, org: Organization, body: JobCreate, base_model_ids: list[str]) -> FineTuningJob:
+def create_job(
+    session: Session, store: ObjectStore, org: Organization, body: JobCreate, base_model_ids: list[str]
+) -> FineTuningJob:
     if body.model not in base_model_ids:
         raise NotFound(
             f"The model '{body.model}' is not a base model that can be fine-tuned here; "
@@ -50,8 +62,7 @@ def create_job(session: Session, org: Organization, body: JobCreate, base_model_
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
     training = _dataset(session, org, body.training_file, "training_file")
-    if body.validation_file:
-        _dataset(session, org, body.validation_file, "validation_file")
+    validation = _dataset(session, org, body.validation_file, "validation_file") if body.validation_file else None
     requested = _hyperparameters(body)
     resolved = resolve(
         training.example_count, requested.n_epochs, requested.batch_size, requested.learning_rate_multiplier
@@ -72,6 +83,9 @@ def create_job(session: Session, org: Organization, body: JobCreate, base_model_
     session.add(job)
     session.flush()
     state.add_event(session, job.id, "Created fine-tuning job")
+    _report_warnings(session, store, job, training, "training_file")
+    if validation is not None:
+        _report_warnings(session, store, job, validation, "validation_file")
     return job
 
 
