@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     default_base_model: str = "smollm2-135m-instruct"
     base_models_file: Path | None = Field(default=None, description="JSON file of extra base models")
 
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = 1024**3
+    max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     adapter_cache_size: int = 8

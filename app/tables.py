@@ -49,6 +49,7 @@ class StoredFile(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
     example_count: Mapped[int] = mapped_column(Integer, default=0)
+    format: Mapped[str | None] = mapped_column(String(32))  # app.datasets formats: chat, prompt_completion, ...
     # The data report (app.files.report), computed once after upload; None until then.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = _now()

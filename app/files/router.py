@@ -61,7 +61,9 @@ async def upload_file(
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
     file_id = ids.file_id()
     storage_key = file_key(org.id, file_id)
-    ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, DatasetValidator())
+    ingest = FileIngest(
+        store.writer(storage_key), settings.max_upload_bytes, DatasetValidator(max_line_bytes=settings.max_line_bytes)
+    )
     try:
         form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
         if not form.file_seen:

@@ -41,6 +41,7 @@ def record_file(
         storage_key=storage_key,
         sha256=ingested.sha256,
         example_count=ingested.validation.example_count,
+        format=ingested.validation.format,
     )
     session.add(row)
     session.flush()

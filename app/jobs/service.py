@@ -5,6 +5,7 @@ import secrets
 from sqlalchemy.orm import Session
 
 from app import ids
+from app.datasets import CHAT, PROMPT_COMPLETION
 from app.errors import InvalidRequest, NotFound
 from app.files.report import structural_report
 from app.files.service import get_file
@@ -16,6 +17,8 @@ from app.scoped import get_owned
 from app.storage import ObjectStore
 from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
 
+SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
+
 
 def _dataset(session: Session, org: Organization, file_id: str, param: str) -> StoredFile:
     try:
@@ -24,6 +27,13 @@ def _dataset(session: Session, org: Organization, file_id: str, param: str) -> S
         raise NotFound(f"No such file: '{file_id}'", param=param, code="file_not_found") from None
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
+    if row.format not in SUPERVISED_FORMATS:
+        raise InvalidRequest(
+            f"File '{file_id}' holds {row.format} examples; supervised fine-tuning trains on chat or "
+            "prompt/completion examples",
+            param=param,
+            code=f"invalid_{param}",
+        )
     if row.status != "processed":
         raise InvalidRequest(
             f"File '{file_id}' cannot be trained on (status '{row.status}')", param=param, code=f"invalid_{param}"

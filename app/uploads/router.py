@@ -60,10 +60,10 @@ async def add_part(
 
 @router.post("/{upload_id}/complete", response_model=UploadPublic)
 def complete_upload(
-    upload_id: str, body: UploadComplete, org: OrgDep, session: SessionDep, store: StoreDep
+    upload_id: str, body: UploadComplete, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> UploadPublic:
     """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset."""
-    upload, file = service.complete_upload(session, store, org, upload_id, body)
+    upload, file = service.complete_upload(session, store, org, upload_id, body, settings.max_line_bytes)
     parts = service.part_keys(session, upload)
     try:
         session.commit()

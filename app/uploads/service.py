@@ -61,7 +61,7 @@ def part_key(upload: Upload, part_id: str) -> str:
 
 
 def complete_upload(
-    session: Session, store: ObjectStore, org: Organization, upload_id: str, body: UploadComplete
+    session: Session, store: ObjectStore, org: Organization, upload_id: str, body: UploadComplete, max_line_bytes: int
 ) -> tuple[Upload, StoredFile]:
     """Streams the parts, in the order given, through validation into one file."""
     upload = pending_upload(session, org, upload_id)
@@ -75,7 +75,10 @@ def complete_upload(
             f"The parts hold {total} bytes but the upload was created for {upload.bytes}", param="part_ids"
         )
     file_id = ids.file_id()
-    ingested = _assemble(store, [parts[p].storage_key for p in body.part_ids], file_key(org.id, file_id), body.md5)
+    keys = [parts[part_id].storage_key for part_id in body.part_ids]
+    ingested = _assemble(
+        store, keys, file_key(org.id, file_id), body.md5, DatasetValidator(max_line_bytes=max_line_bytes)
+    )
     if not ingested.validation.ok:
         raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
     row = files.record_file(session, org, file_id, file_key(org.id, file_id), upload.filename, upload.purpose, ingested)
@@ -84,8 +87,10 @@ def complete_upload(
     return upload, row
 
 
-def _assemble(store: ObjectStore, part_keys: list[str], key: str, md5: str | None) -> Ingested:
-    ingest = FileIngest(store.writer(key), max_bytes=2**63, validator=DatasetValidator())
+def _assemble(
+    store: ObjectStore, part_keys: list[str], key: str, md5: str | None, validator: DatasetValidator
+) -> Ingested:
+    ingest = FileIngest(store.writer(key), max_bytes=2**63, validator=validator)
     checksum = hashlib.md5(usedforsecurity=False)
     try:
         for part in part_keys:

@@ -1,4 +1,4 @@
-"""dataset reports
+"""dataset reports and formats
 
 Revision ID: 0003
 Revises: 0002
@@ -27,8 +27,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('file_id', 'model')
     )
     op.add_column('files', sa.Column('report', sa.JSON(), nullable=True))
+    op.add_column('files', sa.Column('format', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column('files', 'format')
     op.drop_column('files', 'report')
     op.drop_table('file_token_stats')

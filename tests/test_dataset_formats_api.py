@@ -1,0 +1,84 @@
+"""Every dataset format through the API: accepted where it can be trained, refused where it cannot."""
+
+import json
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from tests.datasets import TICKETS, chat_jsonl
+from tests.test_files_api import stored_state
+
+BASE = "smollm2-135m-instruct"
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+PROMPT_COMPLETION = jsonl([{"prompt": f"Ticket: {q}", "completion": a} for q, a in TICKETS])
+PREFERENCE_PAIRS = jsonl([{"prompt": f"Ticket: {q}", "chosen": a, "rejected": "no idea"} for q, a in TICKETS])
+OPENAI_PREFERENCE = jsonl(
+    [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Ticket: {q}"}]},
+            "preferred_output": [{"role": "assistant", "content": a}],
+            "non_preferred_output": [{"role": "assistant", "content": "no idea"}],
+        }
+        for q, a in TICKETS
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "format"),
+    [
+        (chat_jsonl(), "chat"),
+        (PROMPT_COMPLETION, "prompt_completion"),
+        (PREFERENCE_PAIRS, "preference"),
+        (OPENAI_PREFERENCE, "preference"),
+    ],
+)
+def test_each_format_is_accepted_and_recognised(client: openai.OpenAI, content: bytes, format: str) -> None:
+    uploaded = client.files.create(file=("data.jsonl", content), purpose="fine-tune")
+    assert uploaded.status == "processed"
+    body = client.get(f"/files/{uploaded.id}/report", cast_to=object)
+    assert body["format"] == format and body["counts"]["examples"] == len(TICKETS)  # type: ignore[index]
+
+
+def test_supervised_jobs_take_prompt_completion_but_not_preference_pairs(client: openai.OpenAI) -> None:
+    completions = client.files.create(file=("pc.jsonl", PROMPT_COMPLETION), purpose="fine-tune").id
+    assert client.fine_tuning.jobs.create(model=BASE, training_file=completions).status == "queued"
+    pairs = client.files.create(file=("pairs.jsonl", PREFERENCE_PAIRS), purpose="fine-tune").id
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model=BASE, training_file=pairs)
+    assert error.value.code == "invalid_training_file" and error.value.param == "training_file"
+    assert "preference" in error.value.message
+
+
+def test_mixing_formats_names_the_line(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.files.create(
+            file=("mixed.jsonl", chat_jsonl() + PROMPT_COMPLETION[:200].split(b"\n")[0] + b"\n"), purpose="fine-tune"
+        )
+    errors = error.value.body["validation"]["errors"]
+    assert [(item["line"], item["code"]) for item in errors] == [(len(TICKETS) + 1, "mixed_formats")]
+
+
+def test_a_line_over_the_limit_and_deep_nesting_are_refused(settings: Settings, org_key: str) -> None:
+    before = stored_state(settings)
+    long_line = json.dumps({"prompt": "x" * 5000, "completion": "y"}).encode() + b"\n"
+    nested = b'{"prompt": ' + b"[" * 200 + b"]" * 200 + b', "completion": "y"}\n'
+    with TestClient(create_app(settings.model_copy(update={"max_line_bytes": 1000}))) as api:
+        response = api.post(
+            "/v1/files",
+            headers={"Authorization": f"Bearer {org_key}"},
+            files={"file": ("t.jsonl", PROMPT_COMPLETION + long_line + nested)},
+            data={"purpose": "fine-tune"},
+        )
+    assert response.status_code == 400
+    errors = response.json()["error"]["validation"]["errors"]
+    assert [(item["line"], item["code"]) for item in errors] == [(13, "line_too_long"), (14, "too_deeply_nested")]
+    assert stored_state(settings) == before
