@@ -86,8 +86,9 @@ def streaming(settings: Settings, path: Path) -> float:
     return time.perf_counter() - start
 
 
-def http_upload(base_url: str, key: str, path: Path, api_pid: int) -> tuple[float, float]:
-    """Seconds for an upload through the API, and the API process's peak RSS in MB meanwhile."""
+def http_upload(base_url: str, key: str, path: Path, api_pid: int) -> tuple[float, float, float]:
+    """Seconds for an upload through the API, the API process's peak RSS in MB meanwhile, and the seconds
+    until the data report (computed after the answer) is ready, so the next upload is measured alone."""
     peak = 0.0
     done = threading.Event()
 
@@ -113,7 +114,11 @@ def http_upload(base_url: str, key: str, path: Path, api_pid: int) -> tuple[floa
     done.set()
     watcher.join()
     response.raise_for_status()
-    return elapsed, peak
+    reported = time.perf_counter()
+    headers = {"Authorization": f"Bearer {key}"}
+    while httpx.get(f"{base_url}/v1/files/{response.json()['id']}", headers=headers).json()["status_details"] is None:
+        time.sleep(0.2)
+    return elapsed, peak, time.perf_counter() - reported
 
 
 def main() -> None:
@@ -154,17 +159,17 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.2)
         header = f"{'lines':>8} {'size':>7} {'naive MB/s':>11} {'ours MB/s':>10} {'ratio':>6} {'HTTP MB/s':>10}"
-        print(header + f" {'API peak RSS':>13}")
+        print(header + f" {'API peak RSS':>13} {'report s':>9}")
         for style in LINES:
             for megabytes in sizes:
                 path = work / f"data-{style}-{megabytes}.jsonl"
                 make_dataset(path, megabytes, style)
                 size = path.stat().st_size / 2**20
                 naive_s, ours_s = naive(settings, path), streaming(settings, path)
-                http_s, rss = http_upload(base_url, key, path, api.pid)
+                http_s, rss, report_s = http_upload(base_url, key, path, api.pid)
                 print(
                     f"{style:>8} {megabytes:>5}MB {size / naive_s:>11.1f} {size / ours_s:>10.1f}"
-                    f" {naive_s / ours_s:>6.2f} {size / http_s:>10.1f} {rss:>10.0f} MB"
+                    f" {naive_s / ours_s:>6.2f} {size / http_s:>10.1f} {rss:>10.0f} MB {report_s:>9.1f}"
                 )
                 path.unlink()
     finally:

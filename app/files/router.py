@@ -1,6 +1,5 @@
 """/v1/files"""
 
-from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -9,23 +8,22 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from app import idempotency, ids
+from app import idempotency
 from app.base_models.registry import UnknownBaseModel
 from app.config import Settings
-from app.datasets.validation import DatasetValidator
 from app.db import transaction
 from app.deps import OrgDep, SessionDep, SettingsDep, StoreDep
-from app.errors import DatasetRejected, InvalidRequest, ModelNotFound, PayloadTooLarge
+from app.errors import ModelNotFound
 from app.files import report, service
-from app.files.form_stream import stream_form
-from app.files.ingest import FileIngest
 from app.files.schemas import FileDeleted, FilePublic
+from app.files.upload import receive_upload
 from app.idempotency import IdempotencyKey
 from app.pagination import list_body
-from app.storage import file_key, store_for
+from app.storage import store_for
 from app.tables import StoredFile
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+_CREATE = "POST /v1/files"
 
 _UPLOAD_FORM = {
     "requestBody": {
@@ -56,44 +54,25 @@ async def upload_file(
     idempotency_key: IdempotencyKey = None,
 ) -> FilePublic:
     """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
-    file_id = ids.file_id()
-    storage_key = file_key(org.id, file_id)
-    ingest = FileIngest(
-        store.writer(storage_key), settings.max_upload_bytes, DatasetValidator(max_line_bytes=settings.max_line_bytes)
-    )
+    received = await receive_upload(request, store, settings, org)
     try:
-        form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
-        if not form.file_seen:
-            raise InvalidRequest("Missing the multipart field 'file'", param="file")
-        purpose = service.check_purpose(form.fields.get("purpose"))
-        ingested = await run_in_threadpool(ingest.finish)
-    except BaseException:
-        await run_in_threadpool(ingest.abort)
-        raise
-    if not ingested.validation.ok:
-        raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
-    filename = form.filename or "upload.jsonl"
-    try:
-        row = service.record_file(session, org, file_id, storage_key, filename, purpose, ingested)
+        row = service.record_file(session, org, received)
         answer = FilePublic.of(row)
         if idempotency_key:
-            digest = idempotency.request_hash("files.create", purpose, filename, ingested.sha256)
-            earlier = idempotency.replay(session, org, idempotency_key, "POST /v1/files", digest)
+            digest = idempotency.request_hash("files.create", received.purpose, received.filename, row.sha256)
+            earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
             if earlier is not None:
                 session.rollback()
-                await run_in_threadpool(store.delete, storage_key)
+                await run_in_threadpool(store.delete, received.storage_key)
                 return FilePublic(**earlier)
-            idempotency.remember(session, org, idempotency_key, "POST /v1/files", digest, answer.model_dump())
+            idempotency.remember(session, org, idempotency_key, _CREATE, digest, answer.model_dump())
         session.commit()
     except BaseException as error:  # the object is only kept with the row that points at it
-        await run_in_threadpool(store.delete, storage_key)
+        await run_in_threadpool(store.delete, received.storage_key)
         if idempotency_key and isinstance(error, IntegrityError):
             raise idempotency.in_flight(idempotency_key) from None
         raise
-    background.add_task(_report_after_upload, settings, file_id)
+    background.add_task(_report_after_upload, settings, row.id)
     return answer
 
 

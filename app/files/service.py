@@ -1,4 +1,6 @@
-"""Recording, reading and deleting files; the bytes themselves arrive through `app.files.ingest`."""
+"""Recording, reading and deleting files; the bytes themselves arrive through `app.files.upload`."""
+
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -11,6 +13,17 @@ from app.tables import Organization, StoredFile
 PURPOSES = ("fine-tune",)
 
 
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A valid dataset now stored under `storage_key`, not yet recorded in the database."""
+
+    file_id: str
+    storage_key: str
+    filename: str
+    purpose: str
+    ingested: Ingested
+
+
 def check_purpose(purpose: str | None) -> str:
     if not purpose:
         raise InvalidRequest("Missing the multipart field 'purpose'", param="purpose")
@@ -21,24 +34,17 @@ def check_purpose(purpose: str | None) -> str:
     return purpose
 
 
-def record_file(
-    session: Session,
-    org: Organization,
-    file_id: str,
-    storage_key: str,
-    filename: str,
-    purpose: str,
-    ingested: Ingested,
-) -> StoredFile:
-    """The row for a file whose bytes passed validation and are stored under `storage_key`."""
+def record_file(session: Session, org: Organization, received: ReceivedFile) -> StoredFile:
+    """The row for a file whose bytes passed validation and are stored in S3."""
+    ingested = received.ingested
     row = StoredFile(
-        id=file_id,
+        id=received.file_id,
         organization_id=org.id,
-        filename=filename,
-        purpose=purpose,
+        filename=received.filename,
+        purpose=received.purpose,
         bytes=ingested.bytes,
         status="processed",
-        storage_key=storage_key,
+        storage_key=received.storage_key,
         sha256=ingested.sha256,
         example_count=ingested.validation.example_count,
         format=ingested.validation.format,

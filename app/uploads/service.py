@@ -81,7 +81,8 @@ def complete_upload(
     )
     if not ingested.validation.ok:
         raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
-    row = files.record_file(session, org, file_id, file_key(org.id, file_id), upload.filename, upload.purpose, ingested)
+    received = files.ReceivedFile(file_id, file_key(org.id, file_id), upload.filename, upload.purpose, ingested)
+    row = files.record_file(session, org, received)
     upload.status, upload.file_id = "completed", row.id
     session.flush()
     return upload, row

@@ -1,0 +1,39 @@
+"""Receiving a multipart upload: streamed from the socket through `FileIngest` into S3 in one pass."""
+
+from functools import partial
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from app import ids
+from app.config import Settings
+from app.datasets.validation import DatasetValidator
+from app.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
+from app.files.form_stream import stream_form
+from app.files.ingest import FileIngest
+from app.files.service import ReceivedFile, check_purpose
+from app.storage import ObjectStore, file_key
+from app.tables import Organization
+
+
+async def receive_upload(request: Request, store: ObjectStore, settings: Settings, org: Organization) -> ReceivedFile:
+    """Streams the `file` part to S3 while checking it; a refused or broken upload leaves no object."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
+    file_id = ids.file_id()
+    storage_key = file_key(org.id, file_id)
+    validator = DatasetValidator(max_line_bytes=settings.max_line_bytes)
+    ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
+    try:
+        form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
+        if not form.file_seen:
+            raise InvalidRequest("Missing the multipart field 'file'", param="file")
+        purpose = check_purpose(form.fields.get("purpose"))
+        ingested = await run_in_threadpool(ingest.finish)
+    except BaseException:
+        await run_in_threadpool(ingest.abort)
+        raise
+    if not ingested.validation.ok:
+        raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
+    return ReceivedFile(file_id, storage_key, form.filename or "upload.jsonl", purpose, ingested)
