@@ -161,6 +161,10 @@ def file_key(organization_id: str, file_id: str) -> str:
     return f"orgs/{organization_id}/files/{file_id}.jsonl"
 
 
+def results_key(organization_id: str, file_id: str) -> str:
+    return f"orgs/{organization_id}/files/{file_id}.csv"
+
+
 def adapter_prefix(organization_id: str, job_id: str) -> str:
     return f"orgs/{organization_id}/adapters/{job_id}"
 

@@ -78,6 +78,10 @@ class FineTuningJob(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)
     method: Mapped[dict[str, Any]] = mapped_column(JSON)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Resolved LoRA and trainer settings (the `lora` extension object), fixed at creation.
+    training_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    estimated_finish: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))

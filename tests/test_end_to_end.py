@@ -106,6 +106,14 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert [c.step_number for c in checkpoints] == [3]
     assert checkpoints[0].metrics.valid_loss == metrics[0].data["valid_loss"]
 
+    # the results file: one CSV row per step, the held-out columns filled at the epoch's end
+    assert len(finished.result_files) == 1
+    csv_rows = client.files.content(finished.result_files[0]).text.splitlines()
+    assert csv_rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert [row.split(",")[0] for row in csv_rows[1:]] == ["1", "2", "3"]
+    assert float(csv_rows[3].split(",")[3]) == metrics[0].data["valid_loss"]
+    assert client.files.retrieve(finished.result_files[0]).purpose == "fine-tune-results"
+
     assert model_id in [m.id for m in client.models.list()]
     reply = client.chat.completions.create(
         model=model_id, messages=[{"role": "user", "content": "Ticket: I was charged twice."}], max_tokens=24

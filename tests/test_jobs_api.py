@@ -135,3 +135,39 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_job(
         )
     assert len({job.id for job in jobs}) == 1
     assert [job.id for job in retrying.fine_tuning.jobs.list()] == [jobs[0].id]
+
+
+def test_lora_settings_default_from_the_base_model_and_can_be_set(client: openai.OpenAI, training_file: str) -> None:
+    default = client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
+    assert default.lora["r"] == 16 and default.lora["alpha"] == 32  # type: ignore[attr-defined]
+    assert "q_proj" in default.lora["target_modules"]  # type: ignore[attr-defined]
+    chosen = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=training_file,
+        extra_body={"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"], "max_seq_length": 512}},
+    )
+    assert chosen.lora == {  # type: ignore[attr-defined]
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.05,
+        "target_modules": ["q_proj", "v_proj"],
+        "max_seq_length": 512,
+        "warmup_ratio": 0.1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("lora", "expected"),
+    [
+        ({"r": 0}, "lora.r"),
+        ({"target_modules": ["attention"]}, "has no module 'attention'"),
+        ({"max_seq_length": 100_000}, "handles at most 2048 tokens"),
+        ({"rank": 8}, "lora.rank"),
+    ],
+)
+def test_bad_lora_settings_say_what_is_wrong(
+    client: openai.OpenAI, training_file: str, lora: dict, expected: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model=BASE, training_file=training_file, extra_body={"lora": lora})
+    assert expected in error.value.message

@@ -19,10 +19,12 @@ from app.devices import compute_device
 from app.files.report import profile
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved
+from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.datasets import load_examples
 from worker.progress import JobProgress
+from worker.results import store_results
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
 
 log = structlog.get_logger()
@@ -118,13 +120,18 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     spec = registry.get(job.model)
     model, tokenizer = registry.load(job.model, device=compute_device(settings))
     hyper = Resolved(**job.hyperparameters)
+    options = job.training_options or resolve_training_options(spec, None)  # jobs from before the options
     config = TrainingConfig(
         n_epochs=hyper.n_epochs,
         batch_size=hyper.batch_size,
         learning_rate=hyper.learning_rate,
         seed=job.seed,
-        target_modules=spec.lora_target_modules or None,
-        max_seq_length=spec.max_seq_length,
+        lora_r=options["r"],
+        lora_alpha=options["alpha"],
+        lora_dropout=options["dropout"],
+        target_modules=tuple(options["target_modules"]) or None,
+        max_seq_length=options["max_seq_length"],
+        warmup_ratio=options["warmup_ratio"],
     )
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
     result = train_lora(
@@ -143,17 +150,20 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
         store.upload_directory(prefix, Path(directory))
-    if not _publish(url, job, org_name or "", prefix, result):
+    if not _publish(url, store, job, org_name or "", prefix, result):
         store.delete_prefix(prefix)
 
 
-def _publish(url: str, job: FineTuningJob, org_name: str, prefix: str, result: TrainingResult) -> bool:
-    """Records the model if the job is still running (it may have been cancelled meanwhile)."""
+def _publish(
+    url: str, store: ObjectStore, job: FineTuningJob, org_name: str, prefix: str, result: TrainingResult
+) -> bool:
+    """Records the model and the results file if the job is still running (it may have been cancelled)."""
     name = fine_tuned_model_name(job, org_name)
     metrics = {"step": result.steps, "train_loss": result.train_loss}
     if result.valid_loss is not None:
         metrics["valid_loss"] = result.valid_loss
     with transaction(url) as session:
+        results = store_results(session, store, job)
         if not state.move(
             session,
             job.id,
@@ -161,8 +171,11 @@ def _publish(url: str, job: FineTuningJob, org_name: str, prefix: str, result: T
             state.SUCCEEDED,
             fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
+            result_files=[results.id],
         ):
             log.info("jobs.publish.lost", job_id=job.id)
+            session.expunge(results)
+            store.delete(results.storage_key)
             return False
         session.add(
             FineTunedModel(

@@ -33,6 +33,7 @@ class BaseModelSpec:
     lora_target_modules: tuple[str, ...]
     max_seq_length: int
     created: int  # unix time
+    lora_rank: int = 16  # the default `lora.r` of jobs on this model; alpha defaults to twice it
 
 
 SMOLLM2_135M_INSTRUCT = BaseModelSpec(
@@ -72,6 +73,7 @@ def read_extra_models(path: Path) -> list[BaseModelSpec]:
                 lora_target_modules=tuple(entry.get("lora_target_modules", ())),
                 max_seq_length=int(entry.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)),
                 created=int(entry.get("created", default_created)),
+                lora_rank=int(entry.get("lora_rank", 16)),
             )
         )
     return specs

@@ -36,7 +36,7 @@ def create_job(
         earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
         if earlier is not None:
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
-    job = service.create_job(session, store, org, body, request.app.state.registry.ids())
+    job = service.create_job(session, store, org, body, request.app.state.registry)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
     try:

@@ -29,6 +29,19 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class LoraOptions(BaseModel):
+    """Our extension object (`extra_body={"lora": {...}}` with the SDK); anything left out takes the base
+    model's default from the registry."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int | None = Field(default=None, ge=1, le=256)
+    alpha: int | None = Field(default=None, ge=1, le=1024)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    max_seq_length: int | None = Field(default=None, ge=16)
+    warmup_ratio: float | None = Field(default=None, ge=0, le=0.5)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -40,6 +53,7 @@ class JobCreate(BaseModel):
     method: Method | None = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
+    lora: LoraOptions | None = None
 
 
 class JobError(BaseModel):
@@ -69,6 +83,7 @@ class JobPublic(BaseModel):
     method: dict[str, Any]
     estimated_finish: int | None = None
     user_provided_suffix: str | None
+    lora: dict[str, Any]
 
     @classmethod
     def of(cls, row: FineTuningJob) -> "JobPublic":
@@ -89,6 +104,9 @@ class JobPublic(BaseModel):
             metadata=row.job_metadata,
             method={"type": "supervised", "supervised": {"hyperparameters": row.hyperparameters}},
             user_provided_suffix=row.suffix,
+            result_files=row.result_files,
+            estimated_finish=unix(row.estimated_finish),
+            lora=row.training_options,
         )
 
 

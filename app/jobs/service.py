@@ -5,6 +5,7 @@ import secrets
 from sqlalchemy.orm import Session
 
 from app import ids
+from app.base_models.registry import BaseModelRegistry, UnknownBaseModel
 from app.datasets import CHAT, PROMPT_COMPLETION
 from app.errors import InvalidRequest, NotFound
 from app.files.report import structural_report
@@ -12,6 +13,7 @@ from app.files.service import get_file
 from app.jobs import state
 from app.jobs.hyperparameters import resolve
 from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.training_options import resolve_training_options
 from app.pagination import paginate
 from app.scoped import get_owned
 from app.storage import ObjectStore
@@ -60,15 +62,17 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
 
 
 def create_job(
-    session: Session, store: ObjectStore, org: Organization, body: JobCreate, base_model_ids: list[str]
+    session: Session, store: ObjectStore, org: Organization, body: JobCreate, registry: BaseModelRegistry
 ) -> FineTuningJob:
-    if body.model not in base_model_ids:
+    try:
+        spec = registry.get(body.model)
+    except UnknownBaseModel:
         raise NotFound(
             f"The model '{body.model}' is not a base model that can be fine-tuned here; "
-            f"available: {', '.join(base_model_ids)}",
+            f"available: {', '.join(registry.ids())}",
             param="model",
             code="model_not_found",
-        )
+        ) from None
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
     training = _dataset(session, org, body.training_file, "training_file")
@@ -88,6 +92,7 @@ def create_job(
         status=state.VALIDATING,
         method={"type": "supervised"},
         hyperparameters=resolved.as_dict(),
+        training_options=resolve_training_options(spec, body.lora),
         job_metadata=body.metadata,
     )
     session.add(job)
