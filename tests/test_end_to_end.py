@@ -148,6 +148,11 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     while client.fine_tuning.jobs.retrieve(job.id).status != "running":
         assert time.monotonic() < deadline, "job never started"
         time.sleep(0.5)
+    while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
+        assert time.monotonic() < deadline, "no training step"
+        time.sleep(0.5)
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.estimated_finish is not None and running.estimated_finish > time.time()  # kept current
     client.fine_tuning.jobs.cancel(job.id)
     time.sleep(8)  # the trainer polls the job's status every 2 s
     final = client.fine_tuning.jobs.retrieve(job.id)

@@ -1,6 +1,7 @@
 """What the trainer tells the database while it works: metrics events, lease renewals, cancellation."""
 
 import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -21,6 +22,7 @@ class JobProgress:
         self.lease_seconds = lease_seconds
         self._still_running = True
         self._checked_at = 0.0
+        self._started_at = time.monotonic()
 
     def on_step(self, report: StepReport) -> None:
         message = f"Step {report.step}/{report.total_steps}: training loss={report.train_loss:.4f}"
@@ -35,10 +37,17 @@ class JobProgress:
             message += f", validation loss={report.valid_loss:.4f}"
             data["valid_loss"] = report.valid_loss
         with transaction(self.database_url) as session:
-            self._still_running = state.renew_lease(session, self.job_id, self.lease_seconds)
+            self._still_running = state.renew_lease(
+                session, self.job_id, self.lease_seconds, self._estimated_finish(report)
+            )
             if self._still_running:
                 state.add_event(session, self.job_id, message, type_="metrics", data=data)
         self._checked_at = time.monotonic()
+
+    def _estimated_finish(self, report: StepReport) -> datetime:
+        """Now plus the remaining steps at the average pace so far."""
+        per_step = (time.monotonic() - self._started_at) / report.step
+        return datetime.now(UTC) + timedelta(seconds=per_step * (report.total_steps - report.step))
 
     def should_stop(self) -> bool:
         if time.monotonic() - self._checked_at > _STATUS_POLL_S:

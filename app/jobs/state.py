@@ -50,12 +50,13 @@ def mark_queued(session: Session, job_id: str) -> None:
         add_event(session, job_id, "Files validated; job queued for a training worker")
 
 
-def renew_lease(session: Session, job_id: str, lease_seconds: int) -> bool:
-    """Extends the lease; False when the job is no longer running (cancelled, or taken away)."""
+def renew_lease(session: Session, job_id: str, lease_seconds: int, estimated_finish: datetime | None = None) -> bool:
+    """Extends the lease (and updates the finish estimate); False when the job is no longer running."""
+    values: dict[str, Any] = {"lease_expires_at": datetime.now(UTC) + timedelta(seconds=lease_seconds)}
+    if estimated_finish is not None:
+        values["estimated_finish"] = estimated_finish
     result = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job_id, FineTuningJob.status == RUNNING)
-        .values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_seconds))
+        update(FineTuningJob).where(FineTuningJob.id == job_id, FineTuningJob.status == RUNNING).values(**values)
     )
     return result.rowcount == 1
 
