@@ -105,6 +105,16 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [3]
     assert checkpoints[0].metrics.valid_loss == metrics[0].data["valid_loss"]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{finished.fine_tuned_model}:ckpt-step-3"
+    from_checkpoint = client.chat.completions.create(
+        model=checkpoints[0].fine_tuned_model_checkpoint,
+        messages=[{"role": "user", "content": "Ticket: I was charged twice."}],
+        max_tokens=8,
+    )
+    assert (
+        from_checkpoint.choices[0].message.content
+        and from_checkpoint.model == checkpoints[0].fine_tuned_model_checkpoint
+    )
 
     # the results file: one CSV row per step, the held-out columns filled at the epoch's end
     assert len(finished.result_files) == 1
@@ -151,6 +161,11 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
         assert time.monotonic() < deadline, "no training step"
         time.sleep(0.5)
+    held_out = [
+        e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.message.startswith("No validation")
+    ]
+    assert held_out[0].message.startswith("No validation file: holding out 12 of 120 training examples")
+    assert len(held_out[0].data["held_out_examples"]) == 12
     running = client.fine_tuning.jobs.retrieve(job.id)
     assert running.estimated_finish is not None and running.estimated_finish > time.time()  # kept current
     client.fine_tuning.jobs.cancel(job.id)

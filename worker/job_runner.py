@@ -9,7 +9,6 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select
 
-from app import ids
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.datasets import leakage
@@ -21,10 +20,12 @@ from app.jobs import state
 from app.jobs.hyperparameters import Resolved
 from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for
-from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
+from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
+from worker.checkpoints import EpochCheckpoints
 from worker.datasets import load_examples
 from worker.progress import JobProgress
 from worker.results import store_results
+from worker.training.data import split_held_out
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
 
 log = structlog.get_logger()
@@ -105,6 +106,21 @@ def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key:
             state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
 
 
+def _hold_out(url: str, job: FineTuningJob, examples: list[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Without a validation file, a seeded share of the training file is held out to measure overfitting."""
+    train_indices, held_out_indices = split_held_out(len(examples), job.seed)
+    if held_out_indices:
+        message = (
+            f"No validation file: holding out {len(held_out_indices)} of {len(examples)} training examples "
+            f"(chosen by seed {job.seed}) to measure overfitting and keep the best epoch"
+        )
+    else:
+        message = f"No validation file, and {len(examples)} examples are too few to hold any out"
+    with transaction(url) as session:
+        state.add_event(session, job.id, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
+    return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
+
+
 def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
     url = settings.require("database_url")
     store = store_for(settings)
@@ -133,19 +149,27 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         max_seq_length=options["max_seq_length"],
         warmup_ratio=options["warmup_ratio"],
     )
+    training = load_examples(store, training_key)
+    if validation_key:
+        held_out = load_examples(store, validation_key)
+    else:
+        training, held_out = _hold_out(url, job, training)
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
+    checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
     result = train_lora(
         model,
         tokenizer,
-        load_examples(store, training_key),
-        load_examples(store, validation_key) if validation_key else None,
+        training,
+        held_out,
         config,
         on_step=progress.on_step,
         should_stop=progress.should_stop,
+        on_epoch_end=checkpoints.on_epoch_end,
     )
     if result.stopped:
         log.info("jobs.stopped", job_id=job_id)
         return
+    _report_best_epoch(url, job_id, result)
     prefix = adapter_prefix(job.organization_id, job.id)
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
@@ -154,14 +178,24 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         store.delete_prefix(prefix)
 
 
+def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
+    """Says so when a later epoch overfit and an earlier one is kept as the model."""
+    best = result.best_epoch
+    if best is None or best == result.epochs_run:
+        return
+    losses = result.epoch_losses
+    message = (
+        f"Validation loss rose from {losses[best - 1]:.4f} to {losses[-1]:.4f} after epoch {best}; keeping epoch {best}"
+    )
+    with transaction(url) as session:
+        state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
+
+
 def _publish(
     url: str, store: ObjectStore, job: FineTuningJob, org_name: str, prefix: str, result: TrainingResult
 ) -> bool:
     """Records the model and the results file if the job is still running (it may have been cancelled)."""
     name = fine_tuned_model_name(job, org_name)
-    metrics = {"step": result.steps, "train_loss": result.train_loss}
-    if result.valid_loss is not None:
-        metrics["valid_loss"] = result.valid_loss
     with transaction(url) as session:
         results = store_results(session, store, job)
         if not state.move(
@@ -184,16 +218,6 @@ def _publish(
                 job_id=job.id,
                 base_model=job.model,
                 adapter_prefix=prefix,
-            )
-        )
-        session.add(
-            JobCheckpoint(
-                id=ids.checkpoint_id(),
-                job_id=job.id,
-                step_number=result.steps,
-                metrics=metrics,
-                fine_tuned_model_checkpoint=f"{name}:ckpt-step-{result.steps}",
-                storage_prefix=prefix,
             )
         )
         state.add_event(session, job.id, f"New fine-tuned model created: {name}")

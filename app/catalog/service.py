@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.base_models.registry import BaseModelRegistry, UnknownBaseModel
 from app.errors import InvalidRequest, ModelNotFound
-from app.tables import FineTunedModel, Organization
+from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,23 @@ def resolve(session: Session, registry: BaseModelRegistry, org: Organization, mo
         return ModelRef(model_id, model_id, None, spec.created, "loraport")
     except UnknownBaseModel:
         pass
+    if ":ckpt-step-" in model_id:
+        return _checkpoint(session, org, model_id)
     row = _fine_tuned(session, org, model_id)
     return ModelRef(row.id, row.base_model, row.adapter_prefix, int(row.created_at.timestamp()), org.id)
+
+
+def _checkpoint(session: Session, org: Organization, model_id: str) -> ModelRef:
+    """An epoch checkpoint of one of this organisation's jobs, served like a fine-tuned model."""
+    found = session.execute(
+        select(JobCheckpoint, FineTuningJob.model)
+        .join(FineTuningJob, JobCheckpoint.job_id == FineTuningJob.id)
+        .where(JobCheckpoint.fine_tuned_model_checkpoint == model_id, FineTuningJob.organization_id == org.id)
+    ).first()
+    if found is None:
+        raise ModelNotFound(model_id)
+    checkpoint, base_model = found
+    return ModelRef(model_id, base_model, checkpoint.storage_prefix, int(checkpoint.created_at.timestamp()), org.id)
 
 
 def _fine_tuned(session: Session, org: Organization, model_id: str) -> FineTunedModel:
