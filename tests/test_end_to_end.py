@@ -99,6 +99,8 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert all(event.data["train_loss"] > 0 for event in metrics)
     assert metrics[0].data["valid_loss"] > 0  # the held-out loss after the (only) epoch
     assert events[0].message == "The job has successfully completed"
+    started = next(event for event in events if event.message == "Fine-tuning job started")
+    assert started.data["hyperparameters"]["batch_size"] == 4 and started.data["lora"]["r"] == 16
     leaks = [event for event in events if event.data and event.data.get("code") == "validation_leakage"]
     assert len(leaks) == 1 and leaks[0].level == "warn"
     assert leaks[0].data["groups"] == [{"validation_lines": [len(HELD_OUT) + 1], "training_lines": [3]}]

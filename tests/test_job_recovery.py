@@ -3,7 +3,9 @@
 from datetime import UTC, datetime, timedelta
 
 import openai
+import pytest
 import redis
+import torch
 from sqlalchemy import select
 
 from app.base_models.from_settings import registry_from_settings
@@ -82,3 +84,17 @@ def test_a_job_the_broker_never_got_is_sent_again(client: openai.OpenAI, setting
     assert broker.llen("training") == waiting + 1
     assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
     assert client.fine_tuning.jobs.retrieve(fresh_id).status == "validating_files"  # may still be on its way
+
+
+def test_running_out_of_memory_fails_with_advice(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*_: object, **__: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("worker.job_runner.train_lora", exhausted)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
+    run_job(settings, registry_from_settings(settings), job_id)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None and job.error.code == "out_of_memory"
+    assert "smaller batch_size" in job.error.message and job.error.param == "hyperparameters.batch_size"

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import structlog
+import torch
 from sqlalchemy import select
 
 from app.base_models.registry import BaseModelRegistry
@@ -77,10 +78,20 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
             if not state.claim(session, job_id, settings.job_lease_seconds):
                 log.info("jobs.claim.lost", job_id=job_id)
                 return
-            state.add_event(session, job_id, "Fine-tuning job started")
+            job = session.get_one(FineTuningJob, job_id)
+            settings_used = {
+                "hyperparameters": job.hyperparameters,
+                "lora": job.training_options,
+                "attempt": job.attempt,
+            }
+            state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
         _train_and_publish(settings, registry, job_id)
     except JobFailed as failure:
         _fail(url, job_id, failure.error)
+    except (torch.OutOfMemoryError, MemoryError):
+        log.exception("jobs.out_of_memory", job_id=job_id)
+        message = "Training ran out of memory; retry with a smaller batch_size or a smaller lora.max_seq_length"
+        _fail(url, job_id, {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"})
     except Exception as error:
         log.exception("jobs.failed", job_id=job_id)
         _fail(url, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
