@@ -1,9 +1,18 @@
 import pytest
+import torch
 
 from app.chat_format import tokenize_example
 from tests.unit.tiny_models import conversation
-from worker.training import StepReport, TrainingConfig, save_adapter, train_lora
-from worker.training.trainer import linear_projection_names, lr_factor
+from worker.training import EpochReport, StepReport, TrainingConfig, save_adapter, train_lora
+from worker.training.data import collate
+from worker.training.trainer import (
+    best_epoch,
+    evaluate,
+    full_logits_token_stats,
+    linear_projection_names,
+    lr_factor,
+    token_stats,
+)
 
 TRAIN = [
     conversation("What is the capital of France?", "Paris"),
@@ -96,3 +105,87 @@ def test_saved_adapter_holds_only_the_lora_weights(make_model, tokenizer, tmp_pa
     names = {path.name for path in files}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= names
     assert sum(path.stat().st_size for path in files) < 200_000
+
+
+def test_best_epoch_is_the_first_lowest_validation_loss():
+    assert best_epoch([2.0, 1.5, 1.7, 1.9]) == 2  # rising after epoch 2: overfitting
+    assert best_epoch([2.0, 1.5, 1.5, 1.4]) == 4
+    assert best_epoch([1.0, 1.0]) == 1
+    assert best_epoch([3.0]) == 1
+
+
+def test_loss_on_labelled_positions_equals_the_full_vocabulary_loss(make_model, tokenizer):
+    model = make_model()
+    examples = [tokenize_example(tokenizer, messages, 1024) for messages in TRAIN]
+    batch = collate(examples, tokenizer.pad_token_id)
+
+    head_only, full = token_stats(model, batch), full_logits_token_stats(model, batch)
+
+    assert head_only.loss_sum.item() == pytest.approx(full.loss_sum.item(), abs=1e-5)
+    assert (head_only.correct, head_only.count) == (full.correct, full.count)
+    assert full.count == sum(label != -100 for example in examples for label in example.labels[1:])
+
+
+def test_labelled_positions_loss_works_through_the_lora_wrapper(make_model, tokenizer):
+    _, result = run(make_model, tokenizer, n_epochs=1, cpu_bf16=False)
+    batch = collate([tokenize_example(tokenizer, messages, 1024) for messages in VALID], tokenizer.pad_token_id)
+
+    with torch.no_grad():
+        head_only, full = token_stats(result.model, batch), full_logits_token_stats(result.model, batch)
+    assert head_only.loss_sum.item() == pytest.approx(full.loss_sum.item(), abs=1e-5)
+
+
+def test_reports_token_accuracy_of_each_batch_and_of_the_held_out_set(make_model, tokenizer):
+    reports, result = run(make_model, tokenizer, n_epochs=15, lora_r=16)
+
+    assert all(0.0 <= r.train_mean_token_accuracy <= 1.0 for r in reports)
+    assert [r.valid_mean_token_accuracy is not None for r in reports] == [False, True] * 15
+    assert reports[-1].train_mean_token_accuracy > reports[0].train_mean_token_accuracy
+    assert result.valid_mean_token_accuracy is not None
+
+
+def test_keeps_the_best_epoch_when_validation_loss_rises(make_model, tokenizer):
+    contradicted = [conversation("What is the capital of France?", "Hello! How are you?")]  # TRAIN says Paris
+    epochs: list[EpochReport] = []
+    result = train_lora(
+        make_model(), tokenizer, TRAIN, contradicted, config(n_epochs=5, cpu_bf16=False), on_epoch_end=epochs.append
+    )
+
+    assert (result.epochs_run, len(result.epoch_losses)) == (5, 5)
+    assert result.best_epoch == best_epoch(result.epoch_losses) < 5  # it got worse later: an earlier adapter
+    assert result.epoch_losses[-1] > result.valid_loss
+    assert result.valid_loss == min(result.epoch_losses)
+    held_out = [tokenize_example(tokenizer, messages, 1024) for messages in contradicted]
+    loss, accuracy = evaluate(result.model, held_out, batch_size=2, pad_token_id=tokenizer.pad_token_id)
+    assert loss == pytest.approx(result.valid_loss, abs=1e-6)
+    assert accuracy == result.valid_mean_token_accuracy
+    assert [e.epoch for e in epochs] == list(range(1, 6))
+    assert [e.valid_loss for e in epochs] == result.epoch_losses
+    losses = result.epoch_losses
+    assert [e.is_best for e in epochs] == [best_epoch(losses[:epoch]) == epoch for epoch in range(1, 6)]
+
+
+def test_without_validation_examples_the_last_epoch_is_kept(make_model, tokenizer):
+    epochs: list[EpochReport] = []
+    result = train_lora(make_model(), tokenizer, TRAIN, None, config(), on_epoch_end=epochs.append)
+
+    assert (result.best_epoch, result.epochs_run, result.epoch_losses, result.valid_loss) == (None, 3, [], None)
+    assert [(e.epoch, e.step, e.valid_loss, e.is_best) for e in epochs] == [
+        (1, 2, None, True), (2, 4, None, True), (3, 6, None, True)
+    ]  # fmt: skip
+
+
+def test_bf16_on_cpu_stays_close_to_fp32_and_gives_the_model_back_as_it_was(make_model, tokenizer):
+    model = make_model()
+    attention, frozen = model.config._attn_implementation, {n: p.clone() for n, p in model.named_parameters()}
+    bf16: list[StepReport] = []
+    result = train_lora(model, tokenizer, TRAIN, VALID, config(cpu_bf16=True), on_step=bf16.append)
+    fp32, _ = run(make_model, tokenizer, cpu_bf16=False)
+
+    for low, full in zip(bf16, fp32, strict=True):
+        assert low.train_loss == pytest.approx(full.train_loss, rel=0.05)
+    base = result.model.get_base_model()
+    assert base.config._attn_implementation == attention
+    for name, param in base.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, frozen[name.replace(".base_layer", "")]), name

@@ -1,10 +1,31 @@
-"""Batching for training: a seeded shuffle per epoch and padding only up to the longest row of a batch."""
+"""Batching for training: a seeded held-out split, a seeded order per epoch (optionally grouped by length),
+and padding only up to the longest row of a batch."""
 
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from app.chat_format import IGNORE_INDEX, TokenizedExample
+
+# Examples sorted by length together: 50 batches' worth keeps batches nearly pad-free while the order stays
+# random at a larger scale (the "megabatch" of HF's LengthGroupedSampler).
+LENGTH_WINDOW_BATCHES = 50
+
+
+def split_held_out(
+    n_examples: int, seed: int, fraction: float = 0.1, min_held_out: int = 2, min_train: int = 8
+) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices) for a job without a validation file, fixed by `seed` and `n_examples`.
+
+    Holds out max(`min_held_out`, round(`fraction` · n)) examples picked by a seeded permutation, but never
+    leaves fewer than `min_train` to train on: a small set holds out fewer, and one of `min_train` examples or
+    fewer holds out none (the job then trains on everything and reports no validation metrics).
+    """
+    wanted = max(min_held_out, round(fraction * n_examples))
+    n_held_out = max(0, min(wanted, n_examples - min_train))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    return sorted(order[n_held_out:]), sorted(order[:n_held_out])
 
 
 def epoch_order(n_examples: int, epoch: int, seed: int) -> list[int]:
@@ -13,9 +34,30 @@ def epoch_order(n_examples: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(n_examples, generator=generator).tolist()
 
 
+def length_grouped_order(lengths: Sequence[int], batch_size: int, epoch: int, seed: int) -> list[list[int]]:
+    """Batches of indices for one epoch: shuffled, sorted by length within windows of
+    `LENGTH_WINDOW_BATCHES` batches so that rows of a batch have similar lengths, then the batches shuffled.
+
+    Fixed by (seed, epoch) like `epoch_order`; only the last batch of a window may be short.
+    """
+    order = epoch_order(len(lengths), epoch, seed)
+    window = LENGTH_WINDOW_BATCHES * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda index: lengths[index], reverse=True)
+        batches += [chunk[offset : offset + batch_size] for offset in range(0, len(chunk), batch_size)]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009)
+    return [batches[position] for position in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def epoch_batches(
-    examples: Sequence[TokenizedExample], batch_size: int, epoch: int, seed: int
+    examples: Sequence[TokenizedExample], batch_size: int, epoch: int, seed: int, group_by_length: bool = False
 ) -> Iterator[list[TokenizedExample]]:
+    if group_by_length:
+        lengths = [len(example.input_ids) for example in examples]
+        for indices in length_grouped_order(lengths, batch_size, epoch, seed):
+            yield [examples[index] for index in indices]
+        return
     order = epoch_order(len(examples), epoch, seed)
     for start in range(0, len(order), batch_size):
         yield [examples[index] for index in order[start : start + batch_size]]

@@ -1,24 +1,29 @@
-"""The LoRA fine-tuning recipe: tokenize → wrap with LoRA → AdamW loop with warmup/decay → held-out loss.
+"""The LoRA fine-tuning recipe: tokenize → wrap with LoRA → AdamW loop with warmup/decay → held-out metrics
+each epoch → the best epoch's adapter.
 
 Plain PyTorch, read top to bottom. The loss covers assistant tokens only (labels from
-`app.chat_format.tokenize_example`), and each batch is padded only to its own longest example.
+`app.chat_format.tokenize_example`); each batch is padded only to its own longest example, and the
+LM head runs only on the positions that have a label. On a CPU with native bf16 the frozen weights run in bf16.
 """
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
 from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
 
 Messages = list[dict]
+FP32_SDPA = "loraport_fp32_sdpa"  # registered below
 
 
 @dataclass
@@ -33,6 +38,12 @@ class TrainingConfig:
     target_modules: tuple[str, ...] | None = None  # None: every linear projection of attention and MLP
     max_seq_length: int = 1024
     warmup_ratio: float = 0.1
+    # Batches of similar lengths pad less, but on short chats of similar lengths (support tickets) they saved
+    # ~3 % padding and put same-length, often near-duplicate, examples together, which learned worse
+    # (final loss 0.49-0.58 vs 0.33-0.36 over two seeds, bench/trainer_speed.py data); worth it for long,
+    # varied examples.
+    group_by_length: bool = False
+    cpu_bf16: bool = True  # where the CPU has AVX512-BF16/AMX: 1.3x faster steps (bench/trainer_speed.py)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,18 @@ class StepReport:
     train_loss: float  # mean token loss of this step's batch
     learning_rate: float  # the rate this step used
     valid_loss: float | None  # set on the last step of each epoch when there are validation examples
+    train_mean_token_accuracy: float = 0.0  # share of this batch's assistant tokens predicted exactly (argmax)
+    valid_mean_token_accuracy: float | None = None  # set with valid_loss
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    step: int  # steps done so far
+    valid_loss: float | None
+    valid_mean_token_accuracy: float | None
+    is_best: bool  # lowest valid_loss so far (without validation examples: always, the latest epoch is kept)
+    model: PeftModel
 
 
 @dataclass
@@ -51,8 +74,21 @@ class TrainingResult:
     steps: int
     trained_tokens: int  # tokens of the trained sequences (after truncation), summed over epochs
     train_loss: float | None  # mean over the steps of the last epoch that ran
-    valid_loss: float | None  # from the last epoch that finished
+    valid_loss: float | None  # of the returned model (the best epoch, unless stopped early)
     stopped: bool
+    valid_mean_token_accuracy: float | None = None  # with valid_loss
+    best_epoch: int | None = None  # 1-based epoch whose adapter is returned; None without validation examples
+    epochs_run: int = 0  # epochs that finished
+    epoch_losses: list[float] = field(default_factory=list)  # valid_loss of each finished epoch
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Summed next-token loss over labelled positions, how many of them the argmax got right, and how many."""
+
+    loss_sum: torch.Tensor
+    correct: int
+    count: int
 
 
 def linear_projection_names(model: torch.nn.Module) -> tuple[str, ...]:
@@ -73,39 +109,156 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return (total_steps - step) / max(1, total_steps - warmup_steps)
 
 
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over labelled positions, and how many positions that is."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    loss_sum = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+def best_epoch(valid_losses: list[float]) -> int:
+    """1-based epoch with the lowest validation loss; the first one on a tie."""
+    return min(range(len(valid_losses)), key=lambda index: valid_losses[index]) + 1
+
+
+def _stats(logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
+    loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = targets != IGNORE_INDEX
+    correct = int((logits.detach().argmax(dim=-1)[labelled] == targets[labelled]).sum())
+    return TokenStats(loss_sum, correct, int(labelled.sum()))
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def supports_labelled_head(model: torch.nn.Module) -> bool:
+    """Whether logits are just the LM head applied to the last hidden state (no softcapping or scaling)."""
+    causal_lm = _causal_lm(model)
+    config = getattr(causal_lm, "config", None)
+    transformed = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
+    inner = getattr(causal_lm, "base_model", None)
+    return (
+        isinstance(causal_lm, PreTrainedModel)
+        and inner is not None
+        and inner is not causal_lm
+        and causal_lm.get_output_embeddings() is not None
+        and not transformed
     )
-    return loss_sum, int((targets != IGNORE_INDEX).sum())
+
+
+def full_logits_token_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenStats:
+    """Token statistics from logits over the whole vocabulary at every position (the model's own forward)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return _stats(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+
+
+def token_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenStats:
+    """Token statistics with the LM head applied only to positions that predict a label.
+
+    Assistant tokens are a fraction of each sequence, and the head of a small model is a large share of its
+    compute (SmolLM2-135M: 49k × 576, ~20 % of the forward), so this skips most of that work and the
+    full-vocabulary logits of prompt and padding positions. Same loss as `full_logits_token_stats`.
+    """
+    if not supports_labelled_head(model):
+        return full_logits_token_stats(model, batch)
+    causal_lm = _causal_lm(model)
+    hidden = causal_lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    labelled = targets != IGNORE_INDEX
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][labelled])
+    return _stats(logits, targets[labelled])
 
 
 def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+def _uses_bf16(device: torch.device, cpu_bf16: bool) -> bool:
+    """bf16 on CUDA when supported; on CPU when asked for and the CPU computes bf16 natively (AVX512-BF16 or
+    AMX), as emulated bf16 is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", bool)() or getattr(torch.cpu, "_is_amx_tile_supported", bool)()
+    )
+    return device.type == "cpu" and cpu_bf16 and native
 
 
-def mean_token_loss(
-    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_token_id: int
-) -> float:
-    """Loss per assistant token over all `examples`, without gradients."""
+def _autocast(device: torch.device, cpu_bf16: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, cpu_bf16))
+
+
+def _fp32_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA attention computed in fp32 inside a bf16 autocast: PyTorch's CPU flash-attention backward is
+    ~5x slower in bf16 than in fp32 (110 vs 20 ms per SmolLM2-135M step), while the projections gain from bf16."""
+    with torch.autocast("cpu", enabled=False):
+        output, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
+    return output.to(query.dtype), weights
+
+
+AttentionInterface.register(FP32_SDPA, _fp32_sdpa_attention)
+
+
+@contextmanager
+def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Frozen linear weights held in bf16 and SDPA attention run in fp32 while training; the model gets its
+    own weights and attention back afterwards.
+
+    CPU autocast casts frozen weights on every forward (it caches only trainable ones): ~10 % of a
+    SmolLM2-135M step, saved here with the same results, as autocast runs those matmuls in bf16 anyway.
+    Embeddings and the LM head (often tied to them) stay as they are.
+    """
+    causal_lm = _causal_lm(model)
+    embeddings = (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings())
+    shared = {id(layer.weight) for layer in embeddings if layer is not None}
+    frozen = [
+        module
+        for module in model.modules()
+        if enabled
+        and isinstance(module, torch.nn.Linear)
+        and not module.weight.requires_grad
+        and module.weight.dtype == torch.float32
+        and id(module.weight) not in shared
+    ]
+    originals = [module.weight.data for module in frozen]
+    attention = getattr(getattr(causal_lm, "config", None), "_attn_implementation", None)
+    swap_attention = enabled and attention == "sdpa" and isinstance(causal_lm, PreTrainedModel)
+    for module in frozen:
+        module.weight.data = module.weight.data.to(torch.bfloat16)
+    if swap_attention:
+        causal_lm.set_attn_implementation(FP32_SDPA)
+    try:
+        yield
+    finally:
+        for module, original in zip(frozen, originals, strict=True):
+            module.weight.data = original
+        if swap_attention:
+            causal_lm.set_attn_implementation(attention)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_token_id: int,
+    cpu_bf16: bool = False,
+) -> tuple[float, float]:
+    """Loss per assistant token and the share of assistant tokens predicted exactly, over all `examples`."""
     device = next(model.parameters()).device
     model.eval()
-    total, count = 0.0, 0
+    total, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = _on(device, collate(examples[start : start + batch_size], pad_token_id))
-            with _autocast(device):
-                loss_sum, tokens = token_loss_sum(model, batch)
-            total, count = total + loss_sum.item(), count + tokens
-    return total / count
+            with _autocast(device, cpu_bf16):
+                stats = token_stats(model, batch)
+            total, correct, count = total + stats.loss_sum.item(), correct + stats.correct, count + stats.count
+    return total / count, correct / count
 
 
 def _tokenize(
@@ -116,6 +269,39 @@ def _tokenize(
     return [example for example in examples if any(label != IGNORE_INDEX for label in example.labels[1:])]
 
 
+def _adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable (LoRA) tensors only: a few MB, unlike the base model."""
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _load_adapter_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            parameters[name].copy_(tensor)
+
+
+def _train_step(
+    model: PeftModel,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cpu_bf16: bool,
+) -> tuple[float, float, float]:
+    """One optimizer step on `batch`: its mean token loss, token accuracy and the learning rate it used."""
+    model.train()
+    with _autocast(batch["input_ids"].device, cpu_bf16):
+        stats = token_stats(model, batch)
+    loss = stats.loss_sum / stats.count
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm=1.0)
+    learning_rate = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), stats.correct / stats.count, learning_rate
+
+
 def train_lora(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -124,8 +310,12 @@ def train_lora(
     config: TrainingConfig,
     on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_epoch_end: Callable[[EpochReport], None] | None = None,
 ) -> TrainingResult:
-    """Fine-tune a LoRA adapter on `model` (modified in place) and return it wrapped as a PeftModel."""
+    """Fine-tune a LoRA adapter on `model` (modified in place) and return it wrapped as a PeftModel.
+
+    With validation examples, the adapter of the epoch with the lowest validation loss is the one returned.
+    """
     torch.manual_seed(config.seed)
     train_set = _tokenize(tokenizer, train_examples, config.max_seq_length)
     held_out = _tokenize(tokenizer, validation_examples or [], config.max_seq_length)
@@ -142,46 +332,70 @@ def train_lora(
     )
     peft_model = get_peft_model(model, lora)
     device = next(peft_model.parameters()).device
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0
+    )
     steps_per_epoch = batches_per_epoch(len(train_set), config.batch_size)
     total_steps = config.n_epochs * steps_per_epoch
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
 
+    on_cpu_in_bf16 = device.type == "cpu" and _uses_bf16(device, config.cpu_bf16)
     step = trained_tokens = 0
     train_loss: float | None = None
-    valid_loss: float | None = None
-    for epoch in range(config.n_epochs):
-        epoch_losses: list[float] = []
-        for examples in epoch_batches(train_set, config.batch_size, epoch, config.seed):
-            if should_stop is not None and should_stop():
-                peft_model.eval()
-                return TrainingResult(peft_model, step, trained_tokens, train_loss, valid_loss, stopped=True)
-            peft_model.train()
-            batch = _on(device, collate(examples, pad_token_id))
-            with _autocast(device):
-                loss_sum, tokens = token_loss_sum(peft_model, batch)
-            loss = loss_sum / tokens
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1.0)
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    valid_loss = valid_accuracy = None
+    valid_losses: list[float] = []
+    best: tuple[int, float, float, dict[str, torch.Tensor]] | None = None  # epoch, loss, accuracy, weights
 
-            step += 1
-            trained_tokens += sum(len(example.input_ids) for example in examples)
-            epoch_losses.append(loss.item())
-            train_loss = sum(epoch_losses) / len(epoch_losses)
-            epoch_done = step % steps_per_epoch == 0
-            if epoch_done and held_out:
-                valid_loss = mean_token_loss(peft_model, held_out, config.batch_size, pad_token_id)
-            if on_step is not None:
-                report_valid = valid_loss if epoch_done and held_out else None
-                on_step(StepReport(step, total_steps, epoch + 1, loss.item(), learning_rate, report_valid))
-    peft_model.eval()
-    return TrainingResult(peft_model, step, trained_tokens, train_loss, valid_loss, stopped=False)
+    def result(stopped: bool) -> TrainingResult:
+        """The run so far; a run that finished gets the best epoch's adapter back when a later one was worse."""
+        peft_model.eval()
+        outcome = TrainingResult(
+            peft_model, step, trained_tokens, train_loss, valid_loss, stopped, valid_accuracy,
+            epochs_run=step // steps_per_epoch, epoch_losses=list(valid_losses),
+        )  # fmt: skip
+        if best is not None:
+            outcome.best_epoch, best_loss, best_accuracy, weights = best
+            if not stopped and outcome.best_epoch != len(valid_losses):
+                _load_adapter_weights(peft_model, weights)
+                outcome.valid_loss, outcome.valid_mean_token_accuracy = best_loss, best_accuracy
+        return outcome
+
+    for epoch in range(config.n_epochs):
+        step_losses: list[float] = []
+        is_best = True
+        with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16):
+            for examples in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
+                if should_stop is not None and should_stop():
+                    return result(stopped=True)
+                batch = _on(device, collate(examples, pad_token_id))
+                loss, accuracy, learning_rate = _train_step(peft_model, batch, optimizer, scheduler, config.cpu_bf16)
+                step += 1
+                trained_tokens += sum(len(example.input_ids) for example in examples)
+                step_losses.append(loss)
+                train_loss = sum(step_losses) / len(step_losses)
+                epoch_done = step % steps_per_epoch == 0
+                if epoch_done and held_out:
+                    valid_loss, valid_accuracy = evaluate(
+                        peft_model, held_out, config.batch_size, pad_token_id, config.cpu_bf16
+                    )
+                    valid_losses.append(valid_loss)
+                    is_best = best_epoch(valid_losses) == epoch + 1
+                    if is_best:
+                        best = (epoch + 1, valid_loss, valid_accuracy, _adapter_weights(peft_model))
+                if on_step is not None:
+                    on_step(
+                        StepReport(
+                            step, total_steps, epoch + 1, loss, learning_rate,
+                            valid_loss if epoch_done and held_out else None,
+                            accuracy,
+                            valid_accuracy if epoch_done and held_out else None,
+                        )
+                    )  # fmt: skip
+        if on_epoch_end is not None:
+            reported = (valid_loss, valid_accuracy) if held_out else (None, None)
+            on_epoch_end(EpochReport(epoch + 1, step, *reported, is_best=is_best, model=peft_model))
+    return result(stopped=False)
 
 
 def save_adapter(peft_model: PeftModel, directory: Path) -> list[Path]:
