@@ -46,14 +46,18 @@ def _is_trained(message: dict) -> bool:
     return message.get("role") == "assistant" and message.get("weight", 1) != 0
 
 
-def tokenize_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int) -> TokenizedExample:
+def tokenize_example(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int, train_on_inputs: bool = False
+) -> TokenizedExample:
     """Token ids of a conversation with labels on assistant tokens only, truncated to `max_length`.
 
     Each trained assistant turn covers its content and its end-of-turn token; the whitespace a template
     puts between turns is left out, as generation stops at the end-of-turn token and never produces it.
-    Assistant messages with `"weight": 0` are context only.
+    Assistant messages with `"weight": 0` are context only. With `train_on_inputs` every token is labelled.
     """
     input_ids = _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=False))
+    if train_on_inputs:
+        return TokenizedExample(input_ids=input_ids[:max_length], labels=input_ids[:max_length])
     labels = [IGNORE_INDEX] * len(input_ids)
     for index, message in enumerate(messages):
         if not _is_trained(message):

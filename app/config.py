@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     adapter_cache_size: int = 8
     max_new_tokens_limit: int = 2048
 
-    job_lease_seconds: int = 600
+    # A running job whose worker has been silent this long is re-queued; its worker renews every third of it.
+    job_lease_seconds: int = Field(default=90, ge=3)
+    reconcile_interval_seconds: float = Field(default=60, gt=0)  # how often the reaper looks for stuck jobs
     max_job_attempts: int = 3
 
     @property

@@ -50,11 +50,13 @@ class ObjectStore:
             self.client.upload_file(str(path), self.bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
 
     def download_prefix(self, prefix: str, dest: Path) -> None:
+        """Downloads the objects under the folder `prefix` (`…/step-1` leaves out `…/step-10/`)."""
+        prefix = _folder(prefix)
         keys = list(self.list_keys(prefix))
         if not keys:
             raise FileNotFoundError(f"no objects under s3://{self.bucket}/{prefix}")
         for key in keys:
-            target = dest / key[len(prefix) :].lstrip("/")
+            target = dest / key[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(self.bucket, key, str(target))
 
@@ -77,9 +79,26 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     def delete_prefix(self, prefix: str) -> None:
-        for key in list(self.list_keys(prefix)):
+        """Deletes the objects under the folder `prefix`."""
+        for key in list(self.list_keys(_folder(prefix))):
             self.delete(key)
+
+
+def _folder(prefix: str) -> str:
+    return prefix.rstrip("/") + "/"
 
 
 class ObjectWriter:
@@ -171,3 +190,12 @@ def adapter_prefix(organization_id: str, job_id: str) -> str:
 
 def checkpoint_prefix(organization_id: str, job_id: str, step: int) -> str:
     return f"orgs/{organization_id}/checkpoints/{job_id}/step-{step}"
+
+
+def training_states_prefix(organization_id: str, job_id: str) -> str:
+    """Where a running job keeps what it needs to resume (optimizer and RNG state); removed when it ends."""
+    return f"orgs/{organization_id}/training-state/{job_id}"
+
+
+def training_state_key(organization_id: str, job_id: str, step: int) -> str:
+    return f"{training_states_prefix(organization_id, job_id)}/step-{step}.pt"

@@ -70,7 +70,10 @@ class FineTuningJob(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    model: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))  # as requested: a base model or a fine-tuned model
+    base_model: Mapped[str] = mapped_column(String(256))
+    # The adapter training starts from, when `model` is a fine-tuned model (or one of its checkpoints).
+    start_adapter_prefix: Mapped[str | None] = mapped_column(String(512))
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))
     suffix: Mapped[str | None] = mapped_column(String(64))

@@ -9,7 +9,7 @@ import yaml
 from app.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED_SERVICES = {"postgres", "redis", "s3", "api", "worker"}
+REQUIRED_SERVICES = {"postgres", "redis", "s3", "api", "worker", "maintenance"}
 URL_SETTINGS = ("database_url", "redis_url", "s3_endpoint_url")
 
 
@@ -27,7 +27,7 @@ def test_compose_has_every_service_with_a_health_check() -> None:
 def test_api_and_worker_get_every_url_setting_and_known_settings_only() -> None:
     services = compose()["services"]
     known = {f"LORAPORT_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "maintenance"):
         env = services[name]["environment"]
         for setting in URL_SETTINGS:
             assert f"LORAPORT_{setting.upper()}" in env, f"{name} lacks LORAPORT_{setting.upper()}"
@@ -37,11 +37,11 @@ def test_api_and_worker_get_every_url_setting_and_known_settings_only() -> None:
 
 def test_commands_name_modules_that_exist() -> None:
     services = compose()["services"]
-    commands = " ".join(" ".join(services[name]["command"]) for name in ("api", "worker"))
+    commands = " ".join(" ".join(services[name]["command"]) for name in ("api", "worker", "maintenance"))
     commands += (ROOT / "Dockerfile.gpu").read_text()
     modules = set(re.findall(r"-A ([\w.]+)", commands)) | set(re.findall(r"([\w.]+):create_app", commands))
     modules |= set(re.findall(r"python -m ([\w.]+)", commands))
-    assert {"worker.app", "app.main", "app.cli.migrate"} <= modules
+    assert {"worker.app", "worker.maintenance", "app.main", "app.cli.migrate"} <= modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, f"no module {module}"
 

@@ -1,7 +1,6 @@
 """The whole product through the openai SDK: upload → fine-tune the real default model → chat with it."""
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -11,9 +10,8 @@ from openai.types.fine_tuning import FineTuningJob
 
 from app.config import Settings
 from app.storage import store_for
-from tests.conftest import ROOT, settings_env
 from tests.datasets import TICKETS, chat_jsonl
-from worker.celery_app import celery_for
+from tests.workers import forget_other_jobs, start_training_worker, stop
 
 pytestmark = pytest.mark.e2e
 HELD_OUT = [  # ten tickets the model never trains on (a file needs at least ten examples)
@@ -33,34 +31,10 @@ HELD_OUT = [  # ten tickets the model never trains on (a file needs at least ten
 @pytest.fixture(scope="module")
 def worker(settings: Settings) -> Iterator[subprocess.Popen]:
     """A real Celery training worker consuming from Redis, for this module only."""
-    celery_for(settings).control.purge()  # jobs other modules created are not ours to train
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "--queues",
-            "training",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=settings_env(settings),
-    )
+    forget_other_jobs(settings)
+    process = start_training_worker(settings)
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop(process)
 
 
 def wait_for_job(client: openai.OpenAI, job_id: str, timeout_s: float = 600) -> FineTuningJob:
@@ -179,3 +153,46 @@ def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
     steps_later = len([e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"])
     assert steps_later == steps_then  # no training after the cancel
     assert list(store_for(settings).list_keys(f"orgs/{final.organization_id}/adapters/{job.id}")) == []
+
+
+def test_a_fine_tuned_model_can_be_trained_further(
+    client: openai.OpenAI, worker: subprocess.Popen, settings: Settings
+) -> None:
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    parent_job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 5},
+        suffix="parent",
+    )
+    parent = wait_for_job(client, parent_job.id)
+    assert parent.status == "succeeded", parent.error
+    parent_model = parent.fine_tuned_model or ""
+
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model=parent_model, training_file=training.id, extra_body={"lora": {"r": 4}})
+    assert "lora.r cannot change when training a fine-tuned model further" in error.value.message
+    child_job = client.fine_tuning.jobs.create(
+        model=parent_model, training_file=training.id, hyperparameters={"n_epochs": 1, "batch_size": 2}
+    )
+    assert child_job.model == parent_model
+    parent_lora, child_lora = parent_job.lora, child_job.lora  # type: ignore[attr-defined]
+    assert child_lora | {"target_modules": sorted(parent_lora["target_modules"])} == child_lora  # same adapter
+    assert {k: v for k, v in child_lora.items() if k != "target_modules"} == {
+        k: v for k, v in parent_lora.items() if k != "target_modules"
+    }
+    child = wait_for_job(client, child_job.id)
+    assert child.status == "succeeded", child.error
+    assert (child.fine_tuned_model or "").startswith(f"ft:{settings.default_base_model}:")
+
+    def first_loss(job_id: str) -> float:
+        metrics = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics"]
+        return next(e.data["train_loss"] for e in metrics if e.data["step"] == 1)
+
+    # It started from what the parent learned, not from the base model.
+    assert first_loss(child.id) < 0.5 * first_loss(parent.id)
+    client.models.delete(parent_model)  # the child's adapter is its own
+    reply = client.chat.completions.create(
+        model=child.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[1][0]}"}]
+    )
+    assert reply.choices[0].message.content

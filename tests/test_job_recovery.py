@@ -6,6 +6,7 @@ import openai
 import pytest
 import redis
 import torch
+from kombu import Connection
 from sqlalchemy import select
 
 from app.base_models.from_settings import registry_from_settings
@@ -13,8 +14,10 @@ from app.config import Settings
 from app.db import transaction
 from app.tables import FineTuningJob, JobEvent
 from tests.datasets import chat_jsonl
+from worker.broker_messages import jobs_with_messages
+from worker.celery_app import celery_for
 from worker.job_runner import run_job
-from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, resend_unqueued
+from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, redispatch_lost, resend_unqueued
 
 
 def _job_in_state(client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int) -> str:
@@ -98,3 +101,33 @@ def test_running_out_of_memory_fails_with_advice(
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "failed" and job.error is not None and job.error.code == "out_of_memory"
     assert "smaller batch_size" in job.error.message and job.error.param == "hyperparameters.batch_size"
+
+
+def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert job_id not in redispatch_lost(settings)  # its message is waiting in the queue
+
+    celery_for(settings).control.purge()  # as when Redis restarts without its data
+    assert job_id in redispatch_lost(settings)
+    assert job_id in jobs_with_messages(settings.require("redis_url"))
+    assert job_id not in redispatch_lost(settings)
+    assert "The job's queue message was lost (broker restarted?); sent again" in _events(settings, job_id)
+
+
+def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    celery_for(settings).control.purge()
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    with Connection(settings.require("redis_url")) as connection:
+        queue = connection.SimpleQueue("training")
+        delivered = queue.get(timeout=5)  # as a worker holds it while the task runs (late acknowledgement)
+        assert delivered.headers["id"].startswith(f"train-{job_id}.")
+        assert redis.Redis.from_url(settings.require("redis_url")).llen("training") == 0
+        assert job_id in jobs_with_messages(settings.require("redis_url"))
+        assert job_id not in redispatch_lost(settings)
+        delivered.requeue()
+        queue.close()

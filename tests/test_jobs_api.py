@@ -144,15 +144,30 @@ def test_lora_settings_default_from_the_base_model_and_can_be_set(client: openai
     chosen = client.fine_tuning.jobs.create(
         model=BASE,
         training_file=training_file,
-        extra_body={"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"], "max_seq_length": 512}},
+        extra_body={
+            "lora": {
+                "r": 4,
+                "target_modules": ["q_proj", "v_proj"],
+                "max_seq_length": 512,
+                "lr_scheduler": "cosine",
+                "max_grad_norm": 0,
+                "weight_decay": 0.01,
+                "train_on_inputs": True,
+            }
+        },
     )
     assert chosen.lora == {  # type: ignore[attr-defined]
         "r": 4,
         "alpha": 8,
-        "dropout": 0.05,
+        "dropout": 0.0,
         "target_modules": ["q_proj", "v_proj"],
         "max_seq_length": 512,
         "warmup_ratio": 0.1,
+        "lr_scheduler": "cosine",
+        "max_grad_norm": 0,
+        "weight_decay": 0.01,
+        "train_on_inputs": True,
+        "base_learning_rate": 2e-3,
     }
 
 
@@ -163,6 +178,9 @@ def test_lora_settings_default_from_the_base_model_and_can_be_set(client: openai
         ({"target_modules": ["attention"]}, "has no module 'attention'"),
         ({"max_seq_length": 100_000}, "handles at most 2048 tokens"),
         ({"rank": 8}, "lora.rank"),
+        ({"lr_scheduler": "exponential"}, "'linear', 'cosine' or 'constant'"),
+        ({"max_grad_norm": -1}, "lora.max_grad_norm"),
+        ({"weight_decay": 2}, "lora.weight_decay"),
     ],
 )
 def test_bad_lora_settings_say_what_is_wrong(

@@ -1,4 +1,4 @@
-"""The Celery application. Importing it loads no ML libraries, so the API can use it to enqueue."""
+"""The Celery applications. Importing this module loads no ML libraries, so the API can use it to enqueue."""
 
 from functools import lru_cache
 
@@ -7,6 +7,7 @@ from celery import Celery
 from app.config import Settings
 
 TRAINING_QUEUE = "training"
+MAINTENANCE_QUEUE = "maintenance"
 TRAIN_TASK = "loraport.train_job"
 RECONCILE_TASK = "loraport.reconcile_jobs"
 # Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
@@ -27,7 +28,23 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": _VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
-        beat_schedule={"reconcile-jobs": {"task": RECONCILE_TASK, "schedule": 60.0}},
+    )
+    return app
+
+
+def make_maintenance_celery(settings: Settings) -> Celery:
+    """A light app for the reaper, run by its own worker with an embedded beat, so that workers busy training
+    never delay it and it loads no ML libraries."""
+    app = Celery("loraport-maintenance", broker=settings.require("redis_url"), include=["worker.maintenance_tasks"])
+    interval = settings.reconcile_interval_seconds
+    app.conf.update(
+        task_default_queue=MAINTENANCE_QUEUE,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        # A run that could not start within one interval is dropped: the next one does the same work.
+        beat_schedule={
+            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": interval, "options": {"expires": interval}}
+        },
     )
     return app
 

@@ -1,16 +1,22 @@
-"""A checkpoint at the end of every epoch: the adapter in S3, a row the checkpoints list shows, an event.
+"""A checkpoint at the end of every epoch: the adapter in S3, a row the checkpoints list shows, an event, and
+the state a new worker resumes from if this one dies.
 
-Each checkpoint is servable as `ft:…:ckpt-step-N`, so a user can chat with an earlier epoch.
+Each checkpoint is servable as `ft:…:ckpt-step-N`, so a user can chat with an earlier epoch. The training state
+(optimizer, scheduler, RNG: about three times the adapter's size) is written before the row, so the latest row
+always has one, and only the latest state is kept.
 """
 
 import tempfile
 from pathlib import Path
 
+from sqlalchemy import select
+
 from app import ids
 from app.db import transaction
 from app.jobs import state
-from app.storage import ObjectStore, checkpoint_prefix
+from app.storage import ObjectStore, checkpoint_prefix, training_state_key
 from app.tables import FineTuningJob, JobCheckpoint
+from worker.training.state import TrainingState
 from worker.training.trainer import EpochReport, save_adapter
 
 
@@ -23,12 +29,19 @@ class EpochCheckpoints:
 
     def __init__(self, database_url: str, store: ObjectStore, job: FineTuningJob, model_name: str) -> None:
         self.database_url, self.store, self.job, self.model_name = database_url, store, job, model_name
+        self._state_step: int | None = None  # the step of the state this run saved last
+
+    def resuming_from(self, step: int) -> None:
+        """The state of `step` exists already (this run resumed from it); it goes once a newer one is saved."""
+        self._state_step = step
 
     def on_epoch_end(self, report: EpochReport) -> None:
         prefix = checkpoint_prefix(self.job.organization_id, self.job.id, report.step)
         with tempfile.TemporaryDirectory() as directory:
             save_adapter(report.model, Path(directory))
             self.store.upload_directory(prefix, Path(directory))
+        organization_id, job_id = self.job.organization_id, self.job.id
+        self.store.put_bytes(training_state_key(organization_id, job_id, report.step), report.state.to_bytes())
         metrics = {"step": report.step, "epoch": report.epoch}
         if report.valid_loss is not None:
             metrics |= {"valid_loss": report.valid_loss, "valid_mean_token_accuracy": report.valid_mean_token_accuracy}
@@ -44,3 +57,22 @@ class EpochCheckpoints:
                 )
             )
             state.add_event(session, self.job.id, f"Checkpoint saved at step {report.step} (epoch {report.epoch})")
+        if self._state_step is not None:
+            self.store.delete(training_state_key(organization_id, job_id, self._state_step))
+        self._state_step = report.step
+
+
+def latest_training_state(
+    database_url: str, store: ObjectStore, job: FineTuningJob
+) -> tuple[JobCheckpoint, TrainingState] | None:
+    """The newest checkpoint of `job` with the state saved beside it, to resume from; None to start afresh."""
+    with transaction(database_url) as session:
+        checkpoint = session.scalar(
+            select(JobCheckpoint).where(JobCheckpoint.job_id == job.id).order_by(JobCheckpoint.step_number.desc())
+        )
+    if checkpoint is None:
+        return None
+    key = training_state_key(job.organization_id, job.id, checkpoint.step_number)
+    if not store.exists(key):
+        return None
+    return checkpoint, TrainingState.from_bytes(store.read_bytes(key))

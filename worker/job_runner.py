@@ -20,13 +20,15 @@ from app.files.report import profile
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved
 from app.jobs.training_options import resolve_training_options
-from app.storage import ObjectStore, adapter_prefix, store_for
+from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
-from worker.checkpoints import EpochCheckpoints
+from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples
+from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
 from worker.results import store_results
 from worker.training.data import split_held_out
+from worker.training.state import TrainingState
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
 
 log = structlog.get_logger()
@@ -39,7 +41,7 @@ class JobFailed(Exception):
 
 
 def fine_tuned_model_name(job: FineTuningJob, org_name: str) -> str:
-    return f"ft:{job.model}:{org_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
+    return f"ft:{job.base_model}:{org_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
 def _dataset_key(session, job: FineTuningJob, file_id: str, param: str) -> str:  # type: ignore[no-untyped-def]
@@ -85,23 +87,32 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
                 "attempt": job.attempt,
             }
             state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
-        _train_and_publish(settings, registry, job_id)
+        with LeaseKeeper(url, job_id, settings.job_lease_seconds):
+            _train_and_publish(settings, registry, job_id)
     except JobFailed as failure:
-        _fail(url, job_id, failure.error)
+        _fail(settings, job_id, failure.error)
     except (torch.OutOfMemoryError, MemoryError):
         log.exception("jobs.out_of_memory", job_id=job_id)
         message = "Training ran out of memory; retry with a smaller batch_size or a smaller lora.max_seq_length"
-        _fail(url, job_id, {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"})
+        _fail(settings, job_id, {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"})
     except Exception as error:
         log.exception("jobs.failed", job_id=job_id)
-        _fail(url, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
+        _fail(settings, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
         raise
 
 
-def _fail(url: str, job_id: str, error: dict) -> None:
-    with transaction(url) as session:
+def _fail(settings: Settings, job_id: str, error: dict) -> None:
+    with transaction(settings.require("database_url")) as session:
         if state.move(session, job_id, state.ACTIVE, state.FAILED, error=error):
             state.add_event(session, job_id, error["message"], level="error")
+        organization_id = session.scalar(select(FineTuningJob.organization_id).where(FineTuningJob.id == job_id))
+    if organization_id is not None:
+        _discard_training_states(store_for(settings), organization_id, job_id)
+
+
+def _discard_training_states(store: ObjectStore, organization_id: str, job_id: str) -> None:
+    """A job that ended (in any way but its worker dying) will not resume: its optimizer states go."""
+    store.delete_prefix(training_states_prefix(organization_id, job_id))
 
 
 def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key: str, validation_key: str) -> None:
@@ -117,9 +128,13 @@ def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key:
             state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
 
 
-def _hold_out(url: str, job: FineTuningJob, examples: list[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
+def _hold_out(
+    url: str, job: FineTuningJob, examples: list[list[dict]], announce: bool
+) -> tuple[list[list[dict]], list[list[dict]]]:
     """Without a validation file, a seeded share of the training file is held out to measure overfitting."""
     train_indices, held_out_indices = split_held_out(len(examples), job.seed)
+    if not announce:
+        return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
     if held_out_indices:
         message = (
             f"No validation file: holding out {len(held_out_indices)} of {len(examples)} training examples "
@@ -132,6 +147,26 @@ def _hold_out(url: str, job: FineTuningJob, examples: list[list[dict]]) -> tuple
     return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
 
 
+def training_config(hyper: Resolved, options: dict, seed: int) -> TrainingConfig:
+    """The trainer's settings for a job's resolved hyperparameters and `lora` options."""
+    return TrainingConfig(
+        n_epochs=hyper.n_epochs,
+        batch_size=hyper.batch_size,
+        learning_rate=options["base_learning_rate"] * hyper.learning_rate_multiplier,
+        seed=seed,
+        lora_r=options["r"],
+        lora_alpha=options["alpha"],
+        lora_dropout=options["dropout"],
+        target_modules=tuple(options["target_modules"]) or None,
+        max_seq_length=options["max_seq_length"],
+        warmup_ratio=options["warmup_ratio"],
+        lr_scheduler=options["lr_scheduler"],
+        max_grad_norm=options["max_grad_norm"],
+        weight_decay=options["weight_decay"],
+        train_on_inputs=options["train_on_inputs"],
+    )
+
+
 def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
     url = settings.require("database_url")
     store = store_for(settings)
@@ -142,43 +177,42 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         validation_key = (
             _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
-    if validation_key:
+    resumed = latest_training_state(url, store, job) if job.attempt > 1 else None
+    if validation_key and resumed is None:
         _warn_about_leakage(url, store, job_id, training_key, validation_key)
-    spec = registry.get(job.model)
-    model, tokenizer = registry.load(job.model, device=compute_device(settings))
-    hyper = Resolved(**job.hyperparameters)
-    options = job.training_options or resolve_training_options(spec, None)  # jobs from before the options
-    config = TrainingConfig(
-        n_epochs=hyper.n_epochs,
-        batch_size=hyper.batch_size,
-        learning_rate=hyper.learning_rate,
-        seed=job.seed,
-        lora_r=options["r"],
-        lora_alpha=options["alpha"],
-        lora_dropout=options["dropout"],
-        target_modules=tuple(options["target_modules"]) or None,
-        max_seq_length=options["max_seq_length"],
-        warmup_ratio=options["warmup_ratio"],
-    )
+    spec = registry.get(job.base_model)
+    model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
+    # Jobs created before an option existed train with its default.
+    options = resolve_training_options(spec, None) | (job.training_options or {})
+    config = training_config(Resolved(**job.hyperparameters), options, job.seed)
     training = load_examples(store, training_key)
     if validation_key:
         held_out = load_examples(store, validation_key)
     else:
-        training, held_out = _hold_out(url, job, training)
+        training, held_out = _hold_out(url, job, training, announce=resumed is None)
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
     checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
-    result = train_lora(
-        model,
-        tokenizer,
-        training,
-        held_out,
-        config,
-        on_step=progress.on_step,
-        should_stop=progress.should_stop,
-        on_epoch_end=checkpoints.on_epoch_end,
-    )
+    if resumed is not None:
+        checkpoints.resuming_from(resumed[0].step_number)
+        _announce_resume(url, job_id, resumed[1])
+    with tempfile.TemporaryDirectory() as start_from:
+        if job.start_adapter_prefix:
+            _fetch_start_adapter(store, job, Path(start_from))
+        result = train_lora(
+            model,
+            tokenizer,
+            training,
+            held_out,
+            config,
+            on_step=progress.on_step,
+            should_stop=progress.should_stop,
+            on_epoch_end=checkpoints.on_epoch_end,
+            resume=resumed[1] if resumed else None,
+            start_from=Path(start_from) if job.start_adapter_prefix else None,
+        )
     if result.stopped:
         log.info("jobs.stopped", job_id=job_id)
+        _discard_training_states(store, job.organization_id, job_id)
         return
     _report_best_epoch(url, job_id, result)
     prefix = adapter_prefix(job.organization_id, job.id)
@@ -187,6 +221,25 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         store.upload_directory(prefix, Path(directory))
     if not _publish(url, store, job, org_name or "", prefix, result):
         store.delete_prefix(prefix)
+    _discard_training_states(store, job.organization_id, job_id)
+
+
+def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
+    """The adapter of the fine-tuned model this job trains further."""
+    try:
+        store.download_prefix(job.start_adapter_prefix or "", directory)
+    except FileNotFoundError:
+        message = f"The model '{job.model}' that this job trains further was deleted before training started"
+        raise JobFailed("model_not_found", message, "model") from None
+
+
+def _announce_resume(url: str, job_id: str, resumed: TrainingState) -> None:
+    message = (
+        f"Resumed from step {resumed.step} (the checkpoint of epoch {resumed.epochs_done}) "
+        "after the previous worker was lost"
+    )
+    with transaction(url) as session:
+        state.add_event(session, job_id, message, data={"resumed_from_step": resumed.step})
 
 
 def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
@@ -227,7 +280,7 @@ def _publish(
                 id=name,
                 organization_id=job.organization_id,
                 job_id=job.id,
-                base_model=job.model,
+                base_model=job.base_model,
                 adapter_prefix=prefix,
             )
         )

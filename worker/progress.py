@@ -23,6 +23,7 @@ class JobProgress:
         self._still_running = True
         self._checked_at = 0.0
         self._started_at = time.monotonic()
+        self._steps_before: int | None = None  # steps done by an earlier attempt this one resumed from
 
     def on_step(self, report: StepReport) -> None:
         message = f"Step {report.step}/{report.total_steps}: training loss={report.train_loss:.4f}"
@@ -45,8 +46,10 @@ class JobProgress:
         self._checked_at = time.monotonic()
 
     def _estimated_finish(self, report: StepReport) -> datetime:
-        """Now plus the remaining steps at the average pace so far."""
-        per_step = (time.monotonic() - self._started_at) / report.step
+        """Now plus the remaining steps at this attempt's average pace so far."""
+        if self._steps_before is None:
+            self._steps_before = report.step - 1
+        per_step = (time.monotonic() - self._started_at) / (report.step - self._steps_before)
         return datetime.now(UTC) + timedelta(seconds=per_step * (report.total_steps - report.step))
 
     def should_stop(self) -> bool:

@@ -1,5 +1,6 @@
-"""Repairs what a crash can leave behind: jobs whose worker died, and jobs whose message never reached
-the broker. Run every minute by Celery beat; both passes are safe to run at any time and twice."""
+"""Repairs what a crash can leave behind: jobs whose worker died, jobs whose message never reached the
+broker, and queued jobs whose message the broker lost. Run every minute by the maintenance worker's beat;
+each pass is safe to run at any time and twice."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from app.db import transaction
 from app.jobs import state
 from app.jobs.tasks import enqueue_training
 from app.tables import FineTuningJob
+from worker.broker_messages import jobs_with_messages
 
 log = structlog.get_logger()
 # A job whose message reached the broker is marked queued within the create request, so one still
@@ -65,3 +67,24 @@ def resend_unqueued(settings: Settings) -> list[str]:
             state.mark_queued(session, job_id)
         log.info("jobs.reaper.resent", job_id=job_id)
     return list(stale)
+
+
+def redispatch_lost(settings: Settings) -> list[str]:
+    """Re-sends jobs marked `queued` whose message is no longer in the broker (Redis restarted without its
+    data, or the queue was purged). The broker is read first: a job queued meanwhile has its message already.
+
+    A message taken by a worker in the instant between leaving the queue and entering `unacked` can make
+    this send a duplicate, which does nothing (the job can be claimed once).
+    """
+    in_broker = jobs_with_messages(settings.require("redis_url"))
+    with transaction(settings.require("database_url")) as session:
+        queued = session.scalars(select(FineTuningJob.id).where(FineTuningJob.status == state.QUEUED)).all()
+    lost = [job_id for job_id in queued if job_id not in in_broker]
+    for job_id in lost:
+        enqueue_training(settings, job_id)
+        log.info("jobs.reaper.redispatched", job_id=job_id)
+    if lost:
+        with transaction(settings.require("database_url")) as session:
+            for job_id in lost:
+                state.add_event(session, job_id, "The job's queue message was lost (broker restarted?); sent again")
+    return lost

@@ -9,9 +9,8 @@ from celery.signals import worker_init, worker_process_init
 from app.base_models.from_settings import registry_from_settings
 from app.base_models.registry import BaseModelRegistry
 from app.config import get_settings
-from worker.celery_app import RECONCILE_TASK, TRAIN_TASK
+from worker.celery_app import TRAIN_TASK
 from worker.job_runner import run_job
-from worker.reaper import reap_expired_leases, resend_unqueued
 
 
 @lru_cache
@@ -30,10 +29,3 @@ def _limit_threads(**_: object) -> None:
 @shared_task(name=TRAIN_TASK)
 def train_job(job_id: str) -> None:
     run_job(get_settings(), _registry(), job_id)
-
-
-@shared_task(name=RECONCILE_TASK)
-def reconcile_jobs() -> None:
-    settings = get_settings()
-    reap_expired_leases(settings)
-    resend_unqueued(settings)

@@ -34,6 +34,8 @@ class BaseModelSpec:
     max_seq_length: int
     created: int  # unix time
     lora_rank: int = 16  # the default `lora.r` of jobs on this model; alpha defaults to twice it
+    # The learning rate at `learning_rate_multiplier` 1: LoRA on a large model wants ~2e-4, a small one more.
+    learning_rate: float = 2e-4
 
 
 SMOLLM2_135M_INSTRUCT = BaseModelSpec(
@@ -44,6 +46,8 @@ SMOLLM2_135M_INSTRUCT = BaseModelSpec(
     lora_target_modules=LLAMA_STYLE_PROJECTIONS,
     max_seq_length=DEFAULT_MAX_SEQ_LENGTH,
     created=1730419200,  # 2024-11-01, SmolLM2's release
+    # 135M parameters learn a 180-ticket task to 88 % exact at 2e-3 in 3 epochs, 57 % at 1e-3 (bench.seed_recipe)
+    learning_rate=2e-3,
 )
 
 
@@ -74,6 +78,7 @@ def read_extra_models(path: Path) -> list[BaseModelSpec]:
                 max_seq_length=int(entry.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)),
                 created=int(entry.get("created", default_created)),
                 lora_rank=int(entry.get("lora_rank", 16)),
+                learning_rate=float(entry.get("learning_rate", 2e-4)),
             )
         )
     return specs

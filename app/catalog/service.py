@@ -35,7 +35,7 @@ def resolve(session: Session, registry: BaseModelRegistry, org: Organization, mo
 def _checkpoint(session: Session, org: Organization, model_id: str) -> ModelRef:
     """An epoch checkpoint of one of this organisation's jobs, served like a fine-tuned model."""
     found = session.execute(
-        select(JobCheckpoint, FineTuningJob.model)
+        select(JobCheckpoint, FineTuningJob.base_model)
         .join(FineTuningJob, JobCheckpoint.job_id == FineTuningJob.id)
         .where(JobCheckpoint.fine_tuned_model_checkpoint == model_id, FineTuningJob.organization_id == org.id)
     ).first()

@@ -55,18 +55,23 @@ def _run(settings: Settings) -> None:
         new_key = bootstrap.prepare(settings)
         logs = settings.home / "logs"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.as_environment()}
-        worker = ServerProcess("worker", _worker_argv(settings), logs / "worker.log", stop_timeout=15.0, env=env)
+        worker = ServerProcess("worker", _worker_argv(), logs / "worker.log", stop_timeout=15.0, env=env)
+        maintenance = ServerProcess(
+            "maintenance", _maintenance_argv(settings), logs / "maintenance.log", stop_timeout=10.0, env=env
+        )
         api = ServerProcess("API", _api_argv(settings), logs / "api.log", stop_timeout=10.0, env=env)
         try:
             worker.start()
+            maintenance.start()
             api.start()
             api.wait_ready(lambda: _listens(settings.host, settings.port), API_START_TIMEOUT_S)
             _print_banner(settings, new_key, embedded_names=[p.name for p in embedded.processes])
-            _watch([*embedded.processes, worker, api])
+            _watch([*embedded.processes, worker, maintenance, api])
         finally:
             _ignore_stop_signals()
             console.print("stopping…")
             api.stop()
+            maintenance.stop()
             worker.stop()
 
 
@@ -77,11 +82,18 @@ def _api_argv(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def _worker_argv(settings: Settings) -> list[str]:
-    # `--beat` runs the periodic reaper that re-queues jobs whose worker died; one machine needs one beat.
+def _worker_argv() -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--queues", "training", "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def _maintenance_argv(settings: Settings) -> list[str]:
+    # `--beat` runs the reaper on a schedule (jobs whose worker died, lost messages); one per deployment.
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.maintenance", "worker",
+        "--queues", "maintenance", "--pool", "solo", "--loglevel", "INFO",
         "--beat", "--schedule", str(settings.home / "celerybeat-schedule"),
     ]  # fmt: skip
 

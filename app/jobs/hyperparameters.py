@@ -9,8 +9,6 @@ Auto = Literal["auto"]
 # 25,000 examples seen in total.
 _TARGET_EPOCHS, _MIN_EXAMPLES_SEEN, _MAX_EXAMPLES_SEEN = 3, 100, 25_000
 _MIN_EPOCHS, _MAX_EPOCHS = 1, 25
-# LoRA trains well near 2e-4 (the article's "small steps"); the multiplier scales this base.
-BASE_LEARNING_RATE = 2e-4
 
 
 @dataclass(frozen=True)
@@ -18,10 +16,6 @@ class Resolved:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
-
-    @property
-    def learning_rate(self) -> float:
-        return BASE_LEARNING_RATE * self.learning_rate_multiplier
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -40,8 +34,9 @@ def auto_epochs(example_count: int) -> int:
 
 
 def auto_batch_size(example_count: int) -> int:
-    """About 2% of the data per batch, between 1 and 16 (small data wants more, noisier steps)."""
-    return max(1, min(16, example_count // 50))
+    """About 4.5% of the data per batch, between 1 and 16: small data wants more, noisier steps, and on a CPU
+    a batch of 8 trains 1.25x the tokens per second of a batch of 4 (bench.seed_recipe, 180 examples)."""
+    return max(1, min(16, example_count // 22))
 
 
 def resolve(

@@ -40,6 +40,10 @@ class LoraOptions(BaseModel):
     target_modules: list[str] | None = Field(default=None, min_length=1)
     max_seq_length: int | None = Field(default=None, ge=16)
     warmup_ratio: float | None = Field(default=None, ge=0, le=0.5)
+    lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
+    max_grad_norm: float | None = Field(default=None, ge=0, description="0 turns gradient clipping off")
+    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    train_on_inputs: bool | None = None  # loss on every token (prompt included), as Together's option
 
 
 class JobCreate(BaseModel):

@@ -1,19 +1,23 @@
 """Creating, reading and cancelling jobs for one organisation."""
 
+import json
 import secrets
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app import ids
-from app.base_models.registry import BaseModelRegistry, UnknownBaseModel
+from app.base_models.registry import BaseModelRegistry
+from app.catalog import service as catalog
+from app.catalog.service import ModelRef
 from app.datasets import CHAT, PROMPT_COMPLETION
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, ModelNotFound, NotFound
 from app.files.report import structural_report
 from app.files.service import get_file
 from app.jobs import state
 from app.jobs.hyperparameters import resolve
 from app.jobs.schemas import Hyperparameters, JobCreate
-from app.jobs.training_options import resolve_training_options
+from app.jobs.training_options import continue_adapter, resolve_training_options
 from app.pagination import paginate
 from app.scoped import get_owned
 from app.storage import ObjectStore
@@ -61,18 +65,33 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     return body.hyperparameters or Hyperparameters()
 
 
-def create_job(
-    session: Session, store: ObjectStore, org: Organization, body: JobCreate, registry: BaseModelRegistry
-) -> FineTuningJob:
+def _starting_point(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
+    """The base model to fine-tune, or the fine-tuned model (or checkpoint) whose adapter training continues."""
     try:
-        spec = registry.get(body.model)
-    except UnknownBaseModel:
+        return catalog.resolve(session, registry, org, model_id)
+    except ModelNotFound:
         raise NotFound(
-            f"The model '{body.model}' is not a base model that can be fine-tuned here; "
-            f"available: {', '.join(registry.ids())}",
+            f"The model '{model_id}' is neither a base model that can be fine-tuned here "
+            f"({', '.join(registry.ids())}) nor one of your fine-tuned models",
             param="model",
             code="model_not_found",
         ) from None
+
+
+def _training_options(
+    store: ObjectStore, registry: BaseModelRegistry, start: ModelRef, body: JobCreate
+) -> dict[str, Any]:
+    options = resolve_training_options(registry.get(start.base_model), body.lora)
+    if start.adapter_prefix is None:
+        return options
+    adapter_config = json.loads(store.read_bytes(f"{start.adapter_prefix}/adapter_config.json"))
+    return continue_adapter(options, adapter_config, body.lora)
+
+
+def create_job(
+    session: Session, store: ObjectStore, org: Organization, body: JobCreate, registry: BaseModelRegistry
+) -> FineTuningJob:
+    start = _starting_point(session, registry, org, body.model)
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
     training = _dataset(session, org, body.training_file, "training_file")
@@ -85,6 +104,8 @@ def create_job(
         id=ids.job_id(),
         organization_id=org.id,
         model=body.model,
+        base_model=start.base_model,
+        start_adapter_prefix=start.adapter_prefix,
         training_file=training.id,
         validation_file=body.validation_file,
         suffix=body.suffix,
@@ -92,7 +113,7 @@ def create_job(
         status=state.VALIDATING,
         method={"type": "supervised"},
         hyperparameters=resolved.as_dict(),
-        training_options=resolve_training_options(spec, body.lora),
+        training_options=_training_options(store, registry, start, body),
         job_metadata=body.metadata,
     )
     session.add(job)

@@ -6,8 +6,13 @@ from app.base_models.registry import BaseModelSpec
 from app.errors import InvalidRequest
 from app.jobs.schemas import LoraOptions
 
-DEFAULT_DROPOUT = 0.05
+# No dropout: it costs 30 % of a CPU step (a mask over the input of every LoRA layer), and the held-out set
+# with the best epoch kept is the guard against overfitting (bench.seed_recipe: 0.05 did not help).
+DEFAULT_DROPOUT = 0.0
 DEFAULT_WARMUP_RATIO = 0.1
+DEFAULT_LR_SCHEDULER = "linear"
+DEFAULT_MAX_GRAD_NORM = 1.0
+DEFAULT_WEIGHT_DECAY = 0.0
 
 
 def resolve_training_options(spec: BaseModelSpec, options: LoraOptions | None) -> dict[str, Any]:
@@ -32,8 +37,40 @@ def resolve_training_options(spec: BaseModelSpec, options: LoraOptions | None) -
     return {
         "r": rank,
         "alpha": options.alpha or 2 * rank,
-        "dropout": DEFAULT_DROPOUT if options.dropout is None else options.dropout,
+        "dropout": _or_default(options.dropout, DEFAULT_DROPOUT),
         "target_modules": targets,
         "max_seq_length": max_seq_length,
-        "warmup_ratio": DEFAULT_WARMUP_RATIO if options.warmup_ratio is None else options.warmup_ratio,
+        "warmup_ratio": _or_default(options.warmup_ratio, DEFAULT_WARMUP_RATIO),
+        "lr_scheduler": options.lr_scheduler or DEFAULT_LR_SCHEDULER,
+        "max_grad_norm": _or_default(options.max_grad_norm, DEFAULT_MAX_GRAD_NORM),
+        "weight_decay": _or_default(options.weight_decay, DEFAULT_WEIGHT_DECAY),
+        "train_on_inputs": bool(options.train_on_inputs),
+        "base_learning_rate": spec.learning_rate,  # × the job's learning_rate_multiplier
     }
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+ADAPTER_SHAPE = ("r", "alpha", "dropout", "target_modules")  # fixed by an adapter once trained
+
+
+def continue_adapter(options: dict[str, Any], adapter_config: dict[str, Any], requested: LoraOptions | None) -> dict:
+    """`options` for training an existing adapter further (peft's `adapter_config.json` given): the adapter's
+    shape is kept, and asking for another one is an error rather than silently ignored."""
+    inherited = {
+        "r": adapter_config["r"],
+        "alpha": adapter_config["lora_alpha"],
+        "dropout": adapter_config.get("lora_dropout", 0.0),
+        "target_modules": sorted(adapter_config["target_modules"]),
+    }
+    for name in ADAPTER_SHAPE:
+        asked = getattr(requested, name, None) if requested else None
+        if asked is not None and (sorted(asked) if name == "target_modules" else asked) != inherited[name]:
+            raise InvalidRequest(
+                f"lora.{name} cannot change when training a fine-tuned model further; "
+                f"its adapter has {name}={inherited[name]}",
+                param=f"lora.{name}",
+            )
+    return options | inherited

@@ -1,0 +1,80 @@
+"""A worker killed mid-training loses nothing: the reaper re-queues the job when its lease lapses, another
+worker resumes it from the last epoch's checkpoint, and the job succeeds."""
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from app.config import Settings
+from app.storage import store_for, training_states_prefix
+from tests.datasets import TICKETS, chat_jsonl
+from tests.test_end_to_end import wait_for_job
+from tests.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
+
+pytestmark = pytest.mark.e2e
+LEASE = {"LORAPORT_JOB_LEASE_SECONDS": "6"}  # renewed every 2 s while the worker lives
+
+
+@pytest.fixture
+def maintenance(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    forget_other_jobs(settings)
+    process = start_maintenance_worker(
+        settings, tmp_path / "beat-schedule", LORAPORT_RECONCILE_INTERVAL_SECONDS="2", **LEASE
+    )
+    yield process
+    stop(process)
+
+
+def _wait_for_event(client: openai.OpenAI, job_id: str, prefix: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(e.message.startswith(prefix) for e in client.fine_tuning.jobs.list_events(job_id, limit=100)):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no event {prefix!r} for job {job_id}")
+
+
+def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
+    client: openai.OpenAI, settings: Settings, maintenance: subprocess.Popen
+) -> None:
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    # 12 examples, 2 held out: 5 steps per epoch, 20 in all
+    job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 4, "batch_size": 2},
+    )
+    first = start_training_worker(settings, **LEASE)
+    try:
+        _wait_for_event(client, job.id, "Checkpoint saved at step 5 ")
+    finally:
+        first.kill()  # SIGKILL: no cleanup, the message stays unacknowledged, the lease stops being renewed
+        first.wait()
+    second = start_training_worker(settings, **LEASE)
+    try:
+        finished = wait_for_job(client, job.id, timeout_s=300)
+    finally:
+        stop(second)
+
+    assert finished.status == "succeeded", finished.error
+    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))  # oldest first
+    messages = [event.message for event in events]
+    assert any(message.startswith("Worker lost; restarting the job (attempt 2)") for message in messages)
+    resumed_at = next(i for i, event in enumerate(events) if event.message.startswith("Resumed from step"))
+    resumed_step = events[resumed_at].data["resumed_from_step"]
+    assert resumed_step in (5, 10, 15)  # an epoch's end, not step 0
+    steps_after = [event.data["step"] for event in events[resumed_at:] if event.type == "metrics"]
+    assert steps_after == list(range(resumed_step + 1, 21))  # picked up where the checkpoint was, ran to the end
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
+    assert sorted(c.step_number for c in checkpoints.data) == [5, 10, 15, 20]
+    states = list(store_for(settings).list_keys(training_states_prefix(finished.organization_id, job.id)))
+    assert states == []  # optimizer states are only kept while the job may still resume
+
+    reply = client.chat.completions.create(
+        model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}]
+    )
+    assert reply.choices[0].message.content

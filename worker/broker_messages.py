@@ -1,0 +1,41 @@
+"""Which training jobs have a message in the Redis broker: waiting in the queue, or delivered to a worker and
+not yet acknowledged.
+
+Reads kombu's Redis layout: one list per queue (plus one per priority step), and the `unacked` hash that
+holds each delivered message until its task ends (late acknowledgement). A message is a JSON object whose
+`headers.id` is the Celery task id.
+"""
+
+import json
+from collections.abc import Iterable
+
+import redis
+
+from app.jobs.tasks import job_id_of_task
+from worker.celery_app import TRAINING_QUEUE
+
+_UNACKED = "unacked"
+_PRIORITY_SEPARATOR, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's defaults for Redis
+
+
+def _task_id(message: str | bytes) -> str | None:
+    try:
+        return json.loads(message).get("headers", {}).get("id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _job_ids(messages: Iterable[str | bytes]) -> set[str]:
+    task_ids = (_task_id(message) for message in messages)
+    return {job_id for task_id in task_ids if task_id and (job_id := job_id_of_task(task_id))}
+
+
+def jobs_with_messages(redis_url: str) -> set[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+        waiting = [message for queue in queues for message in client.lrange(queue, 0, -1)]
+        delivered = [json.dumps(json.loads(entry)[0]) for entry in client.hvals(_UNACKED)]
+    finally:
+        client.close()
+    return _job_ids(waiting) | _job_ids(delivered)
