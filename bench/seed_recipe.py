@@ -43,7 +43,7 @@ from app.chat_format import render_prompt_ids
 from app.jobs.hyperparameters import resolve
 from app.jobs.training_options import resolve_training_options
 from bench.tickets import ticket_split
-from worker.job_runner import training_config
+from worker.job_runner import config_for
 from worker.training import train_lora
 from worker.training.data import split_held_out
 
@@ -123,7 +123,7 @@ def train_ours(registry: BaseModelRegistry, chats: list[Messages]) -> Trained:
     model, tokenizer = registry.load(MODEL_ID)
     hyper = resolve(len(chats), "auto", "auto", "auto")
     options = resolve_training_options(registry.get(MODEL_ID), None)
-    config = training_config(hyper, options, seed=SEED)
+    config = config_for(hyper, options, seed=SEED)
     train_indices, held_out_indices = split_held_out(len(chats), SEED)
     train = [chats[index] for index in train_indices]
     held_out = [chats[index] for index in held_out_indices]

@@ -18,7 +18,7 @@ from app.db import transaction
 from app.devices import compute_device
 from app.files.report import profile
 from app.jobs import state
-from app.jobs.hyperparameters import Resolved
+from app.jobs.hyperparameters import Resolved, learning_rate
 from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
@@ -83,6 +83,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
             job = session.get_one(FineTuningJob, job_id)
             settings_used = {
                 "hyperparameters": job.hyperparameters,
+                "learning_rate": training_config(registry, job).learning_rate,
                 "lora": job.training_options,
                 "attempt": job.attempt,
             }
@@ -147,12 +148,18 @@ def _hold_out(
     return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
 
 
-def training_config(hyper: Resolved, options: dict, seed: int) -> TrainingConfig:
-    """The trainer's settings for a job's resolved hyperparameters and `lora` options."""
+def training_config(registry: BaseModelRegistry, job: FineTuningJob) -> TrainingConfig:
+    """The trainer's settings for a job; one created before an option existed trains with its default."""
+    options = resolve_training_options(registry.get(job.base_model), None) | (job.training_options or {})
+    return config_for(Resolved(**job.hyperparameters), options, job.seed)
+
+
+def config_for(hyper: Resolved, options: dict, seed: int) -> TrainingConfig:
+    """The trainer's settings for resolved hyperparameters and `lora` options."""
     return TrainingConfig(
         n_epochs=hyper.n_epochs,
         batch_size=hyper.batch_size,
-        learning_rate=options["base_learning_rate"] * hyper.learning_rate_multiplier,
+        learning_rate=learning_rate(options["base_learning_rate"], hyper.learning_rate_multiplier, hyper.batch_size),
         seed=seed,
         lora_r=options["r"],
         lora_alpha=options["alpha"],
@@ -180,11 +187,8 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     resumed = latest_training_state(url, store, job) if job.attempt > 1 else None
     if validation_key and resumed is None:
         _warn_about_leakage(url, store, job_id, training_key, validation_key)
-    spec = registry.get(job.base_model)
     model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
-    # Jobs created before an option existed train with its default.
-    options = resolve_training_options(spec, None) | (job.training_options or {})
-    config = training_config(Resolved(**job.hyperparameters), options, job.seed)
+    config = training_config(registry, job)
     training = load_examples(store, training_key)
     if validation_key:
         held_out = load_examples(store, validation_key)

@@ -34,7 +34,8 @@ class BaseModelSpec:
     max_seq_length: int
     created: int  # unix time
     lora_rank: int = 16  # the default `lora.r` of jobs on this model; alpha defaults to twice it
-    # The learning rate at `learning_rate_multiplier` 1: LoRA on a large model wants ~2e-4, a small one more.
+    # The learning rate at `learning_rate_multiplier` 1 and batch size 8: LoRA on a large model wants ~2e-4,
+    # a small one more.
     learning_rate: float = 2e-4
 
 

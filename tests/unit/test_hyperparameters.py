@@ -1,6 +1,6 @@
 import pytest
 
-from app.jobs.hyperparameters import auto_batch_size, auto_epochs, resolve
+from app.jobs.hyperparameters import auto_batch_size, auto_epochs, learning_rate, resolve
 
 
 @pytest.mark.parametrize("examples", [10, 12, 20, 33, 34, 50, 180, 1000, 8333, 8334, 50_000, 1_000_000])
@@ -29,3 +29,10 @@ def test_resolve_keeps_numbers_given_and_fills_auto_ones() -> None:
         "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0
     }  # fmt: skip
     assert resolve(180, 5, 2, 0.5).as_dict() == {"n_epochs": 5, "batch_size": 2, "learning_rate_multiplier": 0.5}
+
+
+def test_learning_rate_scales_with_the_square_root_of_the_batch() -> None:
+    assert learning_rate(2e-3, 1.0, 8) == pytest.approx(2e-3)
+    assert learning_rate(2e-3, 0.5, 8) == pytest.approx(1e-3)
+    assert learning_rate(2e-3, 1.0, 2) == pytest.approx(1e-3)
+    assert learning_rate(2e-3, 1.0, 32) == pytest.approx(4e-3)
