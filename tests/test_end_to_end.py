@@ -75,6 +75,9 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert events[0].message == "The job has successfully completed"
     started = next(event for event in events if event.message == "Fine-tuning job started")
     assert started.data["hyperparameters"]["batch_size"] == 4 and started.data["lora"]["r"] == 16
+    assert started.data["learning_rate"] == pytest.approx(2 * 2e-3 * (4 / 8) ** 0.5)  # multiplier 2, batch 4
+    sizes = next(event for event in events if event.message.startswith("Training on "))
+    assert sizes.data == {"training_examples": len(TICKETS), "validation_examples": len(HELD_OUT) + 1}  # + the leak
     leaks = [event for event in events if event.data and event.data.get("code") == "validation_leakage"]
     assert len(leaks) == 1 and leaks[0].level == "warn"
     assert leaks[0].data["groups"] == [{"validation_lines": [len(HELD_OUT) + 1], "training_lines": [3]}]

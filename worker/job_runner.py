@@ -189,11 +189,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         _warn_about_leakage(url, store, job_id, training_key, validation_key)
     model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
     config = training_config(registry, job)
-    training = load_examples(store, training_key)
-    if validation_key:
-        held_out = load_examples(store, validation_key)
-    else:
-        training, held_out = _hold_out(url, job, training, announce=resumed is None)
+    training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
     checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
     if resumed is not None:
@@ -226,6 +222,23 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     if not _publish(url, store, job, org_name or "", prefix, result):
         store.delete_prefix(prefix)
     _discard_training_states(store, job.organization_id, job_id)
+
+
+def _datasets(
+    url: str, store: ObjectStore, job: FineTuningJob, training_key: str, validation_key: str | None, announce: bool
+) -> tuple[list[list[dict]], list[list[dict]]]:
+    """The examples to train on and the held-out ones: the validation file, or a seeded share of training."""
+    training = load_examples(store, training_key)
+    if validation_key:
+        held_out = load_examples(store, validation_key)
+    else:
+        training, held_out = _hold_out(url, job, training, announce)
+    if announce:
+        message = f"Training on {len(training)} examples; {len(held_out)} held out for validation"
+        with transaction(url) as session:
+            data = {"training_examples": len(training), "validation_examples": len(held_out)}
+            state.add_event(session, job.id, message, data=data)
+    return training, held_out
 
 
 def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
