@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     adapter_cache_size: int = 8
     max_new_tokens_limit: int = 2048
+    max_choices: int = Field(default=8, ge=1)  # the largest `n` a completion request may ask for
+    # Admission to the inference engine: generations at once, requests waiting beyond those (then 429), and
+    # requests (running and waiting) one organisation may hold, so that one tenant cannot starve the rest.
+    inference_concurrency: int = Field(default=16, ge=1)
+    inference_queue_size: int = Field(default=64, ge=0)
+    inference_per_organization: int = Field(default=32, ge=1)
+    inference_timeout_seconds: float = Field(default=300, gt=0)  # a whole request, waiting included
 
     # A running job whose worker has been silent this long is re-queued; its worker renews every third of it.
     job_lease_seconds: int = Field(default=90, ge=3)

@@ -70,6 +70,24 @@ class PayloadTooLarge(LoraportError):
     code = "file_too_large"
 
 
+class Overloaded(LoraportError):
+    """Too many requests waiting; `retry_after` seconds is a fair guess of when to come back."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class GenerationTimeout(LoraportError):
+    status_code = 504
+    type = "server_error"
+    code = "timeout"
+
+
 class ServiceUnavailable(LoraportError):
     status_code = 503
     type = "server_error"
@@ -93,7 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _loraport(_: Request, exc: LoraportError) -> JSONResponse:
         body = error_body(exc.message, exc.type, exc.param, exc.code)
         body["error"].update(exc.details or {})
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

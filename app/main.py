@@ -5,11 +5,13 @@ from fastapi import FastAPI
 from app.base_models.from_settings import registry_from_settings
 from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
+from app.completions.router import router as completions_router
 from app.config import Settings, get_settings
 from app.devices import compute_device
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
+from app.inference.admission import Admission
 from app.inference.engine import InferenceEngine
 from app.jobs.router import router as jobs_router
 from app.storage import store_for
@@ -30,7 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_adapters=settings.adapter_cache_size,
         device=compute_device(settings),
     )
+    app.state.admission = Admission(
+        settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
+    )
     install_error_handlers(app)
-    for router in (health_router, files_router, uploads_router, jobs_router, models_router, chat_router):
+    routers = (health_router, files_router, uploads_router, jobs_router, models_router, chat_router, completions_router)
+    for router in routers:
         app.include_router(router)
     return app

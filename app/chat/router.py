@@ -1,60 +1,85 @@
 """/v1/chat/completions"""
 
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import ids
 from app.catalog.service import resolve
 from app.chat.schemas import ChatCompletion, ChatCompletionCreate, Choice, Usage
+from app.chat_format import render_prompt_ids
 from app.deps import OrgDep, SessionDep, SettingsDep
-from app.errors import InvalidRequest
+from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
+from app.inference.engine import InferenceEngine, SamplingParams
+from app.inference.serving import admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
-
-_DEFAULT_MAX_TOKENS = 256
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
     body: ChatCompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
-) -> ChatCompletion:
+) -> ChatCompletion | StreamingResponse:
     """Answer with a base model, or with a fine-tuned model's adapter applied to its base."""
-    if body.stream:
-        raise InvalidRequest("Streaming is not supported yet; send stream=false", param="stream")
+    max_tokens = checked_limits(settings, body.max_completion_tokens or body.max_tokens, body.n)
     model = resolve(session, request.app.state.registry, org, body.model)
     session.close()  # generation can take seconds; hold no database connection meanwhile
-    max_tokens = body.max_completion_tokens or body.max_tokens or _DEFAULT_MAX_TOKENS
-    if max_tokens > settings.max_new_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens is {max_tokens}; the most this server generates is {settings.max_new_tokens_limit}",
-            param="max_tokens",
-        )
-    completion = await run_in_threadpool(
-        request.app.state.engine.generate,
-        model.base_model,
-        model.adapter_prefix,
-        [message.as_plain() for message in body.messages],
-        max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-    )
+    engine = request.app.state.engine
+    tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
+    prompt_ids = render_prompt_ids(tokenizer, [message.as_plain() for message in body.messages])
+    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed)
+    work = ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
+    ticket = await admit(request, org)
+    completion_id, created = ids.new_id("chatcmpl"), int(time.time())
+    if body.stream:
+        return event_stream(settings, ticket, _chunks(engine, work, completion_id, created, model.id, body))
+    choices = await within_timeout(settings, ticket, whole_choices(engine, work))
     return ChatCompletion(
-        id=ids.new_id("chatcmpl"),
-        created=int(time.time()),
+        id=completion_id,
+        created=created,
         model=model.id,
         choices=[
-            Choice(
-                message={"role": "assistant", "content": completion.text},
-                finish_reason=completion.finish_reason,
-            )
+            Choice(index=index, message={"role": "assistant", "content": text}, finish_reason=reason)
+            for index, (text, reason) in enumerate(choices)
         ],
-        usage=Usage(
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            total_tokens=completion.prompt_tokens + completion.completion_tokens,
-        ),
+        usage=Usage.of(work.prompt_tokens, work.completion_tokens),
     )
+
+
+async def _chunks(
+    engine: InferenceEngine,
+    work: ChoiceRequest,
+    completion_id: str,
+    created: int,
+    model_id: str,
+    body: ChatCompletionCreate,
+) -> AsyncIterator[dict]:
+    """`chat.completion.chunk`s: the role first, then content deltas, a finish reason per choice, and the
+    usage in a last chunk without choices when `stream_options.include_usage` asks for it."""
+
+    def chunk(choices: list[dict]) -> dict:
+        envelope = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+        return (
+            envelope
+            | {"system_fingerprint": None, "choices": choices}
+            | ({"usage": None} if body.include_usage else {})
+        )
+
+    started: set[int] = set()
+    async for delta in choice_deltas(engine, work):
+        if delta.index not in started:
+            started.add(delta.index)
+            yield chunk([_choice(delta.index, {"role": "assistant", "content": delta.text}, None)])
+        elif delta.text:
+            yield chunk([_choice(delta.index, {"content": delta.text}, None)])
+        if delta.finish_reason is not None:
+            yield chunk([_choice(delta.index, {}, delta.finish_reason)])
+    if body.include_usage:
+        yield chunk([]) | {"usage": Usage.of(work.prompt_tokens, work.completion_tokens).model_dump()}
+
+
+def _choice(index: int, delta: dict, finish_reason: str | None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

@@ -2,10 +2,12 @@
 
 Adapters of a base model live in one PeftModel (`load_adapter` / `set_adapter`), at most `max_adapters`
 of them, least recently used evicted first. Their files are fetched once into `cache_dir` and kept there,
-so an evicted adapter comes back from disk. A lock per base model serialises generation for now.
+so an evicted adapter comes back from disk. A lock per base model serialises generation for now; tokens are
+streamed from a generating thread as they come.
 """
 
 import hashlib
+import queue
 import re
 import shutil
 import threading
@@ -14,7 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from peft import PeftModel
@@ -25,10 +26,12 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.chat_format import render_prompt_ids
+from app.inference.detokenize import Detokenizer, FinishReason
 
 FetchAdapter = Callable[[str, Path], None]
 
@@ -38,7 +41,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 @dataclass
@@ -62,16 +65,68 @@ def _peft_key(adapter_name: str) -> str:
     return f"adapter_{_digest(adapter_name)[:16]}"  # peft keys become module names: no '.' allowed
 
 
-class _StopOnText(StoppingCriteria):
-    """Ends generation once the decoded completion contains one of the stop strings."""
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, stop: list[str]) -> None:
-        self.tokenizer, self.prompt_length, self.stop = tokenizer, prompt_length, stop
+
+_END = object()  # marks the end of a token stream
+
+
+class TokenStream:
+    """Token ids from a generating thread to one reader; iterate it, and `cancel` it to stop generation."""
+
+    def __init__(self) -> None:
+        self._items: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def put(self, item: object) -> None:
+        self._items.put(item)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> int:
+        item = self._items.get()
+        if item is _END:
+            self._items.put(_END)  # a later read ends too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class _QueueStreamer(BaseStreamer):
+    """Puts each generated token id on a stream; `generate` hands the prompt over first, which is skipped."""
+
+    def __init__(self, tokens: TokenStream) -> None:
+        self.tokens, self.prompt_seen = tokens, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.tokens.put(token_id)
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends generation once the consumer has gone."""
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        self.cancelled = cancelled
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_length :], skip_special_tokens=True)
-        done = any(stop in text for stop in self.stop)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @contextmanager
@@ -109,33 +164,59 @@ class InferenceEngine:
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
 
+    def tokenizer(self, base_model_id: str) -> PreTrainedTokenizerBase:
+        return self._base(base_model_id).tokenizer
+
+    def end_of_turn_ids(self, base_model_id: str) -> set[int]:
+        base = self._base(base_model_id)
+        return set(_end_of_turn_ids(base.model, base.tokenizer))
+
+    def stream_tokens(
+        self, base_model_id: str, adapter_name: str | None, prompt_ids: list[int], params: SamplingParams
+    ) -> "TokenStream":
+        """Generated token ids as they come (an end-of-turn token last when the model stopped by itself).
+
+        `cancel()` on the stream (the caller met a stop sequence, or its client went away) ends generation at
+        the next step. Errors of the generating thread are raised to the reader.
+        """
+        base = self._base(base_model_id)
+        adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
+        stream = TokenStream()
+
+        def run() -> None:
+            try:
+                with base.lock:
+                    if not stream.cancelled.is_set():
+                        self._generate(base, adapter_name, adapter_dir, prompt_ids, params, stream)
+            except BaseException as error:  # handed to the reader, who raises it
+                stream.put(error)
+            finally:
+                stream.put(_END)
+
+        threading.Thread(target=run, name="generate", daemon=True).start()
+        return stream
+
     def generate(
         self,
         base_model_id: str,
         adapter_name: str | None,
         messages: list[dict],
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
+        params: SamplingParams,
         stop: list[str] | None = None,
-        seed: int | None = None,
     ) -> Completion:
-        """The assistant's reply to `messages`; temperature 0 is greedy."""
-        base = self._base(base_model_id)
-        adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
-        prompt_ids = render_prompt_ids(base.tokenizer, messages)
-        with base.lock:
-            if adapter_name and adapter_dir:
-                self._activate(base, adapter_name, adapter_dir)
-                adapter_scope: AbstractContextManager = nullcontext()
-            elif isinstance(base.model, PeftModel):
-                adapter_scope = base.model.disable_adapter()
-            else:
-                adapter_scope = nullcontext()
-            seed_scope = _seeded(seed, self._device) if seed is not None else nullcontext()
-            with adapter_scope, seed_scope, torch.inference_mode():
-                new_ids = self._sample(base, prompt_ids, max_tokens, temperature, top_p, stop or [])
-        return self._completion(base, prompt_ids, new_ids, stop or [])
+        """The assistant's whole reply to `messages`."""
+        tokenizer = self.tokenizer(base_model_id)
+        prompt_ids = render_prompt_ids(tokenizer, messages)
+        text = Detokenizer(tokenizer, self.end_of_turn_ids(base_model_id), stop or [])
+        tokens = self.stream_tokens(base_model_id, adapter_name, prompt_ids, params)
+        parts = []
+        for token_id in tokens:
+            parts.append(text.feed(token_id))
+            if text.finished:
+                tokens.cancel()
+                break
+        parts.append(text.close())
+        return Completion("".join(parts), len(prompt_ids), text.completion_tokens, text.finish_reason or "length")
 
     def loaded_adapters(self, base_model_id: str) -> list[str]:
         """Adapters in memory for a base model, least recently used first."""
@@ -183,44 +264,40 @@ class InferenceEngine:
         base.adapters.move_to_end(adapter_name)
         base.model.set_adapter(key)
 
-    def _sample(
+    def _generate(
         self,
         base: _LoadedBase,
+        adapter_name: str | None,
+        adapter_dir: Path | None,
         prompt_ids: list[int],
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: list[str],
-    ) -> list[int]:
-        sampling = temperature > 0
+        params: SamplingParams,
+        stream: "TokenStream",
+    ) -> None:
+        if adapter_name and adapter_dir:
+            self._activate(base, adapter_name, adapter_dir)
+            adapter_scope: AbstractContextManager = nullcontext()
+        elif isinstance(base.model, PeftModel):
+            adapter_scope = base.model.disable_adapter()
+        else:
+            adapter_scope = nullcontext()
+        seed_scope = _seeded(params.seed, self._device) if params.seed is not None else nullcontext()
+        sampling = params.temperature > 0
         config = GenerationConfig(
-            max_new_tokens=max_tokens,
+            max_new_tokens=params.max_tokens,
             do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
             top_k=0 if sampling else None,  # OpenAI's API has no top-k; transformers would default to 50
             repetition_penalty=1.0,
             eos_token_id=_end_of_turn_ids(base.model, base.tokenizer),
             pad_token_id=base.tokenizer.pad_token_id,
         )
         input_ids = torch.tensor([prompt_ids], device=self._device)
-        stopping = StoppingCriteriaList([_StopOnText(base.tokenizer, len(prompt_ids), stop)] if stop else [])
-        output = base.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            generation_config=config,
-            stopping_criteria=stopping,
-        )
-        return output[0, len(prompt_ids) :].tolist()
-
-    def _completion(self, base: _LoadedBase, prompt_ids: list[int], new_ids: list[int], stop: list[str]) -> Completion:
-        end_ids = set(_end_of_turn_ids(base.model, base.tokenizer))
-        ended = next((i for i, token in enumerate(new_ids) if token in end_ids), None)
-        if ended is not None:
-            new_ids = new_ids[: ended + 1]
-        text = base.tokenizer.decode(new_ids, skip_special_tokens=True)
-        cut = min((index for index in (text.find(s) for s in stop) if index >= 0), default=None)
-        if cut is not None:
-            text = text[:cut]
-        stopped = ended is not None or cut is not None
-        return Completion(text, len(prompt_ids), len(new_ids), "stop" if stopped else "length")
+        with adapter_scope, seed_scope, torch.inference_mode():
+            base.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                streamer=_QueueStreamer(stream),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(stream.cancelled)]),
+            )

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from app.chat_format import render_prompt_ids
 from app.inference import InferenceEngine
+from app.inference.engine import SamplingParams
 from tests.unit.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
@@ -45,8 +47,9 @@ def engine(registry, store, tmp_path) -> InferenceEngine:
     return InferenceEngine(registry, store, cache_dir=tmp_path / "adapters", max_adapters=2)
 
 
-def ask(engine: InferenceEngine, adapter: str | None, **options):
-    return engine.generate(TINY_MODEL_ID, adapter, QUESTION, **({"max_tokens": 8, "temperature": 0} | options))
+def ask(engine: InferenceEngine, adapter: str | None, stop: list[str] | None = None, **options):
+    params = SamplingParams(**({"max_tokens": 8, "temperature": 0} | options))
+    return engine.generate(TINY_MODEL_ID, adapter, QUESTION, params, stop=stop)
 
 
 def test_trained_adapter_changes_the_greedy_reply(engine):
@@ -117,3 +120,14 @@ def test_sampling_with_a_seed_is_repeatable(engine):
     second = ask(engine, None, temperature=1.0, seed=3, max_tokens=12)
 
     assert first == second
+
+
+def test_tokens_stream_one_by_one_and_cancelling_the_stream_stops_generation(engine, tokenizer):
+    prompt = render_prompt_ids(tokenizer, QUESTION)
+    tokens = engine.stream_tokens(TINY_MODEL_ID, None, prompt, SamplingParams(max_tokens=50, temperature=1.0, seed=1))
+    first = next(tokens)
+    tokens.cancel()  # the client went away
+
+    assert isinstance(first, int)
+    again = list(engine.stream_tokens(TINY_MODEL_ID, None, prompt, SamplingParams(max_tokens=3, temperature=0)))
+    assert 1 <= len(again) <= 3  # the engine is free again: the cancelled stream released it

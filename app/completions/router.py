@@ -1,0 +1,89 @@
+"""/v1/completions
+
+A prompt is sent as one user turn through the model's chat template, exactly as prompt/completion training
+examples are trained, so a model fine-tuned on such examples sees at inference what it saw in training.
+"""
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from app import ids
+from app.catalog.service import resolve
+from app.chat.schemas import Usage
+from app.chat_format import render_prompt_ids
+from app.completions.schemas import Completion, CompletionChoice, CompletionCreate
+from app.deps import OrgDep, SessionDep, SettingsDep
+from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
+from app.inference.engine import InferenceEngine, SamplingParams
+from app.inference.serving import admit, checked_limits, event_stream, within_timeout
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+@router.post("/completions", response_model=Completion)
+async def create_completion(
+    body: CompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
+) -> Completion | StreamingResponse:
+    max_tokens = checked_limits(settings, body.max_tokens, body.n * len(body.prompts()))
+    model = resolve(session, request.app.state.registry, org, body.model)
+    session.close()
+    engine: InferenceEngine = request.app.state.engine
+    tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
+    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed)
+    works = [
+        ChoiceRequest(
+            model.base_model, model.adapter_prefix, render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]),
+            params, body.stop_list(), body.n,
+        )
+        for prompt in body.prompts()
+    ]  # fmt: skip
+    ticket = await admit(request, org)
+    completion_id, created = ids.new_id("cmpl"), int(time.time())
+    if body.stream:
+        return event_stream(settings, ticket, _chunks(engine, works, completion_id, created, model.id, body))
+    results = await within_timeout(settings, ticket, _whole(engine, works))
+    return Completion(
+        id=completion_id,
+        created=created,
+        model=model.id,
+        choices=[
+            CompletionChoice(index=index, text=text, finish_reason=reason)
+            for index, (text, reason) in enumerate(results)
+        ],
+        usage=_usage(works),
+    )
+
+
+async def _whole(engine: InferenceEngine, works: list[ChoiceRequest]) -> list[tuple[str, str]]:
+    """The choices of every prompt, prompt by prompt: choice j of prompt i has index i·n + j, as OpenAI's."""
+    return [choice for work in works for choice in await whole_choices(engine, work)]
+
+
+async def _chunks(
+    engine: InferenceEngine, works: list[ChoiceRequest], completion_id: str, created: int, model_id: str,
+    body: CompletionCreate,
+) -> AsyncIterator[dict]:  # fmt: skip
+    def chunk(choices: list[dict]) -> dict:
+        envelope = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id}
+        return (
+            envelope
+            | {"system_fingerprint": None, "choices": choices}
+            | ({"usage": None} if body.include_usage else {})
+        )
+
+    for offset, work in enumerate(works):
+        async for delta in choice_deltas(engine, work):
+            if delta.text or delta.finish_reason:
+                index = offset * body.n + delta.index
+                choice = {"index": index, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
+                yield chunk([choice])
+    if body.include_usage:
+        yield chunk([]) | {"usage": _usage(works).model_dump()}
+
+
+def _usage(works: list[ChoiceRequest]) -> Usage:
+    return Usage.of(sum(w.prompt_tokens for w in works), sum(w.completion_tokens for w in works))

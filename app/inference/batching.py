@@ -1,0 +1,415 @@
+"""Continuous batching: requests for different LoRA adapters (or none) decoded together, one token per step.
+
+One background thread owns the running batch. Between two decode steps it drops finished and cancelled rows,
+prefills waiting rows and merges them in, so a request never waits for another to finish.
+
+Design:
+- KV cache. The batch keeps one `DynamicCache`, LEFT-padded: every row is `[padding..., real tokens...]`, with a
+  2D attention mask (0 on padding) and per-row positions (a row's next position is its count of real tokens), so
+  padding changes neither positions nor attention and each row computes what it would compute alone. Newcomers are
+  prefilled together in their own left-padded cache; the shorter of the two caches is then left-padded with zeros
+  to the other's length and both are concatenated along the batch dimension. Leaving rows are removed with an
+  index-select, and the leading columns that became padding in every remaining row are cut off. Only
+  `DynamicLayer`s (full attention) can be merged this way: sliding-window layers are refused.
+- Mixed adapters. peft LoRA layers take an `adapter_names` list, one name per row (`"__base__"` for none); a
+  `PeftModel`'s own `forward(..., adapter_names=...)` hooks that list into every LoRA layer with its
+  `_enable_peft_forward_hooks` context, which works for a plain forward with a `cache`. The batcher enters that
+  context itself, because peft leaves the hooks behind when the forward raises. When every row uses the same
+  adapter the batcher takes peft's ordinary path instead (`set_adapter`, or `disable_adapter` for the base model),
+  which skips the per-adapter gathers and scatters in every LoRA layer.
+- Prefill is bounded: at most `max_prefill_tokens` padded prompt tokens are prefilled between two decode steps (at
+  least one row, so a long prompt still gets in), so a burst of newcomers delays running rows by one bounded step.
+- Sampling is per row, on float32 logits: greedy at temperature 0, else temperature and top-p (no top-k) with a
+  `torch.Generator` of the row's own, so a seed gives the same tokens whatever else shares the batch.
+- The model may change between steps: the batcher asks `model_source()` for it at every step, and the owner
+  loads or deletes adapters inside `run_between_steps`, which no forward pass overlaps. Deleting an adapter that
+  `adapters_in_use()` reports breaks the rows using it; they get the error.
+"""
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+Model = PreTrainedModel | PeftModel
+T = TypeVar("T")
+
+_PEFT_BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
+_END = object()
+
+
+class TokenStream(Iterator[int]):
+    """The tokens of one request, as they are generated; an end-of-turn token, if any, is the last item.
+
+    Iterating blocks until the next token. An error of the decode thread is raised here, once.
+    """
+
+    def __init__(self, on_cancel: Callable[[], None]) -> None:
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+        self._ended = False
+        self._on_cancel = on_cancel
+
+    def __next__(self) -> int:
+        if self._ended:
+            raise StopIteration
+        item = self._items.get()
+        if item is _END or isinstance(item, BaseException):
+            self._ended = True
+            if item is _END:
+                raise StopIteration
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        """Stop generating: the stream ends now and its row leaves the batch before the next step."""
+        self._cancelled.set()
+        self._items.put(_END)
+        self._on_cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _put(self, token: int) -> None:
+        self._items.put(token)
+
+    def _end(self) -> None:
+        self._items.put(_END)
+
+    def _fail(self, error: BaseException) -> None:
+        self._items.put(error)
+
+
+@dataclass(eq=False)  # rows are compared and hashed by identity
+class _Row:
+    prompt_ids: list[int]
+    adapter: str | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    generator: torch.Generator | None  # None: greedy
+    eos_token_ids: frozenset[int]
+    stream: TokenStream
+    length: int = 0  # real tokens in the cache, which is also the position of the next one
+    generated: int = 0
+    next_token: int = -1  # sampled and streamed, not yet in the cache
+
+    def accept(self, token: int) -> bool:
+        """Stream a newly sampled token; True when the row is done."""
+        self.next_token, self.generated = token, self.generated + 1
+        self.stream._put(token)
+        done = token in self.eos_token_ids or self.generated >= self.max_new_tokens
+        if done:
+            self.stream._end()
+        return done
+
+
+@dataclass
+class _Batch:
+    rows: list[_Row]
+    cache: DynamicCache
+    mask: torch.Tensor  # [rows, columns], 1 on real tokens; every row is left-padded
+
+    def merge(self, other: "_Batch") -> None:
+        """Append the rows of `other`, left-padding whichever cache is shorter."""
+        columns = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, columns, -2), _left_pad(theirs.keys, columns, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, columns, -2), _left_pad(theirs.values, columns, -2)])
+        self.mask = torch.cat([_left_pad(self.mask, columns, -1), _left_pad(other.mask, columns, -1)])
+        self.rows += other.rows
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows, and cut off the columns that are padding in all of them."""
+        if len(indices) == len(self.rows):
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        mask = self.mask[index]
+        start = mask.shape[1] - int(mask.sum(dim=1).max())
+        for layer in _layers(self.cache):
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        self.mask = mask[:, start:]
+        self.rows = [self.rows[i] for i in indices]
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
+    return cache.layers
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    padding = [0, 0] * (-dim - 1) + [missing, 0]  # F.pad lists (left, right) pairs from the last dimension back
+    return F.pad(tensor, padding)
+
+
+def _has_adapter(model: Model, adapter: str | None) -> bool:
+    return adapter is None or (isinstance(model, PeftModel) and adapter in model.peft_config)
+
+
+def _forward(model: Model, adapters: list[str | None], **inputs: Any) -> torch.Tensor:
+    """Last-position logits, each row through its own adapter (None: the base model)."""
+    inputs |= {"use_cache": True, "logits_to_keep": 1}
+    distinct = set(adapters)
+    if not isinstance(model, PeftModel):
+        if distinct != {None}:
+            raise ValueError(f"adapters not loaded: {sorted(a for a in distinct if a)}")
+        return model(**inputs).logits[:, -1]
+    if distinct == {None}:
+        with model.disable_adapter():
+            return model(**inputs).logits[:, -1]
+    if len(distinct) == 1:
+        (adapter,) = distinct
+        if model.active_adapter != adapter:
+            model.set_adapter(adapter, inference_mode=True)
+        return model(**inputs).logits[:, -1]
+    return _mixed_forward(model, [adapter or _PEFT_BASE for adapter in adapters], inputs)
+
+
+def _mixed_forward(model: PeftModel, adapter_names: list[str], inputs: dict[str, Any]) -> torch.Tensor:
+    """`model(**inputs, adapter_names=adapter_names)`, minus peft's leak: its context manager, which hooks the
+    names into every LoRA layer, removes the hooks only when the forward succeeds, so it is always told it did."""
+    hooks = model._enable_peft_forward_hooks(adapter_names=adapter_names)
+    hooks.__enter__()
+    try:
+        return model.get_base_model()(**inputs).logits[:, -1]
+    finally:
+        hooks.__exit__(None, None, None)
+
+
+def _next_tokens(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1).tolist()
+    return [
+        greedy[i] if row.generator is None else _sample(logits[i], row.temperature, row.top_p, row.generator)
+        for i, row in enumerate(rows)
+    ]
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(dim=0) - sorted_probs >= top_p  # the tokens before already hold top_p
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(outside, 0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class ContinuousBatcher:
+    """Generates for many requests at once on one model, whatever adapter each uses."""
+
+    def __init__(
+        self,
+        model_source: Callable[[], Model],
+        device: torch.device | str,
+        max_batch_size: int = 16,
+        max_prefill_tokens: int = 512,
+    ) -> None:
+        if max_batch_size < 1 or max_prefill_tokens < 1:
+            raise ValueError("max_batch_size and max_prefill_tokens must be at least 1")
+        self._model_source = model_source
+        self._device = torch.device(device)
+        self._max_batch_size = max_batch_size
+        self._max_prefill_tokens = max_prefill_tokens
+        self._waiting: deque[_Row] = deque()
+        self._batch: _Batch | None = None  # only the decode thread changes it
+        self._wakeup = threading.Condition()
+        self._model_lock = threading.Lock()  # held by every step, and by `run_between_steps`
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        adapter: str | None,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        eos_token_ids: set[int],
+    ) -> TokenStream:
+        """Queue a request; `adapter` is the peft adapter key (None: the base model), temperature 0 is greedy."""
+        if not prompt_ids or max_new_tokens < 1:
+            raise ValueError("a request needs a prompt and max_new_tokens of at least 1")
+        stream = TokenStream(on_cancel=self._notify)
+        row = _Row(
+            prompt_ids, adapter, max_new_tokens, temperature, top_p, self._generator(temperature, seed),
+            frozenset(eos_token_ids), stream,
+        )  # fmt: skip
+        with self._wakeup:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._waiting.append(row)
+            self._start()
+            self._wakeup.notify()
+        return stream
+
+    def run_between_steps(self, action: Callable[[], T]) -> T:
+        """Run `action` (load or delete adapters, replace the model) while no forward pass runs."""
+        with self._model_lock:
+            return action()
+
+    def adapters_in_use(self) -> set[str]:
+        """Adapters of running or waiting requests; consistent when called inside `run_between_steps`."""
+        batch = self._batch
+        with self._wakeup:
+            rows = [*(batch.rows if batch else []), *self._waiting]
+        return {row.adapter for row in rows if row.adapter is not None and not row.stream.cancelled}
+
+    def close(self) -> None:
+        """Stop the decode thread; requests still running or waiting get an error."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _generator(self, temperature: float, seed: int | None) -> torch.Generator | None:
+        if temperature == 0:
+            return None
+        generator = torch.Generator(device=self._device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def _notify(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while self._wait_for_work():
+            with self._model_lock, torch.inference_mode():
+                newcomers = self._take_waiting()
+                running = self._batch.rows if self._batch else []
+                try:
+                    self._step(self._model_source(), newcomers)
+                except Exception as error:  # the batch may be half-updated: every row of the step fails
+                    self._batch = None
+                    for row in [*running, *newcomers]:
+                        row.stream._fail(error)
+        self._fail_all(RuntimeError("the batcher is closed"))
+
+    def _step(self, model: Model, newcomers: list[_Row]) -> None:
+        self._drop(lambda row: row.stream.cancelled)
+        if newcomers:
+            self._admit(model, newcomers)
+        if self._batch is not None:
+            self._decode(model)
+
+    def _wait_for_work(self) -> bool:
+        with self._wakeup:
+            while not self._closed and not self._waiting and self._batch is None:
+                self._wakeup.wait()
+            return not self._closed
+
+    def _take_waiting(self) -> list[_Row]:
+        """The waiting rows to prefill now: as many as fit in the batch and in the prefill budget, at least one."""
+        room = self._max_batch_size - (len(self._batch.rows) if self._batch else 0)
+        taken: list[_Row] = []
+        with self._wakeup:
+            while self._waiting and len(taken) < room:
+                row = self._waiting[0]
+                longest = max([len(row.prompt_ids), *(len(r.prompt_ids) for r in taken)])
+                if taken and longest * (len(taken) + 1) > self._max_prefill_tokens:
+                    break
+                self._waiting.popleft()
+                if not row.stream.cancelled:
+                    taken.append(row)
+        return taken
+
+    def _admit(self, model: Model, rows: list[_Row]) -> None:
+        """Prefill the rows together, stream their first tokens and add the unfinished ones to the batch."""
+        for row in rows:
+            if not _has_adapter(model, row.adapter):
+                row.stream._fail(ValueError(f"adapter {row.adapter!r} is not loaded"))
+        rows = [row for row in rows if _has_adapter(model, row.adapter)]
+        if not rows:
+            return
+        try:
+            newcomers, logits = self._prefill(model, rows)
+        except Exception as error:  # the running rows are untouched: only the newcomers fail
+            for row in rows:
+                row.stream._fail(error)
+            return
+        if self._batch is None:
+            self._batch = newcomers
+        else:
+            self._batch.merge(newcomers)
+        self._accept(rows, logits)
+
+    def _prefill(self, model: Model, rows: list[_Row]) -> tuple[_Batch, torch.Tensor]:
+        columns = max(len(row.prompt_ids) for row in rows)
+        input_ids = torch.zeros((len(rows), columns), dtype=torch.long)
+        mask = torch.zeros((len(rows), columns), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, columns - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            mask[i, columns - len(row.prompt_ids) :] = 1
+            row.length = len(row.prompt_ids)
+        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        logits = _forward(
+            model, [row.adapter for row in rows], input_ids=input_ids, attention_mask=mask,
+            position_ids=positions, cache=cache,
+        )  # fmt: skip
+        return _Batch(list(rows), cache, mask), logits
+
+    def _decode(self, model: Model) -> None:
+        """Feed every row its last sampled token and sample the next."""
+        batch = self._batch
+        rows = batch.rows
+        input_ids = torch.tensor([[row.next_token] for row in rows], device=self._device)
+        positions = torch.tensor([[row.length] for row in rows], device=self._device)
+        mask = F.pad(batch.mask, (0, 1), value=1)
+        logits = _forward(
+            model, [row.adapter for row in rows], input_ids=input_ids, attention_mask=mask,
+            position_ids=positions, cache=batch.cache,
+        )  # fmt: skip
+        batch.mask = mask
+        for row in rows:
+            row.length += 1
+        self._accept(rows, logits)
+
+    def _accept(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Sample a token for each row and drop the rows that are done."""
+        done = set()
+        for row, token in zip(rows, _next_tokens(rows, logits), strict=True):
+            if row.accept(token):
+                done.add(row)
+        if done:
+            self._drop(lambda row: row in done)
+
+    def _drop(self, leaves: Callable[[_Row], bool]) -> None:
+        if self._batch is None:
+            return
+        kept = [i for i, row in enumerate(self._batch.rows) if not leaves(row)]
+        if kept:
+            self._batch.keep(kept)
+        else:
+            self._batch = None
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._wakeup:
+            rows = [*(self._batch.rows if self._batch else []), *self._waiting]
+            self._batch, self._waiting = None, deque()
+        for row in rows:
+            row.stream._fail(error)

@@ -1,0 +1,66 @@
+"""Generated token ids → text deltas, as a stream: stop sequences cut the text, and nothing that might still
+turn out to be the start of a stop sequence (or half of a multi-byte character) is sent early."""
+
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length"]
+_INCOMPLETE_CHARACTER = "\ufffd"  # what decoding gives for the first bytes of a character split over tokens
+
+
+class Detokenizer:
+    """`feed` one generated token at a time; it returns the text that is final. `finish_reason` is set once the
+    completion ended on an end-of-turn token or a stop sequence; `close` flushes the rest at `max_tokens`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, end_of_turn_ids: set[int], stop: list[str]) -> None:
+        self._tokenizer, self._end_ids, self._stop = tokenizer, end_of_turn_ids, [s for s in stop if s]
+        self._ids: list[int] = []
+        self._sent = 0  # characters of the decoded text already returned
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def feed(self, token_id: int) -> str:
+        if self.finished:
+            return ""
+        self.completion_tokens += 1
+        if token_id in self._end_ids:
+            self.finish_reason = "stop"
+            return self._release(self._text(), final=True)
+        self._ids.append(token_id)
+        text = self._text()
+        cut = min((index for index in (text.find(stop) for stop in self._stop) if index >= 0), default=None)
+        if cut is not None:
+            self.finish_reason = "stop"
+            return self._release(text[:cut], final=True)
+        return self._release(text, final=False)
+
+    def close(self) -> str:
+        """The remaining text when generation ended without a stop (the token limit)."""
+        if self.finished:
+            return ""
+        self.finish_reason = "length"
+        return self._release(self._text(), final=True)
+
+    def _text(self) -> str:
+        return self._tokenizer.decode(self._ids, skip_special_tokens=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        end = len(text) if final else self._safe_end(text)
+        delta = text[self._sent : end] if end > self._sent else ""
+        self._sent = max(self._sent, end)
+        return delta
+
+    def _safe_end(self, text: str) -> int:
+        """How much of `text` can be sent: not a trailing partial character, nor a tail a stop may begin with."""
+        end = len(text.rstrip(_INCOMPLETE_CHARACTER))
+        held = 0
+        for stop in self._stop:
+            held = max(
+                held, next((n for n in range(min(len(stop) - 1, end), 0, -1) if text.endswith(stop[:n], 0, end)), 0)
+            )
+        return end - held

@@ -1,0 +1,56 @@
+import asyncio
+
+import pytest
+
+from app.errors import Overloaded
+from app.inference.admission import Admission
+
+
+def test_requests_beyond_the_queue_are_refused_with_a_retry_hint():
+    async def scenario():
+        admission = Admission(concurrency=1, queue_size=1, per_organization=10)
+        running = await admission.enter("a")
+        waiting = asyncio.create_task(admission.enter("b"))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await admission.enter("c")
+        running.release()
+        (await waiting).release()
+        (await admission.enter("c")).release()  # room again
+        return refused.value
+
+    error = asyncio.run(scenario())
+    assert error.status_code == 429 and error.headers == {"Retry-After": "2"}
+
+
+def test_one_organisation_cannot_hold_more_than_its_share():
+    async def scenario():
+        admission = Admission(concurrency=8, queue_size=8, per_organization=2)
+        held = [await admission.enter("greedy"), await admission.enter("greedy")]
+        with pytest.raises(Overloaded, match="organisation"):
+            await admission.enter("greedy")
+        other = await admission.enter("polite")  # another tenant still gets in
+        held[0].release()
+        held[0].release()  # releasing twice gives back one place only
+        third = await admission.enter("greedy")
+        with pytest.raises(Overloaded):
+            await admission.enter("greedy")
+        for ticket in (held[1], other, third):
+            ticket.release()
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_that_gives_up_leaves_no_trace():
+    async def scenario():
+        admission = Admission(concurrency=1, queue_size=1, per_organization=1)
+        running = await admission.enter("a")
+        waiter = asyncio.create_task(admission.enter("b"))
+        await asyncio.sleep(0)
+        waiter.cancel()  # the client went away while queued
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        running.release()
+        (await admission.enter("b")).release()  # neither its place in the queue nor its organisation's share leaked
+
+    asyncio.run(scenario())

@@ -1,0 +1,40 @@
+from app.inference.detokenize import Detokenizer
+
+END = 0
+
+
+def stream(tokenizer, text: str, stop: list[str], end: bool = False) -> tuple[list[str], Detokenizer]:
+    detokenizer = Detokenizer(tokenizer, {tokenizer.eos_token_id}, stop)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if end else [])
+    deltas = []
+    for token_id in ids:
+        deltas.append(detokenizer.feed(token_id))
+        if detokenizer.finished:
+            break
+    deltas.append(detokenizer.close())
+    return deltas, detokenizer
+
+
+def test_deltas_add_up_to_the_text_and_an_end_token_finishes_with_stop(tokenizer):
+    deltas, detokenizer = stream(tokenizer, "Paris is the capital.", [], end=True)
+
+    assert "".join(deltas) == tokenizer.decode(
+        tokenizer("Paris is the capital.", add_special_tokens=False)["input_ids"]
+    )
+    assert detokenizer.finish_reason == "stop"
+    assert sum(1 for delta in deltas if delta) > 1  # streamed in pieces, not at the end
+
+
+def test_a_stop_sequence_cuts_the_text_and_is_never_sent(tokenizer):
+    deltas, detokenizer = stream(tokenizer, "one, two, three, four", [", thr"])
+
+    assert "".join(deltas) == "one, two"
+    assert all(", thr" not in delta and not delta.endswith(",") for delta in deltas[:-1])
+    assert detokenizer.finish_reason == "stop"
+
+
+def test_running_out_of_tokens_finishes_with_length(tokenizer):
+    deltas, detokenizer = stream(tokenizer, "Hello there", ["zzz"])
+
+    assert "".join(deltas).strip() == "Hello there" and detokenizer.finish_reason == "length"
+    assert detokenizer.completion_tokens == len(tokenizer("Hello there", add_special_tokens=False)["input_ids"])
