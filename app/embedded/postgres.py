@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg
@@ -45,10 +46,16 @@ def _hand_over(path: Path, user: str) -> None:
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
     path.chmod(0o700)
-    for parent in path.parents:
-        mode = parent.stat().st_mode
+    _let_others_traverse(path.parents)
+
+
+def _let_others_traverse(directories: Iterable[Path]) -> None:
+    """Adds o+x (entering, not listing) where missing: a checkout in a mode-700 directory (a root home, a
+    `mktemp -d`) would otherwise hide the data directory or the binaries from the system user."""
+    for directory in directories:
+        mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+            directory.chmod(mode | stat.S_IXOTH)
 
 
 class EmbeddedPostgres:
@@ -74,6 +81,7 @@ class EmbeddedPostgres:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if user:
+            _let_others_traverse(bin_dir.parents)
             _hand_over(self.pgdata, user)
             if self.socket_dir != self.pgdata:
                 _hand_over(self.socket_dir, user)
