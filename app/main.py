@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fetch_adapter=store_for(settings).download_prefix,
         cache_dir=settings.adapter_cache_dir,
         max_adapters=settings.adapter_cache_size,
+        max_batch_size=settings.inference_concurrency,
         device=compute_device(settings),
     )
     app.state.admission = Admission(

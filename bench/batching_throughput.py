@@ -1,6 +1,6 @@
 """Generation throughput of continuous batching against one request at a time, side by side in one run.
 
-    .venv/bin/python -m bench.batching_throughput [--threads 2] [--requests 16] [--tokens 32] [--adapters 8]
+    .venv/bin/python -m bench.batching_throughput [--threads 1] [--requests 16] [--tokens 32] [--adapters 8]
 
 SmolLM2-135M-Instruct with `--adapters` random LoRA adapters (r=16 on all projections, non-zero B so they
 change the outputs). `--requests` short chat prompts, greedy, `--tokens` new tokens each (end-of-turn ignored,
@@ -10,12 +10,16 @@ so every request generates as many), all submitted at once:
   (b) spread over all adapters, through the batcher (mixed-adapter batches);
   (c) one request at a time: `set_adapter` then `model.generate`, as the engine does today.
 Prints generated tokens/s for each and the ratios b/a and b/c. A short warm-up runs first.
+
+One intra-op thread by default: with another process busy on a 2-core machine, 2 OpenMP threads make every
+forward 10-50x slower (they spin-wait for each other), which drowns what is measured here.
 """
 
 import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -77,9 +81,10 @@ def one_at_a_time(model: PeftModel, jobs: list[Job], tokens: int) -> int:
     return generated
 
 
-def always_mixed(model, adapters, **inputs):
+def always_mixed(model: PeftModel, adapters: list[str | None], **inputs: Any) -> torch.Tensor:
+    """The batcher's forward, made to take peft's per-row `adapter_names` path even for a single adapter."""
     inputs |= {"use_cache": True, "logits_to_keep": 1}
-    return batching._mixed_forward(model, list(adapters), inputs)
+    return batching._mixed_forward(model, [adapter or "__base__" for adapter in adapters], inputs)
 
 
 def timed(run: Callable[[], int]) -> tuple[int, float]:
@@ -90,7 +95,7 @@ def timed(run: Callable[[], int]) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="2 on an idle 2-core machine only")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=8)

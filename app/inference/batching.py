@@ -15,8 +15,10 @@ Design:
   `PeftModel`'s own `forward(..., adapter_names=...)` hooks that list into every LoRA layer with its
   `_enable_peft_forward_hooks` context, which works for a plain forward with a `cache`. The batcher enters that
   context itself, because peft leaves the hooks behind when the forward raises. When every row uses the same
-  adapter the batcher takes peft's ordinary path instead (`set_adapter`, or `disable_adapter` for the base model),
-  which skips the per-adapter gathers and scatters in every LoRA layer.
+  adapter the batcher takes peft's ordinary path instead (`set_adapter`, only when the adapter changes), which
+  skips the per-adapter gathers and scatters in every LoRA layer: about 20% faster per step on SmolLM2-135M. Rows
+  without an adapter always go through `adapter_names` (`"__base__"`): peft's `disable_adapter` context costs more
+  per step (0.1-0.2 s, it inspects the whole model) than it saves.
 - Prefill is bounded: at most `max_prefill_tokens` padded prompt tokens are prefilled between two decode steps (at
   least one row, so a long prompt still gets in), so a burst of newcomers delays running rows by one bounded step.
 - Sampling is per row, on float32 logits: greedy at temperature 0, else temperature and top-p (no top-k) with a
@@ -126,7 +128,7 @@ class _Batch:
             mine.keys = torch.cat([_left_pad(mine.keys, columns, -2), _left_pad(theirs.keys, columns, -2)])
             mine.values = torch.cat([_left_pad(mine.values, columns, -2), _left_pad(theirs.values, columns, -2)])
         self.mask = torch.cat([_left_pad(self.mask, columns, -1), _left_pad(other.mask, columns, -1)])
-        self.rows += other.rows
+        self.rows = self.rows + other.rows  # a new list: a step keeps the one it started with
 
     def keep(self, indices: list[int]) -> None:
         """Keep only these rows, and cut off the columns that are padding in all of them."""
@@ -167,10 +169,7 @@ def _forward(model: Model, adapters: list[str | None], **inputs: Any) -> torch.T
         if distinct != {None}:
             raise ValueError(f"adapters not loaded: {sorted(a for a in distinct if a)}")
         return model(**inputs).logits[:, -1]
-    if distinct == {None}:
-        with model.disable_adapter():
-            return model(**inputs).logits[:, -1]
-    if len(distinct) == 1:
+    if len(distinct) == 1 and None not in distinct:
         (adapter,) = distinct
         if model.active_adapter != adapter:
             model.set_adapter(adapter, inference_mode=True)

@@ -1,36 +1,29 @@
-"""In-process generation: one base model in memory per id, LoRA adapters chosen per request.
+"""In-process generation: one base model in memory per id, LoRA adapters chosen per request, and requests for
+different adapters (or none) decoded together by a continuous batcher per base model.
 
-Adapters of a base model live in one PeftModel (`load_adapter` / `set_adapter`), at most `max_adapters`
-of them, least recently used evicted first. Their files are fetched once into `cache_dir` and kept there,
-so an evicted adapter comes back from disk. A lock per base model serialises generation for now; tokens are
-streamed from a generating thread as they come.
+Adapters of a base model live in one PeftModel (`load_adapter`), at most `max_adapters` of them, least recently
+used evicted first (never one that a running request uses). Their files are fetched once into `cache_dir` and
+kept there, so an evicted adapter comes back from disk. Adapters are loaded and evicted only between decode
+steps (`ContinuousBatcher.run_between_steps`).
 """
 
 import hashlib
-import queue
 import re
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import (
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.chat_format import render_prompt_ids
+from app.inference.batching import ContinuousBatcher, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
 
 FetchAdapter = Callable[[str, Path], None]
@@ -48,8 +41,8 @@ class Completion:
 class _LoadedBase:
     model: PreTrainedModel | PeftModel
     tokenizer: PreTrainedTokenizerBase
+    batcher: ContinuousBatcher
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # adapter name → peft key, LRU first
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _digest(name: str) -> str:
@@ -73,71 +66,6 @@ class SamplingParams:
     seed: int | None = None
 
 
-_END = object()  # marks the end of a token stream
-
-
-class TokenStream:
-    """Token ids from a generating thread to one reader; iterate it, and `cancel` it to stop generation."""
-
-    def __init__(self) -> None:
-        self._items: queue.Queue = queue.Queue()
-        self.cancelled = threading.Event()
-
-    def put(self, item: object) -> None:
-        self._items.put(item)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def __iter__(self) -> "TokenStream":
-        return self
-
-    def __next__(self) -> int:
-        item = self._items.get()
-        if item is _END:
-            self._items.put(_END)  # a later read ends too
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-
-class _QueueStreamer(BaseStreamer):
-    """Puts each generated token id on a stream; `generate` hands the prompt over first, which is skipped."""
-
-    def __init__(self, tokens: TokenStream) -> None:
-        self.tokens, self.prompt_seen = tokens, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for token_id in value.reshape(-1).tolist():
-            self.tokens.put(token_id)
-
-    def end(self) -> None:
-        pass
-
-
-class _Cancelled(StoppingCriteria):
-    """Ends generation once the consumer has gone."""
-
-    def __init__(self, cancelled: threading.Event) -> None:
-        self.cancelled = cancelled
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed sampling for one request without disturbing the process-wide random state."""
-    cuda_devices = [device.index or torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _end_of_turn_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])
@@ -153,6 +81,7 @@ class InferenceEngine:
         cache_dir: Path,
         max_adapters: int = 8,
         device: str = "cpu",
+        max_batch_size: int = 16,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -161,6 +90,7 @@ class InferenceEngine:
         self._cache_dir = cache_dir
         self._max_adapters = max_adapters
         self._device = torch.device(device)
+        self._max_batch_size = max_batch_size
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
 
@@ -173,28 +103,23 @@ class InferenceEngine:
 
     def stream_tokens(
         self, base_model_id: str, adapter_name: str | None, prompt_ids: list[int], params: SamplingParams
-    ) -> "TokenStream":
+    ) -> TokenStream:
         """Generated token ids as they come (an end-of-turn token last when the model stopped by itself).
 
-        `cancel()` on the stream (the caller met a stop sequence, or its client went away) ends generation at
-        the next step. Errors of the generating thread are raised to the reader.
+        `cancel()` on the stream (the caller met a stop sequence, or its client went away) frees its row before
+        the next decode step. Errors of the decode thread are raised to the reader.
         """
         base = self._base(base_model_id)
         adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
-        stream = TokenStream()
+        end_ids = set(_end_of_turn_ids(base.model, base.tokenizer))
 
-        def run() -> None:
-            try:
-                with base.lock:
-                    if not stream.cancelled.is_set():
-                        self._generate(base, adapter_name, adapter_dir, prompt_ids, params, stream)
-            except BaseException as error:  # handed to the reader, who raises it
-                stream.put(error)
-            finally:
-                stream.put(_END)
+        def submit() -> TokenStream:
+            key = self._load(base, adapter_name, adapter_dir) if adapter_name and adapter_dir else None
+            return base.batcher.submit(
+                prompt_ids, key, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids
+            )
 
-        threading.Thread(target=run, name="generate", daemon=True).start()
-        return stream
+        return base.batcher.run_between_steps(submit)
 
     def generate(
         self,
@@ -224,12 +149,17 @@ class InferenceEngine:
         return list(base.adapters) if base else []
 
     def evict(self, adapter_name: str) -> None:
-        """Forget an adapter: unload it from every base model and delete its local files."""
+        """Forget an adapter: unload it from every base model and delete its local files. Requests already
+        generating with it finish first: its weights stay until the LRU drops them."""
         for base in list(self._bases.values()):
-            with base.lock:
-                key = base.adapters.pop(adapter_name, None)
-                if key is not None:
+
+            def unload(base: _LoadedBase = base) -> None:
+                key = base.adapters.get(adapter_name)
+                if key is not None and key not in base.batcher.adapters_in_use():
+                    del base.adapters[adapter_name]
                     base.model.delete_adapter(key)
+
+            base.batcher.run_between_steps(unload)
         shutil.rmtree(self._cache_dir / adapter_directory_name(adapter_name), ignore_errors=True)
 
     def _base(self, base_model_id: str) -> _LoadedBase:
@@ -239,7 +169,9 @@ class InferenceEngine:
                 base = self._bases.get(base_model_id)
                 if base is None:
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
-                    base = self._bases[base_model_id] = _LoadedBase(model, tokenizer)
+                    # The batcher reads `model` at every step: loading the first adapter replaces it.
+                    batcher = ContinuousBatcher(lambda: loaded.model, self._device, self._max_batch_size)
+                    loaded = base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, batcher)
         return base
 
     def _adapter_files(self, adapter_name: str) -> Path:
@@ -248,56 +180,23 @@ class InferenceEngine:
         build_once(directory, lambda staging: self._fetch_adapter(adapter_name, staging))
         return directory
 
-    def _activate(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> None:
-        """Make the adapter the active one, loading it and evicting the least recently used if needed."""
+    def _load(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> str:
+        """The adapter's peft key, loading it and evicting the least recently used idle ones beyond the limit.
+        Called between decode steps only."""
         key = base.adapters.get(adapter_name)
         if key is None:
             key = _peft_key(adapter_name)
             if isinstance(base.model, PeftModel):
                 base.model.load_adapter(adapter_dir, adapter_name=key)
+                # The batcher switches adapters only when the model's active one differs, which a reloaded
+                # adapter of the same name would not seem to: make it the active one now.
+                base.model.set_adapter(key, inference_mode=True)
             else:
                 base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=key)
             base.adapters[adapter_name] = key
-            while len(base.adapters) > self._max_adapters:
-                _, evicted = base.adapters.popitem(last=False)
-                base.model.delete_adapter(evicted)
         base.adapters.move_to_end(adapter_name)
-        base.model.set_adapter(key)
-
-    def _generate(
-        self,
-        base: _LoadedBase,
-        adapter_name: str | None,
-        adapter_dir: Path | None,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        stream: "TokenStream",
-    ) -> None:
-        if adapter_name and adapter_dir:
-            self._activate(base, adapter_name, adapter_dir)
-            adapter_scope: AbstractContextManager = nullcontext()
-        elif isinstance(base.model, PeftModel):
-            adapter_scope = base.model.disable_adapter()
-        else:
-            adapter_scope = nullcontext()
-        seed_scope = _seeded(params.seed, self._device) if params.seed is not None else nullcontext()
-        sampling = params.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            do_sample=sampling,
-            temperature=params.temperature if sampling else None,
-            top_p=params.top_p if sampling else None,
-            top_k=0 if sampling else None,  # OpenAI's API has no top-k; transformers would default to 50
-            repetition_penalty=1.0,
-            eos_token_id=_end_of_turn_ids(base.model, base.tokenizer),
-            pad_token_id=base.tokenizer.pad_token_id,
-        )
-        input_ids = torch.tensor([prompt_ids], device=self._device)
-        with adapter_scope, seed_scope, torch.inference_mode():
-            base.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                generation_config=config,
-                streamer=_QueueStreamer(stream),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(stream.cancelled)]),
-            )
+        in_use = base.batcher.adapters_in_use() | {key}
+        idle = [name for name, loaded_key in base.adapters.items() if loaded_key not in in_use]
+        for name in idle[: max(0, len(base.adapters) - self._max_adapters)]:
+            base.model.delete_adapter(base.adapters.pop(name))
+        return key
