@@ -82,6 +82,12 @@ class Overloaded(LoraportError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class AdapterCorrupted(LoraportError):
+    status_code = 502
+    type = "server_error"
+    code = "adapter_corrupted"
+
+
 class GenerationTimeout(LoraportError):
     status_code = 504
     type = "server_error"

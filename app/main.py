@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 
+from app.adapter_manifest import verified_fetch
 from app.base_models.from_settings import registry_from_settings
 from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry_from_settings(settings)
     app.state.engine = InferenceEngine(
         app.state.registry,
-        fetch_adapter=store_for(settings).download_prefix,
+        fetch_adapter=verified_fetch(store_for(settings).download_prefix),
         cache_dir=settings.adapter_cache_dir,
         max_adapters=settings.adapter_cache_size,
         max_batch_size=settings.inference_concurrency,

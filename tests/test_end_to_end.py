@@ -194,6 +194,23 @@ def test_a_fine_tuned_model_can_be_trained_further(
 
     # It started from what the parent learned, not from the base model.
     assert first_loss(child.id) < 0.5 * first_loss(parent.id)
+    # A checkpoint whose stored weights were damaged is refused with a clear error, not served.
+    first_checkpoint = client.fine_tuning.jobs.checkpoints.list(parent.id).data[-1]
+    store = store_for(settings)
+    key = next(
+        k
+        for k in store.list_keys(
+            f"orgs/{parent.organization_id}/checkpoints/{parent.id}/step-{first_checkpoint.step_number}/"
+        )
+        if k.endswith("adapter_model.safetensors")
+    )
+    store.put_bytes(key, store.read_bytes(key)[:-10])
+    with pytest.raises(openai.InternalServerError) as damaged:
+        client.with_options(max_retries=0).chat.completions.create(
+            model=first_checkpoint.fine_tuned_model_checkpoint, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert damaged.value.code == "adapter_corrupted" and "failed its checksum" in damaged.value.message
+
     client.models.delete(parent_model)  # the child's adapter is its own
     reply = client.chat.completions.create(
         model=child.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[1][0]}"}]

@@ -10,6 +10,7 @@ import structlog
 import torch
 from sqlalchemy import select
 
+from app.adapter_manifest import verified_fetch
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.datasets import leakage
@@ -244,7 +245,7 @@ def _datasets(
 def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
     """The adapter of the fine-tuned model this job trains further."""
     try:
-        store.download_prefix(job.start_adapter_prefix or "", directory)
+        verified_fetch(store.download_prefix)(job.start_adapter_prefix or "", directory)
     except FileNotFoundError:
         message = f"The model '{job.model}' that this job trains further was deleted before training started"
         raise JobFailed("model_not_found", message, "model") from None

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from app.config import Settings
-from app.errors import GenerationTimeout, InvalidRequest
+from app.errors import GenerationTimeout, InvalidRequest, LoraportError, error_body
 from app.inference.admission import Ticket
 from app.tables import Organization
 
@@ -65,6 +65,8 @@ def event_stream(settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict]
         except TimeoutError:
             message = f"The completion took longer than {settings.inference_timeout_seconds:g} s"
             yield _event({"error": {"message": message, "type": "server_error", "param": None, "code": "timeout"}})
+        except LoraportError as error:
+            yield _event(error_body(error.message, error.type, error.param, error.code))
         except Exception:
             log.exception("inference.stream_failed")
             message = "The server hit an error while generating; retry, and report it if it persists."

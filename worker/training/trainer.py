@@ -19,6 +19,7 @@ from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenize
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
+from app.adapter_manifest import write_manifest
 from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
 from worker.training.state import TrainingState, restore_rng_state, rng_state
@@ -445,6 +446,8 @@ def train_lora(
 
 
 def save_adapter(peft_model: PeftModel, directory: Path) -> list[Path]:
-    """Write the adapter weights and config (not the base model) and return the files written."""
+    """Write the adapter weights and config (not the base model) with their checksum manifest, and return the
+    files written."""
     peft_model.save_pretrained(directory)
+    write_manifest(directory)
     return sorted(path for path in directory.rglob("*") if path.is_file())
