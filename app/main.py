@@ -1,5 +1,8 @@
 """The FastAPI application: `uvicorn app.main:create_app --factory`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from app.adapter_manifest import verified_fetch
@@ -14,16 +17,33 @@ from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.inference.admission import Admission
 from app.inference.engine import InferenceEngine
+from app.inference.warmup import AdapterWarmer
 from app.jobs.router import router as jobs_router
 from app.storage import store_for
 from app.uploads.router import router as uploads_router
+
+
+@asynccontextmanager
+async def _warm_new_adapters(app: FastAPI) -> AsyncIterator[None]:
+    """While the app runs, adapters announced by workers are fetched before their first request."""
+    warmer = AdapterWarmer(app.state.settings.require("redis_url"), app.state.engine)
+    warmer.start()
+    try:
+        yield
+    finally:
+        warmer.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for name in ("database_url", "redis_url", "s3_endpoint_url"):
         settings.require(name)
-    app = FastAPI(title="Loraport", version="0.1.0", description="OpenAI-compatible LoRA fine-tuning and serving")
+    app = FastAPI(
+        title="Loraport",
+        version="0.1.0",
+        description="OpenAI-compatible LoRA fine-tuning and serving",
+        lifespan=_warm_new_adapters,
+    )
     app.state.settings = settings
     app.state.registry = registry_from_settings(settings)
     app.state.engine = InferenceEngine(

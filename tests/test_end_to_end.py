@@ -9,6 +9,7 @@ import pytest
 from openai.types.fine_tuning import FineTuningJob
 
 from app.config import Settings
+from app.inference.engine import adapter_directory_name
 from app.storage import store_for
 from tests.datasets import TICKETS, chat_jsonl
 from tests.workers import forget_other_jobs, start_training_worker, stop
@@ -66,6 +67,12 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert finished.error is None and finished.trained_tokens and finished.trained_tokens > 0
     model_id = finished.fine_tuned_model
     assert model_id and model_id.startswith(f"ft:{settings.default_base_model}:") and ":tickets:" in model_id
+    # The worker announced the new model, and the API fetched it before anyone asked for it.
+    warm = settings.adapter_cache_dir / adapter_directory_name(f"orgs/{finished.organization_id}/adapters/{job.id}")
+    deadline = time.monotonic() + 30
+    while not (warm / "adapter_model.safetensors").exists():
+        assert time.monotonic() < deadline, "the new adapter was not fetched ahead of its first request"
+        time.sleep(0.2)
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = [event for event in events if event.type == "metrics"]

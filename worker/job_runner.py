@@ -18,6 +18,7 @@ from app.datasets.report import lines_text
 from app.db import transaction
 from app.devices import compute_device
 from app.files.report import profile
+from app.inference.warmup import announce_adapter
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved, learning_rate
 from app.jobs.training_options import resolve_training_options
@@ -220,7 +221,9 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
         store.upload_directory(prefix, Path(directory))
-    if not _publish(url, store, job, org_name or "", prefix, result):
+    if _publish(url, store, job, org_name or "", prefix, result):
+        announce_adapter(settings.require("redis_url"), job.base_model, prefix)
+    else:
         store.delete_prefix(prefix)
     _discard_training_states(store, job.organization_id, job_id)
 

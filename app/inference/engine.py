@@ -143,6 +143,13 @@ class InferenceEngine:
         parts.append(text.close())
         return Completion("".join(parts), len(prompt_ids), text.completion_tokens, text.finish_reason or "length")
 
+    def warm(self, base_model_id: str, adapter_name: str) -> None:
+        """Fetch the adapter's files, and load it if its base model is already in memory here."""
+        adapter_dir = self._adapter_files(adapter_name)
+        base = self._bases.get(base_model_id)
+        if base is not None:
+            base.batcher.run_between_steps(lambda: self._load(base, adapter_name, adapter_dir))
+
     def loaded_adapters(self, base_model_id: str) -> list[str]:
         """Adapters in memory for a base model, least recently used first."""
         base = self._bases.get(base_model_id)

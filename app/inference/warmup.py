@@ -1,0 +1,59 @@
+"""Adapters made warm before anyone asks: a worker announces each new fine-tuned model on a Redis channel, and
+every API process that serves inference fetches its files (and loads it, if its base model is in memory), so
+the first request does not pay for the download."""
+
+import json
+import threading
+
+import redis
+import structlog
+
+from app.inference.engine import InferenceEngine
+
+log = structlog.get_logger()
+CHANNEL = "loraport:adapters"
+
+
+def announce_adapter(redis_url: str, base_model_id: str, adapter_prefix: str) -> None:
+    """Best effort: a missed announcement only means a cold first request."""
+    try:
+        with redis.Redis.from_url(redis_url) as client:
+            client.publish(CHANNEL, json.dumps({"base_model": base_model_id, "adapter": adapter_prefix}))
+    except redis.RedisError:
+        log.warning("adapters.announce_failed", adapter=adapter_prefix, exc_info=True)
+
+
+class AdapterWarmer:
+    """A thread that warms every announced adapter until `stop`."""
+
+    def __init__(self, redis_url: str, engine: InferenceEngine) -> None:
+        self._redis_url, self._engine = redis_url, engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="adapter-warmer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with redis.Redis.from_url(self._redis_url) as client, client.pubsub() as pubsub:
+                    pubsub.subscribe(CHANNEL)
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if message is not None:
+                            self._warm(json.loads(message["data"]))
+            except redis.RedisError:  # the broker restarted: subscribe again shortly
+                log.warning("adapters.warmer_disconnected", exc_info=True)
+                self._stop.wait(2.0)
+
+    def _warm(self, announcement: dict) -> None:
+        try:
+            self._engine.warm(announcement["base_model"], announcement["adapter"])
+            log.info("adapters.warmed", adapter=announcement["adapter"])
+        except Exception:  # a bad adapter fails its first request with a clear error; nothing to do here
+            log.warning("adapters.warm_failed", adapter=announcement.get("adapter"), exc_info=True)
