@@ -1,4 +1,4 @@
-"""Serving completions: base models in memory with LoRA adapters swapped in per request."""
+"""Serving completions: base models in memory, requests for different LoRA adapters batched together."""
 
 from app.inference.engine import Completion, InferenceEngine
 
