@@ -62,6 +62,18 @@ def test_the_same_seed_gives_the_same_choices(client: openai.OpenAI, base: str) 
     assert len(first) == 2
 
 
+def test_streamed_choices_each_add_up_to_their_whole_text(client: openai.OpenAI, base: str) -> None:
+    options = {"model": base, "messages": CHAT, "max_tokens": 10, "temperature": 1, "seed": 5, "n": 3}
+    whole = [choice.message.content for choice in client.chat.completions.create(**options).choices]
+    texts, finishes = ["", "", ""], [0, 0, 0]
+    for chunk in client.chat.completions.create(**options, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] += choice.finish_reason is not None
+
+    assert texts == whole and finishes == [1, 1, 1]
+
+
 def test_too_many_choices_is_refused(client: openai.OpenAI, base: str, settings: Settings) -> None:
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model=base, messages=CHAT, n=settings.max_choices + 1)

@@ -1,10 +1,12 @@
 """The `n` choices of one completion request as text deltas, for the chat and completions endpoints alike."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
+from app.inference.batching import TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
 from app.inference.engine import InferenceEngine, SamplingParams
 
@@ -34,28 +36,61 @@ class ChoiceRequest:
 
 
 async def choice_deltas(engine: InferenceEngine, request: ChoiceRequest) -> AsyncIterator[ChoiceDelta]:
-    """Deltas of choice 0, then choice 1, …; each choice ends with a delta that has its finish reason.
+    """Deltas of all choices as they come (the n rows decode together in the engine's batch); each choice ends
+    with a delta that has its finish reason.
 
     Choice i samples with seed + i, so a seeded request gives the same n texts every time. Leaving the loop
-    early (a client that disconnected, a timeout) cancels the generation in progress.
+    early (a client that disconnected, a timeout) cancels every generation still running.
     """
-    for index in range(request.n):
-        seed = request.params.seed + index if request.params.seed is not None else None
-        params = replace(request.params, seed=seed)
-        tokens = await run_in_threadpool(
-            engine.stream_tokens, request.base_model_id, request.adapter_name, request.prompt_ids, params
-        )
-        text = Detokenizer(
-            engine.tokenizer(request.base_model_id), engine.end_of_turn_ids(request.base_model_id), request.stop
-        )
-        try:
-            while not text.finished and (token := await run_in_threadpool(next, tokens, _END)) is not _END:
-                if delta := text.feed(token):
-                    yield ChoiceDelta(index, delta, None)
-        finally:
+    streams: list[TokenStream] = []
+    readers: list[asyncio.Task] = []
+    deltas: asyncio.Queue[ChoiceDelta | BaseException] = asyncio.Queue()
+    try:
+        for index in range(request.n):
+            seed = request.params.seed + index if request.params.seed is not None else None
+            params = replace(request.params, seed=seed)
+            streams.append(
+                await run_in_threadpool(
+                    engine.stream_tokens, request.base_model_id, request.adapter_name, request.prompt_ids, params
+                )
+            )
+        readers = [asyncio.create_task(_read(engine, request, i, tokens, deltas)) for i, tokens in enumerate(streams)]
+        finished = 0
+        while finished < request.n:
+            item = await deltas.get()
+            if isinstance(item, BaseException):
+                raise item
+            finished += item.finish_reason is not None
+            yield item
+    finally:
+        for tokens in streams:
             tokens.cancel()
-        yield ChoiceDelta(index, text.close(), text.finish_reason)
-        request.completion_tokens += text.completion_tokens
+        for reader in readers:
+            reader.cancel()
+
+
+async def _read(
+    engine: InferenceEngine,
+    request: ChoiceRequest,
+    index: int,
+    tokens: TokenStream,
+    deltas: "asyncio.Queue[ChoiceDelta | BaseException]",
+) -> None:
+    """Puts choice `index`'s deltas on the queue, the last with its finish reason (or the error it met)."""
+    text = Detokenizer(
+        engine.tokenizer(request.base_model_id), engine.end_of_turn_ids(request.base_model_id), request.stop
+    )
+    try:
+        while not text.finished and (token := await run_in_threadpool(next, tokens, _END)) is not _END:
+            if delta := text.feed(token):
+                deltas.put_nowait(ChoiceDelta(index, delta, None))
+    except Exception as error:
+        deltas.put_nowait(error)
+        return
+    finally:
+        tokens.cancel()
+    deltas.put_nowait(ChoiceDelta(index, text.close(), text.finish_reason))
+    request.completion_tokens += text.completion_tokens
 
 
 async def whole_choices(engine: InferenceEngine, request: ChoiceRequest) -> list[tuple[str, FinishReason]]:
