@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
-    adapter_cache_size: int = 8
+    adapter_cache_size: int = 8  # adapters kept in memory per base model, at most …
+    adapter_cache_megabytes: int = Field(default=2048, ge=1)  # … and at most this much of their weights
     max_new_tokens_limit: int = 2048
     max_choices: int = Field(default=8, ge=1)  # the largest `n` a completion request may ask for
     # Admission to the inference engine: generations at once, requests waiting beyond those (then 429), and

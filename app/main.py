@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fetch_adapter=verified_fetch(store_for(settings).download_prefix),
         cache_dir=settings.adapter_cache_dir,
         max_adapters=settings.adapter_cache_size,
+        max_adapter_bytes=settings.adapter_cache_megabytes * 1024**2,
         max_batch_size=settings.inference_concurrency,
         device=compute_device(settings),
     )

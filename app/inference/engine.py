@@ -1,10 +1,10 @@
 """In-process generation: one base model in memory per id, LoRA adapters chosen per request, and requests for
 different adapters (or none) decoded together by a continuous batcher per base model.
 
-Adapters of a base model live in one PeftModel (`load_adapter`), at most `max_adapters` of them, least recently
-used evicted first (never one that a running request uses). Their files are fetched once into `cache_dir` and
-kept there, so an evicted adapter comes back from disk. Adapters are loaded and evicted only between decode
-steps (`ContinuousBatcher.run_between_steps`).
+Adapters of a base model live in one PeftModel (`load_adapter`), at most `max_adapters` of them and at most
+`max_adapter_bytes` of weights, least recently used evicted first (never one that a running request uses).
+Their files are fetched once into `cache_dir` and kept there, so an evicted adapter comes back from disk.
+Adapters are loaded and evicted only between decode steps (`ContinuousBatcher.run_between_steps`).
 """
 
 import hashlib
@@ -43,6 +43,7 @@ class _LoadedBase:
     tokenizer: PreTrainedTokenizerBase
     batcher: ContinuousBatcher
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # adapter name → peft key, LRU first
+    adapter_bytes: dict[str, int] = field(default_factory=dict)  # adapter name → size of its weights
 
 
 def _digest(name: str) -> str:
@@ -66,6 +67,11 @@ class SamplingParams:
     seed: int | None = None
 
 
+def _weights_bytes(adapter_dir: Path) -> int:
+    """The adapter's size in memory, as its weight files hold it (peft loads them at their stored precision)."""
+    return sum(path.stat().st_size for path in adapter_dir.glob("*.safetensors"))
+
+
 def _end_of_turn_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])
@@ -82,6 +88,7 @@ class InferenceEngine:
         max_adapters: int = 8,
         device: str = "cpu",
         max_batch_size: int = 16,
+        max_adapter_bytes: int | None = None,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -89,6 +96,7 @@ class InferenceEngine:
         self._fetch_adapter = fetch_adapter
         self._cache_dir = cache_dir
         self._max_adapters = max_adapters
+        self._max_adapter_bytes = max_adapter_bytes
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
         self._bases: dict[str, _LoadedBase] = {}
@@ -163,7 +171,7 @@ class InferenceEngine:
             def unload(base: _LoadedBase = base) -> None:
                 key = base.adapters.get(adapter_name)
                 if key is not None and key not in base.batcher.adapters_in_use():
-                    del base.adapters[adapter_name]
+                    del base.adapters[adapter_name], base.adapter_bytes[adapter_name]
                     base.model.delete_adapter(key)
 
             base.batcher.run_between_steps(unload)
@@ -201,9 +209,17 @@ class InferenceEngine:
             else:
                 base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=key)
             base.adapters[adapter_name] = key
+            base.adapter_bytes[adapter_name] = _weights_bytes(adapter_dir)
         base.adapters.move_to_end(adapter_name)
         in_use = base.batcher.adapters_in_use() | {key}
         idle = [name for name, loaded_key in base.adapters.items() if loaded_key not in in_use]
-        for name in idle[: max(0, len(base.adapters) - self._max_adapters)]:
+        while idle and self._over_budget(base):
+            name = idle.pop(0)
             base.model.delete_adapter(base.adapters.pop(name))
+            del base.adapter_bytes[name]
         return key
+
+    def _over_budget(self, base: _LoadedBase) -> bool:
+        too_many = len(base.adapters) > self._max_adapters
+        budget = self._max_adapter_bytes
+        return too_many or (budget is not None and sum(base.adapter_bytes.values()) > budget)

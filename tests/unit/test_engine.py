@@ -131,3 +131,15 @@ def test_tokens_stream_one_by_one_and_cancelling_the_stream_stops_generation(eng
     assert isinstance(first, int)
     again = list(engine.stream_tokens(TINY_MODEL_ID, None, prompt, SamplingParams(max_tokens=3, temperature=0)))
     assert 1 <= len(again) <= 3  # the engine is free again: the cancelled stream released it
+
+
+def test_adapters_are_evicted_to_stay_within_the_memory_budget(registry, store, trained_adapter, tmp_path):
+    size = (trained_adapter / "adapter_model.safetensors").stat().st_size
+    engine = InferenceEngine(
+        registry, store, cache_dir=tmp_path / "adapters", max_adapters=10, max_adapter_bytes=int(2.5 * size)
+    )
+    for name in ["ft:a", "ft:b", "ft:a", "ft:c"]:
+        ask(engine, name)
+
+    assert engine.loaded_adapters(TINY_MODEL_ID) == ["ft:a", "ft:c"]  # room for two; b was least recently used
+    assert ask(engine, "ft:b").text == "Paris"
