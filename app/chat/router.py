@@ -14,7 +14,7 @@ from app.chat_format import render_prompt_ids
 from app.deps import OrgDep, SessionDep, SettingsDep
 from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
 from app.inference.engine import InferenceEngine, SamplingParams
-from app.inference.serving import admit, checked_limits, event_stream, within_timeout
+from app.inference.serving import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -33,13 +33,15 @@ async def create_chat_completion(
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed)
     work = ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
     ticket = await admit(request, org)
-    completion_id, created = ids.new_id("chatcmpl"), int(time.time())
+    envelope = ChunkEnvelope(
+        "chat.completion.chunk", ids.new_id("chatcmpl"), int(time.time()), model.id, body.include_usage
+    )
     if body.stream:
-        return event_stream(settings, ticket, _chunks(engine, work, completion_id, created, model.id, body))
+        return event_stream(settings, ticket, _chunks(engine, work, envelope))
     choices = await within_timeout(settings, ticket, whole_choices(engine, work))
     return ChatCompletion(
-        id=completion_id,
-        created=created,
+        id=envelope.id,
+        created=envelope.created,
         model=model.id,
         choices=[
             Choice(index=index, message={"role": "assistant", "content": text}, finish_reason=reason)
@@ -49,36 +51,20 @@ async def create_chat_completion(
     )
 
 
-async def _chunks(
-    engine: InferenceEngine,
-    work: ChoiceRequest,
-    completion_id: str,
-    created: int,
-    model_id: str,
-    body: ChatCompletionCreate,
-) -> AsyncIterator[dict]:
+async def _chunks(engine: InferenceEngine, work: ChoiceRequest, envelope: ChunkEnvelope) -> AsyncIterator[dict]:
     """`chat.completion.chunk`s: the role first, then content deltas, a finish reason per choice, and the
     usage in a last chunk without choices when `stream_options.include_usage` asks for it."""
-
-    def chunk(choices: list[dict]) -> dict:
-        envelope = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
-        return (
-            envelope
-            | {"system_fingerprint": None, "choices": choices}
-            | ({"usage": None} if body.include_usage else {})
-        )
-
     started: set[int] = set()
     async for delta in choice_deltas(engine, work):
         if delta.index not in started:
             started.add(delta.index)
-            yield chunk([_choice(delta.index, {"role": "assistant", "content": delta.text}, None)])
+            yield envelope.wrap([_choice(delta.index, {"role": "assistant", "content": delta.text}, None)])
         elif delta.text:
-            yield chunk([_choice(delta.index, {"content": delta.text}, None)])
+            yield envelope.wrap([_choice(delta.index, {"content": delta.text}, None)])
         if delta.finish_reason is not None:
-            yield chunk([_choice(delta.index, {}, delta.finish_reason)])
-    if body.include_usage:
-        yield chunk([]) | {"usage": Usage.of(work.prompt_tokens, work.completion_tokens).model_dump()}
+            yield envelope.wrap([_choice(delta.index, {}, delta.finish_reason)])
+    if envelope.include_usage:
+        yield envelope.usage(Usage.of(work.prompt_tokens, work.completion_tokens).model_dump())
 
 
 def _choice(index: int, delta: dict, finish_reason: str | None) -> dict:

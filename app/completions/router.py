@@ -19,7 +19,7 @@ from app.completions.schemas import Completion, CompletionChoice, CompletionCrea
 from app.deps import OrgDep, SessionDep, SettingsDep
 from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
 from app.inference.engine import InferenceEngine, SamplingParams
-from app.inference.serving import admit, checked_limits, event_stream, within_timeout
+from app.inference.serving import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -42,13 +42,13 @@ async def create_completion(
         for prompt in body.prompts()
     ]  # fmt: skip
     ticket = await admit(request, org)
-    completion_id, created = ids.new_id("cmpl"), int(time.time())
+    envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
     if body.stream:
-        return event_stream(settings, ticket, _chunks(engine, works, completion_id, created, model.id, body))
+        return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n))
     results = await within_timeout(settings, ticket, _whole(engine, works))
     return Completion(
-        id=completion_id,
-        created=created,
+        id=envelope.id,
+        created=envelope.created,
         model=model.id,
         choices=[
             CompletionChoice(index=index, text=text, finish_reason=reason)
@@ -64,25 +64,16 @@ async def _whole(engine: InferenceEngine, works: list[ChoiceRequest]) -> list[tu
 
 
 async def _chunks(
-    engine: InferenceEngine, works: list[ChoiceRequest], completion_id: str, created: int, model_id: str,
-    body: CompletionCreate,
-) -> AsyncIterator[dict]:  # fmt: skip
-    def chunk(choices: list[dict]) -> dict:
-        envelope = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id}
-        return (
-            envelope
-            | {"system_fingerprint": None, "choices": choices}
-            | ({"usage": None} if body.include_usage else {})
-        )
-
+    engine: InferenceEngine, works: list[ChoiceRequest], envelope: ChunkEnvelope, n: int
+) -> AsyncIterator[dict]:
     for offset, work in enumerate(works):
         async for delta in choice_deltas(engine, work):
             if delta.text or delta.finish_reason:
-                index = offset * body.n + delta.index
+                index = offset * n + delta.index
                 choice = {"index": index, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
-                yield chunk([choice])
-    if body.include_usage:
-        yield chunk([]) | {"usage": _usage(works).model_dump()}
+                yield envelope.wrap([choice])
+    if envelope.include_usage:
+        yield envelope.usage(_usage(works).model_dump())
 
 
 def _usage(works: list[ChoiceRequest]) -> Usage:

@@ -3,6 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -79,6 +80,27 @@ def event_stream(settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict]
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
         background=BackgroundTask(ticket.release),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkEnvelope:
+    """What every stream chunk of one completion repeats: its id, object type, time and model, and the `usage`
+    key (null until the last chunk) when the client asked for `stream_options.include_usage`."""
+
+    object: str
+    id: str
+    created: int
+    model: str
+    include_usage: bool
+
+    def wrap(self, choices: list[dict]) -> dict:
+        chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+        chunk |= {"system_fingerprint": None, "choices": choices}
+        return chunk | {"usage": None} if self.include_usage else chunk
+
+    def usage(self, usage: dict) -> dict:
+        """The last chunk: no choices, the request's usage."""
+        return self.wrap([]) | {"usage": usage}
 
 
 def _event(data: dict) -> str:
