@@ -16,6 +16,9 @@ class Detokenizer:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, end_of_turn_ids: set[int], stop: list[str]) -> None:
         self._tokenizer, self._end_ids, self._stop = tokenizer, end_of_turn_ids, [s for s in stop if s]
         self._ids: list[int] = []
+        # Incremental decoding (as TGI does): `_decoded` is the text of `_ids[:_read]`; each step decodes only the
+        # tokens from `_prefix` on (the previous step's new tokens as context), not the whole completion again.
+        self._decoded, self._prefix, self._read = "", 0, 0
         self._sent = 0  # characters of the decoded text already returned
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
@@ -30,10 +33,12 @@ class Detokenizer:
         self.completion_tokens += 1
         if token_id in self._end_ids:
             self.finish_reason = "stop"
-            return self._release(self._text(), final=True)
+            return self._release(self._text(final=True), final=True)
         self._ids.append(token_id)
-        text = self._text()
-        cut = min((index for index in (text.find(stop) for stop in self._stop) if index >= 0), default=None)
+        text = self._text(final=False)
+        # A stop cannot begin in the text already sent: `_safe_end` holds back every tail that could begin one.
+        found = (text.find(stop, self._sent) for stop in self._stop)
+        cut = min((index for index in found if index >= 0), default=None)
         if cut is not None:
             self.finish_reason = "stop"
             return self._release(text[:cut], final=True)
@@ -44,10 +49,17 @@ class Detokenizer:
         if self.finished:
             return ""
         self.finish_reason = "length"
-        return self._release(self._text(), final=True)
+        return self._release(self._text(final=True), final=True)
 
-    def _text(self) -> str:
-        return self._tokenizer.decode(self._ids, skip_special_tokens=True)
+    def _text(self, final: bool) -> str:
+        """The text so far; tokens that end inside a multi-byte character wait for the rest of it unless `final`."""
+        settled = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
+        window = self._tokenizer.decode(self._ids[self._prefix :], skip_special_tokens=True)
+        new = window[len(settled) :]
+        if final or (new and not new.endswith(_INCOMPLETE_CHARACTER)):
+            self._decoded += new
+            self._prefix, self._read = self._read, len(self._ids)
+        return self._decoded
 
     def _release(self, text: str, final: bool) -> str:
         end = len(text) if final else self._safe_end(text)
@@ -56,8 +68,8 @@ class Detokenizer:
         return delta
 
     def _safe_end(self, text: str) -> int:
-        """How much of `text` can be sent: not a trailing partial character, nor a tail a stop may begin with."""
-        end = len(text.rstrip(_INCOMPLETE_CHARACTER))
+        """How much of `text` can be sent: not a tail that a stop sequence may begin with."""
+        end = len(text)
         held = 0
         for stop in self._stop:
             held = max(

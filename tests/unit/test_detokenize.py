@@ -38,3 +38,12 @@ def test_running_out_of_tokens_finishes_with_length(tokenizer):
 
     assert "".join(deltas).strip() == "Hello there" and detokenizer.finish_reason == "length"
     assert detokenizer.completion_tokens == len(tokenizer("Hello there", add_special_tokens=False)["input_ids"])
+
+
+def test_characters_split_over_tokens_are_sent_whole(tokenizer):
+    text = "Café ☕ naïve 日本語 — 🙂 done. " * 3
+    deltas, _ = stream(tokenizer, text, [])
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert "".join(deltas) == tokenizer.decode(ids)
+    assert not any("\ufffd" in delta for delta in deltas)
