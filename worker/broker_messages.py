@@ -18,24 +18,34 @@ _UNACKED = "unacked"
 _PRIORITY_SEPARATOR, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's defaults for Redis
 
 
-def _task_id(message: str | bytes) -> str | None:
-    try:
-        return json.loads(message).get("headers", {}).get("id")
-    except (ValueError, AttributeError):
-        return None
+def _task_id(message: dict) -> str | None:
+    headers = message.get("headers")
+    return headers.get("id") if isinstance(headers, dict) else None
 
 
-def _job_ids(messages: Iterable[str | bytes]) -> set[str]:
+def _job_ids(messages: Iterable[dict]) -> set[str]:
     task_ids = (_task_id(message) for message in messages)
     return {job_id for task_id in task_ids if task_id and (job_id := job_id_of_task(task_id))}
+
+
+def _parsed(entries: Iterable[bytes]) -> list:
+    """JSON entries; one that is not (written by something else) is left out."""
+    parsed = []
+    for entry in entries:
+        try:
+            parsed.append(json.loads(entry))
+        except ValueError:
+            continue
+    return parsed
 
 
 def jobs_with_messages(redis_url: str) -> set[str]:
     client = redis.Redis.from_url(redis_url)
     try:
         queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
-        waiting = [message for queue in queues for message in client.lrange(queue, 0, -1)]
-        delivered = [json.dumps(json.loads(entry)[0]) for entry in client.hvals(_UNACKED)]
+        waiting = _parsed(message for queue in queues for message in client.lrange(queue, 0, -1))
+        # an unacknowledged entry is [message, exchange, routing key]
+        delivered = [entry[0] for entry in _parsed(client.hvals(_UNACKED)) if isinstance(entry, list) and entry]
     finally:
         client.close()
-    return _job_ids(waiting) | _job_ids(delivered)
+    return _job_ids(m for m in waiting if isinstance(m, dict)) | _job_ids(m for m in delivered if isinstance(m, dict))
