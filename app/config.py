@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     inference_queue_size: int = Field(default=64, ge=0)
     inference_per_organization: int = Field(default=32, ge=1)
     inference_timeout_seconds: float = Field(default=300, gt=0)  # a whole request, waiting included
+    # Where generation runs: "torch" is the built-in engine (CPU or CUDA), "vllm" needs the `vllm` extra and CUDA.
+    inference_backend: Literal["torch", "vllm"] = "torch"
+    # Comma-separated base URLs of `loraport serve-inference` replicas; empty: generate in the API process.
+    inference_replicas: str = ""
+    inference_replica_token: str | None = None  # shared secret between the API and its replicas
+    # Fine-tuned model ids loaded at start and never evicted (comma-separated).
+    pinned_models: str = ""
+    # A long prompt is prefilled this many tokens at a time, with a decode step of the running rows in between.
+    prefill_chunk_tokens: int = Field(default=512, ge=16)
 
     # A running job whose worker has been silent this long is re-queued; its worker renews every third of it.
     job_lease_seconds: int = Field(default=90, ge=3)

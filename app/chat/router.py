@@ -12,8 +12,8 @@ from app.catalog.service import resolve
 from app.chat.schemas import ChatCompletion, ChatCompletionCreate, Choice, Usage
 from app.chat_format import render_prompt_ids
 from app.deps import OrgDep, SessionDep, SettingsDep
+from app.inference.backend import InferenceBackend, SamplingParams
 from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
-from app.inference.engine import InferenceEngine, SamplingParams
 from app.inference.serving import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -51,7 +51,7 @@ async def create_chat_completion(
     )
 
 
-async def _chunks(engine: InferenceEngine, work: ChoiceRequest, envelope: ChunkEnvelope) -> AsyncIterator[dict]:
+async def _chunks(engine: InferenceBackend, work: ChoiceRequest, envelope: ChunkEnvelope) -> AsyncIterator[dict]:
     """`chat.completion.chunk`s: the role first, then content deltas, a finish reason per choice, and the
     usage in a last chunk without choices when `stream_options.include_usage` asks for it."""
     started: set[int] = set()

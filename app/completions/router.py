@@ -17,8 +17,8 @@ from app.chat.schemas import Usage
 from app.chat_format import render_prompt_ids
 from app.completions.schemas import Completion, CompletionChoice, CompletionCreate
 from app.deps import OrgDep, SessionDep, SettingsDep
+from app.inference.backend import InferenceBackend, SamplingParams
 from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
-from app.inference.engine import InferenceEngine, SamplingParams
 from app.inference.serving import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -31,7 +31,7 @@ async def create_completion(
     max_tokens = checked_limits(settings, body.max_tokens, body.n * len(body.prompts()))
     model = resolve(session, request.app.state.registry, org, body.model)
     session.close()
-    engine: InferenceEngine = request.app.state.engine
+    engine: InferenceBackend = request.app.state.engine
     tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed)
     works = [
@@ -58,13 +58,13 @@ async def create_completion(
     )
 
 
-async def _whole(engine: InferenceEngine, works: list[ChoiceRequest]) -> list[tuple[str, str]]:
+async def _whole(engine: InferenceBackend, works: list[ChoiceRequest]) -> list[tuple[str, str]]:
     """The choices of every prompt, prompt by prompt: choice j of prompt i has index i·n + j, as OpenAI's."""
     return [choice for work in works for choice in await whole_choices(engine, work)]
 
 
 async def _chunks(
-    engine: InferenceEngine, works: list[ChoiceRequest], envelope: ChunkEnvelope, n: int
+    engine: InferenceBackend, works: list[ChoiceRequest], envelope: ChunkEnvelope, n: int
 ) -> AsyncIterator[dict]:
     for offset, work in enumerate(works):
         async for delta in choice_deltas(engine, work):

@@ -6,9 +6,8 @@ from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
-from app.inference.batching import TokenStream
+from app.inference.backend import InferenceBackend, SamplingParams, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
-from app.inference.engine import InferenceEngine, SamplingParams
 
 _END = object()
 
@@ -35,7 +34,7 @@ class ChoiceRequest:
         return len(self.prompt_ids)
 
 
-async def choice_deltas(engine: InferenceEngine, request: ChoiceRequest) -> AsyncIterator[ChoiceDelta]:
+async def choice_deltas(engine: InferenceBackend, request: ChoiceRequest) -> AsyncIterator[ChoiceDelta]:
     """Deltas of all choices as they come (the n rows decode together in the engine's batch); each choice ends
     with a delta that has its finish reason.
 
@@ -70,7 +69,7 @@ async def choice_deltas(engine: InferenceEngine, request: ChoiceRequest) -> Asyn
 
 
 async def _read(
-    engine: InferenceEngine,
+    engine: InferenceBackend,
     request: ChoiceRequest,
     index: int,
     tokens: TokenStream,
@@ -93,7 +92,7 @@ async def _read(
     request.completion_tokens += text.completion_tokens
 
 
-async def whole_choices(engine: InferenceEngine, request: ChoiceRequest) -> list[tuple[str, FinishReason]]:
+async def whole_choices(engine: InferenceBackend, request: ChoiceRequest) -> list[tuple[str, FinishReason]]:
     """Each choice's full text and finish reason."""
     texts = [""] * request.n
     reasons: list[FinishReason] = ["length"] * request.n

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.chat_format import render_prompt_ids
+from app.inference.backend import SamplingParams
 from app.inference.batching import ContinuousBatcher, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
 
@@ -57,14 +58,6 @@ def adapter_directory_name(adapter_name: str) -> str:
 
 def _peft_key(adapter_name: str) -> str:
     return f"adapter_{_digest(adapter_name)[:16]}"  # peft keys become module names: no '.' allowed
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int | None = None
 
 
 def _weights_bytes(adapter_dir: Path) -> int:

@@ -8,7 +8,7 @@ import threading
 import redis
 import structlog
 
-from app.inference.engine import InferenceEngine
+from app.inference.backend import InferenceBackend
 
 log = structlog.get_logger()
 CHANNEL = "loraport:adapters"
@@ -26,7 +26,7 @@ def announce_adapter(redis_url: str, base_model_id: str, adapter_prefix: str) ->
 class AdapterWarmer:
     """A thread that warms every announced adapter until `stop`."""
 
-    def __init__(self, redis_url: str, engine: InferenceEngine) -> None:
+    def __init__(self, redis_url: str, engine: InferenceBackend) -> None:
         self._redis_url, self._engine = redis_url, engine
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="adapter-warmer", daemon=True)

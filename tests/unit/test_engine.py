@@ -7,7 +7,7 @@ import pytest
 
 from app.chat_format import render_prompt_ids
 from app.inference import InferenceEngine
-from app.inference.engine import SamplingParams
+from app.inference.backend import SamplingParams
 from tests.unit.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 

@@ -1,0 +1,47 @@
+"""What the API needs from an inference backend, whichever one runs the model: the built-in torch engine in this
+process (`InferenceEngine`), replicas over HTTP, or vLLM on GPU hosts. `LORAPORT_INFERENCE_BACKEND` and
+`LORAPORT_INFERENCE_REPLICAS` choose one."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class TokenStream(Iterator[int], Protocol):
+    """Generated token ids as they come, an end-of-turn token last when the model stopped by itself.
+
+    Iterating blocks until the next token and raises the backend's error, if any. `cancel()` (a stop sequence
+    was met, or the client went away) frees the generation's place at once.
+    """
+
+    def cancel(self) -> None: ...
+
+
+class InferenceBackend(Protocol):
+    def tokenizer(self, base_model_id: str) -> PreTrainedTokenizerBase: ...
+
+    def end_of_turn_ids(self, base_model_id: str) -> set[int]: ...
+
+    def stream_tokens(
+        self, base_model_id: str, adapter_name: str | None, prompt_ids: list[int], params: SamplingParams
+    ) -> TokenStream:
+        """Start generating; `adapter_name` is the adapter's storage prefix (None: the base model)."""
+        ...
+
+    def warm(self, base_model_id: str, adapter_name: str) -> None:
+        """Fetch the adapter's files (and load it where its base model is in memory) before its first request."""
+        ...
+
+    def evict(self, adapter_name: str) -> None:
+        """Forget a deleted adapter: it leaves memory and the local disk cache."""
+        ...
