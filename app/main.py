@@ -5,33 +5,35 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.adapter_manifest import verified_fetch
 from app.base_models.from_settings import registry_from_settings
 from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
 from app.completions.router import router as completions_router
 from app.config import Settings, get_settings
-from app.devices import compute_device
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.inference.admission import Admission
-from app.inference.engine import InferenceEngine
-from app.inference.warmup import AdapterWarmer
+from app.inference.factory import build_inference_backend, replica_urls
+from app.inference.warmup import AdapterWarmer, pin_models_in_background
 from app.jobs.router import router as jobs_router
-from app.storage import store_for
 from app.uploads.router import router as uploads_router
 
 
 @asynccontextmanager
-async def _warm_new_adapters(app: FastAPI) -> AsyncIterator[None]:
-    """While the app runs, adapters announced by workers are fetched before their first request."""
-    warmer = AdapterWarmer(app.state.settings.require("redis_url"), app.state.engine)
-    warmer.start()
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app runs, adapters announced by workers are fetched before their first request; replicas,
+    where generation runs on them, do that themselves."""
+    settings = app.state.settings
+    warmer = None if replica_urls(settings) else AdapterWarmer(settings.require("redis_url"), app.state.engine)
+    if warmer:
+        warmer.start()
+        pin_models_in_background(settings, app.state.engine)
     try:
         yield
     finally:
-        warmer.stop()
+        if warmer:
+            warmer.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,19 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Loraport",
         version="0.1.0",
         description="OpenAI-compatible LoRA fine-tuning and serving",
-        lifespan=_warm_new_adapters,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry_from_settings(settings)
-    app.state.engine = InferenceEngine(
-        app.state.registry,
-        fetch_adapter=verified_fetch(store_for(settings).download_prefix),
-        cache_dir=settings.adapter_cache_dir,
-        max_adapters=settings.adapter_cache_size,
-        max_adapter_bytes=settings.adapter_cache_megabytes * 1024**2,
-        max_batch_size=settings.inference_concurrency,
-        device=compute_device(settings),
-    )
+    app.state.engine = build_inference_backend(settings, app.state.registry)
     app.state.admission = Admission(
         settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
     )

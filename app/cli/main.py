@@ -4,10 +4,32 @@ import typer
 
 from app.cli.keys import keys_app
 from app.cli.up import up
+from app.config import get_settings
 
 app = typer.Typer(help="Loraport: self-hosted, OpenAI-compatible LoRA fine-tuning.", no_args_is_help=True)
 app.command(help="Run the whole service on this machine (API, worker, and embedded servers).")(up)
 app.add_typer(keys_app, name="keys")
+
+
+@app.command("serve-inference")
+def serve_inference(
+    host: str | None = typer.Option(None, "--host", help="address to listen on (default: LORAPORT_HOST)"),
+    port: int = typer.Option(8100, "--port", help="port to listen on"),
+) -> None:
+    """Run an inference replica: the API generates on it when LORAPORT_INFERENCE_REPLICAS lists its URL."""
+    import uvicorn  # the replica imports torch: only this command pays for it
+
+    from app.inference.replica import create_replica_app
+
+    settings = get_settings()
+    listen = host or settings.host
+    if not settings.inference_replica_token and listen not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"warning: {listen}:{port} takes requests without a token; set LORAPORT_INFERENCE_REPLICA_TOKEN on the "
+            "API and its replicas",
+            err=True,
+        )
+    uvicorn.run(create_replica_app(settings), host=listen, port=port, log_level="info")
 
 
 if __name__ == "__main__":

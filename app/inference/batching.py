@@ -11,21 +11,15 @@ Design:
   to the other's length and both are concatenated along the batch dimension. Leaving rows are removed with an
   index-select, and the leading columns that became padding in every remaining row are cut off. Only
   `DynamicLayer`s (full attention) can be merged this way: sliding-window layers are refused.
-- Mixed adapters. peft LoRA layers take an `adapter_names` list, one name per row (`"__base__"` for none); a
-  `PeftModel`'s own `forward(..., adapter_names=...)` hooks that list into every LoRA layer with its
-  `_enable_peft_forward_hooks` context, which works for a plain forward with a `cache`. The batcher enters that
-  context itself, because peft leaves the hooks behind when the forward raises. When every row uses the same
-  adapter the batcher takes peft's ordinary path instead (`set_adapter`, only when the adapter changes), which
-  skips the per-adapter gathers and scatters in every LoRA layer: about 20% faster per step on SmolLM2-135M. Rows
-  without an adapter always go through `adapter_names` (`"__base__"`): peft's `disable_adapter` context costs more
-  per step (0.1-0.2 s, it inspects the whole model) than it saves.
-- Prefill is bounded: at most `max_prefill_tokens` padded prompt tokens are prefilled between two decode steps (at
-  least one row, so a long prompt still gets in), so a burst of newcomers delays running rows by one bounded step.
+- Mixed adapters. Rows use their own adapters (or none) through `AdapterSlots.routed`, our grouped LoRA
+  computation (`lora_slots.py`): the cost of a step hardly depends on how many distinct adapters the batch holds.
+- Chunked prefill. Newcomers are prefilled together, at most `max_prefill_tokens` padded prompt tokens per step:
+  as many rows as fit (at least one), and a prompt longer than that in chunks of columns over several steps, each
+  followed by a decode step of the running rows, so a long prompt never stalls the others for long.
 - Sampling is per row, on float32 logits: greedy at temperature 0, else temperature and top-p (no top-k) with a
   `torch.Generator` of the row's own, so a seed gives the same tokens whatever else shares the batch.
-- The model may change between steps: the batcher asks `model_source()` for it at every step, and the owner
-  loads or deletes adapters inside `run_between_steps`, which no forward pass overlaps. Deleting an adapter that
-  `adapters_in_use()` reports breaks the rows using it; they get the error.
+- The owner loads or unloads adapters inside `run_between_steps`, which no forward pass overlaps. Unloading an
+  adapter that `adapters_in_use()` reports breaks the rows using it; they get the error.
 """
 
 import queue
@@ -37,14 +31,13 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-Model = PreTrainedModel | PeftModel
+from app.inference.lora_slots import AdapterSlots
+
 T = TypeVar("T")
 
-_PEFT_BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
 _END = object()
 
 
@@ -116,6 +109,18 @@ class _Row:
 
 
 @dataclass
+class _Prefill:
+    """Newcomers being prefilled together, `chunk` columns of their left-padded prompts per step."""
+
+    rows: list[_Row]
+    input_ids: torch.Tensor  # [rows, columns]
+    mask: torch.Tensor  # [rows, columns], 1 on real tokens
+    cache: DynamicCache
+    chunk: int
+    done: int = 0  # columns already in the cache
+
+
+@dataclass
 class _Batch:
     rows: list[_Row]
     cache: DynamicCache
@@ -157,37 +162,6 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return F.pad(tensor, padding)
 
 
-def _has_adapter(model: Model, adapter: str | None) -> bool:
-    return adapter is None or (isinstance(model, PeftModel) and adapter in model.peft_config)
-
-
-def _forward(model: Model, adapters: list[str | None], **inputs: Any) -> torch.Tensor:
-    """Last-position logits, each row through its own adapter (None: the base model)."""
-    inputs |= {"use_cache": True, "logits_to_keep": 1}
-    distinct = set(adapters)
-    if not isinstance(model, PeftModel):
-        if distinct != {None}:
-            raise ValueError(f"adapters not loaded: {sorted(a for a in distinct if a)}")
-        return model(**inputs).logits[:, -1]
-    if len(distinct) == 1 and None not in distinct:
-        (adapter,) = distinct
-        if model.active_adapter != adapter:
-            model.set_adapter(adapter, inference_mode=True)
-        return model(**inputs).logits[:, -1]
-    return _mixed_forward(model, [adapter or _PEFT_BASE for adapter in adapters], inputs)
-
-
-def _mixed_forward(model: PeftModel, adapter_names: list[str], inputs: dict[str, Any]) -> torch.Tensor:
-    """`model(**inputs, adapter_names=adapter_names)`, minus peft's leak: its context manager, which hooks the
-    names into every LoRA layer, removes the hooks only when the forward succeeds, so it is always told it did."""
-    hooks = model._enable_peft_forward_hooks(adapter_names=adapter_names)
-    hooks.__enter__()
-    try:
-        return model.get_base_model()(**inputs).logits[:, -1]
-    finally:
-        hooks.__exit__(None, None, None)
-
-
 def _next_tokens(rows: list[_Row], logits: torch.Tensor) -> list[int]:
     logits = logits.float()
     greedy = logits.argmax(dim=-1).tolist()
@@ -211,19 +185,22 @@ class ContinuousBatcher:
 
     def __init__(
         self,
-        model_source: Callable[[], Model],
+        model: PreTrainedModel,
+        adapters: AdapterSlots,
         device: torch.device | str,
         max_batch_size: int = 16,
         max_prefill_tokens: int = 512,
     ) -> None:
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError("max_batch_size and max_prefill_tokens must be at least 1")
-        self._model_source = model_source
+        self._model = model
+        self._adapters = adapters
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
         self._waiting: deque[_Row] = deque()
-        self._batch: _Batch | None = None  # only the decode thread changes it
+        self._batch: _Batch | None = None  # only the decode thread changes it and `_prefill`
+        self._prefill: _Prefill | None = None
         self._wakeup = threading.Condition()
         self._model_lock = threading.Lock()  # held by every step, and by `run_between_steps`
         self._thread: threading.Thread | None = None
@@ -239,7 +216,7 @@ class ContinuousBatcher:
         seed: int | None,
         eos_token_ids: set[int],
     ) -> TokenStream:
-        """Queue a request; `adapter` is the peft adapter key (None: the base model), temperature 0 is greedy."""
+        """Queue a request; `adapter` is a name loaded in the slots (None: the base model), temperature 0 is greedy."""
         if not prompt_ids or max_new_tokens < 1:
             raise ValueError("a request needs a prompt and max_new_tokens of at least 1")
         stream = TokenStream(on_cancel=self._notify)
@@ -256,15 +233,14 @@ class ContinuousBatcher:
         return stream
 
     def run_between_steps(self, action: Callable[[], T]) -> T:
-        """Run `action` (load or delete adapters, replace the model) while no forward pass runs."""
+        """Run `action` (load or unload adapters) while no forward pass runs."""
         with self._model_lock:
             return action()
 
     def adapters_in_use(self) -> set[str]:
         """Adapters of running or waiting requests; consistent when called inside `run_between_steps`."""
-        batch = self._batch
         with self._wakeup:
-            rows = [*(batch.rows if batch else []), *self._waiting]
+            rows = [*self._running_rows(), *self._waiting]
         return {row.adapter for row in rows if row.adapter is not None and not row.stream.cancelled}
 
     def close(self) -> None:
@@ -294,35 +270,40 @@ class ContinuousBatcher:
             self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
             self._thread.start()
 
+    def _running_rows(self) -> list[_Row]:
+        batch, prefill = self._batch, self._prefill
+        return [*(batch.rows if batch else []), *(prefill.rows if prefill else [])]
+
     def _run(self) -> None:
         while self._wait_for_work():
             with self._model_lock, torch.inference_mode():
-                newcomers = self._take_waiting()
-                running = self._batch.rows if self._batch else []
+                if self._prefill is None:
+                    self._start_prefill(self._take_waiting())
+                rows = self._running_rows()
                 try:
-                    self._step(self._model_source(), newcomers)
+                    self._step()
                 except Exception as error:  # the batch may be half-updated: every row of the step fails
-                    self._batch = None
-                    for row in [*running, *newcomers]:
+                    self._batch = self._prefill = None
+                    for row in rows:
                         row.stream._fail(error)
         self._fail_all(RuntimeError("the batcher is closed"))
 
-    def _step(self, model: Model, newcomers: list[_Row]) -> None:
+    def _step(self) -> None:
         self._drop(lambda row: row.stream.cancelled)
-        if newcomers:
-            self._admit(model, newcomers)
+        if self._prefill is not None:
+            self._prefill_chunk()
         if self._batch is not None:
-            self._decode(model)
+            self._decode()
 
     def _wait_for_work(self) -> bool:
         with self._wakeup:
-            while not self._closed and not self._waiting and self._batch is None:
+            while not self._closed and not self._waiting and self._batch is None and self._prefill is None:
                 self._wakeup.wait()
             return not self._closed
 
     def _take_waiting(self) -> list[_Row]:
         """The waiting rows to prefill now: as many as fit in the batch and in the prefill budget, at least one."""
-        room = self._max_batch_size - (len(self._batch.rows) if self._batch else 0)
+        room = self._max_batch_size - len(self._running_rows())
         taken: list[_Row] = []
         with self._wakeup:
             while self._waiting and len(taken) < room:
@@ -335,27 +316,19 @@ class ContinuousBatcher:
                     taken.append(row)
         return taken
 
-    def _admit(self, model: Model, rows: list[_Row]) -> None:
-        """Prefill the rows together, stream their first tokens and add the unfinished ones to the batch."""
+    def _forward(self, rows: list[_Row], **inputs: Any) -> torch.Tensor:
+        """Last-position logits, each row through its own adapter."""
+        with self._adapters.routed([row.adapter for row in rows]):
+            return self._model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def _start_prefill(self, rows: list[_Row]) -> None:
+        """Lay the newcomers out left-padded; `_prefill_chunk` feeds them to the model over the next steps."""
         for row in rows:
-            if not _has_adapter(model, row.adapter):
+            if row.adapter is not None and row.adapter not in self._adapters:
                 row.stream._fail(ValueError(f"adapter {row.adapter!r} is not loaded"))
-        rows = [row for row in rows if _has_adapter(model, row.adapter)]
+        rows = [row for row in rows if row.adapter is None or row.adapter in self._adapters]
         if not rows:
             return
-        try:
-            newcomers, logits = self._prefill(model, rows)
-        except Exception as error:  # the running rows are untouched: only the newcomers fail
-            for row in rows:
-                row.stream._fail(error)
-            return
-        if self._batch is None:
-            self._batch = newcomers
-        else:
-            self._batch.merge(newcomers)
-        self._accept(rows, logits)
-
-    def _prefill(self, model: Model, rows: list[_Row]) -> tuple[_Batch, torch.Tensor]:
         columns = max(len(row.prompt_ids) for row in rows)
         input_ids = torch.zeros((len(rows), columns), dtype=torch.long)
         mask = torch.zeros((len(rows), columns), dtype=torch.long)
@@ -363,26 +336,48 @@ class ContinuousBatcher:
             input_ids[i, columns - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             mask[i, columns - len(row.prompt_ids) :] = 1
             row.length = len(row.prompt_ids)
-        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
-        logits = _forward(
-            model, [row.adapter for row in rows], input_ids=input_ids, attention_mask=mask,
-            position_ids=positions, cache=cache,
-        )  # fmt: skip
-        return _Batch(list(rows), cache, mask), logits
+        chunk = max(1, self._max_prefill_tokens // len(rows))
+        cache = DynamicCache(config=self._model.config)
+        self._prefill = _Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk)
 
-    def _decode(self, model: Model) -> None:
+    def _prefill_chunk(self) -> None:
+        """Feed the next chunk of the newcomers' prompts; after the last one, stream their first tokens and add the
+        unfinished ones to the batch. A failure fails the newcomers only: the running rows are untouched."""
+        prefill = self._prefill
+        end = min(prefill.done + prefill.chunk, prefill.input_ids.shape[1])
+        mask = prefill.mask[:, :end]
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, prefill.done :]
+        try:
+            logits = self._forward(
+                prefill.rows, input_ids=prefill.input_ids[:, prefill.done : end], attention_mask=mask,
+                position_ids=positions, cache=prefill.cache,
+            )  # fmt: skip
+        except Exception as error:
+            self._prefill = None
+            for row in prefill.rows:
+                row.stream._fail(error)
+            return
+        prefill.done = end
+        if end < prefill.input_ids.shape[1]:
+            return
+        self._prefill = None
+        newcomers = _Batch(prefill.rows, prefill.cache, prefill.mask)
+        if self._batch is None:
+            self._batch = newcomers
+        else:
+            self._batch.merge(newcomers)
+        self._accept(prefill.rows, logits)
+
+    def _decode(self) -> None:
         """Feed every row its last sampled token and sample the next."""
         batch = self._batch
         rows = batch.rows
         input_ids = torch.tensor([[row.next_token] for row in rows], device=self._device)
         positions = torch.tensor([[row.length] for row in rows], device=self._device)
         mask = F.pad(batch.mask, (0, 1), value=1)
-        logits = _forward(
-            model, [row.adapter for row in rows], input_ids=input_ids, attention_mask=mask,
-            position_ids=positions, cache=batch.cache,
-        )  # fmt: skip
+        logits = self._forward(
+            rows, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache
+        )
         batch.mask = mask
         for row in rows:
             row.length += 1
@@ -408,7 +403,7 @@ class ContinuousBatcher:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._wakeup:
-            rows = [*(self._batch.rows if self._batch else []), *self._waiting]
-            self._batch, self._waiting = None, deque()
+            rows = [*self._running_rows(), *self._waiting]
+            self._batch, self._prefill, self._waiting = None, None, deque()
         for row in rows:
             row.stream._fail(error)

@@ -1,10 +1,11 @@
 """In-process generation: one base model in memory per id, LoRA adapters chosen per request, and requests for
 different adapters (or none) decoded together by a continuous batcher per base model.
 
-Adapters of a base model live in one PeftModel (`load_adapter`), at most `max_adapters` of them and at most
-`max_adapter_bytes` of weights, least recently used evicted first (never one that a running request uses).
-Their files are fetched once into `cache_dir` and kept there, so an evicted adapter comes back from disk.
-Adapters are loaded and evicted only between decode steps (`ContinuousBatcher.run_between_steps`).
+Adapters of a base model live in its `AdapterSlots` (preallocated tensors: loading one is a copy, milliseconds),
+at most `max_adapters` of them and at most `max_adapter_bytes` of their slots, least recently used evicted first
+(never one that a running request uses, nor a pinned one). Their files are fetched once into `cache_dir` and kept
+there, so an evicted adapter comes back from disk. Adapters are loaded and evicted only between decode steps
+(`ContinuousBatcher.run_between_steps`).
 """
 
 import hashlib
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.base_models.disk_cache import build_once
@@ -26,6 +26,7 @@ from app.chat_format import render_prompt_ids
 from app.inference.backend import SamplingParams
 from app.inference.batching import ContinuousBatcher, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
+from app.inference.lora_slots import AdapterSlots
 
 FetchAdapter = Callable[[str, Path], None]
 
@@ -40,11 +41,11 @@ class Completion:
 
 @dataclass
 class _LoadedBase:
-    model: PreTrainedModel | PeftModel
+    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    slots: AdapterSlots
     batcher: ContinuousBatcher
-    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # adapter name → peft key, LRU first
-    adapter_bytes: dict[str, int] = field(default_factory=dict)  # adapter name → size of its weights
+    recency: OrderedDict[str, None] = field(default_factory=OrderedDict)  # loaded adapters, least recently used first
 
 
 def _digest(name: str) -> str:
@@ -56,16 +57,7 @@ def adapter_directory_name(adapter_name: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '_', adapter_name)[:80]}-{_digest(adapter_name)[:12]}"
 
 
-def _peft_key(adapter_name: str) -> str:
-    return f"adapter_{_digest(adapter_name)[:16]}"  # peft keys become module names: no '.' allowed
-
-
-def _weights_bytes(adapter_dir: Path) -> int:
-    """The adapter's size in memory, as its weight files hold it (peft loads them at their stored precision)."""
-    return sum(path.stat().st_size for path in adapter_dir.glob("*.safetensors"))
-
-
-def _end_of_turn_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def _end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
@@ -82,6 +74,7 @@ class InferenceEngine:
         device: str = "cpu",
         max_batch_size: int = 16,
         max_adapter_bytes: int | None = None,
+        prefill_chunk_tokens: int = 512,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -92,6 +85,8 @@ class InferenceEngine:
         self._max_adapter_bytes = max_adapter_bytes
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
+        self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
 
@@ -115,9 +110,10 @@ class InferenceEngine:
         end_ids = set(_end_of_turn_ids(base.model, base.tokenizer))
 
         def submit() -> TokenStream:
-            key = self._load(base, adapter_name, adapter_dir) if adapter_name and adapter_dir else None
+            if adapter_name and adapter_dir:
+                self._load(base, adapter_name, adapter_dir)
             return base.batcher.submit(
-                prompt_ids, key, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids
+                prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids
             )
 
         return base.batcher.run_between_steps(submit)
@@ -151,21 +147,28 @@ class InferenceEngine:
         if base is not None:
             base.batcher.run_between_steps(lambda: self._load(base, adapter_name, adapter_dir))
 
+    def pin(self, base_model_id: str, adapter_name: str) -> None:
+        """Load the adapter (and its base model) now and never evict it: a hot adapter never waits for a load."""
+        base = self._base(base_model_id)
+        adapter_dir = self._adapter_files(adapter_name)
+        self._pinned.add(adapter_name)
+        base.batcher.run_between_steps(lambda: self._load(base, adapter_name, adapter_dir))
+
     def loaded_adapters(self, base_model_id: str) -> list[str]:
         """Adapters in memory for a base model, least recently used first."""
         base = self._bases.get(base_model_id)
-        return list(base.adapters) if base else []
+        return list(base.recency) if base else []
 
     def evict(self, adapter_name: str) -> None:
         """Forget an adapter: unload it from every base model and delete its local files. Requests already
         generating with it finish first: its weights stay until the LRU drops them."""
+        self._pinned.discard(adapter_name)
         for base in list(self._bases.values()):
 
             def unload(base: _LoadedBase = base) -> None:
-                key = base.adapters.get(adapter_name)
-                if key is not None and key not in base.batcher.adapters_in_use():
-                    del base.adapters[adapter_name], base.adapter_bytes[adapter_name]
-                    base.model.delete_adapter(key)
+                if adapter_name in base.recency and adapter_name not in base.batcher.adapters_in_use():
+                    del base.recency[adapter_name]
+                    base.slots.unload(adapter_name)
 
             base.batcher.run_between_steps(unload)
         shutil.rmtree(self._cache_dir / adapter_directory_name(adapter_name), ignore_errors=True)
@@ -177,9 +180,12 @@ class InferenceEngine:
                 base = self._bases.get(base_model_id)
                 if base is None:
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
-                    # The batcher reads `model` at every step: loading the first adapter replaces it.
-                    batcher = ContinuousBatcher(lambda: loaded.model, self._device, self._max_batch_size)
-                    loaded = base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, batcher)
+                    # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
+                    slots = AdapterSlots(model, max_slots=self._max_adapters + self._max_batch_size)
+                    batcher = ContinuousBatcher(
+                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens
+                    )
+                    base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
         return base
 
     def _adapter_files(self, adapter_name: str) -> Path:
@@ -188,31 +194,26 @@ class InferenceEngine:
         build_once(directory, lambda staging: self._fetch_adapter(adapter_name, staging))
         return directory
 
-    def _load(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> str:
-        """The adapter's peft key, loading it and evicting the least recently used idle ones beyond the limit.
-        Called between decode steps only."""
-        key = base.adapters.get(adapter_name)
-        if key is None:
-            key = _peft_key(adapter_name)
-            if isinstance(base.model, PeftModel):
-                base.model.load_adapter(adapter_dir, adapter_name=key)
-                # The batcher switches adapters only when the model's active one differs, which a reloaded
-                # adapter of the same name would not seem to: make it the active one now.
-                base.model.set_adapter(key, inference_mode=True)
-            else:
-                base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=key)
-            base.adapters[adapter_name] = key
-            base.adapter_bytes[adapter_name] = _weights_bytes(adapter_dir)
-        base.adapters.move_to_end(adapter_name)
-        in_use = base.batcher.adapters_in_use() | {key}
-        idle = [name for name, loaded_key in base.adapters.items() if loaded_key not in in_use]
-        while idle and self._over_budget(base):
-            name = idle.pop(0)
-            base.model.delete_adapter(base.adapters.pop(name))
-            del base.adapter_bytes[name]
-        return key
+    def _load(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> None:
+        """Make the adapter resident (the most recently used), evicting least recently used idle ones to stay
+        within the limits. Called between decode steps only."""
+        if adapter_name not in base.recency:
+            self._evict_idle(base, room_for_one=True)
+            base.slots.load(adapter_name, adapter_dir)
+            base.recency[adapter_name] = None
+        base.recency.move_to_end(adapter_name)
+        self._evict_idle(base, room_for_one=False)  # a larger rank may have grown every slot
 
-    def _over_budget(self, base: _LoadedBase) -> bool:
-        too_many = len(base.adapters) > self._max_adapters
+    def _evict_idle(self, base: _LoadedBase, room_for_one: bool) -> None:
+        keep = base.batcher.adapters_in_use() | self._pinned
+        idle = [name for name in base.recency if name not in keep]
+        extra = 1 if room_for_one else 0
+        while idle and self._over_budget(base, len(base.recency) + extra):
+            name = idle.pop(0)
+            del base.recency[name]
+            base.slots.unload(name)
+
+    def _over_budget(self, base: _LoadedBase, adapters: int) -> bool:
         budget = self._max_adapter_bytes
-        return too_many or (budget is not None and sum(base.adapter_bytes.values()) > budget)
+        too_big = budget is not None and adapters * base.slots.slot_bytes() > budget
+        return adapters > self._max_adapters or too_big

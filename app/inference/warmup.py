@@ -7,8 +7,12 @@ import threading
 
 import redis
 import structlog
+from sqlalchemy import select
 
+from app.config import Settings
+from app.db import session_factory
 from app.inference.backend import InferenceBackend
+from app.tables import FineTunedModel
 
 log = structlog.get_logger()
 CHANNEL = "loraport:adapters"
@@ -57,3 +61,28 @@ class AdapterWarmer:
             log.info("adapters.warmed", adapter=announcement["adapter"])
         except Exception:  # a bad adapter fails its first request with a clear error; nothing to do here
             log.warning("adapters.warm_failed", adapter=announcement.get("adapter"), exc_info=True)
+
+
+def pin_models_in_background(settings: Settings, backend: InferenceBackend) -> None:
+    """Load the fine-tuned models named by `LORAPORT_PINNED_MODELS` and keep them loaded (in a thread: loading the
+    base model takes seconds, which startup need not wait for). Unknown or deleted ids are logged and skipped."""
+    names = [name.strip() for name in settings.pinned_models.split(",") if name.strip()]
+    pin = getattr(backend, "pin", None)
+    if not names or pin is None:
+        return
+
+    def pin_all() -> None:
+        with session_factory(settings.require("database_url"))() as session:
+            rows = session.scalars(
+                select(FineTunedModel).where(FineTunedModel.id.in_(names), FineTunedModel.deleted.is_(False))
+            ).all()
+        for missing in sorted(set(names) - {row.id for row in rows}):
+            log.warning("adapters.pin_unknown_model", model=missing)
+        for row in rows:
+            try:
+                pin(row.base_model, row.adapter_prefix)
+                log.info("adapters.pinned", model=row.id)
+            except Exception:
+                log.warning("adapters.pin_failed", model=row.id, exc_info=True)
+
+    threading.Thread(target=pin_all, name="adapter-pinning", daemon=True).start()

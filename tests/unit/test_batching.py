@@ -1,5 +1,7 @@
-"""Continuous batching: every row of a mixed-adapter batch must generate what it would generate alone."""
+"""Continuous batching: every row of a mixed-adapter batch must generate what it would generate alone (with peft,
+one request at a time, as the reference), also when prompts are prefilled in chunks."""
 
+import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -11,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from app.chat_format import render_prompt_ids
 from app.inference.batching import ContinuousBatcher, TokenStream
+from app.inference.lora_slots import AdapterSlots
 
 QUESTIONS = ["Hello!", "What is the capital of France? Tell me a joke.", "How are you today?"]
 ADAPTERS = ["first", "second"]
@@ -28,6 +31,18 @@ def peft_model(make_model) -> PeftModel:
     torch.manual_seed(2)
     model.add_adapter(ADAPTERS[1], config())
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(peft_model, make_model, tmp_path_factory) -> tuple[PreTrainedModel, AdapterSlots]:
+    """A fresh copy of the tiny model with the two adapters, saved by peft, loaded into slots."""
+    model = make_model().eval()
+    slots = AdapterSlots(model, max_slots=4)
+    for name in ADAPTERS:
+        directory = tmp_path_factory.mktemp("adapters")
+        peft_model.save_pretrained(directory, selected_adapters=[name])
+        slots.load(name, next(directory.rglob("adapter_config.json")).parent)
+    return model, slots
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +78,15 @@ def reference(peft_model, prompts, eos):
 
 
 class Stepper:
-    """A model source that lets the decode thread take only the steps the test allows."""
+    """Lets the decode thread run only the forward passes the test allows (a pre-hook on the model)."""
 
-    def __init__(self, model: PeftModel) -> None:
-        self.model, self._permits, self._changed = model, 0, threading.Condition()
+    def __init__(self) -> None:
+        self._permits, self._changed = 0, threading.Condition()
 
-    def __call__(self) -> PeftModel:
+    def __call__(self, *_: object) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self._permits > 0)
             self._permits -= 1
-        return self.model
 
     def allow(self, steps: int = 10**9) -> None:
         with self._changed:
@@ -81,31 +95,40 @@ class Stepper:
 
 
 @pytest.fixture
-def forward_shapes(peft_model) -> Iterator[list[tuple[int, int]]]:
+def forward_shapes(served) -> Iterator[list[tuple[int, int]]]:
     """The shape of the input ids of every forward pass."""
     shapes: list[tuple[int, int]] = []
-    hook = peft_model.get_base_model().register_forward_pre_hook(
+    hook = served[0].register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     yield shapes
     hook.remove()
 
 
+def make_batcher(served, **options) -> ContinuousBatcher:
+    model, slots = served
+    return ContinuousBatcher(model, slots, "cpu", **({"max_batch_size": 8} | options))
+
+
 @pytest.fixture
-def batcher(peft_model) -> Iterator[ContinuousBatcher]:
-    batcher = ContinuousBatcher(lambda: peft_model, "cpu", max_batch_size=8)
+def batcher(served) -> Iterator[ContinuousBatcher]:
+    batcher = make_batcher(served)
     yield batcher
     batcher.close()
 
 
 @pytest.fixture
-def stepper(peft_model) -> Stepper:
-    return Stepper(peft_model)
+def stepper(served) -> Iterator[Stepper]:
+    stepper = Stepper()
+    hook = served[0].register_forward_pre_hook(stepper)
+    yield stepper
+    stepper.allow()
+    hook.remove()
 
 
 @pytest.fixture
-def stepped_batcher(stepper) -> Iterator[ContinuousBatcher]:
-    batcher = ContinuousBatcher(stepper, "cpu", max_batch_size=8)
+def stepped_batcher(served, stepper) -> Iterator[ContinuousBatcher]:
+    batcher = make_batcher(served)
     yield batcher
     stepper.allow()
     batcher.close()
@@ -129,13 +152,13 @@ def take(stream: TokenStream, n: int) -> list[int]:
 JOBS = [(0, "first"), (1, "second"), (2, None), (1, "first"), (0, None)]
 
 
-@pytest.mark.parametrize("max_prefill_tokens", [512, 1], ids=["prefilled-together", "one-row-per-step"])
-def test_every_row_of_a_mixed_batch_generates_what_it_would_alone(
-    peft_model, prompts, eos, reference, max_prefill_tokens
-):
+@pytest.mark.parametrize(
+    "max_prefill_tokens", [512, 16, 1], ids=["prefilled-together", "in-chunks", "one-token-per-step"]
+)
+def test_every_row_of_a_mixed_batch_generates_what_it_would_alone(served, prompts, eos, reference, max_prefill_tokens):
     expected = [reference(prompt, adapter) for prompt, adapter in JOBS]
     assert len({tuple(tokens) for tokens in expected}) == len(JOBS)  # adapters do change the replies
-    batcher = ContinuousBatcher(lambda: peft_model, "cpu", max_prefill_tokens=max_prefill_tokens)
+    batcher = make_batcher(served, max_prefill_tokens=max_prefill_tokens)
     try:
         streams = submit_together(batcher, [(prompts[prompt], adapter, eos) for prompt, adapter in JOBS])
         assert [list(stream) for stream in streams] == expected
@@ -146,7 +169,7 @@ def test_every_row_of_a_mixed_batch_generates_what_it_would_alone(
 def test_a_request_joins_the_running_batch(stepped_batcher, stepper, prompts, eos, reference, forward_shapes):
     expected = [reference(0, "first", 16), reference(1, "second", 16), reference(2, None)]
     first, second = submit_together(stepped_batcher, [(prompts[0], "first", eos, 16), (prompts[1], "second", eos, 16)])
-    stepper.allow(2)  # prefill with a decode step, then one more decode step: 3 tokens each
+    stepper.allow(3)  # a prefill and two decode steps: 3 tokens each
     started = take(first, 3)
 
     third = greedy(stepped_batcher, prompts[2], None, eos)
@@ -162,7 +185,7 @@ def test_cancelled_stream_ends_and_its_row_leaves_the_batch(
     expected = reference(0, None)
     forward_shapes.clear()  # forget the reference's own forward passes
     doomed, survivor = submit_together(stepped_batcher, [(prompts[1], "first", eos, 40), (prompts[0], None, eos)])
-    stepper.allow(2)
+    stepper.allow(3)  # a prefill and two decode steps
     take(doomed, 3)
 
     doomed.cancel()
@@ -171,7 +194,9 @@ def test_cancelled_stream_ends_and_its_row_leaves_the_batch(
 
     assert list(survivor) == expected
     assert forward_shapes[:3] == [(2, len(prompts[1])), (2, 1), (2, 1)]
-    assert {rows for rows, _ in forward_shapes[3:]} == {1}
+    later = [rows for rows, _ in forward_shapes[3:]]
+    # The step that was waiting for a permit when the stream was cancelled may still hold both rows; no later one.
+    assert set(later[1:]) == {1}
 
 
 def test_a_seed_gives_the_same_sample_whatever_the_neighbours(batcher, prompts, eos):
@@ -197,9 +222,9 @@ def test_a_row_ends_at_an_end_of_turn_token_included_or_at_max_new_tokens(batche
     assert list(cut) == expected[:4]
 
 
-def test_a_failing_forward_reaches_every_row_of_the_step(batcher, peft_model, prompts, eos, reference, monkeypatch):
+def test_a_failing_forward_reaches_every_row_of_the_step(batcher, served, prompts, eos, reference, monkeypatch):
     expected = reference(2, "second")
-    model = peft_model.get_base_model()
+    model = served[0]
     forward, calls = model.forward, []
 
     def fail_on_the_third_call(*args, **kwargs):
@@ -226,11 +251,38 @@ def test_an_unknown_adapter_fails_only_its_own_request(batcher, prompts, eos, re
 
 
 def test_a_model_without_adapters_batches_base_rows(make_model, prompts, eos):
-    model = make_model()
+    model = make_model().eval()
     expected = [solo(model, prompt, None, eos) for prompt in prompts]
-    batcher = ContinuousBatcher(lambda: model, "cpu")
+    batcher = ContinuousBatcher(model, AdapterSlots(model, max_slots=1), "cpu")
     try:
         streams = submit_together(batcher, [(prompt, None, eos) for prompt in prompts])
         assert [list(stream) for stream in streams] == expected
+    finally:
+        batcher.close()
+
+
+def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(
+    served, prompts, eos, reference, forward_shapes
+):
+    long_prompt = prompts[1]
+    chunk = next(size for size in (4, 5, 6) if len(long_prompt) % size != 1)  # every chunk is longer than a decode
+    chunks = -(-len(long_prompt) // chunk)
+    assert chunks >= 3
+    expected = [reference(0, "first", 40), reference(1, "second")]
+    batcher = make_batcher(served, max_prefill_tokens=chunk)
+    try:
+        running = greedy(batcher, prompts[0], "first", eos, 40)
+        started = take(running, 2)
+        forward_shapes.clear()
+
+        newcomer = greedy(batcher, long_prompt, "second", eos)
+
+        assert [started + list(running), list(newcomer)] == expected
+        prefill = [i for i, (_, columns) in enumerate(forward_shapes) if columns > 1]
+        assert [forward_shapes[i] for i in prefill] == [
+            (1, min(chunk, len(long_prompt) - start)) for start in range(0, len(long_prompt), chunk)
+        ]
+        between = [forward_shapes[i + 1 : j] for i, j in itertools.pairwise(prefill)]
+        assert between == [[(1, 1)]] * (chunks - 1)  # the running row decodes one token after each chunk
     finally:
         batcher.close()

@@ -143,3 +143,12 @@ def test_adapters_are_evicted_to_stay_within_the_memory_budget(registry, store, 
 
     assert engine.loaded_adapters(TINY_MODEL_ID) == ["ft:a", "ft:c"]  # room for two; b was least recently used
     assert ask(engine, "ft:b").text == "Paris"
+
+
+def test_a_pinned_adapter_is_never_evicted(engine):
+    engine.pin(TINY_MODEL_ID, "ft:hot")
+    for name in ["ft:a", "ft:b", "ft:c"]:
+        ask(engine, name)
+
+    assert engine.loaded_adapters(TINY_MODEL_ID)[0] == "ft:hot"  # least recently used, and still here
+    assert "ft:a" not in engine.loaded_adapters(TINY_MODEL_ID)  # the others took turns in the remaining room

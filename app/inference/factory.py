@@ -1,0 +1,47 @@
+"""The inference backend this process uses, as the settings choose it."""
+
+from app.adapter_manifest import verified_fetch
+from app.base_models.registry import BaseModelRegistry
+from app.config import Settings
+from app.devices import compute_device
+from app.inference.backend import InferenceBackend
+from app.inference.engine import InferenceEngine
+from app.inference.remote import RemoteBackend
+from app.storage import store_for
+
+
+def replica_urls(settings: Settings) -> list[str]:
+    """`LORAPORT_INFERENCE_REPLICAS` as a list of base URLs (empty: generate in this process)."""
+    return [url.strip() for url in settings.inference_replicas.split(",") if url.strip()]
+
+
+def build_inference_backend(settings: Settings, registry: BaseModelRegistry) -> InferenceBackend:
+    """Replicas over HTTP when `LORAPORT_INFERENCE_REPLICAS` names some, else generation in this process."""
+    replicas = replica_urls(settings)
+    if replicas:
+        return RemoteBackend(
+            replicas,
+            registry,
+            token=settings.inference_replica_token,
+            timeout_seconds=settings.inference_timeout_seconds,
+        )
+    return build_local_backend(settings, registry)
+
+
+def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> InferenceBackend:
+    """The backend that runs the model here (a replica always uses this one, whatever its replica setting)."""
+    fetch_adapter = verified_fetch(store_for(settings).download_prefix)
+    if settings.inference_backend == "vllm":
+        from app.inference.vllm_backend import VllmEngine  # needs the `vllm` extra and CUDA: imported on demand
+
+        return VllmEngine(settings, registry, fetch_adapter)
+    return InferenceEngine(
+        registry,
+        fetch_adapter=fetch_adapter,
+        cache_dir=settings.adapter_cache_dir,
+        max_adapters=settings.adapter_cache_size,
+        max_adapter_bytes=settings.adapter_cache_megabytes * 1024**2,
+        max_batch_size=settings.inference_concurrency,
+        device=compute_device(settings),
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+    )

@@ -1,0 +1,214 @@
+"""LoRA adapters of one base model held in preallocated stacked tensors, and a grouped LoRA computation of our own
+that serves a batch whose rows use different adapters (or none) in a fixed number of operations.
+
+Why not peft at inference:
+- `load_adapter` re-walks and re-wraps the model; with a few adapters resident it costs hundreds of milliseconds.
+  Here loading is a copy of the adapter's tensors into a free slot: milliseconds.
+- peft's mixed-batch forward loops over the adapters in every LoRA layer (gather, two matmuls, scale, scatter for
+  each), so its cost grows with the number of distinct adapters in the batch. Here, as in Punica's SGMV and
+  S-LoRA, every layer does the same few operations whatever that number.
+
+Layout: every linear layer that some loaded adapter targets is wrapped once (`_SlottedLinear`) and holds
+`lora_a [slots, rank, in]` and `lora_b [slots, out, rank]`; slot s is one adapter, its B already multiplied by
+the adapter's scaling, zero-padded to the largest rank loaded, and all zeros in layers the adapter does not target.
+Before a forward, `routed(adapters)` turns the rows' adapters into one routing (computed once, read by every
+layer): rows are grouped by slot, each group padded to the largest group's size, so each layer computes
+`bmm(bmm(x_grouped, A[slots]ᵀ), B[slots]ᵀ)` and adds each real row's result back. When every row uses the same
+adapter that is two plain matmuls; rows without an adapter cost nothing.
+"""
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+_PEFT_PREFIX = "base_model.model."
+_A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+
+
+class UnsupportedAdapter(ValueError):
+    """The adapter holds something besides LoRA matrices on linear layers (DoRA, embeddings, saved modules)."""
+
+
+@dataclass(frozen=True)
+class _Routing:
+    single: int | None  # the slot of every row, when they all use one adapter
+    slots: torch.Tensor | None = None  # [groups] the distinct slots of the batch
+    gather: torch.Tensor | None = None  # [groups × group size] row of each grouped position (padding repeats one)
+    rows: torch.Tensor | None = None  # rows with an adapter …
+    positions: torch.Tensor | None = None  # … and where their results are in the grouped layout
+
+
+class _RoutingHolder:
+    """One routing shared by every wrapped layer, set for the length of a forward pass."""
+
+    current: _Routing | None = None
+
+
+class _SlottedLinear(nn.Module):
+    def __init__(self, base: nn.Linear, routing: _RoutingHolder, slots: int, rank: int) -> None:
+        super().__init__()
+        self.base = base
+        self._routing = routing
+        options = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_a = torch.zeros(slots, rank, base.in_features, **options)
+        self.lora_b = torch.zeros(slots, base.out_features, rank, **options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        routing = self._routing.current
+        if routing is None:
+            return y
+        if routing.single is not None:
+            return y + F.linear(F.linear(x, self.lora_a[routing.single]), self.lora_b[routing.single])
+        groups = routing.slots.shape[0]
+        grouped = x.index_select(0, routing.gather).reshape(groups, -1, x.shape[-1])
+        low_rank = torch.bmm(grouped, self.lora_a.index_select(0, routing.slots).transpose(1, 2))
+        delta = torch.bmm(low_rank, self.lora_b.index_select(0, routing.slots).transpose(1, 2))
+        delta = delta.reshape(-1, *y.shape[1:]).index_select(0, routing.positions)
+        return y.index_add_(0, routing.rows, delta)
+
+    def resize(self, slots: int, rank: int) -> None:
+        """Grow to `slots` slots of rank `rank`, keeping what is loaded."""
+        old_a, old_b = self.lora_a, self.lora_b
+        self.lora_a = old_a.new_zeros(slots, rank, old_a.shape[2])
+        self.lora_b = old_b.new_zeros(slots, old_b.shape[1], rank)
+        self.lora_a[: old_a.shape[0], : old_a.shape[1]] = old_a
+        self.lora_b[: old_b.shape[0], :, : old_b.shape[2]] = old_b
+
+    def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Put one adapter's matrices (B already scaled) in `slot`; None clears it."""
+        self.lora_a[slot].zero_()
+        self.lora_b[slot].zero_()
+        if a is not None and b is not None:
+            self.lora_a[slot, : a.shape[0]] = a
+            self.lora_b[slot, :, : b.shape[1]] = b
+
+    def slot_bytes(self) -> int:
+        return (self.lora_a[0].numel() + self.lora_b[0].numel()) * self.lora_a.element_size()
+
+
+def _scaled_pairs(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module path → (A, B × scaling) of a peft LoRA adapter directory."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if config.get("use_dora") or config.get("alpha_pattern"):
+        raise UnsupportedAdapter("adapters with DoRA or per-module alpha are not supported for serving")
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    paths = {key.removeprefix(_PEFT_PREFIX).removesuffix(_A_SUFFIX) for key in weights if key.endswith(_A_SUFFIX)}
+    unexpected = set(weights) - {f"{_PEFT_PREFIX}{path}{suffix}" for path in paths for suffix in (_A_SUFFIX, _B_SUFFIX)}
+    if unexpected:
+        raise UnsupportedAdapter(f"the adapter holds weights other than LoRA matrices, e.g. {sorted(unexpected)[0]}")
+    pairs = {}
+    for path in paths:
+        a, b = weights[f"{_PEFT_PREFIX}{path}{_A_SUFFIX}"], weights[f"{_PEFT_PREFIX}{path}{_B_SUFFIX}"]
+        rank = a.shape[0]  # per module: peft's rank_pattern may differ from `r`
+        scaling = config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        pairs[path] = (a, b * scaling)
+    return pairs
+
+
+class AdapterSlots:
+    """The adapters loaded into one base model, by name; at most `max_slots` at once."""
+
+    def __init__(self, model: nn.Module, max_slots: int) -> None:
+        if max_slots < 1:
+            raise ValueError("max_slots must be at least 1")
+        self._model = model
+        self._max_slots = max_slots
+        self._layers: dict[str, _SlottedLinear] = {}
+        self._slot_of: dict[str, int] = {}
+        self._capacity = 0
+        self._rank = 0
+        self._routing = _RoutingHolder()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slot_of
+
+    def names(self) -> set[str]:
+        return set(self._slot_of)
+
+    def load(self, name: str, adapter_dir: Path) -> None:
+        """Copy the adapter's matrices into a free slot (or its own slot again, when reloaded)."""
+        pairs = _scaled_pairs(adapter_dir)
+        slot = self._slot_of.get(name)
+        if slot is None:
+            used = set(self._slot_of.values())
+            slot = next((s for s in range(self._capacity) if s not in used), self._capacity)
+            if slot >= self._max_slots:
+                raise RuntimeError(f"all {self._max_slots} adapter slots are in use: unload one first")
+        self._fit(slot + 1, max(a.shape[0] for a, _ in pairs.values()))
+        for path in pairs:
+            self._layer(path)
+        for path, layer in self._layers.items():
+            a, b = pairs.get(path, (None, None))
+            layer.write(slot, a, b)
+        self._slot_of[name] = slot
+
+    def unload(self, name: str) -> None:
+        """Free the adapter's slot; the next adapter loaded there overwrites it."""
+        del self._slot_of[name]
+
+    def slot_bytes(self) -> int:
+        """Memory one adapter takes here (every wrapped layer, at the largest rank loaded)."""
+        return sum(layer.slot_bytes() for layer in self._layers.values())
+
+    @contextmanager
+    def routed(self, adapters: list[str | None]) -> Iterator[None]:
+        """Within the block, row i of a forward pass uses adapter `adapters[i]` (None: the base model alone)."""
+        unknown = sorted({name for name in adapters if name is not None and name not in self._slot_of})
+        if unknown:
+            raise KeyError(f"adapters not loaded: {unknown}")
+        self._routing.current = self._route([self._slot_of[name] if name else None for name in adapters])
+        try:
+            yield
+        finally:
+            self._routing.current = None
+
+    def _route(self, slots: list[int | None]) -> _Routing | None:
+        distinct = sorted({slot for slot in slots if slot is not None})
+        if not distinct:
+            return None
+        if len(distinct) == 1 and None not in slots:
+            return _Routing(single=distinct[0])
+        members = {slot: [row for row, s in enumerate(slots) if s == slot] for slot in distinct}
+        size = max(len(rows) for rows in members.values())
+        gather, rows, positions = [], [], []
+        for group, slot in enumerate(distinct):
+            gather += members[slot] + [members[slot][0]] * (size - len(members[slot]))
+            rows += members[slot]
+            positions += range(group * size, group * size + len(members[slot]))
+        device = next(iter(self._layers.values())).lora_a.device
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, device=device)
+
+        return _Routing(None, tensor(distinct), tensor(gather), tensor(rows), tensor(positions))
+
+    def _fit(self, slots: int, rank: int) -> None:
+        """Make room for `slots` slots of rank `rank`: capacity doubles (to at most `max_slots`) when it grows."""
+        if slots <= self._capacity and rank <= self._rank:
+            return
+        if slots > self._capacity:
+            self._capacity = min(max(slots, 2 * self._capacity), self._max_slots)
+        self._rank = max(rank, self._rank)
+        for layer in self._layers.values():
+            layer.resize(self._capacity, self._rank)
+
+    def _layer(self, path: str) -> _SlottedLinear:
+        layer = self._layers.get(path)
+        if layer is None:
+            parent_path, _, attribute = path.rpartition(".")
+            parent = self._model.get_submodule(parent_path)
+            base = getattr(parent, attribute)
+            if not isinstance(base, nn.Linear):
+                raise UnsupportedAdapter(f"the adapter targets {path}, which is not a linear layer")
+            layer = self._layers[path] = _SlottedLinear(base, self._routing, self._capacity, self._rank)
+            setattr(parent, attribute, layer)
+        return layer

@@ -1,0 +1,79 @@
+"""Our grouped LoRA computation against peft's: the same logits for every row of a batch that mixes adapters of
+different ranks and targets, rsLoRA scaling, and rows without an adapter."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from app.inference.lora_slots import AdapterSlots, UnsupportedAdapter
+
+CONFIGS = {
+    "wide": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    "narrow": LoraConfig(r=2, lora_alpha=8, target_modules=["o_proj"], init_lora_weights=False),
+    "rslora": LoraConfig(
+        r=4, lora_alpha=4, target_modules=["k_proj", "up_proj"], use_rslora=True, init_lora_weights=False
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def peft_model(make_model):
+    torch.manual_seed(3)
+    names = iter(CONFIGS)
+    first = next(names)
+    model = get_peft_model(make_model(), CONFIGS[first], adapter_name=first)
+    for name in names:
+        model.add_adapter(name, CONFIGS[name])
+    return model.eval()
+
+
+def save(peft_model, name: str, root: Path) -> Path:
+    peft_model.save_pretrained(root, selected_adapters=[name])
+    return next(root.rglob(f"{name}/adapter_config.json")).parent if name != "default" else root
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(peft_model, tmp_path_factory) -> dict[str, Path]:
+    return {name: save(peft_model, name, tmp_path_factory.mktemp(name)) for name in CONFIGS}
+
+
+def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model):
+    model = make_model().eval()
+    slots = AdapterSlots(model, max_slots=2)  # grows from 1 slot, and rank 2 → 8, as adapters arrive
+    for name in ["narrow", "wide"]:
+        slots.load(name, adapter_dirs[name])
+    slots.unload("narrow")
+    slots.load("rslora", adapter_dirs["rslora"])  # reuses the freed slot
+    rows = ["wide", None, "rslora", "wide", "rslora"]
+    input_ids = torch.randint(5, 300, (len(rows), 7), generator=torch.Generator().manual_seed(0))
+
+    with torch.inference_mode():
+        expected = peft_model(input_ids=input_ids, adapter_names=[row or "__base__" for row in rows]).logits
+        with slots.routed(rows):
+            mixed = model(input_ids=input_ids).logits
+        with slots.routed(["wide"] * len(rows)):
+            single = model(input_ids=input_ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(input_ids=input_ids).logits
+
+    torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(single, peft_model(input_ids=input_ids, adapter_names=["wide"] * len(rows)).logits)
+    assert not torch.allclose(mixed[0], base[0], atol=1e-3)  # the adapters do change the logits
+
+
+def test_a_full_slot_table_and_unknown_adapters_are_refused(adapter_dirs, make_model):
+    slots = AdapterSlots(make_model().eval(), max_slots=1)
+    slots.load("wide", adapter_dirs["wide"])
+    with pytest.raises(RuntimeError, match="slots are in use"):
+        slots.load("narrow", adapter_dirs["narrow"])
+    with pytest.raises(KeyError, match="narrow"), slots.routed(["narrow"]):
+        pass
+
+
+def test_dora_adapters_are_refused(make_model, tmp_path):
+    config = LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)
+    get_peft_model(make_model(), config).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedAdapter, match="DoRA"):
+        AdapterSlots(make_model().eval(), max_slots=1).load("dora", tmp_path)
