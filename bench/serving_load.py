@@ -123,6 +123,10 @@ def save_random_adapters(registry: BaseModelRegistry, device: str, names: list[s
             if isinstance(module, LoraLayer):  # what `init_lora_weights=False` gives: nn.Linear's own init
                 module.lora_A["default"].reset_parameters()
                 module.lora_B["default"].reset_parameters()
+                # Small B, as in a trained adapter: the replies change but stay coherent, so every case generates
+                # about as many tokens (full-size random B makes replies end early, and unevenly, which would
+                # measure row turnover instead of adapter cost). The compute is the same whatever the values.
+                module.lora_B["default"].weight.data.mul_(0.05)
         target = directory / name
         peft_model.save_pretrained(target)
         write_manifest(target)
