@@ -2,9 +2,10 @@
 process (`InferenceEngine`), replicas over HTTP, or vLLM on GPU hosts. `LORAPORT_INFERENCE_BACKEND` and
 `LORAPORT_INFERENCE_REPLICAS` choose one."""
 
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -25,6 +26,38 @@ class TokenStream(Iterator[int], Protocol):
     """
 
     def cancel(self) -> None: ...
+
+
+_END = object()
+
+
+class QueuedTokenStream(Iterator[int]):
+    """A `TokenStream` fed from another thread (a decode loop, an HTTP reader, an event loop) through a queue:
+    token ids, then the end or one error, which the reader gets raised once."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ended = False
+
+    def __next__(self) -> int:
+        if self._ended:
+            raise StopIteration
+        item = self._items.get()
+        if item is _END or isinstance(item, BaseException):
+            self._ended = True
+            if item is _END:
+                raise StopIteration
+            raise item
+        return item
+
+    def _put(self, token: int) -> None:
+        self._items.put(token)
+
+    def _end(self) -> None:
+        self._items.put(_END)
+
+    def _fail(self, error: BaseException) -> None:
+        self._items.put(error)
 
 
 class InferenceBackend(Protocol):

@@ -22,10 +22,9 @@ Design:
   adapter that `adapters_in_use()` reports breaks the rows using it; they get the error.
 """
 
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,54 +33,32 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from app.inference.backend import QueuedTokenStream
 from app.inference.lora_slots import AdapterSlots
 
 T = TypeVar("T")
 
-_END = object()
 
-
-class TokenStream(Iterator[int]):
+class TokenStream(QueuedTokenStream):
     """The tokens of one request, as they are generated; an end-of-turn token, if any, is the last item.
 
     Iterating blocks until the next token. An error of the decode thread is raised here, once.
     """
 
     def __init__(self, on_cancel: Callable[[], None]) -> None:
-        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        super().__init__()
         self._cancelled = threading.Event()
-        self._ended = False
         self._on_cancel = on_cancel
-
-    def __next__(self) -> int:
-        if self._ended:
-            raise StopIteration
-        item = self._items.get()
-        if item is _END or isinstance(item, BaseException):
-            self._ended = True
-            if item is _END:
-                raise StopIteration
-            raise item
-        return item
 
     def cancel(self) -> None:
         """Stop generating: the stream ends now and its row leaves the batch before the next step."""
         self._cancelled.set()
-        self._items.put(_END)
+        self._end()
         self._on_cancel()
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
-
-    def _put(self, token: int) -> None:
-        self._items.put(token)
-
-    def _end(self) -> None:
-        self._items.put(_END)
-
-    def _fail(self, error: BaseException) -> None:
-        self._items.put(error)
 
 
 @dataclass(eq=False)  # rows are compared and hashed by identity

@@ -10,11 +10,9 @@ replica that does not answer is skipped for the next in that order; when none an
 import contextlib
 import hashlib
 import json
-import queue
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 import structlog
@@ -22,10 +20,9 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from app.base_models.registry import BaseModelRegistry
 from app.errors import LoraportError, ServiceUnavailable
-from app.inference.backend import SamplingParams
+from app.inference.backend import QueuedTokenStream, SamplingParams
 
 log = structlog.get_logger()
-_END = object()
 API_PREFIX = "/internal/v1"
 
 
@@ -49,7 +46,7 @@ class ReplicaError(LoraportError):
         self.type = error.get("type") or ("server_error" if status >= 500 else "invalid_request_error")
 
 
-class RemoteTokenStream:
+class RemoteTokenStream(QueuedTokenStream):
     """Token ids read off a replica's streamed response by a background thread.
 
     `cancel()` ends the stream at once and shuts the connection down, which the replica sees as a client gone
@@ -59,33 +56,18 @@ class RemoteTokenStream:
     def __init__(self, response: httpx.Response, replica: str) -> None:
         self._response = response
         self._replica = replica
-        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._ended = False
+        super().__init__()
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._reading = True  # the response is open and owned by the reader; guarded by _lock
         self._reader = threading.Thread(target=self._read, name="replica-stream", daemon=True)
         self._reader.start()
 
-    def __iter__(self) -> "RemoteTokenStream":
-        return self
-
-    def __next__(self) -> int:
-        if self._ended:
-            raise StopIteration
-        item = self._items.get()
-        if item is _END or isinstance(item, BaseException):
-            self._ended = True
-            if item is _END:
-                raise StopIteration
-            raise item
-        return item
-
     def cancel(self) -> None:
         if self._cancelled.is_set():
             return
         self._cancelled.set()
-        self._items.put(_END)
+        self._end()
         with self._lock:
             if self._reading:  # wake the reader (a socket closed elsewhere would not) and tell the replica
                 _shutdown(self._response)
@@ -97,18 +79,16 @@ class RemoteTokenStream:
                     continue
                 item = json.loads(line)
                 if "token" in item:
-                    self._items.put(int(item["token"]))
+                    self._put(int(item["token"]))
                 elif "error" in item:
                     error = item["error"]
-                    self._items.put(ReplicaError(error, int(error.get("status") or 500)))
+                    self._fail(ReplicaError(error, int(error.get("status") or 500)))
                     return
-            self._items.put(_END)
+            self._end()
         except Exception:
             if not self._cancelled.is_set():
                 log.warning("inference.replica_stream_broken", replica=self._replica, exc_info=True)
-                self._items.put(
-                    ServiceUnavailable("The inference replica went away while generating; retry the request")
-                )
+                self._fail(ServiceUnavailable("The inference replica went away while generating; retry the request"))
         finally:
             with self._lock:
                 self._reading = False

@@ -13,11 +13,10 @@ Nothing here imports vLLM at module level, so the pure helpers can be tested on 
 import asyncio
 import hashlib
 import json
-import queue
 import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.errors import UnprocessableEntity
-from app.inference.backend import SamplingParams
+from app.inference.backend import QueuedTokenStream, SamplingParams
 from app.inference.engine import FetchAdapter, adapter_directory_name
 
 log = structlog.get_logger()
@@ -47,7 +46,6 @@ MAX_LORA_RANK = 64
 # slots the memory is better spent on the KV cache.
 MAX_GPU_LORAS = 8
 _INT32_MAX = 2**31 - 1
-_END = object()
 
 
 class VllmUnavailable(RuntimeError):
@@ -132,7 +130,7 @@ def adapter_rank(adapter_dir: Path) -> int:
     return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 
-class LoopTokenStream(Iterator[int]):
+class LoopTokenStream(QueuedTokenStream):
     """A `TokenStream` fed by `chunks()` (lists of token ids), which runs as a task on `loop`, in another thread.
 
     Iterating blocks until the next token and raises the task's error, if any. `cancel()` ends the stream at once,
@@ -146,25 +144,13 @@ class LoopTokenStream(Iterator[int]):
         on_cancel: Callable[[], Awaitable[None]],
     ) -> None:
         self._loop = loop
-        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._ended = False
+        super().__init__()
         self._done = threading.Event()  # the task ended: cancelling is a no-op
         self._on_cancel = on_cancel
         self._task = asyncio.run_coroutine_threadsafe(self._pump(chunks), loop)
 
-    def __next__(self) -> int:
-        if self._ended:
-            raise StopIteration
-        item = self._items.get()
-        if item is _END or isinstance(item, BaseException):
-            self._ended = True
-            if item is _END:
-                raise StopIteration
-            raise item
-        return item
-
     def cancel(self) -> None:
-        self._items.put(_END)
+        self._end()
         if self._done.is_set():
             return
         self._task.cancel()
@@ -177,12 +163,12 @@ class LoopTokenStream(Iterator[int]):
         try:
             async for chunk in chunks():
                 for token in chunk:
-                    self._items.put(token)
-            self._items.put(_END)
+                    self._put(token)
+            self._end()
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            self._items.put(error)
+            self._fail(error)
         finally:
             self._done.set()
 
