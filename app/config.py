@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     pinned_models: str = ""
     # A long prompt is prefilled this many tokens at a time, with a decode step of the running rows in between.
     prefill_chunk_tokens: int = Field(default=512, ge=16)
+    # CPU threads of the torch engine; unset: every core but one (see `generation_threads`).
+    inference_threads: int | None = Field(default=None, ge=1)
 
     # A running job whose worker has been silent this long is re-queued; its worker renews every third of it.
     job_lease_seconds: int = Field(default=90, ge=3)

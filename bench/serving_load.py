@@ -152,7 +152,7 @@ def stream_one(
         for token in tokens:
             if first is None:
                 first = time.perf_counter()
-            detokenize.feed(token)
+            detokenize.feed(token.id)
             if detokenize.finished:
                 break
         detokenize.close()

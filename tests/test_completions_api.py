@@ -94,6 +94,52 @@ def test_text_completions_whole_and_streamed(client: openai.OpenAI, base: str) -
     assert whole.choices[0].text == chat.choices[0].message.content
 
 
+def test_chat_log_probabilities_whole_and_streamed(client: openai.OpenAI, base: str) -> None:
+    options = {"model": base, "messages": CHAT, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    whole = client.chat.completions.create(**options)
+    streamed = list(client.chat.completions.create(**options, stream=True))
+    plain = client.chat.completions.create(model=base, messages=CHAT, max_tokens=2, temperature=0)
+
+    choice = whole.choices[0]
+    content = choice.logprobs.content
+    assert "".join(entry.token for entry in content) == choice.message.content
+    assert len(content) == whole.usage.completion_tokens - (choice.finish_reason == "stop")  # no end-of-turn token
+    for entry in content:
+        assert entry.logprob < 0 and bytes(entry.bytes).decode() == entry.token
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob) == (entry.token, entry.logprob)  # greedy
+    per_chunk = [chunk.choices[0].logprobs for chunk in streamed if chunk.choices and chunk.choices[0].logprobs]
+    in_chunks = [entry for logprobs in per_chunk for entry in logprobs.content]
+    assert [entry.token for entry in in_chunks] == [entry.token for entry in content]
+    assert [entry.logprob for entry in in_chunks] == pytest.approx([entry.logprob for entry in content], abs=1e-4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_top_logprobs_without_logprobs_is_refused(client: openai.OpenAI, base: str) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=base, messages=CHAT, max_tokens=2, top_logprobs=2)
+    assert error.value.param == "top_logprobs" and "logprobs" in error.value.message
+
+
+def test_text_completion_log_probabilities_whole_and_streamed(client: openai.OpenAI, base: str) -> None:
+    options = {"model": base, "prompt": "Name three colours.", "max_tokens": 8, "temperature": 0, "logprobs": 2}
+    whole = client.completions.create(**options)
+    streamed = list(client.completions.create(**options, stream=True))
+
+    text, logprobs = whole.choices[0].text, whole.choices[0].logprobs
+    assert "".join(logprobs.tokens) == text
+    offsets = zip(logprobs.tokens, logprobs.text_offset, strict=True)
+    assert all(text[offset:].startswith(token) for token, offset in offsets)
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
+        assert top[token] == logprob == max(top.values()) and len(top) == 2  # greedy: the sampled token is the best
+    chunks = [chunk.choices[0].logprobs for chunk in streamed if chunk.choices[0].logprobs]
+    assert [token for chunk in chunks for token in chunk.tokens] == logprobs.tokens
+    assert [offset for chunk in chunks for offset in chunk.text_offset] == logprobs.text_offset
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(**(options | {"logprobs": 6}))
+    assert error.value.param == "logprobs"
+
+
 def test_a_client_that_disconnects_frees_the_engine(
     client: openai.OpenAI, api_base_url: str, org_key: str, base: str
 ) -> None:

@@ -139,6 +139,20 @@ def test_seeded_choices_from_the_replica_equal_the_in_process_engine_s(
     assert [c.text for c in remote.choices] == [c.text for c in local.choices]
 
 
+def test_log_probabilities_come_through_the_replica(
+    client: openai.OpenAI, remote_client: openai.OpenAI, base: str
+) -> None:
+    options = {"model": base, "messages": CHAT, "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    local = client.chat.completions.create(**options).choices[0].logprobs.content
+    remote = remote_client.chat.completions.create(**options).choices[0].logprobs.content
+
+    assert [entry.token for entry in remote] == [entry.token for entry in local] and remote
+    assert [entry.logprob for entry in remote] == pytest.approx([entry.logprob for entry in local], abs=1e-4)
+    assert [[alt.token for alt in entry.top_logprobs] for entry in remote] == [
+        [alt.token for alt in entry.top_logprobs] for entry in local
+    ]
+
+
 def test_streaming_through_the_replica_adds_up_to_the_whole_reply(remote_client: openai.OpenAI, base: str) -> None:
     options = {"model": base, "messages": CHAT, "max_tokens": 8, "temperature": 0}
     whole = remote_client.chat.completions.create(**options)

@@ -52,7 +52,8 @@ class SamplingFields(BaseModel):
 class ChatCompletionCreate(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: Literal[False] | None = None  # not offered yet: a clear 400 rather than silently none
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class Usage(BaseModel):
@@ -73,7 +74,7 @@ class Choice(BaseModel):
     index: int = 0
     message: dict[str, Any]
     finish_reason: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):

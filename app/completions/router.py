@@ -18,7 +18,8 @@ from app.chat_format import render_prompt_ids
 from app.completions.schemas import Completion, CompletionChoice, CompletionCreate
 from app.deps import OrgDep, SessionDep, SettingsDep
 from app.inference.backend import InferenceBackend, SamplingParams
-from app.inference.choices import ChoiceRequest, choice_deltas, whole_choices
+from app.inference.choices import ChoiceRequest, WholeChoice, choice_deltas, whole_choices
+from app.inference.logprobs import TokenPieces, completion_logprobs
 from app.inference.serving import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -33,7 +34,8 @@ async def create_completion(
     session.close()
     engine: InferenceBackend = request.app.state.engine
     tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
-    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed)
+    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
+    pieces = TokenPieces(tokenizer) if body.logprobs is not None else None
     works = [
         ChoiceRequest(
             model.base_model, model.adapter_prefix, render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]),
@@ -44,34 +46,42 @@ async def create_completion(
     ticket = await admit(request, org)
     envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
     if body.stream:
-        return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n))
+        return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n, pieces))
     results = await within_timeout(settings, ticket, _whole(engine, works))
     return Completion(
         id=envelope.id,
         created=envelope.created,
         model=model.id,
         choices=[
-            CompletionChoice(index=index, text=text, finish_reason=reason)
-            for index, (text, reason) in enumerate(results)
+            CompletionChoice(
+                index=index,
+                text=choice.text,
+                finish_reason=choice.finish_reason,
+                logprobs=completion_logprobs(choice.tokens, pieces, 0) if pieces else None,
+            )
+            for index, choice in enumerate(results)
         ],
         usage=_usage(works),
     )
 
 
-async def _whole(engine: InferenceBackend, works: list[ChoiceRequest]) -> list[tuple[str, str]]:
+async def _whole(engine: InferenceBackend, works: list[ChoiceRequest]) -> list[WholeChoice]:
     """The choices of every prompt, prompt by prompt: choice j of prompt i has index i·n + j, as OpenAI's."""
     return [choice for work in works for choice in await whole_choices(engine, work)]
 
 
 async def _chunks(
-    engine: InferenceBackend, works: list[ChoiceRequest], envelope: ChunkEnvelope, n: int
+    engine: InferenceBackend, works: list[ChoiceRequest], envelope: ChunkEnvelope, n: int, pieces: TokenPieces | None
 ) -> AsyncIterator[dict]:
+    sent: dict[int, int] = {}  # characters of each choice's text streamed so far: where its next tokens begin
     for offset, work in enumerate(works):
         async for delta in choice_deltas(engine, work):
-            if delta.text or delta.finish_reason:
+            if delta.text or delta.finish_reason or (pieces and delta.tokens):
                 index = offset * n + delta.index
-                choice = {"index": index, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
-                yield envelope.wrap([choice])
+                logprobs = completion_logprobs(delta.tokens, pieces, sent.get(index, 0)) if pieces else None
+                sent[index] = sent.get(index, 0) + len(delta.text)
+                choice = {"index": index, "text": delta.text, "logprobs": logprobs}
+                yield envelope.wrap([choice | {"finish_reason": delta.finish_reason}])
     if envelope.include_usage:
         yield envelope.usage(_usage(works).model_dump())
 

@@ -1,6 +1,6 @@
 """Text completion requests and replies in OpenAI's shapes."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -12,7 +12,7 @@ class CompletionCreate(SamplingFields):
     prompt: str | list[str] = Field(min_length=1)
     echo: Literal[False] = False
     best_of: Literal[1] | None = None
-    logprobs: None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: None = None
 
     def prompts(self) -> list[str]:
@@ -23,7 +23,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):

@@ -16,10 +16,21 @@ class SamplingParams:
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely alternatives
 
 
-class TokenStream(Iterator[int], Protocol):
-    """Generated token ids as they come, an end-of-turn token last when the model stopped by itself.
+@dataclass(frozen=True, slots=True)
+class GeneratedToken:
+    """One generated token; with `SamplingParams.logprobs`, its log-probability under the model (before temperature
+    and top-p, as OpenAI reports them) and the most likely tokens at its position, best first."""
+
+    id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+class TokenStream(Iterator[GeneratedToken], Protocol):
+    """Generated tokens as they come, an end-of-turn token last when the model stopped by itself.
 
     Iterating blocks until the next token and raises the backend's error, if any. `cancel()` (a stop sequence
     was met, or the client went away) frees the generation's place at once.
@@ -31,15 +42,15 @@ class TokenStream(Iterator[int], Protocol):
 _END = object()
 
 
-class QueuedTokenStream(Iterator[int]):
+class QueuedTokenStream(Iterator[GeneratedToken]):
     """A `TokenStream` fed from another thread (a decode loop, an HTTP reader, an event loop) through a queue:
-    token ids, then the end or one error, which the reader gets raised once."""
+    tokens, then the end or one error, which the reader gets raised once."""
 
     def __init__(self) -> None:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ended = False
 
-    def __next__(self) -> int:
+    def __next__(self) -> GeneratedToken:
         if self._ended:
             raise StopIteration
         item = self._items.get()
@@ -50,7 +61,7 @@ class QueuedTokenStream(Iterator[int]):
             raise item
         return item
 
-    def _put(self, token: int) -> None:
+    def _put(self, token: GeneratedToken) -> None:
         self._items.put(token)
 
     def _end(self) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
-from app.inference.backend import InferenceBackend, SamplingParams, TokenStream
+from app.inference.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
 
 _END = object()
@@ -17,6 +17,14 @@ class ChoiceDelta:
     index: int
     text: str
     finish_reason: FinishReason | None  # set on the last delta of a choice
+    tokens: tuple[GeneratedToken, ...] = ()  # generated since the previous delta (an end-of-turn token left out)
+
+
+@dataclass(frozen=True)
+class WholeChoice:
+    text: str
+    finish_reason: FinishReason
+    tokens: tuple[GeneratedToken, ...]
 
 
 @dataclass
@@ -76,28 +84,33 @@ async def _read(
     deltas: "asyncio.Queue[ChoiceDelta | BaseException]",
 ) -> None:
     """Puts choice `index`'s deltas on the queue, the last with its finish reason (or the error it met)."""
-    text = Detokenizer(
-        engine.tokenizer(request.base_model_id), engine.end_of_turn_ids(request.base_model_id), request.stop
-    )
+    end_ids = engine.end_of_turn_ids(request.base_model_id)
+    text = Detokenizer(engine.tokenizer(request.base_model_id), end_ids, request.stop)
+    pending: list[GeneratedToken] = []  # tokens whose text has not been sent with a delta yet
     try:
         while not text.finished and (token := await run_in_threadpool(next, tokens, _END)) is not _END:
-            if delta := text.feed(token):
-                deltas.put_nowait(ChoiceDelta(index, delta, None))
+            if token.id not in end_ids:
+                pending.append(token)
+            if delta := text.feed(token.id):
+                deltas.put_nowait(ChoiceDelta(index, delta, None, tuple(pending)))
+                pending.clear()
     except Exception as error:
         deltas.put_nowait(error)
         return
     finally:
         tokens.cancel()
-    deltas.put_nowait(ChoiceDelta(index, text.close(), text.finish_reason))
+    deltas.put_nowait(ChoiceDelta(index, text.close(), text.finish_reason, tuple(pending)))
     request.completion_tokens += text.completion_tokens
 
 
-async def whole_choices(engine: InferenceBackend, request: ChoiceRequest) -> list[tuple[str, FinishReason]]:
-    """Each choice's full text and finish reason."""
+async def whole_choices(engine: InferenceBackend, request: ChoiceRequest) -> list[WholeChoice]:
+    """Each choice's full text, finish reason and tokens."""
     texts = [""] * request.n
     reasons: list[FinishReason] = ["length"] * request.n
+    tokens: list[tuple[GeneratedToken, ...]] = [()] * request.n
     async for delta in choice_deltas(engine, request):
         texts[delta.index] += delta.text
+        tokens[delta.index] += delta.tokens
         if delta.finish_reason is not None:
             reasons[delta.index] = delta.finish_reason
-    return list(zip(texts, reasons, strict=True))
+    return [WholeChoice(*choice) for choice in zip(texts, reasons, tokens, strict=True)]

@@ -23,10 +23,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.chat_format import render_prompt_ids
+from app.errors import Overloaded
 from app.inference.backend import SamplingParams
 from app.inference.batching import ContinuousBatcher, TokenStream
 from app.inference.detokenize import Detokenizer, FinishReason
-from app.inference.lora_slots import AdapterSlots
+from app.inference.lora_slots import AdapterSlots, SlotsFull
 
 FetchAdapter = Callable[[str, Path], None]
 
@@ -113,8 +114,9 @@ class InferenceEngine:
             if adapter_name and adapter_dir:
                 self._load(base, adapter_name, adapter_dir)
             return base.batcher.submit(
-                prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids
-            )
+                prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids,
+                params.logprobs,
+            )  # fmt: skip
 
         return base.batcher.run_between_steps(submit)
 
@@ -132,8 +134,8 @@ class InferenceEngine:
         text = Detokenizer(tokenizer, self.end_of_turn_ids(base_model_id), stop or [])
         tokens = self.stream_tokens(base_model_id, adapter_name, prompt_ids, params)
         parts = []
-        for token_id in tokens:
-            parts.append(text.feed(token_id))
+        for token in tokens:
+            parts.append(text.feed(token.id))
             if text.finished:
                 tokens.cancel()
                 break
@@ -199,13 +201,21 @@ class InferenceEngine:
         within the limits. Called between decode steps only."""
         if adapter_name not in base.recency:
             self._evict_idle(base, room_for_one=True)
-            base.slots.load(adapter_name, adapter_dir)
+            try:
+                base.slots.load(adapter_name, adapter_dir)
+            except SlotsFull:  # every resident adapter is pinned or used by a request still generating
+                raise Overloaded(
+                    "Every adapter slot of this server holds a model that requests are using right now; "
+                    "retry in a moment",
+                    retry_after=1,
+                ) from None
             base.recency[adapter_name] = None
         base.recency.move_to_end(adapter_name)
-        self._evict_idle(base, room_for_one=False)  # a larger rank may have grown every slot
+        # A larger rank may have grown every slot. The adapter just loaded stays: its request is not submitted yet.
+        self._evict_idle(base, room_for_one=False, loading=adapter_name)
 
-    def _evict_idle(self, base: _LoadedBase, room_for_one: bool) -> None:
-        keep = base.batcher.adapters_in_use() | self._pinned
+    def _evict_idle(self, base: _LoadedBase, room_for_one: bool, loading: str | None = None) -> None:
+        keep = base.batcher.adapters_in_use() | self._pinned | {loading}
         idle = [name for name in base.recency if name not in keep]
         extra = 1 if room_for_one else 0
         while idle and self._over_budget(base, len(base.recency) + extra):

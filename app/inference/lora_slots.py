@@ -12,9 +12,15 @@ Layout: every linear layer that some loaded adapter targets is wrapped once (`_S
 `lora_a [slots, rank, in]` and `lora_b [slots, out, rank]`; slot s is one adapter, its B already multiplied by
 the adapter's scaling, zero-padded to the largest rank loaded, and all zeros in layers the adapter does not target.
 Before a forward, `routed(adapters)` turns the rows' adapters into one routing (computed once, read by every
-layer): rows are grouped by slot, each group padded to the largest group's size, so each layer computes
-`bmm(bmm(x_grouped, A[slots]ᵀ), B[slots]ᵀ)` and adds each real row's result back. When every row uses the same
-adapter that is two plain matmuls; rows without an adapter cost nothing.
+layer): rows are grouped by adapter, each group padded to the largest group's size, so each layer computes
+`bmm(bmm(x_grouped, Aᵀ), Bᵀ)` over the batch's adapters and adds each real row's result back. When every row uses
+the same adapter that is two plain matmuls; rows without an adapter cost nothing.
+
+The batch's adapters are staged: their Aᵀ and Bᵀ are copied into a second, smaller stack (one position per adapter
+of the running batch) that the `bmm`s read. Gathering them from the slots at every forward would copy every
+adapter's weights at every step, which costs more than the LoRA computation itself; staged, an adapter is copied
+once when it joins the batch, into the position of one that left. Holes left by adapters that left cost a group
+of padding rows until a newcomer takes them. Staging takes up to one slot's memory per row of the batch.
 """
 
 import json
@@ -37,10 +43,14 @@ class UnsupportedAdapter(ValueError):
     """The adapter holds something besides LoRA matrices on linear layers (DoRA, embeddings, saved modules)."""
 
 
+class SlotsFull(RuntimeError):
+    """Every slot holds an adapter: one must be unloaded first."""
+
+
 @dataclass(frozen=True)
 class _Routing:
     single: int | None  # the slot of every row, when they all use one adapter
-    slots: torch.Tensor | None = None  # [groups] the distinct slots of the batch
+    groups: int = 0  # staged positions in use: one group of rows per position
     gather: torch.Tensor | None = None  # [groups × group size] row of each grouped position (padding repeats one)
     rows: torch.Tensor | None = None  # rows with an adapter …
     positions: torch.Tensor | None = None  # … and where their results are in the grouped layout
@@ -60,6 +70,8 @@ class _SlottedLinear(nn.Module):
         options = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.lora_a = torch.zeros(slots, rank, base.in_features, **options)
         self.lora_b = torch.zeros(slots, base.out_features, rank, **options)
+        self.staged_a_t = self.lora_a.new_zeros(0, base.in_features, rank)  # [positions, in, rank]
+        self.staged_b_t = self.lora_b.new_zeros(0, rank, base.out_features)  # [positions, rank, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -68,20 +80,33 @@ class _SlottedLinear(nn.Module):
             return y
         if routing.single is not None:
             return y + F.linear(F.linear(x, self.lora_a[routing.single]), self.lora_b[routing.single])
-        groups = routing.slots.shape[0]
-        grouped = x.index_select(0, routing.gather).reshape(groups, -1, x.shape[-1])
-        low_rank = torch.bmm(grouped, self.lora_a.index_select(0, routing.slots).transpose(1, 2))
-        delta = torch.bmm(low_rank, self.lora_b.index_select(0, routing.slots).transpose(1, 2))
+        grouped = x.index_select(0, routing.gather).reshape(routing.groups, -1, x.shape[-1])
+        low_rank = torch.bmm(grouped, self.staged_a_t[: routing.groups])
+        delta = torch.bmm(low_rank, self.staged_b_t[: routing.groups])
         delta = delta.reshape(-1, *y.shape[1:]).index_select(0, routing.positions)
         return y.index_add_(0, routing.rows, delta)
 
+    def stage(self, position: int, slot: int) -> None:
+        """Copy slot `slot`'s Aᵀ and Bᵀ to staged position `position`, growing the stack when it is too short."""
+        if position >= self.staged_a_t.shape[0]:
+            positions = max(position + 1, 2 * self.staged_a_t.shape[0])
+            grown_a = self.staged_a_t.new_zeros(positions, *self.lora_a.shape[:0:-1])
+            grown_b = self.staged_b_t.new_zeros(positions, *self.lora_b.shape[:0:-1])
+            grown_a[: self.staged_a_t.shape[0]] = self.staged_a_t
+            grown_b[: self.staged_b_t.shape[0]] = self.staged_b_t
+            self.staged_a_t, self.staged_b_t = grown_a, grown_b
+        self.staged_a_t[position] = self.lora_a[slot].T
+        self.staged_b_t[position] = self.lora_b[slot].T
+
     def resize(self, slots: int, rank: int) -> None:
-        """Grow to `slots` slots of rank `rank`, keeping what is loaded."""
+        """Grow to `slots` slots of rank `rank`, keeping what is loaded; the staged stack is emptied."""
         old_a, old_b = self.lora_a, self.lora_b
         self.lora_a = old_a.new_zeros(slots, rank, old_a.shape[2])
         self.lora_b = old_b.new_zeros(slots, old_b.shape[1], rank)
         self.lora_a[: old_a.shape[0], : old_a.shape[1]] = old_a
         self.lora_b[: old_b.shape[0], :, : old_b.shape[2]] = old_b
+        self.staged_a_t = old_a.new_zeros(0, old_a.shape[2], rank)
+        self.staged_b_t = old_b.new_zeros(0, rank, old_b.shape[1])
 
     def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put one adapter's matrices (B already scaled) in `slot`; None clears it."""
@@ -126,6 +151,7 @@ class AdapterSlots:
         self._slot_of: dict[str, int] = {}
         self._capacity = 0
         self._rank = 0
+        self._staged: list[int | None] = []  # staged position → the slot whose weights it holds (None: free)
         self._routing = _RoutingHolder()
 
     def __contains__(self, name: object) -> bool:
@@ -142,10 +168,11 @@ class AdapterSlots:
             used = set(self._slot_of.values())
             slot = next((s for s in range(self._capacity) if s not in used), self._capacity)
             if slot >= self._max_slots:
-                raise RuntimeError(f"all {self._max_slots} adapter slots are in use: unload one first")
+                raise SlotsFull(f"all {self._max_slots} adapter slots are in use: unload one first")
         self._fit(slot + 1, max(a.shape[0] for a, _ in pairs.values()))
         for path in pairs:
             self._layer(path)
+        self._unstage(slot)
         for path, layer in self._layers.items():
             a, b = pairs.get(path, (None, None))
             layer.write(slot, a, b)
@@ -153,7 +180,7 @@ class AdapterSlots:
 
     def unload(self, name: str) -> None:
         """Free the adapter's slot; the next adapter loaded there overwrites it."""
-        del self._slot_of[name]
+        self._unstage(self._slot_of.pop(name))
 
     def slot_bytes(self) -> int:
         """Memory one adapter takes here (every wrapped layer, at the largest rank loaded)."""
@@ -180,16 +207,37 @@ class AdapterSlots:
         members = {slot: [row for row, s in enumerate(slots) if s == slot] for slot in distinct}
         size = max(len(rows) for rows in members.values())
         gather, rows, positions = [], [], []
-        for group, slot in enumerate(distinct):
-            gather += members[slot] + [members[slot][0]] * (size - len(members[slot]))
-            rows += members[slot]
-            positions += range(group * size, group * size + len(members[slot]))
+        for group, slot in enumerate(self._stage(distinct)):
+            members_here = members.get(slot, [0])  # a free position: a group of padding, its result dropped
+            gather += members_here + [members_here[0]] * (size - len(members_here))
+            if slot in members:
+                rows += members[slot]
+                positions += range(group * size, group * size + len(members[slot]))
         device = next(iter(self._layers.values())).lora_a.device
 
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, device=device)
 
-        return _Routing(None, tensor(distinct), tensor(gather), tensor(rows), tensor(positions))
+        return _Routing(None, len(self._staged), tensor(gather), tensor(rows), tensor(positions))
+
+    def _stage(self, distinct: list[int]) -> list[int | None]:
+        """Stage the batch's adapters: those already staged stay where they are, the others take the positions of
+        adapters no longer in the batch (or new ones at the end). Returns what each position then holds."""
+        wanted = set(distinct)
+        staged = [slot if slot in wanted else None for slot in self._staged]
+        for slot in sorted(wanted - set(staged)):
+            position = staged.index(None) if None in staged else len(staged)
+            staged[position : position + 1] = [slot]
+            for layer in self._layers.values():
+                layer.stage(position, slot)
+        while staged and staged[-1] is None:
+            staged.pop()
+        self._staged = staged
+        return staged
+
+    def _unstage(self, slot: int) -> None:
+        """The slot's weights change: its staged copy, if any, is stale."""
+        self._staged = [None if staged == slot else staged for staged in self._staged]
 
     def _fit(self, slots: int, rank: int) -> None:
         """Make room for `slots` slots of rank `rank`: capacity doubles (to at most `max_slots`) when it grows."""
@@ -198,6 +246,7 @@ class AdapterSlots:
         if slots > self._capacity:
             self._capacity = min(max(slots, 2 * self._capacity), self._max_slots)
         self._rank = max(rank, self._rank)
+        self._staged = []
         for layer in self._layers.values():
             layer.resize(self._capacity, self._rank)
 
@@ -211,4 +260,5 @@ class AdapterSlots:
                 raise UnsupportedAdapter(f"the adapter targets {path}, which is not a linear layer")
             layer = self._layers[path] = _SlottedLinear(base, self._routing, self._capacity, self._rank)
             setattr(parent, attribute, layer)
+            self._staged = []  # the new layer has nothing staged: every adapter is staged again
         return layer

@@ -20,7 +20,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from app.base_models.registry import BaseModelRegistry
 from app.errors import LoraportError, ServiceUnavailable
-from app.inference.backend import QueuedTokenStream, SamplingParams
+from app.inference.backend import GeneratedToken, QueuedTokenStream, SamplingParams
 
 log = structlog.get_logger()
 API_PREFIX = "/internal/v1"
@@ -47,7 +47,7 @@ class ReplicaError(LoraportError):
 
 
 class RemoteTokenStream(QueuedTokenStream):
-    """Token ids read off a replica's streamed response by a background thread.
+    """Tokens read off a replica's streamed response by a background thread.
 
     `cancel()` ends the stream at once and shuts the connection down, which the replica sees as a client gone
     away: it cancels the generation there and frees its batch row.
@@ -79,7 +79,7 @@ class RemoteTokenStream(QueuedTokenStream):
                     continue
                 item = json.loads(line)
                 if "token" in item:
-                    self._put(int(item["token"]))
+                    self._put(_token(item))
                 elif "error" in item:
                     error = item["error"]
                     self._fail(ReplicaError(error, int(error.get("status") or 500)))
@@ -93,6 +93,12 @@ class RemoteTokenStream(QueuedTokenStream):
             with self._lock:
                 self._reading = False
             self._response.close()
+
+
+def _token(line: dict) -> GeneratedToken:
+    alternatives = tuple((int(token), float(logprob)) for token, logprob in line.get("top_logprobs", ()))
+    logprob = line.get("logprob")
+    return GeneratedToken(int(line["token"]), None if logprob is None else float(logprob), alternatives)
 
 
 def _shutdown(response: httpx.Response) -> None:
@@ -161,6 +167,7 @@ class RemoteBackend:
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": params.seed,
+            "logprobs": params.logprobs,
         }
         for replica in self.order(base_model_id, adapter_name):
             request = self._client.build_request("POST", f"{replica}{API_PREFIX}/generate", json=body)

@@ -1,9 +1,10 @@
 """`loraport serve-inference`: one inference backend behind internal HTTP endpoints, for API processes that
 generate remotely (`LORAPORT_INFERENCE_REPLICAS`, `app/inference/remote.py`).
 
-    POST /internal/v1/generate  {base_model, adapter, prompt_ids, max_tokens, temperature, top_p, seed}
-         → one JSON line per token, {"token": id}; a last {"error": {…, "status"}} line if generation fails
-           after it began. A client that closes the connection cancels the generation.
+    POST /internal/v1/generate  {base_model, adapter, prompt_ids, max_tokens, temperature, top_p, seed, logprobs}
+         → one JSON line per token, {"token": id}, with "logprob" and "top_logprobs" ([[id, logprob], …]) when
+           asked; a last {"error": {…, "status"}} line if generation fails after it began. A client that closes the
+           connection cancels the generation.
     POST /internal/v1/warm      {base_model, adapter}
     POST /internal/v1/evict     {adapter}
     GET  /internal/v1/health
@@ -28,7 +29,7 @@ from app.base_models.from_settings import registry_from_settings
 from app.base_models.registry import UnknownBaseModel
 from app.config import Settings, get_settings
 from app.errors import AuthenticationFailed, LoraportError, ServiceUnavailable, error_body, install_error_handlers
-from app.inference.backend import InferenceBackend, SamplingParams, TokenStream
+from app.inference.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.inference.factory import build_local_backend
 from app.inference.remote import API_PREFIX
 from app.inference.warmup import AdapterWarmer, pin_models_in_background
@@ -45,6 +46,7 @@ class GenerateBody(BaseModel):
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int | None = None
+    logprobs: int | None = Field(default=None, ge=0)
 
 
 class WarmBody(BaseModel):
@@ -97,7 +99,7 @@ class _TrackedStream:
     def __iter__(self) -> "_TrackedStream":
         return self
 
-    def __next__(self) -> int:
+    def __next__(self) -> GeneratedToken:
         try:
             return next(self._tokens)
         except BaseException:
@@ -133,7 +135,7 @@ class _TokenLines(StreamingResponse):
 @router.post("/generate")
 async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
     backend: InferenceBackend = request.app.state.backend
-    params = SamplingParams(body.max_tokens, body.temperature, body.top_p, body.seed)
+    params = SamplingParams(body.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
     try:
         tokens = await run_in_threadpool(backend.stream_tokens, body.base_model, body.adapter, body.prompt_ids, params)
     except UnknownBaseModel as error:
@@ -146,7 +148,7 @@ async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
 async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
     try:
         while (token := await run_in_threadpool(next, tokens, _END)) is not _END:
-            yield json.dumps({"token": token}) + "\n"
+            yield json.dumps(_token_line(token)) + "\n"
     except LoraportError as error:
         yield _error_line(error_body(error.message, error.type, error.param, error.code), error.status_code)
     except Exception:
@@ -155,6 +157,13 @@ async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
         yield _error_line(error_body(message, "server_error", None, None), 500)
     finally:
         tokens.cancel()
+
+
+def _token_line(token: GeneratedToken) -> dict:
+    line: dict = {"token": token.id}
+    if token.logprob is not None:
+        line |= {"logprob": token.logprob, "top_logprobs": token.top_logprobs}
+    return line
 
 
 def _error_line(body: dict, status: int) -> str:

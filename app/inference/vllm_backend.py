@@ -29,7 +29,7 @@ from app.base_models.disk_cache import build_once
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.errors import UnprocessableEntity
-from app.inference.backend import QueuedTokenStream, SamplingParams
+from app.inference.backend import GeneratedToken, QueuedTokenStream, SamplingParams
 from app.inference.engine import FetchAdapter, adapter_directory_name
 
 log = structlog.get_logger()
@@ -93,7 +93,24 @@ def vllm_sampling_arguments(params: SamplingParams, end_of_turn_ids: set[int]) -
         "seed": None if greedy or params.seed is None else params.seed % 2**63,
         "stop_token_ids": sorted(end_of_turn_ids),  # vLLM keeps the stop token in the output, as TokenStream wants
         "detokenize": False,  # the API detokenizes (stop sequences included) with the base model's tokenizer
+        # vLLM's logprobs are the model's own by default (`logprobs_mode` "raw_logprobs"), as the torch engine's.
+        "logprobs": params.logprobs,
     }
+
+
+def generated_tokens(
+    token_ids: list[int], logprobs: list[dict[int, Any]] | None, top: int | None
+) -> list[GeneratedToken]:
+    """Our tokens from a vLLM output's new `token_ids` and their `logprobs` (per token, {token id: Logprob}: the
+    `top` most likely and the sampled one)."""
+    if top is None or logprobs is None:
+        return [GeneratedToken(token) for token in token_ids]
+    tokens = []
+    for token, candidates in zip(token_ids, logprobs, strict=True):
+        best = sorted(candidates.items(), key=lambda item: -item[1].logprob)[:top]
+        alternatives = tuple((candidate, logprob.logprob) for candidate, logprob in best)
+        tokens.append(GeneratedToken(token, candidates[token].logprob, alternatives))
+    return tokens
 
 
 def vllm_engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]:
@@ -131,7 +148,7 @@ def adapter_rank(adapter_dir: Path) -> int:
 
 
 class LoopTokenStream(QueuedTokenStream):
-    """A `TokenStream` fed by `chunks()` (lists of token ids), which runs as a task on `loop`, in another thread.
+    """A `TokenStream` fed by `chunks()` (lists of tokens), which runs as a task on `loop`, in another thread.
 
     Iterating blocks until the next token and raises the task's error, if any. `cancel()` ends the stream at once,
     cancels the task and runs `on_cancel()` on the loop (for vLLM: abort the request); it returns without waiting.
@@ -140,7 +157,7 @@ class LoopTokenStream(QueuedTokenStream):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        chunks: Callable[[], AsyncIterator[list[int]]],
+        chunks: Callable[[], AsyncIterator[list[GeneratedToken]]],
         on_cancel: Callable[[], Awaitable[None]],
     ) -> None:
         self._loop = loop
@@ -159,7 +176,7 @@ class LoopTokenStream(QueuedTokenStream):
     async def _cancelled(self) -> None:
         await self._on_cancel()
 
-    async def _pump(self, chunks: Callable[[], AsyncIterator[list[int]]]) -> None:
+    async def _pump(self, chunks: Callable[[], AsyncIterator[list[GeneratedToken]]]) -> None:
         try:
             async for chunk in chunks():
                 for token in chunk:
@@ -256,9 +273,10 @@ class VllmEngine:
         prompt = vllm.TokensPrompt(prompt_token_ids=list(prompt_ids))
         request_id = f"loraport-{uuid.uuid4().hex}"
 
-        async def chunks() -> AsyncIterator[list[int]]:
+        async def chunks() -> AsyncIterator[list[GeneratedToken]]:
             async for output in base.engine.generate(prompt, sampling, request_id, lora_request=lora):
-                yield list(output.outputs[0].token_ids)
+                new = output.outputs[0]
+                yield generated_tokens(list(new.token_ids), new.logprobs, params.logprobs)
 
         # Cancelling the task also makes vLLM's generate() abort the request; the explicit abort covers a request
         # that its generate() had not yet registered. Aborting an unknown or finished request is a no-op in vLLM.

@@ -47,9 +47,9 @@ def served(peft_model, make_model, tmp_path_factory) -> tuple[PreTrainedModel, A
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
-    ids = [render_prompt_ids(tokenizer, [{"role": "user", "content": question}]) for question in QUESTIONS]
-    assert len({len(prompt) for prompt in ids}) == len(ids)  # different lengths, so rows are padded
-    return ids
+    rendered = [render_prompt_ids(tokenizer, [{"role": "user", "content": question}]) for question in QUESTIONS]
+    assert len({len(prompt) for prompt in rendered}) == len(rendered)  # different lengths, so rows are padded
+    return rendered
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,11 @@ def submit_together(batcher: ContinuousBatcher, requests: list[tuple]) -> list[T
 
 
 def take(stream: TokenStream, n: int) -> list[int]:
-    return [next(stream) for _ in range(n)]
+    return [next(stream).id for _ in range(n)]
+
+
+def ids(stream: TokenStream) -> list[int]:
+    return [token.id for token in stream]
 
 
 JOBS = [(0, "first"), (1, "second"), (2, None), (1, "first"), (0, None)]
@@ -161,7 +165,18 @@ def test_every_row_of_a_mixed_batch_generates_what_it_would_alone(served, prompt
     batcher = make_batcher(served, max_prefill_tokens=max_prefill_tokens)
     try:
         streams = submit_together(batcher, [(prompts[prompt], adapter, eos) for prompt, adapter in JOBS])
-        assert [list(stream) for stream in streams] == expected
+        assert [ids(stream) for stream in streams] == expected
+    finally:
+        batcher.close()
+
+
+def test_generations_longer_than_the_cache_buffers_grow_them(served, peft_model, prompts):
+    never = {-1}  # no end-of-turn token: every row generates all 80 tokens, past the first buffers' free columns
+    expected = [solo(peft_model, prompts[prompt], adapter, never, 80) for prompt, adapter in JOBS[:3]]
+    batcher = make_batcher(served)
+    try:
+        streams = submit_together(batcher, [(prompts[prompt], adapter, never, 80) for prompt, adapter in JOBS[:3]])
+        assert [ids(stream) for stream in streams] == expected
     finally:
         batcher.close()
 
@@ -175,7 +190,7 @@ def test_a_request_joins_the_running_batch(stepped_batcher, stepper, prompts, eo
     third = greedy(stepped_batcher, prompts[2], None, eos)
     stepper.allow()
 
-    assert [started + list(first), list(second), list(third)] == expected
+    assert [started + ids(first), ids(second), ids(third)] == expected
     assert (3, 1) in forward_shapes  # a decode step ran the three rows together
 
 
@@ -189,10 +204,10 @@ def test_cancelled_stream_ends_and_its_row_leaves_the_batch(
     take(doomed, 3)
 
     doomed.cancel()
-    assert list(doomed) == []
+    assert ids(doomed) == []
     stepper.allow()
 
-    assert list(survivor) == expected
+    assert ids(survivor) == expected
     assert forward_shapes[:3] == [(2, len(prompts[1])), (2, 1), (2, 1)]
     later = [rows for rows, _ in forward_shapes[3:]]
     # The step that was waiting for a permit when the stream was cancelled may still hold both rows; no later one.
@@ -203,13 +218,13 @@ def test_a_seed_gives_the_same_sample_whatever_the_neighbours(batcher, prompts, 
     def sample(seed: int) -> TokenStream:
         return batcher.submit(prompts[1], "first", 12, temperature=1.0, top_p=0.9, seed=seed, eos_token_ids=set())
 
-    alone = list(sample(seed=7))
+    alone = ids(sample(seed=7))
     with_neighbours = batcher.run_between_steps(
         lambda: [greedy(batcher, prompts[0], "second", eos), sample(seed=7), greedy(batcher, prompts[2], None, eos)]
     )
-    other_seed = list(sample(seed=8))
+    other_seed = ids(sample(seed=8))
 
-    assert list(with_neighbours[1]) == alone
+    assert ids(with_neighbours[1]) == alone
     assert len(alone) == 12
     assert other_seed != alone
 
@@ -218,8 +233,8 @@ def test_a_row_ends_at_an_end_of_turn_token_included_or_at_max_new_tokens(batche
     expected = reference(2, "second")
     end = expected[3]
     stopped, cut = submit_together(batcher, [(prompts[2], "second", {end}), (prompts[2], "second", set(), 4)])
-    assert list(stopped) == expected[: expected.index(end) + 1]
-    assert list(cut) == expected[:4]
+    assert ids(stopped) == expected[: expected.index(end) + 1]
+    assert ids(cut) == expected[:4]
 
 
 def test_a_failing_forward_reaches_every_row_of_the_step(batcher, served, prompts, eos, reference, monkeypatch):
@@ -238,8 +253,8 @@ def test_a_failing_forward_reaches_every_row_of_the_step(batcher, served, prompt
 
     for stream in streams:
         with pytest.raises(RuntimeError, match="out of memory"):
-            list(stream)
-    assert list(greedy(batcher, prompts[2], "second", eos)) == expected  # and the batcher goes on
+            ids(stream)
+    assert ids(greedy(batcher, prompts[2], "second", eos)) == expected  # and the batcher goes on
 
 
 def test_an_unknown_adapter_fails_only_its_own_request(batcher, prompts, eos, reference):
@@ -247,7 +262,7 @@ def test_an_unknown_adapter_fails_only_its_own_request(batcher, prompts, eos, re
     unknown, known = submit_together(batcher, [(prompts[0], "missing", eos), (prompts[1], "second", eos)])
     with pytest.raises(ValueError, match="missing"):
         next(unknown)
-    assert list(known) == expected
+    assert ids(known) == expected
 
 
 def test_a_model_without_adapters_batches_base_rows(make_model, prompts, eos):
@@ -256,7 +271,7 @@ def test_a_model_without_adapters_batches_base_rows(make_model, prompts, eos):
     batcher = ContinuousBatcher(model, AdapterSlots(model, max_slots=1), "cpu")
     try:
         streams = submit_together(batcher, [(prompt, None, eos) for prompt in prompts])
-        assert [list(stream) for stream in streams] == expected
+        assert [ids(stream) for stream in streams] == expected
     finally:
         batcher.close()
 
@@ -277,7 +292,7 @@ def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(
 
         newcomer = greedy(batcher, long_prompt, "second", eos)
 
-        assert [started + list(running), list(newcomer)] == expected
+        assert [started + ids(running), ids(newcomer)] == expected
         prefill = [i for i, (_, columns) in enumerate(forward_shapes) if columns > 1]
         assert [forward_shapes[i] for i in prefill] == [
             (1, min(chunk, len(long_prompt) - start)) for start in range(0, len(long_prompt), chunk)
@@ -286,3 +301,31 @@ def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(
         assert between == [[(1, 1)]] * (chunks - 1)  # the running row decodes one token after each chunk
     finally:
         batcher.close()
+
+
+def test_log_probabilities_are_the_models_own_for_each_row_of_a_mixed_batch(served, peft_model, prompts, eos):
+    """Sampled at temperature 1.3, each row's log-probabilities are still those of its own model (OpenAI's
+    convention): the log-softmax of the logits peft computes for the prompt and the tokens generated so far."""
+    batcher = make_batcher(served)
+    jobs = [(0, "first"), (1, "second"), (2, None)]
+    try:
+        streams = batcher.run_between_steps(
+            lambda: [
+                batcher.submit(prompts[p], a, 6, temperature=1.3, top_p=1, seed=5, eos_token_ids=set(), logprobs=3)
+                for p, a in jobs
+            ]
+        )
+        generated = [list(stream) for stream in streams]
+    finally:
+        batcher.close()
+
+    for (prompt, adapter), tokens in zip(jobs, generated, strict=True):
+        sequence = torch.tensor([prompts[prompt] + [token.id for token in tokens]])
+        with torch.inference_mode():
+            logits = peft_model(input_ids=sequence, adapter_names=[adapter or "__base__"]).logits[0]
+        expected = torch.log_softmax(logits[len(prompts[prompt]) - 1 : -1].float(), dim=-1)
+        for position, token in enumerate(tokens):
+            assert token.logprob == pytest.approx(float(expected[position, token.id]), abs=1e-4)
+            best = expected[position].topk(3)
+            assert [alternative for alternative, _ in token.top_logprobs] == best.indices.tolist()
+            assert [value for _, value in token.top_logprobs] == pytest.approx(best.values.tolist(), abs=1e-4)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from app.chat_format import render_prompt_ids
+from app.errors import Overloaded
 from app.inference import InferenceEngine
 from app.inference.backend import SamplingParams
 from tests.unit.tiny_models import TINY_MODEL_ID, conversation
@@ -128,7 +129,7 @@ def test_tokens_stream_one_by_one_and_cancelling_the_stream_stops_generation(eng
     first = next(tokens)
     tokens.cancel()  # the client went away
 
-    assert isinstance(first, int)
+    assert isinstance(first.id, int) and first.logprob is None  # log-probabilities only when asked for
     again = list(engine.stream_tokens(TINY_MODEL_ID, None, prompt, SamplingParams(max_tokens=3, temperature=0)))
     assert 1 <= len(again) <= 3  # the engine is free again: the cancelled stream released it
 
@@ -143,6 +144,19 @@ def test_adapters_are_evicted_to_stay_within_the_memory_budget(registry, store, 
 
     assert engine.loaded_adapters(TINY_MODEL_ID) == ["ft:a", "ft:c"]  # room for two; b was least recently used
     assert ask(engine, "ft:b").text == "Paris"
+
+
+def test_a_new_adapter_gets_a_429_while_every_slot_holds_a_pinned_adapter(registry, store, tmp_path):
+    engine = InferenceEngine(registry, store, cache_dir=tmp_path / "adapters", max_adapters=1, max_batch_size=1)
+    for name in ["ft:hot", "ft:warm"]:  # two slots: the cache's one, and one for a running request's adapter
+        engine.pin(TINY_MODEL_ID, name)
+
+    with pytest.raises(Overloaded) as refused:
+        ask(engine, "ft:new")
+    assert refused.value.status_code == 429 and refused.value.headers == {"Retry-After": "1"}
+
+    engine.evict("ft:warm")
+    assert ask(engine, "ft:new").text == "Paris"
 
 
 def test_a_pinned_adapter_is_never_evicted(engine):

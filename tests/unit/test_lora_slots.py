@@ -63,6 +63,36 @@ def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model):
     assert not torch.allclose(mixed[0], base[0], atol=1e-3)  # the adapters do change the logits
 
 
+def test_batches_that_change_between_forwards_keep_matching_peft(peft_model, adapter_dirs, make_model):
+    """The staged copies follow the batch: adapters leave (a hole) and join (into the hole), an adapter is unloaded
+    and another loaded into its slot while staged, one that targets layers not wrapped yet arrives, and a staged
+    adapter is loaded again with other weights."""
+    model = make_model().eval()
+    slots = AdapterSlots(model, max_slots=3)
+    slots.load("wide", adapter_dirs["wide"])
+    slots.load("narrow", adapter_dirs["narrow"])
+    input_ids = torch.randint(5, 300, (4, 6), generator=torch.Generator().manual_seed(1))
+
+    def check(rows: list[str | None], weights: dict[str, str] | None = None) -> None:
+        as_peft = [(weights or {}).get(row, row) if row else "__base__" for row in rows]
+        with torch.inference_mode():
+            expected = peft_model(input_ids=input_ids, adapter_names=as_peft).logits
+            with slots.routed(rows):
+                got = model(input_ids=input_ids).logits
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    check(["wide", "narrow", None, "wide"])
+    check(["narrow", None, None, "narrow"])  # wide left: its position is a hole
+    slots.unload("wide")
+    slots.load("rslora", adapter_dirs["rslora"])  # into wide's slot; targets k_proj and up_proj, not wrapped yet
+    check(["rslora", "narrow", "rslora", None])
+    slots.unload("rslora")
+    slots.load("wide", adapter_dirs["wide"])  # back into the slot rslora is staged from
+    check(["wide", "narrow", "narrow", "wide"])
+    slots.load("narrow", adapter_dirs["rslora"])  # the same name, new weights, in its staged slot
+    check(["wide", "narrow", "narrow", "wide"], weights={"narrow": "rslora"})
+
+
 def test_a_full_slot_table_and_unknown_adapters_are_refused(adapter_dirs, make_model):
     slots = AdapterSlots(make_model().eval(), max_slots=1)
     slots.load("wide", adapter_dirs["wide"])

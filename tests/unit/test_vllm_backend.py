@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from app.base_models import BaseModelRegistry
 from app.config import Settings
-from app.inference.backend import SamplingParams
+from app.inference.backend import GeneratedToken, SamplingParams
 from app.inference.engine import _end_of_turn_ids
 from app.inference.vllm_backend import (
     MAX_GPU_LORAS,
@@ -27,6 +28,7 @@ from app.inference.vllm_backend import (
     VllmUnavailable,
     adapter_rank,
     end_of_turn_ids_of,
+    generated_tokens,
     lora_int_id,
     vllm_engine_arguments,
     vllm_sampling_arguments,
@@ -44,6 +46,7 @@ def test_greedy_params_drop_top_p_and_seed():
         "seed": None,
         "stop_token_ids": [2, 7],
         "detokenize": False,
+        "logprobs": None,
     }
 
 
@@ -143,22 +146,48 @@ async def _nothing() -> None:
     pass
 
 
+def test_log_probabilities_come_from_vllms_per_token_candidates():
+    @dataclass
+    class Logprob:  # vllm.logprobs.Logprob's fields
+        logprob: float
+        rank: int | None = None
+        decoded_token: str | None = None
+
+    candidates = [
+        {4: Logprob(-0.1, 1), 9: Logprob(-2.5, 2)},
+        {4: Logprob(-0.3, 1), 9: Logprob(-1.9, 2), 11: Logprob(-4.0, 7)},  # 11 sampled, outside the top 2
+    ]
+
+    tokens = generated_tokens([4, 11], candidates, top=2)
+
+    assert tokens == [
+        GeneratedToken(4, -0.1, ((4, -0.1), (9, -2.5))),
+        GeneratedToken(11, -4.0, ((4, -0.3), (9, -1.9))),
+    ]
+    assert generated_tokens([4, 11], None, top=None) == [GeneratedToken(4), GeneratedToken(11)]
+    assert vllm_sampling_arguments(SamplingParams(max_tokens=1, logprobs=2), END_IDS)["logprobs"] == 2
+
+
+def tokens(*ids: int) -> list[GeneratedToken]:
+    return [GeneratedToken(token) for token in ids]
+
+
 def test_loop_token_stream_hands_over_the_tokens_in_order(loop):
-    async def chunks() -> AsyncIterator[list[int]]:
-        for chunk in ([1, 2], [], [3]):
+    async def chunks() -> AsyncIterator[list[GeneratedToken]]:
+        for chunk in (tokens(1, 2), [], tokens(3)):
             await asyncio.sleep(0)
             yield chunk
 
-    assert list(LoopTokenStream(loop, chunks, _nothing)) == [1, 2, 3]
+    assert list(LoopTokenStream(loop, chunks, _nothing)) == tokens(1, 2, 3)
 
 
 def test_loop_token_stream_raises_the_error_of_its_source(loop):
-    async def chunks() -> AsyncIterator[list[int]]:
-        yield [5]
+    async def chunks() -> AsyncIterator[list[GeneratedToken]]:
+        yield tokens(5)
         raise ValueError("engine failed")
 
     stream = LoopTokenStream(loop, chunks, _nothing)
-    assert next(stream) == 5
+    assert next(stream) == GeneratedToken(5)
     with pytest.raises(ValueError, match="engine failed"):
         next(stream)
     assert list(stream) == []
@@ -167,11 +196,11 @@ def test_loop_token_stream_raises_the_error_of_its_source(loop):
 def test_cancelling_a_loop_token_stream_ends_it_stops_its_source_and_calls_on_cancel(loop):
     started, source_stopped, aborted = threading.Event(), threading.Event(), threading.Event()
 
-    async def endless() -> AsyncIterator[list[int]]:
+    async def endless() -> AsyncIterator[list[GeneratedToken]]:
         try:
             while True:
                 started.set()
-                yield [1]
+                yield tokens(1)
                 await asyncio.sleep(0.01)
         finally:
             source_stopped.set()
@@ -180,10 +209,10 @@ def test_cancelling_a_loop_token_stream_ends_it_stops_its_source_and_calls_on_ca
         aborted.set()
 
     stream = LoopTokenStream(loop, endless, abort)
-    assert next(stream) == 1 and started.wait(5)
+    assert next(stream) == GeneratedToken(1) and started.wait(5)
     stream.cancel()
     assert source_stopped.wait(5) and aborted.wait(5)
-    assert all(token == 1 for token in stream)  # what came before the cancel, then the end
+    assert all(token.id == 1 for token in stream)  # what came before the cancel, then the end
     stream.cancel()  # again: harmless
 
 
