@@ -341,9 +341,9 @@ class ContinuousBatcher:
                     taken.append(row)
         return taken
 
-    def _forward(self, rows: list[_Row], **inputs: Any) -> torch.Tensor:
-        """Last-position logits, each row through its own adapter."""
-        with self._adapters.routed([row.adapter for row in rows]):
+    def _forward(self, rows: list[_Row], decoding: bool, **inputs: Any) -> torch.Tensor:
+        """Last-position logits, each row through its own adapter (the running batch's stay staged)."""
+        with self._adapters.routed([row.adapter for row in rows], staged=decoding):
             return self._model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _start_prefill(self, rows: list[_Row]) -> None:
@@ -374,7 +374,7 @@ class ContinuousBatcher:
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, prefill.done :]
         try:
             logits = self._forward(
-                prefill.rows, input_ids=prefill.input_ids[:, prefill.done : end], attention_mask=mask,
+                prefill.rows, decoding=False, input_ids=prefill.input_ids[:, prefill.done : end], attention_mask=mask,
                 position_ids=positions, cache=prefill.cache,
             )  # fmt: skip
         except Exception as error:
@@ -401,7 +401,7 @@ class ContinuousBatcher:
         positions = torch.tensor([[row.length] for row in rows], device=self._device)
         mask = F.pad(batch.mask, (0, 1), value=1)
         logits = self._forward(
-            rows, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache
+            rows, decoding=True, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache
         )
         batch.mask = mask
         for row in rows:

@@ -16,11 +16,13 @@ layer): rows are grouped by adapter, each group padded to the largest group's si
 `bmm(bmm(x_grouped, Aᵀ), Bᵀ)` over the batch's adapters and adds each real row's result back. When every row uses
 the same adapter that is two plain matmuls; rows without an adapter cost nothing.
 
-The batch's adapters are staged: their Aᵀ and Bᵀ are copied into a second, smaller stack (one position per adapter
-of the running batch) that the `bmm`s read. Gathering them from the slots at every forward would copy every
-adapter's weights at every step, which costs more than the LoRA computation itself; staged, an adapter is copied
-once when it joins the batch, into the position of one that left. Holes left by adapters that left cost a group
-of padding rows until a newcomer takes them. Staging takes up to one slot's memory per row of the batch.
+The running batch's adapters are staged (`routed(..., staged=True)`, for decode steps): their Aᵀ and Bᵀ are copied
+into a second, smaller stack (one position per adapter of the batch) that the `bmm`s read. Gathering them from the
+slots at every step would copy every adapter's weights at every step, which costs more than the LoRA computation
+itself; staged, an adapter is copied once when it joins the batch, into the position of one that left. Holes left
+by adapters that left cost a group of padding rows until a newcomer takes them. Staging takes up to one slot's
+memory per row of the batch. Other forwards (a prefill of a few newcomers) gather their adapters' weights for
+themselves, and leave the staged stack as the decode steps need it.
 """
 
 import json
@@ -50,7 +52,8 @@ class SlotsFull(RuntimeError):
 @dataclass(frozen=True)
 class _Routing:
     single: int | None  # the slot of every row, when they all use one adapter
-    groups: int = 0  # staged positions in use: one group of rows per position
+    groups: int = 0  # one group of rows per staged position in use, or per slot in `slots`
+    slots: torch.Tensor | None = None  # [groups] the slots to gather for this forward; None: read the staged stack
     gather: torch.Tensor | None = None  # [groups × group size] row of each grouped position (padding repeats one)
     rows: torch.Tensor | None = None  # rows with an adapter …
     positions: torch.Tensor | None = None  # … and where their results are in the grouped layout
@@ -80,9 +83,13 @@ class _SlottedLinear(nn.Module):
             return y
         if routing.single is not None:
             return y + F.linear(F.linear(x, self.lora_a[routing.single]), self.lora_b[routing.single])
+        if routing.slots is None:
+            a_t, b_t = self.staged_a_t[: routing.groups], self.staged_b_t[: routing.groups]
+        else:
+            a_t = self.lora_a.index_select(0, routing.slots).transpose(1, 2)
+            b_t = self.lora_b.index_select(0, routing.slots).transpose(1, 2)
         grouped = x.index_select(0, routing.gather).reshape(routing.groups, -1, x.shape[-1])
-        low_rank = torch.bmm(grouped, self.staged_a_t[: routing.groups])
-        delta = torch.bmm(low_rank, self.staged_b_t[: routing.groups])
+        delta = torch.bmm(torch.bmm(grouped, a_t), b_t)
         delta = delta.reshape(-1, *y.shape[1:]).index_select(0, routing.positions)
         return y.index_add_(0, routing.rows, delta)
 
@@ -187,18 +194,20 @@ class AdapterSlots:
         return sum(layer.slot_bytes() for layer in self._layers.values())
 
     @contextmanager
-    def routed(self, adapters: list[str | None]) -> Iterator[None]:
-        """Within the block, row i of a forward pass uses adapter `adapters[i]` (None: the base model alone)."""
+    def routed(self, adapters: list[str | None], staged: bool = False) -> Iterator[None]:
+        """Within the block, row i of a forward pass uses adapter `adapters[i]` (None: the base model alone).
+        `staged`: these are the rows of the running batch, whose adapters stay staged from one step to the next."""
         unknown = sorted({name for name in adapters if name is not None and name not in self._slot_of})
         if unknown:
             raise KeyError(f"adapters not loaded: {unknown}")
-        self._routing.current = self._route([self._slot_of[name] if name else None for name in adapters])
+        slots = [self._slot_of[name] if name else None for name in adapters]
+        self._routing.current = self._route(slots, staged)
         try:
             yield
         finally:
             self._routing.current = None
 
-    def _route(self, slots: list[int | None]) -> _Routing | None:
+    def _route(self, slots: list[int | None], staged: bool) -> _Routing | None:
         distinct = sorted({slot for slot in slots if slot is not None})
         if not distinct:
             return None
@@ -206,8 +215,9 @@ class AdapterSlots:
             return _Routing(single=distinct[0])
         members = {slot: [row for row, s in enumerate(slots) if s == slot] for slot in distinct}
         size = max(len(rows) for rows in members.values())
+        groups = self._stage(distinct) if staged else distinct
         gather, rows, positions = [], [], []
-        for group, slot in enumerate(self._stage(distinct)):
+        for group, slot in enumerate(groups):
             members_here = members.get(slot, [0])  # a free position: a group of padding, its result dropped
             gather += members_here + [members_here[0]] * (size - len(members_here))
             if slot in members:
@@ -218,7 +228,8 @@ class AdapterSlots:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, device=device)
 
-        return _Routing(None, len(self._staged), tensor(gather), tensor(rows), tensor(positions))
+        gathered = None if staged else tensor(distinct)
+        return _Routing(None, len(groups), gathered, tensor(gather), tensor(rows), tensor(positions))
 
     def _stage(self, distinct: list[int]) -> list[int | None]:
         """Stage the batch's adapters: those already staged stay where they are, the others take the positions of

@@ -39,7 +39,8 @@ def adapter_dirs(peft_model, tmp_path_factory) -> dict[str, Path]:
     return {name: save(peft_model, name, tmp_path_factory.mktemp(name)) for name in CONFIGS}
 
 
-def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model):
+@pytest.mark.parametrize("staged", [False, True], ids=["gathered", "staged"])
+def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model, staged):
     model = make_model().eval()
     slots = AdapterSlots(model, max_slots=2)  # grows from 1 slot, and rank 2 → 8, as adapters arrive
     for name in ["narrow", "wide"]:
@@ -51,7 +52,7 @@ def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model):
 
     with torch.inference_mode():
         expected = peft_model(input_ids=input_ids, adapter_names=[row or "__base__" for row in rows]).logits
-        with slots.routed(rows):
+        with slots.routed(rows, staged=staged):
             mixed = model(input_ids=input_ids).logits
         with slots.routed(["wide"] * len(rows)):
             single = model(input_ids=input_ids).logits
@@ -77,12 +78,14 @@ def test_batches_that_change_between_forwards_keep_matching_peft(peft_model, ada
         as_peft = [(weights or {}).get(row, row) if row else "__base__" for row in rows]
         with torch.inference_mode():
             expected = peft_model(input_ids=input_ids, adapter_names=as_peft).logits
-            with slots.routed(rows):
+            with slots.routed(rows, staged=True):
                 got = model(input_ids=input_ids).logits
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
     check(["wide", "narrow", None, "wide"])
     check(["narrow", None, None, "narrow"])  # wide left: its position is a hole
+    with torch.inference_mode(), slots.routed(["wide", "narrow", "narrow", None]):  # a prefill: gathers, stages none
+        model(input_ids=input_ids)
     slots.unload("wide")
     slots.load("rslora", adapter_dirs["rslora"])  # into wide's slot; targets k_proj and up_proj, not wrapped yet
     check(["rslora", "narrow", "rslora", None])
