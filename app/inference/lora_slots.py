@@ -19,10 +19,10 @@ the same adapter that is two plain matmuls; rows without an adapter cost nothing
 The running batch's adapters are staged (`routed(..., staged=True)`, for decode steps): their Aᵀ and Bᵀ are copied
 into a second, smaller stack (one position per adapter of the batch) that the `bmm`s read. Gathering them from the
 slots at every step would copy every adapter's weights at every step, which costs more than the LoRA computation
-itself; staged, an adapter is copied once when it joins the batch, into the position of one that left. Holes left
-by adapters that left cost a group of padding rows until a newcomer takes them. Staging takes up to one slot's
-memory per row of the batch. Other forwards (a prefill of a few newcomers) gather their adapters' weights for
-themselves, and leave the staged stack as the decode steps need it.
+itself; staged, an adapter is copied once when it joins the batch, into the position of one that left (an adapter
+staged beyond the batch's count moves down the same way), so the stack never holds more than the batch's adapters.
+Staging takes up to one slot's memory per row of the batch. Other forwards (a prefill of a few newcomers) gather
+their adapters' weights for themselves, and leave the staged stack as the decode steps need it.
 """
 
 import json
@@ -158,7 +158,7 @@ class AdapterSlots:
         self._slot_of: dict[str, int] = {}
         self._capacity = 0
         self._rank = 0
-        self._staged: list[int | None] = []  # staged position → the slot whose weights it holds (None: free)
+        self._staged: list[int | None] = []  # staged position → the slot whose weights it holds (None: none valid)
         self._routing = _RoutingHolder()
 
     def __contains__(self, name: object) -> bool:
@@ -218,11 +218,9 @@ class AdapterSlots:
         groups = self._stage(distinct) if staged else distinct
         gather, rows, positions = [], [], []
         for group, slot in enumerate(groups):
-            members_here = members.get(slot, [0])  # a free position: a group of padding, its result dropped
-            gather += members_here + [members_here[0]] * (size - len(members_here))
-            if slot in members:
-                rows += members[slot]
-                positions += range(group * size, group * size + len(members[slot]))
+            gather += members[slot] + [members[slot][0]] * (size - len(members[slot]))
+            rows += members[slot]
+            positions += range(group * size, group * size + len(members[slot]))
         device = next(iter(self._layers.values())).lora_a.device
 
         def tensor(values: list[int]) -> torch.Tensor:
@@ -231,18 +229,17 @@ class AdapterSlots:
         gathered = None if staged else tensor(distinct)
         return _Routing(None, len(groups), gathered, tensor(gather), tensor(rows), tensor(positions))
 
-    def _stage(self, distinct: list[int]) -> list[int | None]:
-        """Stage the batch's adapters: those already staged stay where they are, the others take the positions of
-        adapters no longer in the batch (or new ones at the end). Returns what each position then holds."""
-        wanted = set(distinct)
-        staged = [slot if slot in wanted else None for slot in self._staged]
-        for slot in sorted(wanted - set(staged)):
-            position = staged.index(None) if None in staged else len(staged)
-            staged[position : position + 1] = [slot]
+    def _stage(self, distinct: list[int]) -> list[int]:
+        """Stage the batch's adapters at positions 0 … len(distinct) - 1; returns the slot at each position. An
+        adapter already staged within those positions stays; the others (new to the batch, or staged beyond them)
+        are copied into the positions of adapters that left, so the stack holds the batch's adapters only."""
+        size = len(distinct)
+        staged = (self._staged + [None] * size)[:size]
+        free = [position for position, slot in enumerate(staged) if slot not in distinct]
+        for position, slot in zip(free, sorted(set(distinct) - set(staged)), strict=True):
+            staged[position] = slot
             for layer in self._layers.values():
                 layer.stage(position, slot)
-        while staged and staged[-1] is None:
-            staged.pop()
         self._staged = staged
         return staged
 

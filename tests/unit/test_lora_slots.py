@@ -65,9 +65,9 @@ def test_mixed_rows_match_peft_row_by_row(peft_model, adapter_dirs, make_model, 
 
 
 def test_batches_that_change_between_forwards_keep_matching_peft(peft_model, adapter_dirs, make_model):
-    """The staged copies follow the batch: adapters leave (a hole) and join (into the hole), an adapter is unloaded
-    and another loaded into its slot while staged, one that targets layers not wrapped yet arrives, and a staged
-    adapter is loaded again with other weights."""
+    """The staged copies follow the batch: adapters leave (the last one moves into the freed position) and join, an
+    adapter is unloaded and another loaded into its slot while staged, one that targets layers not wrapped yet
+    arrives, and a staged adapter is loaded again with other weights."""
     model = make_model().eval()
     slots = AdapterSlots(model, max_slots=3)
     slots.load("wide", adapter_dirs["wide"])
@@ -83,7 +83,7 @@ def test_batches_that_change_between_forwards_keep_matching_peft(peft_model, ada
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
     check(["wide", "narrow", None, "wide"])
-    check(["narrow", None, None, "narrow"])  # wide left: its position is a hole
+    check(["narrow", None, None, "narrow"])  # wide left: narrow moves into its position
     with torch.inference_mode(), slots.routed(["wide", "narrow", "narrow", None]):  # a prefill: gathers, stages none
         model(input_ids=input_ids)
     slots.unload("wide")
