@@ -1,0 +1,137 @@
+"""The evaluation report of a fine-tune: held-out answers of the base model and of the fine-tuned one, scored side
+by side, with a verdict in plain words and the warnings a user should not miss."""
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from app.evaluation.scoring import AnswerScore, Summary, score_answer, summarize, worst
+
+TOO_UNCERTAIN = 0.3  # a 95 % interval of the exact-match rate wider than this is called out
+WORST_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class HeldOutExample:
+    prompt: list[dict]  # the conversation up to the answer
+    target: str  # the answer the example holds
+
+
+def held_out_examples(conversations: Sequence[list[dict]], max_examples: int) -> list[HeldOutExample]:
+    """At most `max_examples` held-out examples: each conversation's last assistant turn is the target, the turns
+    before it the prompt. Conversations without an assistant turn after some other turn are skipped."""
+    examples = []
+    for messages in conversations:
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+        if last == 0 or not isinstance(messages[last].get("content"), str):
+            continue
+        examples.append(HeldOutExample(messages[:last], messages[last]["content"]))
+        if len(examples) == max_examples:
+            break
+    return examples
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Per finished epoch: the mean training loss and the validation loss; and the epoch kept as the model."""
+
+    train: list[float]
+    valid: list[float]
+    kept_epoch: int | None
+
+
+def evaluation_report(
+    examples: Sequence[HeldOutExample],
+    base_answers: Sequence[str],
+    tuned_answers: Sequence[str],
+    losses: Losses | None = None,
+    leaked_examples: int = 0,
+) -> dict:
+    """The report as the API returns it and the results file holds it."""
+    if not examples:
+        raise ValueError("no held-out examples to evaluate on")
+    base_scores = [score_answer(a, e.target) for a, e in zip(base_answers, examples, strict=True)]
+    tuned_scores = [score_answer(a, e.target) for a, e in zip(tuned_answers, examples, strict=True)]
+    base, tuned = summarize(base_scores), summarize(tuned_scores)
+    return {
+        "held_out_examples": len(examples),
+        "base_model": asdict(base),
+        "fine_tuned_model": asdict(tuned),
+        "verdict": verdict(base, tuned, losses),
+        "warnings": warnings(tuned, losses, leaked_examples),
+        "worst_examples": [
+            _side_by_side(examples[i], base_answers[i], tuned_answers[i], tuned_scores[i])
+            for i in worst(tuned_scores, WORST_SHOWN)
+            if not tuned_scores[i].exact
+        ],
+    }
+
+
+def verdict(base: Summary, tuned: Summary, losses: Losses | None) -> str:
+    """E.g. "fine-tuned: 92 % exact (base: 0 %); format kept in 100 % of answers; fields right: 97 % (base: 31 %);
+    validation loss lowest at epoch 2 of 3 (kept)"."""
+    parts = [f"fine-tuned: {_percent(tuned.exact)} exact (base: {_percent(base.exact)})"]
+    if tuned.format_kept is not None:
+        parts.append(f"format kept in {_percent(tuned.format_kept)} of answers (base: {_percent(base.format_kept)})")
+    if tuned.field_accuracy is not None:
+        parts.append(f"fields right: {_percent(tuned.field_accuracy)} (base: {_percent(base.field_accuracy)})")
+    if tuned.format_kept is None:
+        parts.append(f"chrF {tuned.chrf:.0f} (base: {base.chrf:.0f})")
+    if losses and losses.valid and losses.kept_epoch:
+        lowest = 1 + min(range(len(losses.valid)), key=losses.valid.__getitem__)
+        kept = " (kept)" if lowest == losses.kept_epoch else f"; epoch {losses.kept_epoch} kept"
+        parts.append(f"validation loss lowest at epoch {lowest} of {len(losses.valid)}{kept}")
+    return "; ".join(parts)
+
+
+def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int) -> list[dict]:
+    found = []
+    low, high = tuned.exact_interval
+    if high - low > TOO_UNCERTAIN:
+        found.append({
+            "code": "small_held_out_set",
+            "message": (
+                f"Only {tuned.examples} held-out examples: the fine-tuned model's {_percent(tuned.exact)} exact "
+                f"could be anywhere from {_percent(low)} to {_percent(high)} (95 % interval); hold out more"
+            ),
+        })  # fmt: skip
+    if losses and _overfitting(losses):
+        found.append({
+            "code": "overfitting",
+            "message": (
+                f"Validation loss rose from {min(losses.valid):.4f} to {losses.valid[-1]:.4f} while the training "
+                f"loss fell to {losses.train[-1]:.4f}: the model memorises its training examples"
+                + (f"; epoch {losses.kept_epoch} is kept" if losses.kept_epoch else "")
+            ),
+        })  # fmt: skip
+    if leaked_examples:
+        found.append({
+            "code": "validation_leakage",
+            "message": (
+                f"{leaked_examples} held-out example(s) also appear in the training file: the scores above "
+                "flatter the model"
+            ),
+        })  # fmt: skip
+    return found
+
+
+def _overfitting(losses: Losses) -> bool:
+    """The validation loss ended above its lowest point while the training loss kept falling past it."""
+    if len(losses.valid) < 2 or len(losses.train) != len(losses.valid):
+        return False
+    best = min(range(len(losses.valid)), key=losses.valid.__getitem__)
+    return best < len(losses.valid) - 1 and losses.train[-1] < losses.train[best]
+
+
+def _side_by_side(example: HeldOutExample, base_answer: str, tuned_answer: str, score: AnswerScore) -> dict:
+    return {
+        "prompt": example.prompt,
+        "target": example.target,
+        "base_answer": base_answer,
+        "fine_tuned_answer": tuned_answer,
+        "field_accuracy": score.field_accuracy,
+        "chrf": round(score.chrf, 1),
+    }
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f} %"
