@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 import redis
 import uvicorn
+from fastapi import FastAPI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -89,11 +91,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.as_environment()}
 
 
-@pytest.fixture(scope="session")
-def api_base_url(settings: Settings) -> Iterator[str]:
-    """The real API served by uvicorn on a free loopback port, in this process."""
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, in this process."""
     port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -101,9 +103,18 @@ def api_base_url(settings: Settings) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the API server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def api_base_url(settings: Settings) -> Iterator[str]:
+    """The real API served by uvicorn on a free loopback port, in this process."""
+    with serving(create_app(settings)) as url:
+        yield url
 
 
 def new_org_key(settings: Settings, org_name: str) -> str:

@@ -3,16 +3,13 @@ through the openai SDK, against the real services."""
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
@@ -21,31 +18,12 @@ from app.errors import LoraportError
 from app.inference.engine import adapter_directory_name
 from app.inference.remote import RemoteBackend, rendezvous_order
 from app.main import create_app
-from tests.conftest import ROOT, sdk_client, settings_env
+from tests.conftest import ROOT, sdk_client, serving, settings_env
 from tests.workers import stop
 
 TOKEN = "replica-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHAT = [{"role": "user", "content": "Name three colours."}]
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on a free loopback port, in this process."""
-    port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def api_with_replicas(settings: Settings, replicas: list[str], token: str | None) -> FastAPI:
