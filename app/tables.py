@@ -83,6 +83,9 @@ class FineTuningJob(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Resolved LoRA and trainer settings (the `lora` extension object), fixed at creation.
     training_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The `evaluation` extension object, fixed at creation (None: jobs created before it, evaluated by default).
+    evaluation_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the report, once the job succeeded
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     estimated_finish: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)

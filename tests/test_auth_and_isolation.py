@@ -76,6 +76,7 @@ def test_another_organisation_gets_404_for_every_object(
         lambda: other_client.fine_tuning.jobs.cancel(job_id),
         lambda: other_client.fine_tuning.jobs.list_events(job_id),
         lambda: other_client.fine_tuning.jobs.checkpoints.list(job_id),
+        lambda: other_client.get(f"/fine_tuning/jobs/{job_id}/evaluation", cast_to=object),
         lambda: other_client.models.retrieve(model_id),
         lambda: other_client.models.delete(model_id),
         lambda: other_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}]),

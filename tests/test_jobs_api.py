@@ -189,3 +189,26 @@ def test_bad_lora_settings_say_what_is_wrong(
     with pytest.raises(openai.BadRequestError) as error:
         client.fine_tuning.jobs.create(model=BASE, training_file=training_file, extra_body={"lora": lora})
     assert expected in error.value.message
+
+
+def test_evaluation_options_default_can_be_set_and_are_checked(
+    client: openai.OpenAI, other_client: openai.OpenAI, training_file: str
+) -> None:
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
+    assert job.evaluation == {"max_examples": 50, "max_tokens": 256}  # type: ignore[attr-defined]
+    off = client.fine_tuning.jobs.create(
+        model=BASE, training_file=training_file, extra_body={"evaluation": {"max_examples": 0}}
+    )
+    assert client.fine_tuning.jobs.retrieve(off.id).evaluation["max_examples"] == 0  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(
+            model=BASE, training_file=training_file, extra_body={"evaluation": {"max_examples": -1}}
+        )
+    assert error.value.param == "evaluation.max_examples"
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.get(f"/fine_tuning/jobs/{job.id}/evaluation", cast_to=object)
+    assert "it is written when the job succeeds, and the job is queued" in missing.value.message
+    with pytest.raises(openai.NotFoundError) as hidden:
+        other_client.get(f"/fine_tuning/jobs/{job.id}/evaluation", cast_to=object)
+    assert "evaluation" not in hidden.value.message  # another organisation learns nothing about the job

@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 import torch
 from sqlalchemy import select
+from transformers import PreTrainedTokenizerBase
 
 from app.adapter_manifest import verified_fetch
 from app.base_models.registry import BaseModelRegistry
@@ -17,18 +18,21 @@ from app.datasets import leakage
 from app.datasets.report import lines_text
 from app.db import transaction
 from app.devices import compute_device
+from app.evaluation.report import Losses
 from app.files.report import profile
 from app.inference.warmup import announce_adapter
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved, learning_rate
+from app.jobs.schemas import EvaluationOptions
 from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples
+from worker.evaluation import evaluate_fine_tune
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
-from worker.results import store_results
+from worker.results import store_evaluation, store_results
 from worker.training.data import split_held_out
 from worker.training.state import TrainingState
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
@@ -118,10 +122,13 @@ def _discard_training_states(store: ObjectStore, organization_id: str, job_id: s
     store.delete_prefix(training_states_prefix(organization_id, job_id))
 
 
-def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key: str, validation_key: str) -> None:
-    """Validation examples that also appear in training make the held-out loss look better than it is."""
+def _leaked_examples(
+    url: str, store: ObjectStore, job_id: str, training_key: str, validation_key: str, announce: bool
+) -> int:
+    """How many validation examples also appear in training (they make held-out scores look better than they
+    are); when `announce`, an event says which."""
     shared = leakage(profile(store, training_key).fingerprints(), profile(store, validation_key).fingerprints())
-    if shared["count"]:
+    if shared["count"] and announce:
         lines = sorted(line for group in shared["groups"] for line in group["validation_lines"])
         message = (
             f"{shared['count']} validation example(s) also appear in the training file (validation lines "
@@ -129,6 +136,7 @@ def _warn_about_leakage(url: str, store: ObjectStore, job_id: str, training_key:
         )
         with transaction(url) as session:
             state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
+    return shared["count"]
 
 
 def _hold_out(
@@ -187,8 +195,11 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
     resumed = latest_training_state(url, store, job) if job.attempt > 1 else None
-    if validation_key and resumed is None:
-        _warn_about_leakage(url, store, job_id, training_key, validation_key)
+    leaked = (
+        _leaked_examples(url, store, job_id, training_key, validation_key, announce=resumed is None)
+        if validation_key
+        else 0
+    )
     model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
     config = training_config(registry, job)
     training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
@@ -221,7 +232,8 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
         store.upload_directory(prefix, Path(directory))
-    if _publish(url, store, job, org_name or "", prefix, result):
+        report = _evaluate(url, job, result, tokenizer, Path(directory), held_out, config, leaked)
+    if _publish(url, store, job, org_name or "", prefix, result, report):
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
     else:
         store.delete_prefix(prefix)
@@ -276,13 +288,56 @@ def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
         state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
 
 
+def _evaluate(
+    url: str,
+    job: FineTuningJob,
+    result: TrainingResult,
+    tokenizer: PreTrainedTokenizerBase,
+    adapter_dir: Path,
+    held_out: list[list[dict]],
+    config: TrainingConfig,
+    leaked: int,
+) -> dict | None:
+    """The evaluation report, with events before and after. A failed evaluation is reported, and the trained
+    model is published without it rather than lost."""
+    options = EvaluationOptions(**(job.evaluation_options or {}))
+    if options.max_examples == 0 or not held_out:
+        return None
+    count = min(options.max_examples, len(held_out))
+    with transaction(url) as session:
+        message = f"Evaluating the base model and the fine-tuned model on {count} held-out examples"
+        state.add_event(session, job.id, message, data={"held_out_examples": count})
+    losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
+    try:
+        report = evaluate_fine_tune(result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked)
+    except Exception as error:
+        log.exception("jobs.evaluation.failed", job_id=job.id)
+        report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"
+    else:
+        message = f"Evaluation: {report['verdict']}" if report else "No held-out example has an answer to evaluate"
+        level = "warn" if report and report["warnings"] else "info"
+    with transaction(url) as session:
+        data = {"warnings": report["warnings"]} if report else None
+        state.add_event(session, job.id, message, level=level, data=data)
+    return report
+
+
 def _publish(
-    url: str, store: ObjectStore, job: FineTuningJob, org_name: str, prefix: str, result: TrainingResult
+    url: str,
+    store: ObjectStore,
+    job: FineTuningJob,
+    org_name: str,
+    prefix: str,
+    result: TrainingResult,
+    report: dict | None,
 ) -> bool:
-    """Records the model and the results file if the job is still running (it may have been cancelled)."""
+    """Records the model, the results files and the evaluation report if the job is still running (it may have
+    been cancelled)."""
     name = fine_tuned_model_name(job, org_name)
     with transaction(url) as session:
-        results = store_results(session, store, job)
+        results = [store_results(session, store, job)]
+        if report is not None:
+            results.append(store_evaluation(session, store, job, report))
         if not state.move(
             session,
             job.id,
@@ -290,11 +345,13 @@ def _publish(
             state.SUCCEEDED,
             fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
-            result_files=[results.id],
+            result_files=[file.id for file in results],
+            evaluation=report,
         ):
             log.info("jobs.publish.lost", job_id=job.id)
-            session.expunge(results)
-            store.delete(results.storage_key)
+            for file in results:
+                session.expunge(file)
+                store.delete(file.storage_key)
             return False
         session.add(
             FineTunedModel(

@@ -1,8 +1,10 @@
-"""The job's results file, as OpenAI writes it: one CSV row per step, validation cells blank between evals."""
+"""The job's results files: its metrics as OpenAI writes them (one CSV row per step, validation cells blank
+between evals), and its evaluation report as JSON."""
 
 import csv
 import hashlib
 import io
+import json
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,8 +33,19 @@ def results_csv(session: Session, job_id: str) -> bytes:
 
 
 def store_results(session: Session, store: ObjectStore, job: FineTuningJob) -> StoredFile:
-    """Uploads the CSV and records it as a `fine-tune-results` file of the job's organisation."""
-    content = results_csv(session, job.id)
+    """Uploads the metrics CSV as a `fine-tune-results` file of the job's organisation."""
+    return _store_result_file(session, store, job, "step_metrics.csv", results_csv(session, job.id))
+
+
+def store_evaluation(session: Session, store: ObjectStore, job: FineTuningJob, report: dict) -> StoredFile:
+    """Uploads the evaluation report as a `fine-tune-results` JSON file of the job's organisation."""
+    content = json.dumps(report, indent=2, ensure_ascii=False).encode()
+    return _store_result_file(session, store, job, "evaluation.json", content)
+
+
+def _store_result_file(
+    session: Session, store: ObjectStore, job: FineTuningJob, filename: str, content: bytes
+) -> StoredFile:
     file_id = ids.file_id()
     key = results_key(job.organization_id, file_id)
     writer = store.writer(key)
@@ -41,7 +54,7 @@ def store_results(session: Session, store: ObjectStore, job: FineTuningJob) -> S
     row = StoredFile(
         id=file_id,
         organization_id=job.organization_id,
-        filename="step_metrics.csv",
+        filename=filename,
         purpose="fine-tune-results",
         bytes=len(content),
         status="processed",

@@ -15,16 +15,20 @@ def greedy_answers(
     tokenizer: PreTrainedTokenizerBase,
     end_of_turn_ids: set[int],
     prompts: Sequence[list[dict]],
-    adapter: str | None,
+    adapters: Sequence[str | None],
     max_new_tokens: int,
-) -> list[str]:
-    """One answer per prompt (a conversation ending before the answer), by `adapter` (None: the base model). All
-    prompts are queued at once; the batcher runs as many together as its batch holds."""
-    streams = [
-        batcher.submit(render_prompt_ids(tokenizer, prompt), adapter, max_new_tokens, 0.0, 1.0, None, end_of_turn_ids)
-        for prompt in prompts
-    ]
-    return [_text(stream, Detokenizer(tokenizer, end_of_turn_ids, [])) for stream in streams]
+) -> dict[str | None, list[str]]:
+    """One answer per prompt (a conversation ending before the answer) by each adapter (None: the base model).
+    Every request is queued at once, so the batcher runs as many together as its batch holds, adapters mixed."""
+    prompt_ids = [render_prompt_ids(tokenizer, prompt) for prompt in prompts]
+    streams = {
+        adapter: [batcher.submit(ids, adapter, max_new_tokens, 0.0, 1.0, None, end_of_turn_ids) for ids in prompt_ids]
+        for adapter in adapters
+    }
+    return {
+        adapter: [_text(stream, Detokenizer(tokenizer, end_of_turn_ids, [])) for stream in queued]
+        for adapter, queued in streams.items()
+    }
 
 
 def _text(stream: TokenStream, text: Detokenizer) -> str:

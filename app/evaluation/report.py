@@ -39,23 +39,34 @@ class Losses:
     kept_epoch: int | None
 
 
+@dataclass(frozen=True)
+class TokenMetrics:
+    """Teacher-forced on the held-out examples: loss per answer token, and the share of them predicted exactly."""
+
+    loss: float
+    token_accuracy: float
+
+
 def evaluation_report(
     examples: Sequence[HeldOutExample],
     base_answers: Sequence[str],
     tuned_answers: Sequence[str],
     losses: Losses | None = None,
     leaked_examples: int = 0,
+    token_metrics: tuple[TokenMetrics | None, TokenMetrics | None] = (None, None),
 ) -> dict:
-    """The report as the API returns it and the results file holds it."""
+    """The report as the API returns it and the results file holds it; `token_metrics` of the base model and of
+    the fine-tuned one."""
     if not examples:
         raise ValueError("no held-out examples to evaluate on")
     base_scores = [score_answer(a, e.target) for a, e in zip(base_answers, examples, strict=True)]
     tuned_scores = [score_answer(a, e.target) for a, e in zip(tuned_answers, examples, strict=True)]
     base, tuned = summarize(base_scores), summarize(tuned_scores)
+    base_metrics, tuned_metrics = token_metrics
     return {
         "held_out_examples": len(examples),
-        "base_model": asdict(base),
-        "fine_tuned_model": asdict(tuned),
+        "base_model": asdict(base) | _token_fields(base_metrics),
+        "fine_tuned_model": asdict(tuned) | _token_fields(tuned_metrics),
         "verdict": verdict(base, tuned, losses),
         "warnings": warnings(tuned, losses, leaked_examples),
         "worst_examples": [
@@ -120,6 +131,12 @@ def _overfitting(losses: Losses) -> bool:
         return False
     best = min(range(len(losses.valid)), key=losses.valid.__getitem__)
     return best < len(losses.valid) - 1 and losses.train[-1] < losses.train[best]
+
+
+def _token_fields(metrics: TokenMetrics | None) -> dict:
+    if metrics is None:
+        return {"loss": None, "token_accuracy": None}
+    return {"loss": round(metrics.loss, 4), "token_accuracy": round(metrics.token_accuracy, 4)}
 
 
 def _side_by_side(example: HeldOutExample, base_answer: str, tuned_answer: str, score: AnswerScore) -> dict:

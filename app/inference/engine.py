@@ -58,7 +58,8 @@ def adapter_directory_name(adapter_name: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '_', adapter_name)[:80]}-{_digest(adapter_name)[:12]}"
 
 
-def _end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def model_end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end the model's answer: its generation config's end tokens and the tokenizer's."""
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
@@ -96,7 +97,7 @@ class InferenceEngine:
 
     def end_of_turn_ids(self, base_model_id: str) -> set[int]:
         base = self._base(base_model_id)
-        return set(_end_of_turn_ids(base.model, base.tokenizer))
+        return set(model_end_of_turn_ids(base.model, base.tokenizer))
 
     def stream_tokens(
         self, base_model_id: str, adapter_name: str | None, prompt_ids: list[int], params: SamplingParams
@@ -108,7 +109,7 @@ class InferenceEngine:
         """
         base = self._base(base_model_id)
         adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
-        end_ids = set(_end_of_turn_ids(base.model, base.tokenizer))
+        end_ids = set(model_end_of_turn_ids(base.model, base.tokenizer))
 
         def submit() -> TokenStream:
             if adapter_name and adapter_dir:

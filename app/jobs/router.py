@@ -75,6 +75,13 @@ def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
     return JobPublic.of(job)
 
 
+@router.get("/{job_id}/evaluation")
+def retrieve_evaluation(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    """How the fine-tuned model answers held-out examples compared with its base model (extension)."""
+    report = service.get_evaluation(session, org, job_id)
+    return {"object": "fine_tuning.job.evaluation", "fine_tuning_job_id": job_id, **report}
+
+
 @router.get("/{job_id}/events")
 def list_events(job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
     rows, has_more = service.list_events(session, org, job_id, after, limit)

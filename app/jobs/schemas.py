@@ -46,6 +46,14 @@ class LoraOptions(BaseModel):
     train_on_inputs: bool | None = None  # loss on every token (prompt included), as Together's option
 
 
+class EvaluationOptions(BaseModel):
+    """Our extension object (`extra_body={"evaluation": {...}}`): the held-out evaluation at the end of the job."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_examples: int = Field(default=50, ge=0, le=1000, description="held-out examples answered; 0: no evaluation")
+    max_tokens: int = Field(default=256, ge=1, le=4096, description="the longest answer generated")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -58,6 +66,7 @@ class JobCreate(BaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     lora: LoraOptions | None = None
+    evaluation: EvaluationOptions | None = None
 
 
 class JobError(BaseModel):
@@ -88,6 +97,7 @@ class JobPublic(BaseModel):
     estimated_finish: int | None = None
     user_provided_suffix: str | None
     lora: dict[str, Any]
+    evaluation: EvaluationOptions
 
     @classmethod
     def of(cls, row: FineTuningJob) -> "JobPublic":
@@ -111,6 +121,7 @@ class JobPublic(BaseModel):
             result_files=row.result_files,
             estimated_finish=unix(row.estimated_finish),
             lora=row.training_options,
+            evaluation=EvaluationOptions(**(row.evaluation_options or {})),
         )
 
 

@@ -16,7 +16,7 @@ from app.files.report import structural_report
 from app.files.service import get_file
 from app.jobs import state
 from app.jobs.hyperparameters import resolve
-from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.schemas import EvaluationOptions, Hyperparameters, JobCreate
 from app.jobs.training_options import continue_adapter, resolve_training_options
 from app.pagination import paginate
 from app.scoped import get_owned
@@ -114,6 +114,7 @@ def create_job(
         method={"type": "supervised"},
         hyperparameters=resolved.as_dict(),
         training_options=_training_options(store, registry, start, body),
+        evaluation_options=(body.evaluation or EvaluationOptions()).model_dump(),
         job_metadata=body.metadata,
     )
     session.add(job)
@@ -127,6 +128,22 @@ def create_job(
 
 def get_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
     return get_owned(session, FineTuningJob, org.id, job_id, "fine-tuning job")
+
+
+def get_evaluation(session: Session, org: Organization, job_id: str) -> dict:
+    """The job's evaluation report; a 404 says why there is none."""
+    job = get_job(session, org, job_id)
+    if job.evaluation is not None:
+        return job.evaluation
+    if job.status in state.ACTIVE:
+        why = f"it is written when the job succeeds, and the job is {job.status}"
+    elif job.status != state.SUCCEEDED:
+        why = f"the job {job.status}"
+    elif (job.evaluation_options or {}).get("max_examples") == 0:
+        why = "evaluation was turned off for it (evaluation.max_examples 0)"
+    else:
+        why = "it had no held-out example to evaluate on, or the evaluation failed (its events say which)"
+    raise NotFound(f"Job '{job.id}' has no evaluation report: {why}", code="evaluation_not_found")
 
 
 def list_jobs(session: Session, org: Organization, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:

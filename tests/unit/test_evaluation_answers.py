@@ -37,11 +37,10 @@ def test_greedy_answers_equal_peft_generating_each_alone(make_model, tokenizer, 
 
     batcher = ContinuousBatcher(model, slots, "cpu", max_batch_size=2)  # fewer rows than prompts: they queue
     try:
-        base = greedy_answers(batcher, tokenizer, end, PROMPTS, None, 10)
-        tuned = greedy_answers(batcher, tokenizer, end, PROMPTS, "tuned", 10)
+        answers = greedy_answers(batcher, tokenizer, end, PROMPTS, [None, "tuned"], 10)
     finally:
         batcher.close()
 
-    assert base == [alone(prompt, tuned=False) for prompt in PROMPTS]
-    assert tuned == [alone(prompt, tuned=True) for prompt in PROMPTS]
-    assert base != tuned
+    assert answers[None] == [alone(prompt, tuned=False) for prompt in PROMPTS]
+    assert answers["tuned"] == [alone(prompt, tuned=True) for prompt in PROMPTS]
+    assert answers[None] != answers["tuned"]

@@ -11,7 +11,7 @@ from app.base_models import BaseModelRegistry
 from app.embedded.process import free_ports
 from app.errors import ServiceUnavailable
 from app.inference.backend import SamplingParams
-from app.inference.engine import _end_of_turn_ids
+from app.inference.engine import model_end_of_turn_ids
 from app.inference.remote import RemoteBackend, rendezvous_order
 from tests.unit.tiny_models import TINY_MODEL_ID
 
@@ -86,7 +86,7 @@ def test_the_api_side_reads_end_of_turn_ids_as_the_engine_does(
     models_file.write_text(json.dumps([{"id": "m", "source": "local", "location": str(model_dir)}]))
     registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=models_file)
 
-    expected = set(_end_of_turn_ids(*registry.load("m")))
+    expected = set(model_end_of_turn_ids(*registry.load("m")))
     assert RemoteBackend(["http://127.0.0.1:1"], registry).end_of_turn_ids("m") == expected
     assert len(expected) == (2 if generation_config == "eos list" else 1)
 

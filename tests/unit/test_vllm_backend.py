@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from app.base_models import BaseModelRegistry
 from app.config import Settings
 from app.inference.backend import GeneratedToken, SamplingParams
-from app.inference.engine import _end_of_turn_ids
+from app.inference.engine import model_end_of_turn_ids
 from app.inference.vllm_backend import (
     MAX_GPU_LORAS,
     MAX_LORA_RANK,
@@ -114,13 +114,13 @@ def test_engine_arguments_cap_gpu_slots_and_keep_cpu_cache_at_least_as_large(tmp
 
 def test_end_of_turn_ids_match_the_torch_engines(tiny_model_dir, tokenizer, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert end_of_turn_ids_of(tiny_model_dir, tokenizer) == set(_end_of_turn_ids(model, tokenizer))
+    assert end_of_turn_ids_of(tiny_model_dir, tokenizer) == set(model_end_of_turn_ids(model, tokenizer))
 
     without_generation_config = tmp_path / "model"
     shutil.copytree(tiny_model_dir, without_generation_config)
     (without_generation_config / "generation_config.json").unlink(missing_ok=True)
     model = AutoModelForCausalLM.from_pretrained(without_generation_config)
-    expected = set(_end_of_turn_ids(model, tokenizer))
+    expected = set(model_end_of_turn_ids(model, tokenizer))
     assert end_of_turn_ids_of(without_generation_config, tokenizer) == expected == {tokenizer.eos_token_id}
 
 

@@ -1,7 +1,7 @@
 """What a run needs to continue after a crash exactly as if it had never stopped, taken at the end of an epoch."""
 
 import io
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -27,10 +27,11 @@ class TrainingState:
     valid_accuracies: list[float]
     best_epoch: int | None  # 1-based, by validation loss; None without validation examples
     best_adapter: dict[str, torch.Tensor] | None  # the best epoch's adapter when it is not the latest
+    train_losses: list[float] = field(default_factory=list)  # mean step loss of each finished epoch
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save({field.name: getattr(self, field.name) for field in fields(self)}, buffer)
+        torch.save({name.name: getattr(self, name.name) for name in fields(self)}, buffer)
         return buffer.getvalue()
 
     @classmethod

@@ -87,6 +87,7 @@ class TrainingResult:
     best_epoch: int | None = None  # 1-based epoch whose adapter is returned; None without validation examples
     epochs_run: int = 0  # epochs that finished
     epoch_losses: list[float] = field(default_factory=list)  # valid_loss of each finished epoch
+    epoch_train_losses: list[float] = field(default_factory=list)  # mean step loss of each finished epoch
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,21 @@ def evaluate(
     return total / count, correct / count
 
 
+def held_out_metrics(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    config: TrainingConfig,
+) -> tuple[float, float] | None:
+    """Loss per assistant token and token accuracy of `model` on `conversations`, tokenized as training tokenizes
+    them; None when none has an assistant token within `max_seq_length`."""
+    examples = _tokenize(tokenizer, conversations, config.max_seq_length, config.train_on_inputs)
+    if not examples:
+        return None
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return evaluate(model, examples, config.batch_size, pad_token_id, config.cpu_bf16)
+
+
 def _tokenize(
     tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], max_length: int, train_on_inputs: bool
 ) -> list[TokenizedExample]:
@@ -379,7 +395,12 @@ def train_lora(
         valid_losses=[], valid_accuracies=[], best_epoch=None, best_adapter=None,
     )  # fmt: skip
     if resume is not None:
-        run = replace(resume, valid_losses=list(resume.valid_losses), valid_accuracies=list(resume.valid_accuracies))
+        run = replace(
+            resume,
+            valid_losses=list(resume.valid_losses),
+            valid_accuracies=list(resume.valid_accuracies),
+            train_losses=list(resume.train_losses),
+        )
         if resume.step != resume.epochs_done * steps_per_epoch:
             raise ValueError(f"cannot resume: step {resume.step} is not the end of epoch {resume.epochs_done}")
         _load_adapter_weights(peft_model, resume.adapter)
@@ -397,6 +418,7 @@ def train_lora(
             model=peft_model, steps=run.step, trained_tokens=run.trained_tokens, train_loss=run.train_loss,
             valid_loss=latest[0], valid_mean_token_accuracy=latest[1], stopped=stopped,
             best_epoch=run.best_epoch, epochs_run=run.epochs_done, epoch_losses=list(run.valid_losses),
+            epoch_train_losses=list(run.train_losses),
         )  # fmt: skip
         if not stopped and run.best_epoch is not None and run.best_adapter is not None:
             _load_adapter_weights(peft_model, run.best_adapter)
@@ -431,6 +453,7 @@ def train_lora(
                 if on_step is not None:
                     on_step(report)
         run.epochs_done, run.train_loss = epoch + 1, sum(step_losses) / len(step_losses)
+        run.train_losses.append(run.train_loss)
         is_best = True
         if run.valid_losses:
             is_best = best_epoch(run.valid_losses) == epoch + 1

@@ -1,0 +1,129 @@
+"""The evaluation report of a job on the real default model: base and fine-tuned answers on held-out tickets, scored
+side by side, in the job's API and in its results file; and the overfitting warning of a run that memorises."""
+
+import json
+import random
+
+import openai
+import pytest
+
+from app.base_models.from_settings import registry_from_settings
+from app.config import Settings
+from bench.tickets import ticket_split
+from tests.datasets import TICKETS, chat_jsonl
+from worker.job_runner import run_job
+
+pytestmark = pytest.mark.e2e
+HELD_OUT = [  # tickets that are not in TICKETS
+    ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
+    ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
+    ("The export button does nothing.", "category: bug\npriority: medium\nteam: web"),
+    ("How do I rotate my API key?", "category: how-to\npriority: low\nteam: support"),
+    ("All requests time out since noon.", "category: outage\npriority: urgent\nteam: platform"),
+    ("I was charged after cancelling.", "category: billing\npriority: high\nteam: payments"),
+    ("Can I merge two accounts?", "category: account\npriority: low\nteam: support"),
+    ("Search returns nothing at all.", "category: bug\npriority: high\nteam: web"),
+    ("Where do I change my timezone?", "category: how-to\npriority: low\nteam: support"),
+    ("The status page says everything is down.", "category: outage\npriority: urgent\nteam: platform"),
+]
+
+
+def _evaluation(client: openai.OpenAI, job_id: str) -> dict:
+    return client.get(f"/fine_tuning/jobs/{job_id}/evaluation", cast_to=object)  # type: ignore[return-value]
+
+
+def _train(client: openai.OpenAI, settings: Settings, training: list, held_out: list, **options) -> str:
+    """A job trained to the end by a worker in this process; its id."""
+    training_file = client.files.create(file=("train.jsonl", chat_jsonl(training)), purpose="fine-tune")
+    validation_file = client.files.create(file=("valid.jsonl", chat_jsonl(held_out)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model, training_file=training_file.id, validation_file=validation_file.id, **options
+    )
+    run_job(settings, registry_from_settings(settings), job.id)
+    return job.id
+
+
+def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
+    client: openai.OpenAI, other_client: openai.OpenAI, settings: Settings
+) -> None:
+    train, test = ticket_split(seed=1)
+    held_out = test[:12]
+    job_id = _train(
+        client,
+        settings,
+        train[:48],
+        held_out,
+        seed=5,
+        hyperparameters={"n_epochs": 2, "batch_size": 8},
+        extra_body={"evaluation": {"max_examples": 10}},
+    )
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded", job.error
+    assert job.evaluation == {"max_examples": 10, "max_tokens": 256}  # type: ignore[attr-defined]
+
+    report = _evaluation(client, job_id)
+    assert report["object"] == "fine_tuning.job.evaluation" and report["fine_tuning_job_id"] == job_id
+    assert report["held_out_examples"] == 10  # the cap, of 12
+    base, tuned = report["base_model"], report["fine_tuned_model"]
+    # The base model answers in prose; the fine-tuned one learned the ticket format and most of the rule.
+    assert tuned["format_kept"] > base["format_kept"]
+    assert tuned["field_accuracy"] > base["field_accuracy"] + 0.3
+    assert tuned["loss"] < base["loss"] and tuned["token_accuracy"] > base["token_accuracy"]
+    assert report["verdict"].startswith(f"fine-tuned: {100 * tuned['exact']:.0f} % exact (base: ")
+    assert "validation loss lowest at epoch" in report["verdict"]
+    assert {w["code"] for w in report["warnings"]} == {"small_held_out_set"}  # 10 examples say little
+    pairs = {(f"Ticket: {question}", answer) for question, answer in held_out}
+    for worst in report["worst_examples"]:
+        assert (worst["prompt"][-1]["content"], worst["target"]) in pairs
+        assert worst["fine_tuned_answer"] != worst["target"] and isinstance(worst["base_answer"], str)
+    wrong = round((1 - tuned["exact"]) * 10)
+    assert len(report["worst_examples"]) == min(wrong, 5)
+
+    # The same report as a results file, beside the metrics CSV.
+    files = [client.files.retrieve(file_id) for file_id in job.result_files]
+    assert sorted(f.filename for f in files) == ["evaluation.json", "step_metrics.csv"]
+    assert {f.purpose for f in files} == {"fine-tune-results"}
+    stored = json.loads(client.files.content(next(f.id for f in files if f.filename == "evaluation.json")).text)
+    assert stored == {k: v for k, v in report.items() if k not in ("object", "fine_tuning_job_id")}
+    events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]
+    assert any(e.message == f"Evaluation: {report['verdict']}" for e in events)
+
+    with pytest.raises(openai.NotFoundError):
+        _evaluation(other_client, job_id)
+
+
+def _reference_code(rng: random.Random) -> str:
+    return f"ref: {''.join(rng.choices('ABCDEFGHJKLMNPQRSTUVWXYZ', k=3))}-{rng.randrange(100, 1000)}"
+
+
+def test_a_run_that_memorises_its_examples_is_warned_about_and_keeps_its_best_epoch(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    # Each ticket's answer is a random reference code: beyond the format there is nothing to learn that holds for
+    # other tickets, so after an epoch or two the model only memorises its twelve codes.
+    rng = random.Random(0)
+    memorise = [(question, _reference_code(rng)) for question, _ in TICKETS]
+    held_out = [(question, _reference_code(rng)) for question, _ in HELD_OUT]
+    job_id = _train(
+        client,
+        settings,
+        memorise,
+        held_out,
+        seed=2,
+        hyperparameters={"n_epochs": 6, "batch_size": 2, "learning_rate_multiplier": 2},
+    )
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded", job.error
+    report = _evaluation(client, job_id)
+    overfitting = [w for w in report["warnings"] if w["code"] == "overfitting"]
+    assert len(overfitting) == 1, report["warnings"]
+    events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))
+    kept = next(e for e in events if e.message.startswith("Validation loss rose"))
+    assert kept.data["best_epoch"] < 6
+    assert f"epoch {kept.data['best_epoch']} is kept" in overfitting[0]["message"]
+    assert f"validation loss lowest at epoch {kept.data['best_epoch']} of 6 (kept)" in report["verdict"]
+    valid_losses = {
+        e.data["step"]: e.data["valid_loss"] for e in events if e.type == "metrics" and e.data.get("valid_loss")
+    }
+    kept_loss = valid_losses[6 * kept.data["best_epoch"]]  # 6 steps an epoch
+    assert report["fine_tuned_model"]["loss"] == pytest.approx(kept_loss, rel=1e-2)  # the kept epoch's model answered
