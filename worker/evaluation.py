@@ -1,12 +1,12 @@
-"""The evaluation report at the end of a job: the fine-tuned model and its base model answer the same held-out
-prompts (greedy, through the serving engine's continuous batcher) and are scored side by side."""
+"""Held-out evaluation on a worker: the base model and adapters answer the same held-out prompts (greedy, through
+the serving engine's continuous batcher) and are measured teacher-forced on the held-out answers."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.evaluation.answers import greedy_answers
 from app.evaluation.report import HeldOutExample, Losses, TokenMetrics, evaluation_report, held_out_examples
@@ -20,6 +20,43 @@ TUNED = "fine-tuned"
 BATCH_ROWS = 16  # rows generated together; the serving default
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """Per model (None: the base model alone, else an adapter's name): its answers and its token metrics."""
+
+    answers: dict[str | None, list[str]]
+    metrics: dict[str | None, TokenMetrics | None]
+
+
+def answer_and_measure(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    adapters: Mapping[str, Path],
+    examples: Sequence[HeldOutExample],
+    config: TrainingConfig,
+    max_tokens: int,
+    with_base: bool = True,
+) -> Outcome:
+    """Each adapter's (name → saved directory) answers and token metrics on `examples`, and the base model's when
+    `with_base`. Answers stop at `max_tokens`, or earlier at twice the longest target's tokens plus 16. `model` is
+    the plain base model; it ends up wrapped by adapter slots."""
+    conversations = [[*example.prompt, {"role": "assistant", "content": example.target}] for example in examples]
+    metrics: dict[str | None, TokenMetrics | None] = {}
+    if with_base:
+        metrics[None] = _token_metrics(held_out_metrics(model, tokenizer, conversations, config))
+    peft_model: PeftModel | None = None
+    for name, directory in adapters.items():
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, directory, adapter_name=name)
+        else:
+            peft_model.load_adapter(directory, adapter_name=name)
+        peft_model.set_adapter(name)
+        metrics[name] = _token_metrics(held_out_metrics(peft_model, tokenizer, conversations, config))
+    plain = peft_model.unload() if peft_model is not None else model
+    models = [None, *adapters] if with_base else list(adapters)
+    return Outcome(_answers(plain, tokenizer, adapters, models, examples, max_tokens), metrics)
+
+
 def evaluate_fine_tune(
     peft_model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -30,43 +67,42 @@ def evaluate_fine_tune(
     losses: Losses | None = None,
     leaked_examples: int = 0,
 ) -> dict | None:
-    """The report, or None when there is nothing to evaluate on. Answers stop at `options.max_tokens`, or earlier
-    at twice the longest target's tokens plus 16. Leaves `peft_model` without its adapter (the
-    adapter is in `adapter_dir`): the base model then serves both sides through adapter slots."""
+    """A job's report: its fine-tuned model (saved in `adapter_dir`) against its base model; None when there is
+    nothing to evaluate on. `peft_model` loses its adapter."""
     examples = held_out_examples(held_out, options.max_examples)
     if not examples:
         return None
-    conversations = [[*example.prompt, {"role": "assistant", "content": example.target}] for example in examples]
-    tuned_metrics = held_out_metrics(peft_model, tokenizer, conversations, config)
-    with peft_model.disable_adapter():
-        base_metrics = held_out_metrics(peft_model, tokenizer, conversations, config)
-    answers = _answers(peft_model.unload(), tokenizer, adapter_dir, examples, options.max_tokens)
+    outcome = answer_and_measure(
+        peft_model.unload(), tokenizer, {TUNED: adapter_dir}, examples, config, options.max_tokens
+    )
     return evaluation_report(
         examples,
-        answers[None],
-        answers[TUNED],
+        outcome.answers[None],
+        outcome.answers[TUNED],
         losses,
         leaked_examples,
-        (_token_metrics(base_metrics), _token_metrics(tuned_metrics)),
+        (outcome.metrics[None], outcome.metrics[TUNED]),
     )
 
 
 def _answers(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    adapter_dir: Path,
+    adapters: Mapping[str, Path],
+    models: Sequence[str | None],
     examples: Sequence[HeldOutExample],
     max_tokens: int,
 ) -> dict[str | None, list[str]]:
     longest_target = max(len(tokenizer(example.target).input_ids) for example in examples)
-    slots = AdapterSlots(model, max_slots=1)
-    slots.load(TUNED, adapter_dir)
+    slots = AdapterSlots(model, max_slots=max(1, len(adapters)))
+    for name, directory in adapters.items():
+        slots.load(name, directory)
     end_ids = set(model_end_of_turn_ids(model, tokenizer))
     batcher = ContinuousBatcher(model, slots, next(model.parameters()).device, max_batch_size=BATCH_ROWS)
     try:
         prompts = [example.prompt for example in examples]
         max_new_tokens = min(max_tokens, 2 * longest_target + 16)
-        return greedy_answers(batcher, tokenizer, end_ids, prompts, [None, TUNED], max_new_tokens)
+        return greedy_answers(batcher, tokenizer, end_ids, prompts, models, max_new_tokens)
     finally:
         batcher.close()
 

@@ -40,6 +40,21 @@ class Losses:
 
 
 @dataclass(frozen=True)
+class Sides:
+    """How the report names the two models it compares: keys of their summaries and answers, words in the text."""
+
+    baseline_key: str
+    candidate_key: str
+    baseline_answer: str
+    candidate_answer: str
+    baseline_word: str
+    candidate_word: str
+
+
+FINE_TUNE = Sides("base_model", "fine_tuned_model", "base_answer", "fine_tuned_answer", "base", "fine-tuned")
+
+
+@dataclass(frozen=True)
 class TokenMetrics:
     """Teacher-forced on the held-out examples: loss per answer token, and the share of them predicted exactly."""
 
@@ -54,9 +69,10 @@ def evaluation_report(
     losses: Losses | None = None,
     leaked_examples: int = 0,
     token_metrics: tuple[TokenMetrics | None, TokenMetrics | None] = (None, None),
+    sides: Sides = FINE_TUNE,
 ) -> dict:
-    """The report as the API returns it and the results file holds it; `token_metrics` of the base model and of
-    the fine-tuned one."""
+    """The report as the API returns it and the results file holds it; answers and `token_metrics` of the base
+    model (the baseline) and of the fine-tuned one (the candidate)."""
     if not examples:
         raise ValueError("no held-out examples to evaluate on")
     base_scores = [score_answer(a, e.target) for a, e in zip(base_answers, examples, strict=True)]
@@ -65,28 +81,29 @@ def evaluation_report(
     base_metrics, tuned_metrics = token_metrics
     return {
         "held_out_examples": len(examples),
-        "base_model": asdict(base) | _token_fields(base_metrics),
-        "fine_tuned_model": asdict(tuned) | _token_fields(tuned_metrics),
-        "verdict": verdict(base, tuned, losses),
-        "warnings": warnings(tuned, losses, leaked_examples),
+        sides.baseline_key: asdict(base) | _token_fields(base_metrics),
+        sides.candidate_key: asdict(tuned) | _token_fields(tuned_metrics),
+        "verdict": verdict(base, tuned, losses, sides),
+        "warnings": warnings(tuned, losses, leaked_examples, sides),
         "worst_examples": [
-            _side_by_side(examples[i], base_answers[i], tuned_answers[i], tuned_scores[i])
+            _side_by_side(examples[i], base_answers[i], tuned_answers[i], tuned_scores[i], sides)
             for i in worst(tuned_scores, WORST_SHOWN)
             if not tuned_scores[i].exact
         ],
     }
 
 
-def verdict(base: Summary, tuned: Summary, losses: Losses | None) -> str:
+def verdict(base: Summary, tuned: Summary, losses: Losses | None, sides: Sides = FINE_TUNE) -> str:
     """E.g. "fine-tuned: 92 % exact (base: 0 %); format kept in 100 % of answers; fields right: 97 % (base: 31 %);
     validation loss lowest at epoch 2 of 3 (kept)"."""
-    parts = [f"fine-tuned: {_percent(tuned.exact)} exact (base: {_percent(base.exact)})"]
+    other = sides.baseline_word
+    parts = [f"{sides.candidate_word}: {_percent(tuned.exact)} exact ({other}: {_percent(base.exact)})"]
     if tuned.format_kept is not None:
-        parts.append(f"format kept in {_percent(tuned.format_kept)} of answers (base: {_percent(base.format_kept)})")
+        parts.append(f"format kept in {_percent(tuned.format_kept)} of answers ({other}: {_percent(base.format_kept)})")
     if tuned.field_accuracy is not None:
-        parts.append(f"fields right: {_percent(tuned.field_accuracy)} (base: {_percent(base.field_accuracy)})")
+        parts.append(f"fields right: {_percent(tuned.field_accuracy)} ({other}: {_percent(base.field_accuracy)})")
     if tuned.format_kept is None:
-        parts.append(f"chrF {tuned.chrf:.0f} (base: {base.chrf:.0f})")
+        parts.append(f"chrF {tuned.chrf:.0f} ({other}: {base.chrf:.0f})")
     if losses and losses.valid and losses.kept_epoch:
         lowest = 1 + min(range(len(losses.valid)), key=losses.valid.__getitem__)
         kept = " (kept)" if lowest == losses.kept_epoch else f"; epoch {losses.kept_epoch} kept"
@@ -94,15 +111,16 @@ def verdict(base: Summary, tuned: Summary, losses: Losses | None) -> str:
     return "; ".join(parts)
 
 
-def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int) -> list[dict]:
+def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int, sides: Sides = FINE_TUNE) -> list[dict]:
     found = []
     low, high = tuned.exact_interval
     if high - low > TOO_UNCERTAIN:
         found.append({
             "code": "small_held_out_set",
             "message": (
-                f"Only {tuned.examples} held-out examples: the fine-tuned model's {_percent(tuned.exact)} exact "
-                f"could be anywhere from {_percent(low)} to {_percent(high)} (95 % interval); hold out more"
+                f"Only {tuned.examples} held-out examples: the {sides.candidate_word} model's "
+                f"{_percent(tuned.exact)} exact could be anywhere from {_percent(low)} to {_percent(high)} "
+                "(95 % interval); hold out more"
             ),
         })  # fmt: skip
     if losses and _overfitting(losses):
@@ -139,12 +157,14 @@ def _token_fields(metrics: TokenMetrics | None) -> dict:
     return {"loss": round(metrics.loss, 4), "token_accuracy": round(metrics.token_accuracy, 4)}
 
 
-def _side_by_side(example: HeldOutExample, base_answer: str, tuned_answer: str, score: AnswerScore) -> dict:
+def _side_by_side(
+    example: HeldOutExample, base_answer: str, tuned_answer: str, score: AnswerScore, sides: Sides
+) -> dict:
     return {
         "prompt": example.prompt,
         "target": example.target,
-        "base_answer": base_answer,
-        "fine_tuned_answer": tuned_answer,
+        sides.baseline_answer: base_answer,
+        sides.candidate_answer: tuned_answer,
         "field_accuracy": score.field_accuracy,
         "chrf": round(score.chrf, 1),
     }
