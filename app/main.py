@@ -11,6 +11,7 @@ from app.chat.router import router as chat_router
 from app.completions.router import router as completions_router
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
+from app.evaluations.router import router as evaluations_router
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.inference.admission import Admission
@@ -53,7 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
     )
     install_error_handlers(app)
-    routers = (health_router, files_router, uploads_router, jobs_router, models_router, chat_router, completions_router)
+    routers = (
+        health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
+        completions_router,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     return app

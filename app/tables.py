@@ -133,6 +133,26 @@ class FineTunedModel(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class Evaluation(Base):
+    """A held-out evaluation asked for through `POST /v1/evaluations`: one model against a baseline on a file."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(512))
+    baseline: Mapped[str] = mapped_column(String(512))
+    base_model: Mapped[str] = mapped_column(String(256))  # of both
+    file_id: Mapped[str] = mapped_column(String(64))
+    max_examples: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class IdempotencyRecord(Base):
     """The first answer to a create sent with an `Idempotency-Key`, replayed to retries of the same request."""
 

@@ -64,8 +64,11 @@ def test_another_organisation_gets_404_for_every_object(
 ) -> None:
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     job_id, model_id = _fake_succeeded_job(settings, client, file_id)
+    evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=object)
+    theirs = other_client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
 
-    assert other_client.files.list().data == []
+    assert [f.id for f in other_client.files.list()] == [theirs]
+    assert other_client.get("/evaluations", cast_to=object)["data"] == []  # type: ignore[index]
     assert other_client.fine_tuning.jobs.list().data == []
     assert model_id not in [m.id for m in other_client.models.list()]
     attempts = [
@@ -77,6 +80,8 @@ def test_another_organisation_gets_404_for_every_object(
         lambda: other_client.fine_tuning.jobs.list_events(job_id),
         lambda: other_client.fine_tuning.jobs.checkpoints.list(job_id),
         lambda: other_client.get(f"/fine_tuning/jobs/{job_id}/evaluation", cast_to=object),
+        lambda: other_client.get(f"/evaluations/{evaluation['id']}", cast_to=object),  # type: ignore[index]
+        lambda: other_client.post("/evaluations", body={"model": model_id, "file": theirs}, cast_to=object),
         lambda: other_client.models.retrieve(model_id),
         lambda: other_client.models.delete(model_id),
         lambda: other_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}]),

@@ -3,6 +3,8 @@ side by side, in the job's API and in its results file; and the overfitting warn
 
 import json
 import random
+import uuid
+from dataclasses import dataclass
 
 import openai
 import pytest
@@ -10,7 +12,9 @@ import pytest
 from app.base_models.from_settings import registry_from_settings
 from app.config import Settings
 from bench.tickets import ticket_split
+from tests.conftest import new_org_key, sdk_client
 from tests.datasets import TICKETS, chat_jsonl
+from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
 pytestmark = pytest.mark.e2e
@@ -43,20 +47,36 @@ def _train(client: openai.OpenAI, settings: Settings, training: list, held_out: 
     return job.id
 
 
-def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
-    client: openai.OpenAI, other_client: openai.OpenAI, settings: Settings
-) -> None:
+@dataclass(frozen=True)
+class TicketJob:
+    """A job of one organisation that fine-tuned the default model on tickets, and tickets it never saw."""
+
+    client: openai.OpenAI
+    job_id: str
+    held_out: list[tuple[str, str]]  # its validation file
+    unseen: list[tuple[str, str]]  # in neither of its files
+
+
+@pytest.fixture(scope="module")
+def tickets(api_base_url: str, settings: Settings) -> TicketJob:
+    client = sdk_client(api_base_url, new_org_key(settings, f"tickets-{uuid.uuid4().hex[:10]}"))
     train, test = ticket_split(seed=1)
-    held_out = test[:12]
     job_id = _train(
         client,
         settings,
         train[:48],
-        held_out,
+        test[:12],
         seed=5,
         hyperparameters={"n_epochs": 2, "batch_size": 8},
         extra_body={"evaluation": {"max_examples": 10}},
     )
+    return TicketJob(client, job_id, test[:12], test[12:])
+
+
+def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
+    tickets: TicketJob, other_client: openai.OpenAI
+) -> None:
+    client, job_id, held_out = tickets.client, tickets.job_id, tickets.held_out
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "succeeded", job.error
     assert job.evaluation == {"max_examples": 10, "max_tokens": 256}  # type: ignore[attr-defined]
@@ -127,3 +147,57 @@ def test_a_run_that_memorises_its_examples_is_warned_about_and_keeps_its_best_ep
     }
     kept_loss = valid_losses[6 * kept.data["best_epoch"]]  # 6 steps an epoch
     assert report["fine_tuned_model"]["loss"] == pytest.approx(kept_loss, rel=1e-2)  # the kept epoch's model answered
+
+
+def _evaluate(client: openai.OpenAI, settings: Settings, **body: object) -> dict:
+    """An evaluation asked for through the API and run to its end by a worker in this process."""
+    created = client.post("/evaluations", body=body, cast_to=object)
+    assert created["status"] == "queued", created  # type: ignore[index]
+    run_evaluation(settings, registry_from_settings(settings), created["id"])  # type: ignore[index]
+    return client.get(f"/evaluations/{created['id']}", cast_to=object)  # type: ignore[index,return-value]
+
+
+def test_an_evaluation_of_the_jobs_model_on_its_validation_file_repeats_the_jobs_report(
+    tickets: TicketJob, settings: Settings
+) -> None:
+    client = tickets.client
+    job = client.fine_tuning.jobs.retrieve(tickets.job_id)
+    done = _evaluate(client, settings, model=job.fine_tuned_model, file=job.validation_file, max_examples=10)
+
+    assert done["status"] == "succeeded" and done["error"] is None, done["error"]
+    assert done["baseline"] == settings.default_base_model and done["finished_at"] >= done["created_at"]
+    report, of_job = done["report"], _evaluation(client, tickets.job_id)
+    assert report["held_out_examples"] == of_job["held_out_examples"] == 10
+    for side, job_side in (("model", "fine_tuned_model"), ("baseline", "base_model")):
+        scores = {k: v for k, v in report[side].items() if k not in ("loss", "token_accuracy")}
+        assert scores == {k: v for k, v in of_job[job_side].items() if k not in ("loss", "token_accuracy")}
+        assert report[side]["loss"] == pytest.approx(of_job[job_side]["loss"], rel=1e-3)
+    assert report["verdict"].startswith(f"model: {100 * report['model']['exact']:.0f} % exact (baseline: ")
+    assert [w["model_answer"] for w in report["worst_examples"]] == [
+        w["fine_tuned_answer"] for w in of_job["worst_examples"]
+    ]
+
+
+def test_two_fine_tunes_compared_on_a_file_of_new_tickets(
+    tickets: TicketJob, other_client: openai.OpenAI, settings: Settings
+) -> None:
+    client = tickets.client
+    job = client.fine_tuning.jobs.retrieve(tickets.job_id)
+    kept_epoch = int(_evaluation(client, tickets.job_id)["verdict"].split("lowest at epoch ")[1].split()[0])
+    other = next(c for c in client.fine_tuning.jobs.checkpoints.list(job.id) if c.step_number != 6 * kept_epoch)
+    unseen = client.files.create(file=("unseen.jsonl", chat_jsonl(tickets.unseen)), purpose="fine-tune")
+
+    done = _evaluate(
+        client, settings, model=job.fine_tuned_model, baseline=other.fine_tuned_model_checkpoint, file=unseen.id
+    )
+
+    assert done["status"] == "succeeded", done["error"]
+    assert done["baseline"] == other.fine_tuned_model_checkpoint and done["max_examples"] == 50
+    report = done["report"]
+    assert report["held_out_examples"] == len(tickets.unseen) == 28
+    assert report["model"]["loss"] != report["baseline"]["loss"]  # two different adapters answered
+    assert report["model"]["format_kept"] > 0.5 and report["baseline"]["format_kept"] > 0.5  # both learned it
+    with pytest.raises(openai.NotFoundError):
+        other_client.get(f"/evaluations/{done['id']}", cast_to=object)
+    listed = client.get("/evaluations", cast_to=object)
+    assert done["id"] in [e["id"] for e in listed["data"]]  # type: ignore[index]

@@ -9,6 +9,7 @@ from app.config import Settings
 TRAINING_QUEUE = "training"
 MAINTENANCE_QUEUE = "maintenance"
 TRAIN_TASK = "loraport.train_job"
+EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
 RECONCILE_TASK = "loraport.reconcile_jobs"
 # Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
 # against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.

@@ -9,7 +9,8 @@ from celery.signals import worker_init, worker_process_init
 from app.base_models.from_settings import registry_from_settings
 from app.base_models.registry import BaseModelRegistry
 from app.config import get_settings
-from worker.celery_app import TRAIN_TASK
+from worker.celery_app import EVALUATE_TASK, TRAIN_TASK
+from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
 
@@ -29,3 +30,8 @@ def _limit_threads(**_: object) -> None:
 @shared_task(name=TRAIN_TASK)
 def train_job(job_id: str) -> None:
     run_job(get_settings(), _registry(), job_id)
+
+
+@shared_task(name=EVALUATE_TASK)
+def evaluate(evaluation_id: str) -> None:
+    run_evaluation(get_settings(), _registry(), evaluation_id)

@@ -26,7 +26,8 @@ from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, Sto
 SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
 
 
-def _dataset(session: Session, org: Organization, file_id: str, param: str) -> StoredFile:
+def supervised_dataset(session: Session, org: Organization, file_id: str, param: str) -> StoredFile:
+    """The organisation's processed file of chat or prompt/completion examples named by `param`."""
     try:
         row = get_file(session, org, file_id)
     except NotFound:
@@ -35,14 +36,14 @@ def _dataset(session: Session, org: Organization, file_id: str, param: str) -> S
         raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
     if row.format not in SUPERVISED_FORMATS:
         raise InvalidRequest(
-            f"File '{file_id}' holds {row.format} examples; supervised fine-tuning trains on chat or "
+            f"File '{file_id}' holds {row.format} examples; supervised fine-tuning and evaluation use chat or "
             "prompt/completion examples",
             param=param,
             code=f"invalid_{param}",
         )
     if row.status != "processed":
         raise InvalidRequest(
-            f"File '{file_id}' cannot be trained on (status '{row.status}')", param=param, code=f"invalid_{param}"
+            f"File '{file_id}' is not ready to use (status '{row.status}')", param=param, code=f"invalid_{param}"
         )
     return row
 
@@ -94,8 +95,10 @@ def create_job(
     start = _starting_point(session, registry, org, body.model)
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
-    training = _dataset(session, org, body.training_file, "training_file")
-    validation = _dataset(session, org, body.validation_file, "validation_file") if body.validation_file else None
+    training = supervised_dataset(session, org, body.training_file, "training_file")
+    validation = (
+        supervised_dataset(session, org, body.validation_file, "validation_file") if body.validation_file else None
+    )
     requested = _hyperparameters(body)
     resolved = resolve(
         training.example_count, requested.n_epochs, requested.batch_size, requested.learning_rate_multiplier

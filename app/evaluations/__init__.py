@@ -1,0 +1,1 @@
+"""`/v1/evaluations` (extension): the held-out evaluation of any model against a baseline, on any uploaded file."""
