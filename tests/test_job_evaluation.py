@@ -68,7 +68,7 @@ def tickets(api_base_url: str, settings: Settings) -> TicketJob:
         test[:12],
         seed=5,
         hyperparameters={"n_epochs": 2, "batch_size": 8},
-        extra_body={"evaluation": {"max_examples": 10}},
+        extra_body={"evaluation": {"max_examples": 12}},
     )
     return TicketJob(client, job_id, test[:12], test[12:])
 
@@ -79,11 +79,11 @@ def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
     client, job_id, held_out = tickets.client, tickets.job_id, tickets.held_out
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "succeeded", job.error
-    assert job.evaluation == {"max_examples": 10, "max_tokens": 256}  # type: ignore[attr-defined]
+    assert job.evaluation == {"max_examples": 12, "max_tokens": 256, "checkpoints": True}  # type: ignore[attr-defined]
 
     report = _evaluation(client, job_id)
     assert report["object"] == "fine_tuning.job.evaluation" and report["fine_tuning_job_id"] == job_id
-    assert report["held_out_examples"] == 10  # the cap, of 12
+    assert report["held_out_examples"] == 12
     base, tuned = report["base_model"], report["fine_tuned_model"]
     # The base model answers in prose; the fine-tuned one learned the ticket format and most of the rule.
     assert tuned["format_kept"] > base["format_kept"]
@@ -91,12 +91,12 @@ def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
     assert tuned["loss"] < base["loss"] and tuned["token_accuracy"] > base["token_accuracy"]
     assert report["verdict"].startswith(f"fine-tuned: {100 * tuned['exact']:.0f} % exact (base: ")
     assert "validation loss lowest at epoch" in report["verdict"]
-    assert {w["code"] for w in report["warnings"]} == {"small_held_out_set"}  # 10 examples say little
+    assert {w["code"] for w in report["warnings"]} == {"small_held_out_set"}  # 12 examples say little
     pairs = {(f"Ticket: {question}", answer) for question, answer in held_out}
     for worst in report["worst_examples"]:
         assert (worst["prompt"][-1]["content"], worst["target"]) in pairs
         assert worst["fine_tuned_answer"] != worst["target"] and isinstance(worst["base_answer"], str)
-    wrong = round((1 - tuned["exact"]) * 10)
+    wrong = round((1 - tuned["exact"]) * 12)
     assert len(report["worst_examples"]) == min(wrong, 5)
 
     # The same report as a results file, beside the metrics CSV.
@@ -107,6 +107,13 @@ def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
     assert stored == {k: v for k, v in report.items() if k not in ("object", "fine_tuning_job_id")}
     events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]
     assert any(e.message == f"Evaluation: {report['verdict']}" for e in events)
+
+    # The epoch that was not kept, measured on the same examples.
+    kept_epoch = int(report["verdict"].split("lowest at epoch ")[1].split()[0])
+    [other] = [c for c in client.fine_tuning.jobs.checkpoints.list(job_id) if c.step_number != 6 * kept_epoch]
+    [earlier] = report["checkpoints"]
+    assert earlier["model"] == other.fine_tuned_model_checkpoint and earlier["examples"] == 12
+    assert earlier["loss"] == pytest.approx(other.metrics.valid_loss, rel=1e-2)  # as measured when it was saved
 
     with pytest.raises(openai.NotFoundError):
         _evaluation(other_client, job_id)
@@ -147,6 +154,9 @@ def test_a_run_that_memorises_its_examples_is_warned_about_and_keeps_its_best_ep
     }
     kept_loss = valid_losses[6 * kept.data["best_epoch"]]  # 6 steps an epoch
     assert report["fine_tuned_model"]["loss"] == pytest.approx(kept_loss, rel=1e-2)  # the kept epoch's model answered
+    # the three last epochs, each worse on the held-out tickets than the kept one
+    assert [c["model"].rsplit("-", 1)[1] for c in report["checkpoints"]] == ["36", "30", "24"]
+    assert all(c["loss"] > report["fine_tuned_model"]["loss"] for c in report["checkpoints"])
 
 
 def _evaluate(client: openai.OpenAI, settings: Settings, **body: object) -> dict:
@@ -162,12 +172,12 @@ def test_an_evaluation_of_the_jobs_model_on_its_validation_file_repeats_the_jobs
 ) -> None:
     client = tickets.client
     job = client.fine_tuning.jobs.retrieve(tickets.job_id)
-    done = _evaluate(client, settings, model=job.fine_tuned_model, file=job.validation_file, max_examples=10)
+    done = _evaluate(client, settings, model=job.fine_tuned_model, file=job.validation_file, max_examples=12)
 
     assert done["status"] == "succeeded" and done["error"] is None, done["error"]
     assert done["baseline"] == settings.default_base_model and done["finished_at"] >= done["created_at"]
     report, of_job = done["report"], _evaluation(client, tickets.job_id)
-    assert report["held_out_examples"] == of_job["held_out_examples"] == 10
+    assert report["held_out_examples"] == of_job["held_out_examples"] == 12
     for side, job_side in (("model", "fine_tuned_model"), ("baseline", "base_model")):
         scores = {k: v for k, v in report[side].items() if k not in ("loss", "token_accuracy")}
         assert scores == {k: v for k, v in of_job[job_side].items() if k not in ("loss", "token_accuracy")}
@@ -188,13 +198,18 @@ def test_two_fine_tunes_compared_on_a_file_of_new_tickets(
     unseen = client.files.create(file=("unseen.jsonl", chat_jsonl(tickets.unseen)), purpose="fine-tune")
 
     done = _evaluate(
-        client, settings, model=job.fine_tuned_model, baseline=other.fine_tuned_model_checkpoint, file=unseen.id
+        client,
+        settings,
+        model=job.fine_tuned_model,
+        baseline=other.fine_tuned_model_checkpoint,
+        file=unseen.id,
+        max_examples=20,
     )
 
     assert done["status"] == "succeeded", done["error"]
-    assert done["baseline"] == other.fine_tuned_model_checkpoint and done["max_examples"] == 50
+    assert done["baseline"] == other.fine_tuned_model_checkpoint and done["max_examples"] == 20
     report = done["report"]
-    assert report["held_out_examples"] == len(tickets.unseen) == 28
+    assert report["held_out_examples"] == 20  # the first 20 of the file's 28
     assert report["model"]["loss"] != report["baseline"]["loss"]  # two different adapters answered
     assert report["model"]["format_kept"] > 0.5 and report["baseline"]["format_kept"] > 0.5  # both learned it
     with pytest.raises(openai.NotFoundError):

@@ -195,7 +195,7 @@ def test_evaluation_options_default_can_be_set_and_are_checked(
     client: openai.OpenAI, other_client: openai.OpenAI, training_file: str
 ) -> None:
     job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
-    assert job.evaluation == {"max_examples": 50, "max_tokens": 256}  # type: ignore[attr-defined]
+    assert job.evaluation == {"max_examples": 50, "max_tokens": 256, "checkpoints": True}  # type: ignore[attr-defined]
     off = client.fine_tuning.jobs.create(
         model=BASE, training_file=training_file, extra_body={"evaluation": {"max_examples": 0}}
     )

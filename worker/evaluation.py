@@ -9,7 +9,14 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.evaluation.answers import greedy_answers
-from app.evaluation.report import HeldOutExample, Losses, TokenMetrics, evaluation_report, held_out_examples
+from app.evaluation.report import (
+    HeldOutExample,
+    Losses,
+    TokenMetrics,
+    checkpoint_summary,
+    evaluation_report,
+    held_out_examples,
+)
 from app.inference.batching import ContinuousBatcher
 from app.inference.engine import model_end_of_turn_ids
 from app.inference.lora_slots import AdapterSlots
@@ -66,16 +73,20 @@ def evaluate_fine_tune(
     options: EvaluationOptions,
     losses: Losses | None = None,
     leaked_examples: int = 0,
+    checkpoints: Mapping[str, Path] | None = None,
 ) -> dict | None:
-    """A job's report: its fine-tuned model (saved in `adapter_dir`) against its base model; None when there is
-    nothing to evaluate on. `peft_model` loses its adapter."""
+    """A job's report: its fine-tuned model (saved in `adapter_dir`) against its base model, and how its other
+    `checkpoints` (model id → saved adapter) did; None when there is nothing to evaluate on. `peft_model` loses its
+    adapter."""
     examples = held_out_examples(held_out, options.max_examples)
     if not examples:
         return None
-    outcome = answer_and_measure(
-        peft_model.unload(), tokenizer, {TUNED: adapter_dir}, examples, config, options.max_tokens
-    )
-    return evaluation_report(
+    checkpoints = checkpoints or {}
+    if TUNED in checkpoints:
+        raise ValueError(f"a checkpoint cannot be named {TUNED!r}")
+    adapters = {TUNED: adapter_dir, **checkpoints}
+    outcome = answer_and_measure(peft_model.unload(), tokenizer, adapters, examples, config, options.max_tokens)
+    report = evaluation_report(
         examples,
         outcome.answers[None],
         outcome.answers[TUNED],
@@ -83,6 +94,10 @@ def evaluate_fine_tune(
         leaked_examples,
         (outcome.metrics[None], outcome.metrics[TUNED]),
     )
+    report["checkpoints"] = [
+        checkpoint_summary(name, examples, outcome.answers[name], outcome.metrics[name]) for name in checkpoints
+    ]
+    return report
 
 
 def _answers(

@@ -26,7 +26,7 @@ from app.jobs.hyperparameters import Resolved, learning_rate
 from app.jobs.schemas import EvaluationOptions
 from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
-from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
+from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples
 from worker.evaluation import evaluate_fine_tune
@@ -38,6 +38,7 @@ from worker.training.state import TrainingState
 from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
 
 log = structlog.get_logger()
+CHECKPOINTS_EVALUATED = 3  # besides the model: the latest epochs, as many as OpenAI keeps checkpoints of
 
 
 class JobFailed(Exception):
@@ -232,7 +233,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
         store.upload_directory(prefix, Path(directory))
-        report = _evaluate(url, job, result, tokenizer, Path(directory), held_out, config, leaked)
+        report = _evaluate(url, store, job, result, tokenizer, Path(directory), held_out, config, leaked)
     if _publish(url, store, job, org_name or "", prefix, result, report):
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
     else:
@@ -290,6 +291,7 @@ def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
 
 def _evaluate(
     url: str,
+    store: ObjectStore,
     job: FineTuningJob,
     result: TrainingResult,
     tokenizer: PreTrainedTokenizerBase,
@@ -309,7 +311,14 @@ def _evaluate(
         state.add_event(session, job.id, message, data={"held_out_examples": count})
     losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
     try:
-        report = evaluate_fine_tune(result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked)
+        with tempfile.TemporaryDirectory() as directory:
+            kept_epoch = result.best_epoch or result.epochs_run
+            checkpoints = (
+                _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
+            )
+            report = evaluate_fine_tune(
+                result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
+            )
     except Exception as error:
         log.exception("jobs.evaluation.failed", job_id=job.id)
         report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"
@@ -320,6 +329,25 @@ def _evaluate(
         data = {"warnings": report["warnings"]} if report else None
         state.add_event(session, job.id, message, level=level, data=data)
     return report
+
+
+def _other_checkpoints(
+    url: str, store: ObjectStore, job: FineTuningJob, kept_epoch: int, directory: Path
+) -> dict[str, Path]:
+    """The latest checkpoints besides the kept epoch's (whose adapter is the model itself), fetched into
+    `directory`: model id → adapter directory."""
+    with transaction(url) as session:
+        rows = session.execute(
+            select(JobCheckpoint.fine_tuned_model_checkpoint, JobCheckpoint.storage_prefix, JobCheckpoint.metrics)
+            .where(JobCheckpoint.job_id == job.id)
+            .order_by(JobCheckpoint.step_number.desc())
+        ).all()
+    chosen = [(name, prefix) for name, prefix, metrics in rows if metrics.get("epoch") != kept_epoch]
+    fetched = {}
+    for name, prefix in chosen[:CHECKPOINTS_EVALUATED]:
+        fetched[name] = directory / prefix.rsplit("/", 1)[-1]
+        verified_fetch(store.download_prefix)(prefix, fetched[name])
+    return fetched
 
 
 def _publish(

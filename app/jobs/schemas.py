@@ -52,6 +52,7 @@ class EvaluationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_examples: int = Field(default=50, ge=0, le=1000, description="held-out examples answered; 0: no evaluation")
     max_tokens: int = Field(default=256, ge=1, le=4096, description="the longest answer generated")
+    checkpoints: bool = Field(default=True, description="also evaluate the latest 3 epochs' checkpoints")
 
 
 class JobCreate(BaseModel):
