@@ -1,5 +1,6 @@
 """The whole product through the openai SDK: upload → fine-tune the real default model → chat with it."""
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,12 +104,17 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     )
 
     # the results file: one CSV row per step, the held-out columns filled at the epoch's end
-    assert len(finished.result_files) == 1
-    csv_rows = client.files.content(finished.result_files[0]).text.splitlines()
+    csv_file, evaluation_file = finished.result_files
+    csv_rows = client.files.content(csv_file).text.splitlines()
     assert csv_rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
     assert [row.split(",")[0] for row in csv_rows[1:]] == ["1", "2", "3"]
     assert float(csv_rows[3].split(",")[3]) == metrics[0].data["valid_loss"]
-    assert client.files.retrieve(finished.result_files[0]).purpose == "fine-tune-results"
+    assert client.files.retrieve(csv_file).purpose == "fine-tune-results"
+    # the evaluation report: it counts the held-out example that is also in the training file
+    report = json.loads(client.files.content(evaluation_file).text)
+    assert report["held_out_examples"] == len(HELD_OUT) + 1
+    leak = next(w for w in report["warnings"] if w["code"] == "validation_leakage")
+    assert leak["message"].startswith("1 held-out example(s) also appear in the training file")
 
     assert model_id in [m.id for m in client.models.list()]
     reply = client.chat.completions.create(

@@ -216,3 +216,27 @@ def test_two_fine_tunes_compared_on_a_file_of_new_tickets(
         other_client.get(f"/evaluations/{done['id']}", cast_to=object)
     listed = client.get("/evaluations", cast_to=object)
     assert done["id"] in [e["id"] for e in listed["data"]]  # type: ignore[index]
+
+
+def test_a_failed_evaluation_still_publishes_the_model_and_says_why(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the held-out answers could not be generated")
+
+    monkeypatch.setattr("worker.job_runner.evaluate_fine_tune", broken)
+    job_id = _train(client, settings, TICKETS, HELD_OUT, hyperparameters={"n_epochs": 1, "batch_size": 4})
+
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded" and job.fine_tuned_model
+    assert [client.files.retrieve(f).filename for f in job.result_files] == ["step_metrics.csv"]
+    events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))
+    failed = next(e for e in events if e.message.startswith("The evaluation failed"))
+    assert failed.level == "warn" and "the held-out answers could not be generated" in failed.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        _evaluation(client, job_id)
+    assert "the evaluation failed (its events say which)" in missing.value.message
+    reply = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "Ticket: refund"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
