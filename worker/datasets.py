@@ -1,8 +1,11 @@
-"""Reading a stored JSONL dataset back as conversations to train on."""
+"""Reading a stored JSONL dataset back as conversations (or preference pairs) to train on."""
 
 import json
 
+from app.datasets.formats import PREFERENCE, parse_example
 from app.storage import ObjectStore
+
+PreferenceExample = tuple[list[dict], str, str]  # prompt messages, chosen answer, rejected answer
 
 
 def _plain_content(message: dict) -> dict:
@@ -25,3 +28,14 @@ def load_examples(store: ObjectStore, storage_key: str) -> list[list[dict]]:
     """The conversations in a file that passed upload validation (blank lines skipped)."""
     text = store.read_bytes(storage_key).decode("utf-8-sig")
     return [as_conversation(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def load_pairs(store: ObjectStore, storage_key: str) -> list[PreferenceExample]:
+    """The preference pairs in a file that passed upload validation, in either preference format."""
+    text = store.read_bytes(storage_key).decode("utf-8-sig")
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            example = parse_example(json.loads(line), PREFERENCE, number)
+            pairs.append(([_plain_content(m) for m in example.input_messages], example.targets[0], example.rejected))
+    return pairs

@@ -22,6 +22,7 @@ from transformers.pytorch_utils import Conv1D
 from app.adapter_manifest import write_manifest
 from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
+from worker.training.logits import causal_lm, labelled_logits
 from worker.training.state import TrainingState, restore_rng_state, rng_state
 
 Messages = list[dict]
@@ -134,25 +135,6 @@ def _stats(logits: torch.Tensor, targets: torch.Tensor) -> TokenStats:
     return TokenStats(loss_sum, correct, int(labelled.sum()))
 
 
-def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def supports_labelled_head(model: torch.nn.Module) -> bool:
-    """Whether logits are just the LM head applied to the last hidden state (no softcapping or scaling)."""
-    causal_lm = _causal_lm(model)
-    config = getattr(causal_lm, "config", None)
-    transformed = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
-    inner = getattr(causal_lm, "base_model", None)
-    return (
-        isinstance(causal_lm, PreTrainedModel)
-        and inner is not None
-        and inner is not causal_lm
-        and causal_lm.get_output_embeddings() is not None
-        and not transformed
-    )
-
-
 def full_logits_token_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenStats:
     """Token statistics from logits over the whole vocabulary at every position (the model's own forward)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
@@ -160,22 +142,10 @@ def full_logits_token_stats(model: torch.nn.Module, batch: dict[str, torch.Tenso
 
 
 def token_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenStats:
-    """Token statistics with the LM head applied only to positions that predict a label.
-
-    Assistant tokens are a fraction of each sequence, and the head of a small model is a large share of its
-    compute (SmolLM2-135M: 49k × 576, ~20 % of the forward), so this skips most of that work and the
-    full-vocabulary logits of prompt and padding positions. Same loss as `full_logits_token_stats`.
-    """
-    if not supports_labelled_head(model):
-        return full_logits_token_stats(model, batch)
-    causal_lm = _causal_lm(model)
-    hidden = causal_lm.base_model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    labelled = targets != IGNORE_INDEX
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][labelled])
-    return _stats(logits, targets[labelled])
+    """Token statistics with the LM head applied only to positions that predict a label: same loss as
+    `full_logits_token_stats`, without the head's work on prompt and padding positions."""
+    logits, targets, _ = labelled_logits(model, batch)
+    return _stats(logits, targets)
 
 
 def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -226,8 +196,8 @@ def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     SmolLM2-135M step, saved here with the same results, as autocast runs those matmuls in bf16 anyway.
     Embeddings and the LM head (often tied to them) stay as they are.
     """
-    causal_lm = _causal_lm(model)
-    embeddings = (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings())
+    lm = causal_lm(model)
+    embeddings = (lm.get_input_embeddings(), lm.get_output_embeddings())
     shared = {id(layer.weight) for layer in embeddings if layer is not None}
     frozen = [
         module
@@ -239,19 +209,19 @@ def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         and id(module.weight) not in shared
     ]
     originals = [module.weight.data for module in frozen]
-    attention = getattr(getattr(causal_lm, "config", None), "_attn_implementation", None)
-    swap_attention = enabled and attention == "sdpa" and isinstance(causal_lm, PreTrainedModel)
+    attention = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    swap_attention = enabled and attention == "sdpa" and isinstance(lm, PreTrainedModel)
     for module in frozen:
         module.weight.data = module.weight.data.to(torch.bfloat16)
     if swap_attention:
-        causal_lm.set_attn_implementation(FP32_SDPA)
+        lm.set_attn_implementation(FP32_SDPA)
     try:
         yield
     finally:
         for module, original in zip(frozen, originals, strict=True):
             module.weight.data = original
         if swap_attention:
-            causal_lm.set_attn_implementation(attention)
+            lm.set_attn_implementation(attention)
 
 
 def evaluate(
