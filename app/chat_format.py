@@ -18,6 +18,9 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
 
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -1,7 +1,7 @@
 """Batching for training: a seeded held-out split, a seeded order per epoch (optionally grouped by length),
 and padding only up to the longest row of a batch."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 
 import torch
 
@@ -51,10 +51,11 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, epoch: int, se
 
 
 def epoch_batches(
-    examples: Sequence[TokenizedExample], batch_size: int, epoch: int, seed: int, group_by_length: bool = False
-) -> Iterator[list[TokenizedExample]]:
+    examples: Sequence[Sized], batch_size: int, epoch: int, seed: int, group_by_length: bool = False
+) -> Iterator[list]:
+    """One epoch's batches of `examples` (anything with a length: tokens, or a pair's longer answer)."""
     if group_by_length:
-        lengths = [len(example.input_ids) for example in examples]
+        lengths = [len(example) for example in examples]
         for indices in length_grouped_order(lengths, batch_size, epoch, seed):
             yield [examples[index] for index in indices]
         return

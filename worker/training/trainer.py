@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,13 @@ from app.adapter_manifest import write_manifest
 from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
 from worker.training.logits import causal_lm, labelled_logits
+from worker.training.preference import (
+    PreferencePair,
+    PreferenceSettings,
+    preference_stats,
+    tokenize_pairs,
+    with_reference,
+)
 from worker.training.state import TrainingState, restore_rng_state, rng_state
 
 Messages = list[dict]
@@ -61,8 +69,13 @@ class StepReport:
     train_loss: float  # mean token loss of this step's batch
     learning_rate: float  # the rate this step used
     valid_loss: float | None  # set on the last step of each epoch when there are validation examples
-    train_mean_token_accuracy: float = 0.0  # share of this batch's assistant tokens predicted exactly (argmax)
+    # Share of this batch's assistant tokens predicted exactly (argmax); for preference training, of its pairs
+    # whose chosen answer got the higher reward. `accuracy_name` says which.
+    train_mean_token_accuracy: float = 0.0
     valid_mean_token_accuracy: float | None = None  # set with valid_loss
+    accuracy_name: str = "mean_token_accuracy"
+    train_metrics: dict[str, float] = field(default_factory=dict)  # the objective's other means (reward margin, ...)
+    valid_metrics: dict[str, float] | None = None  # set with valid_loss
 
 
 @dataclass
@@ -89,6 +102,34 @@ class TrainingResult:
     epochs_run: int = 0  # epochs that finished
     epoch_losses: list[float] = field(default_factory=list)  # valid_loss of each finished epoch
     epoch_train_losses: list[float] = field(default_factory=list)  # mean step loss of each finished epoch
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Sums over a batch, so that batches add up: the loss, the units it averages over (answer tokens, or pairs),
+    how many of them the model got right, and the objective's other sums."""
+
+    loss_sum: torch.Tensor
+    count: int
+    correct: int
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """What training minimises, over items of one kind (tokenized examples, or preference pairs)."""
+
+    accuracy_name: str
+
+    def stats(self, model: torch.nn.Module, items: Sequence[Any]) -> BatchStats: ...
+
+    def tokens(self, item: Any) -> int: ...
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    loss: float
+    accuracy: float
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -224,6 +265,66 @@ def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
             lm.set_attn_implementation(attention)
 
 
+@dataclass(frozen=True)
+class SupervisedObjective:
+    """Next-token loss on the assistant tokens (labels from `tokenize_example`)."""
+
+    pad_token_id: int
+    accuracy_name: str = "mean_token_accuracy"
+
+    def stats(self, model: torch.nn.Module, items: Sequence[TokenizedExample]) -> BatchStats:
+        found = token_stats(model, _on(next(model.parameters()).device, collate(items, self.pad_token_id)))
+        return BatchStats(found.loss_sum, found.count, found.correct)
+
+    def tokens(self, item: TokenizedExample) -> int:
+        return len(item.input_ids)
+
+
+@dataclass(frozen=True)
+class PreferenceObjective:
+    """DPO and its variants (`worker.training.preference`) on pairs that carry their reference log-probabilities."""
+
+    pad_token_id: int
+    settings: PreferenceSettings
+    accuracy_name: str = "reward_accuracy"
+
+    def stats(self, model: torch.nn.Module, items: Sequence[PreferencePair]) -> BatchStats:
+        found = preference_stats(model, items, self.pad_token_id, self.settings)
+        extras = {
+            "reward_margin": found.margin_sum,
+            "chosen_logps": found.chosen_logps_sum,
+            "rejected_logps": found.rejected_logps_sum,
+        }
+        return BatchStats(found.loss_sum, found.pairs, found.correct, extras)
+
+    def tokens(self, item: PreferencePair) -> int:
+        return len(item.chosen.input_ids) + len(item.rejected.input_ids)
+
+
+def evaluate_items(
+    model: torch.nn.Module,
+    items: Sequence[Any],
+    objective: Objective,
+    batch_size: int,
+    cpu_bf16: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Evaluated | None:
+    """The objective's mean loss, accuracy and other metrics over all `items`; None when `should_stop` said so
+    between batches (a large validation file must not delay a cancel)."""
+    device = next(model.parameters()).device
+    model.eval()
+    total, correct, count, extras = 0.0, 0, 0, {}
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            if should_stop is not None and should_stop():
+                return None
+            with _autocast(device, cpu_bf16):
+                stats = objective.stats(model, items[start : start + batch_size])
+            total, correct, count = total + stats.loss_sum.item(), correct + stats.correct, count + stats.count
+            extras = {name: extras.get(name, 0.0) + value for name, value in stats.extras.items()}
+    return Evaluated(total / count, correct / count, {name: value / count for name, value in extras.items()})
+
+
 def evaluate(
     model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
@@ -232,20 +333,9 @@ def evaluate(
     cpu_bf16: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float] | None:
-    """Loss per labelled token and the share of them predicted exactly, over all `examples`; None when
-    `should_stop` said so between batches (a large validation file must not delay a cancel)."""
-    device = next(model.parameters()).device
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            if should_stop is not None and should_stop():
-                return None
-            batch = _on(device, collate(examples[start : start + batch_size], pad_token_id))
-            with _autocast(device, cpu_bf16):
-                stats = token_stats(model, batch)
-            total, correct, count = total + stats.loss_sum.item(), correct + stats.correct, count + stats.count
-    return total / count, correct / count
+    """Loss per labelled token and the share of them predicted exactly, over all `examples`."""
+    found = evaluate_items(model, examples, SupervisedObjective(pad_token_id), batch_size, cpu_bf16, should_stop)
+    return None if found is None else (found.loss, found.accuracy)
 
 
 def held_out_metrics(
@@ -259,8 +349,11 @@ def held_out_metrics(
     examples = _tokenize(tokenizer, conversations, config.max_seq_length, config.train_on_inputs)
     if not examples:
         return None
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return evaluate(model, examples, config.batch_size, pad_token_id, config.cpu_bf16)
+    return evaluate(model, examples, config.batch_size, _pad_token_id(tokenizer), config.cpu_bf16)
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _tokenize(
@@ -285,16 +378,17 @@ def _load_adapter_weights(model: torch.nn.Module, weights: dict[str, torch.Tenso
 
 def _train_step(
     model: PeftModel,
-    batch: dict[str, torch.Tensor],
+    items: Sequence[Any],
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cpu_bf16: bool,
     max_grad_norm: float,
-) -> tuple[float, float, float]:
-    """One optimizer step on `batch`: its mean token loss, token accuracy and the learning rate it used."""
+) -> tuple[float, float, float, dict[str, float]]:
+    """One optimizer step on `items`: their mean loss, accuracy, the learning rate used and the other metrics."""
     model.train()
-    with _autocast(batch["input_ids"].device, cpu_bf16):
-        stats = token_stats(model, batch)
+    with _autocast(next(model.parameters()).device, cpu_bf16):
+        stats = objective.stats(model, items)
     loss = stats.loss_sum / stats.count
     loss.backward()
     if max_grad_norm > 0:
@@ -304,7 +398,8 @@ def _train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item(), stats.correct / stats.count, learning_rate
+    metrics = {name: value / stats.count for name, value in stats.extras.items()}
+    return loss.item(), stats.correct / stats.count, learning_rate, metrics
 
 
 def _lora_model(model: PreTrainedModel, config: TrainingConfig, start_from: Path | None) -> PeftModel:
@@ -345,9 +440,58 @@ def train_lora(
     held_out = _tokenize(tokenizer, validation_examples or [], config.max_seq_length, config.train_on_inputs)
     if not train_set:
         raise ValueError("no training example has an assistant token within max_seq_length")
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
     peft_model = _lora_model(model, config, start_from)
+    objective = SupervisedObjective(_pad_token_id(tokenizer))
+    return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
+
+
+def train_preference(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: list[tuple[Messages, str, str]],
+    validation_pairs: list[tuple[Messages, str, str]] | None,
+    config: TrainingConfig,
+    settings: PreferenceSettings,
+    on_step: Callable[[StepReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch_end: Callable[[EpochReport], None] | None = None,
+    resume: TrainingState | None = None,
+    start_from: Path | None = None,
+) -> TrainingResult:
+    """Preference-train a LoRA adapter on (prompt, chosen, rejected) pairs, as `train_lora` trains on examples.
+
+    The reference is the model before the first step (the base model, or the adapter in `start_from`): its
+    log-probabilities of every answer are computed once, before training (and again, the same, on a resume).
+    """
+    torch.manual_seed(config.seed)
+    train_set = tokenize_pairs(tokenizer, train_pairs, config.max_seq_length)
+    held_out = tokenize_pairs(tokenizer, validation_pairs or [], config.max_seq_length)
+    if not train_set:
+        raise ValueError("no preference pair has an answer token within max_seq_length")
+    peft_model = _lora_model(model, config, start_from)
+    pad_token_id = _pad_token_id(tokenizer)
+    device = next(peft_model.parameters()).device
+    on_cpu_in_bf16 = device.type == "cpu" and _uses_bf16(device, config.cpu_bf16)
+    with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16), _autocast(device, config.cpu_bf16):
+        train_set = with_reference(peft_model, train_set, config.batch_size, pad_token_id)
+        held_out = with_reference(peft_model, held_out, config.batch_size, pad_token_id)
+    objective = PreferenceObjective(pad_token_id, settings)
+    return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
+
+
+def _train(
+    peft_model: PeftModel,
+    train_set: Sequence[Any],
+    held_out: Sequence[Any],
+    objective: Objective,
+    config: TrainingConfig,
+    on_step: Callable[[StepReport], None] | None,
+    should_stop: Callable[[], bool] | None,
+    on_epoch_end: Callable[[EpochReport], None] | None,
+    resume: TrainingState | None,
+) -> TrainingResult:
+    """The training loop shared by every objective: AdamW with warmup and decay, held-out metrics at each epoch's
+    end, the best epoch kept, and the state to resume from."""
     device = next(peft_model.parameters()).device
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     # fused: one kernel for all LoRA tensors instead of several per tensor (7 % of a SmolLM2 CPU step)
@@ -400,26 +544,33 @@ def train_lora(
     for epoch in range(run.epochs_done, config.n_epochs):
         step_losses: list[float] = []
         with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16):
-            for examples in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
+            for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
                 if should_stop is not None and should_stop():
                     return result(stopped=True)
-                batch = _on(device, collate(examples, pad_token_id))
-                loss, accuracy, learning_rate = _train_step(
-                    peft_model, batch, optimizer, scheduler, config.cpu_bf16, config.max_grad_norm
+                loss, accuracy, learning_rate, metrics = _train_step(
+                    peft_model, items, objective, optimizer, scheduler, config.cpu_bf16, config.max_grad_norm
                 )
                 run.step += 1
-                run.trained_tokens += sum(len(example.input_ids) for example in examples)
+                run.trained_tokens += sum(objective.tokens(item) for item in items)
                 step_losses.append(loss)
-                report = StepReport(run.step, total_steps, epoch + 1, loss, learning_rate, None, accuracy)
+                report = StepReport(
+                    run.step, total_steps, epoch + 1, loss, learning_rate, None, accuracy,
+                    accuracy_name=objective.accuracy_name, train_metrics=metrics,
+                )  # fmt: skip
                 if run.step % steps_per_epoch == 0 and held_out:
-                    evaluated = evaluate(
-                        peft_model, held_out, config.batch_size, pad_token_id, config.cpu_bf16, should_stop
+                    evaluated = evaluate_items(
+                        peft_model, held_out, objective, config.batch_size, config.cpu_bf16, should_stop
                     )
                     if evaluated is None:
                         return result(stopped=True)
-                    run.valid_losses.append(evaluated[0])
-                    run.valid_accuracies.append(evaluated[1])
-                    report = replace(report, valid_loss=evaluated[0], valid_mean_token_accuracy=evaluated[1])
+                    run.valid_losses.append(evaluated.loss)
+                    run.valid_accuracies.append(evaluated.accuracy)
+                    report = replace(
+                        report,
+                        valid_loss=evaluated.loss,
+                        valid_mean_token_accuracy=evaluated.accuracy,
+                        valid_metrics=evaluated.metrics,
+                    )
                 if on_step is not None:
                     on_step(report)
         run.epochs_done, run.train_loss = epoch + 1, sum(step_losses) / len(step_losses)

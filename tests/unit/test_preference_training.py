@@ -1,0 +1,60 @@
+"""Preference training on a tiny model: it learns which answer is preferred, held-out pairs included, reports the
+DPO metrics at every step, and a resumed run (whose reference is computed again) ends like an uninterrupted one."""
+
+import math
+
+import pytest
+
+from tests.unit.test_trainer import config
+from worker.training import EpochReport, StepReport
+from worker.training.preference import PreferenceSettings
+from worker.training.state import TrainingState
+from worker.training.trainer import train_preference
+
+# The preferred answer is always polite; the other one is curt.
+QUESTIONS = [
+    "Where is my order?", "Can I get a refund?", "How do I reset my password?", "Is the app down?",
+    "Do you ship abroad?", "Can I change my plan?", "Why was I charged?", "How do I delete my account?",
+]  # fmt: skip
+PAIRS = [([{"role": "user", "content": q}], "Thank you for asking! Happy to help.", "No.") for q in QUESTIONS]
+TRAIN, HELD_OUT = PAIRS[:6], PAIRS[6:]
+
+
+def test_it_learns_the_preferred_answers_and_reports_dpo_metrics(make_model, tokenizer):
+    steps: list[StepReport] = []
+    result = train_preference(
+        make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=4, lora_dropout=0.0), PreferenceSettings(beta=0.5),
+        on_step=steps.append,
+    )  # fmt: skip
+
+    first, last = steps[0], steps[-1]
+    assert first.accuracy_name == "reward_accuracy" and first.train_mean_token_accuracy == 0.0  # no pair won yet
+    assert set(first.train_metrics) == {"reward_margin", "chosen_logps", "rejected_logps"}
+    assert first.train_loss == pytest.approx(math.log(2), rel=1e-5)  # policy = reference at the first step
+    assert last.train_loss < first.train_loss and last.train_metrics["reward_margin"] > 0
+    assert last.valid_mean_token_accuracy == 1.0 and last.valid_metrics is not None  # both held-out pairs won
+    first_epoch = next(step for step in steps if step.valid_metrics is not None)
+    assert first_epoch.epoch == 1 and first_epoch.valid_metrics is not None
+    assert last.valid_metrics["reward_margin"] > first_epoch.valid_metrics["reward_margin"] > 0
+    assert result.trained_tokens > 0 and result.epochs_run == 4
+
+
+def test_a_resumed_preference_run_ends_like_an_uninterrupted_one(make_model, tokenizer):
+    settings, preference = config(n_epochs=3), PreferenceSettings(beta=0.5, rpo_alpha=0.2)
+    saved: dict[int, bytes] = {}
+
+    def checkpoint(report: EpochReport) -> None:
+        saved[report.epoch] = report.state.to_bytes()
+
+    steps: list[StepReport] = []
+    whole = train_preference(
+        make_model(), tokenizer, TRAIN, HELD_OUT, settings, preference, steps.append, on_epoch_end=checkpoint
+    )
+    resumed_steps: list[StepReport] = []
+    state = TrainingState.from_bytes(saved[1])
+    resumed = train_preference(
+        make_model(), tokenizer, TRAIN, HELD_OUT, settings, preference, resumed_steps.append, resume=state
+    )
+
+    assert resumed_steps == steps[state.step :]
+    assert (resumed.valid_loss, resumed.epoch_losses) == (whole.valid_loss, whole.epoch_losses)
