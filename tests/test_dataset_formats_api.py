@@ -58,6 +58,43 @@ def test_supervised_jobs_take_prompt_completion_but_not_preference_pairs(client:
     assert "preference" in error.value.message
 
 
+def test_dpo_jobs_take_preference_pairs_and_echo_their_settings(client: openai.OpenAI) -> None:
+    pairs = client.files.create(file=("pairs.jsonl", PREFERENCE_PAIRS), purpose="fine-tune").id
+    openai_pairs = client.files.create(file=("openai.jsonl", OPENAI_PREFERENCE), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=pairs,
+        validation_file=openai_pairs,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2}}},
+        extra_body={"dpo": {"rpo_alpha": 0.5}},
+    )
+    assert job.method is not None and job.method.type == "dpo" and job.method.dpo is not None
+    hyperparameters = job.method.dpo.hyperparameters
+    assert hyperparameters is not None and (hyperparameters.beta, hyperparameters.n_epochs) == (0.1, 2)  # auto β
+    assert job.method.dpo.rpo_alpha == 0.5 and job.method.dpo.simpo_gamma == 0.0  # type: ignore[attr-defined]
+
+    chats = client.files.create(file=("chats.jsonl", chat_jsonl()), purpose="fine-tune").id
+    refusals = [
+        ({"training_file": chats, "method": {"type": "dpo"}}, "training_file", "DPO trains on preference pairs"),
+        ({"training_file": pairs, "extra_body": {"dpo": {"rpo_alpha": 1}}}, "dpo", "only for method.type 'dpo'"),
+        (
+            {"training_file": pairs, "method": {"type": "dpo"}, "extra_body": {"lora": {"train_on_inputs": True}}},
+            "lora.train_on_inputs",
+            "only for supervised fine-tuning",
+        ),
+        ({"training_file": pairs, "method": {"type": "reinforcement"}}, "method.type", "not supported"),
+        (
+            {"training_file": pairs, "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
+            "method.dpo.hyperparameters.beta",
+            "",
+        ),
+    ]
+    for request, param, message in refusals:
+        with pytest.raises(openai.BadRequestError) as error:
+            client.fine_tuning.jobs.create(model=BASE, **request)  # type: ignore[arg-type]
+        assert error.value.param == param and message in error.value.message, request
+
+
 def test_mixing_formats_names_the_line(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as error:
         client.files.create(

@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -16,11 +17,14 @@ from app.evaluation.report import (
     checkpoint_summary,
     evaluation_report,
     held_out_examples,
+    preference_report,
 )
 from app.inference.batching import ContinuousBatcher
 from app.inference.engine import model_end_of_turn_ids
 from app.inference.lora_slots import AdapterSlots
 from app.jobs.schemas import EvaluationOptions
+from worker.datasets import PreferenceExample
+from worker.training.preference import PreferencePair, answer_logps, tokenize_pairs
 from worker.training.trainer import TrainingConfig, held_out_metrics
 
 TUNED = "fine-tuned"
@@ -98,6 +102,45 @@ def evaluate_fine_tune(
         checkpoint_summary(name, examples, outcome.answers[name], outcome.metrics[name]) for name in checkpoints
     ]
     return report
+
+
+def evaluate_preference_tune(
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    held_out: Sequence[PreferenceExample],
+    config: TrainingConfig,
+    options: EvaluationOptions,
+    losses: Losses | None = None,
+    leaked_examples: int = 0,
+) -> dict | None:
+    """A DPO job's report: how often the fine-tuned model and its base model find the chosen answer of a held-out
+    pair the likelier one; None when no pair is left to evaluate on."""
+    pairs = tokenize_pairs(tokenizer, held_out[: options.max_examples], config.max_seq_length)
+    if not pairs:
+        return None
+    tuned = _margins(peft_model, pairs, config.batch_size, _pad(tokenizer))
+    with peft_model.disable_adapter():
+        base = _margins(peft_model, pairs, config.batch_size, _pad(tokenizer))
+    return preference_report(base, tuned, losses, leaked_examples)
+
+
+def _margins(model: PreTrainedModel, pairs: Sequence[PreferencePair], batch_size: int, pad: int) -> list[float]:
+    """Per pair: mean log-probability per token of the chosen answer minus that of the rejected one."""
+    model.eval()
+    margins = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            sums, counts = answer_logps(model, [p.chosen for p in batch] + [p.rejected for p in batch], pad)
+            means = (sums / counts).tolist()
+            margins += [
+                chosen - rejected for chosen, rejected in zip(means[: len(batch)], means[len(batch) :], strict=True)
+            ]
+    return margins
+
+
+def _pad(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _answers(

@@ -4,6 +4,7 @@ Plain functions that tests call directly; the Celery task only wraps `run_job`.
 """
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -28,16 +29,19 @@ from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
-from worker.datasets import load_examples
-from worker.evaluation import evaluate_fine_tune
+from worker.datasets import load_examples, load_pairs
+from worker.evaluation import evaluate_fine_tune, evaluate_preference_tune
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
 from worker.results import store_evaluation, store_results
 from worker.training.data import split_held_out
+from worker.training.preference import PreferenceSettings
 from worker.training.state import TrainingState
-from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora
+from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora, train_preference
 
 log = structlog.get_logger()
+# DPO nudges a model that already answers well: its steps are a tenth of supervised fine-tuning's.
+DPO_LEARNING_RATE_SHARE = 0.1
 CHECKPOINTS_EVALUATED = 3  # besides the model: the latest epochs, as many as OpenAI keeps checkpoints of
 
 
@@ -140,9 +144,7 @@ def _leaked_examples(
     return shared["count"]
 
 
-def _hold_out(
-    url: str, job: FineTuningJob, examples: list[list[dict]], announce: bool
-) -> tuple[list[list[dict]], list[list[dict]]]:
+def _hold_out(url: str, job: FineTuningJob, examples: list, announce: bool) -> tuple[list, list]:
     """Without a validation file, a seeded share of the training file is held out to measure overfitting."""
     train_indices, held_out_indices = split_held_out(len(examples), job.seed)
     if not announce:
@@ -162,7 +164,10 @@ def _hold_out(
 def training_config(registry: BaseModelRegistry, job: FineTuningJob) -> TrainingConfig:
     """The trainer's settings for a job; one created before an option existed trains with its default."""
     options = resolve_training_options(registry.get(job.base_model), None) | (job.training_options or {})
-    return config_for(Resolved(**job.hyperparameters), options, job.seed)
+    config = config_for(Resolved(**job.hyperparameters), options, job.seed)
+    if job.method.get("type") == "dpo":
+        return replace(config, learning_rate=config.learning_rate * DPO_LEARNING_RATE_SHARE)
+    return config
 
 
 def config_for(hyper: Resolved, options: dict, seed: int) -> TrainingConfig:
@@ -203,6 +208,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     )
     model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
     config = training_config(registry, job)
+    preference = preference_settings(job)
     training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
     checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
@@ -212,18 +218,17 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as start_from:
         if job.start_adapter_prefix:
             _fetch_start_adapter(store, job, Path(start_from))
-        result = train_lora(
-            model,
-            tokenizer,
-            training,
-            held_out,
-            config,
-            on_step=progress.on_step,
-            should_stop=progress.should_stop,
-            on_epoch_end=checkpoints.on_epoch_end,
-            resume=resumed[1] if resumed else None,
-            start_from=Path(start_from) if job.start_adapter_prefix else None,
-        )
+        callbacks = {
+            "on_step": progress.on_step,
+            "should_stop": progress.should_stop,
+            "on_epoch_end": checkpoints.on_epoch_end,
+            "resume": resumed[1] if resumed else None,
+            "start_from": Path(start_from) if job.start_adapter_prefix else None,
+        }
+        if preference is None:
+            result = train_lora(model, tokenizer, training, held_out, config, **callbacks)
+        else:
+            result = train_preference(model, tokenizer, training, held_out, config, preference, **callbacks)
     if result.stopped:
         log.info("jobs.stopped", job_id=job_id)
         _discard_training_states(store, job.organization_id, job_id)
@@ -241,13 +246,22 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     _discard_training_states(store, job.organization_id, job_id)
 
 
+def preference_settings(job: FineTuningJob) -> PreferenceSettings | None:
+    """The DPO loss of a DPO job; None for supervised fine-tuning."""
+    if job.method.get("type") != "dpo":
+        return None
+    return PreferenceSettings(**job.method["dpo"])
+
+
 def _datasets(
     url: str, store: ObjectStore, job: FineTuningJob, training_key: str, validation_key: str | None, announce: bool
-) -> tuple[list[list[dict]], list[list[dict]]]:
-    """The examples to train on and the held-out ones: the validation file, or a seeded share of training."""
-    training = load_examples(store, training_key)
+) -> tuple[list, list]:
+    """The examples (conversations, or preference pairs for DPO) to train on and the held-out ones: the validation
+    file, or a seeded share of training."""
+    load = load_pairs if job.method.get("type") == "dpo" else load_examples
+    training: list = load(store, training_key)
     if validation_key:
-        held_out = load_examples(store, validation_key)
+        held_out: list = load(store, validation_key)
     else:
         training, held_out = _hold_out(url, job, training, announce)
     if announce:
@@ -308,17 +322,22 @@ def _evaluate(
     count = min(options.max_examples, len(held_out))
     with transaction(url) as session:
         message = f"Evaluating the base model and the fine-tuned model on {count} held-out examples"
+        if job.method.get("type") == "dpo":
+            message = f"Evaluating the base model and the fine-tuned model on {count} held-out preference pairs"
         state.add_event(session, job.id, message, data={"held_out_examples": count})
     losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
     try:
-        with tempfile.TemporaryDirectory() as directory:
-            kept_epoch = result.best_epoch or result.epochs_run
-            checkpoints = (
-                _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
-            )
-            report = evaluate_fine_tune(
-                result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
-            )
+        if job.method.get("type") == "dpo":
+            report = evaluate_preference_tune(result.model, tokenizer, held_out, config, options, losses, leaked)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                kept_epoch = result.best_epoch or result.epochs_run
+                checkpoints = (
+                    _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
+                )
+                report = evaluate_fine_tune(
+                    result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
+                )
     except Exception as error:
         log.exception("jobs.evaluation.failed", job_id=job.id)
         report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"

@@ -34,9 +34,13 @@ class JobProgress:
             "train_loss": report.train_loss,
             "learning_rate": report.learning_rate,
         }
+        data[f"train_{report.accuracy_name}"] = report.train_mean_token_accuracy
+        data |= {f"train_{name}": value for name, value in report.train_metrics.items()}
         if report.valid_loss is not None:
             message += f", validation loss={report.valid_loss:.4f}"
             data["valid_loss"] = report.valid_loss
+            data[f"valid_{report.accuracy_name}"] = report.valid_mean_token_accuracy
+            data |= {f"valid_{name}": value for name, value in (report.valid_metrics or {}).items()}
         with transaction(self.database_url) as session:
             self._still_running = state.renew_lease(
                 session, self.job_id, self.lease_seconds, self._estimated_finish(report)

@@ -4,7 +4,7 @@ by side, with a verdict in plain words and the warnings a user should not miss."
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from app.evaluation.scoring import AnswerScore, Summary, score_answer, summarize, worst
+from app.evaluation.scoring import AnswerScore, Summary, score_answer, summarize, wilson_interval, worst
 
 TOO_UNCERTAIN = 0.3  # a 95 % interval of the exact-match rate wider than this is called out
 WORST_SHOWN = 5
@@ -112,23 +112,34 @@ def verdict(base: Summary, tuned: Summary, losses: Losses | None, sides: Sides =
         parts.append(f"fields right: {_percent(tuned.field_accuracy)} ({other}: {_percent(base.field_accuracy)})")
     if tuned.format_kept is None:
         parts.append(f"chrF {tuned.chrf:.0f} ({other}: {base.chrf:.0f})")
-    if losses and losses.valid and losses.kept_epoch:
-        lowest = 1 + min(range(len(losses.valid)), key=losses.valid.__getitem__)
-        kept = " (kept)" if lowest == losses.kept_epoch else f"; epoch {losses.kept_epoch} kept"
-        parts.append(f"validation loss lowest at epoch {lowest} of {len(losses.valid)}{kept}")
+    parts += _epochs_part(losses)
     return "; ".join(parts)
 
 
+def _epochs_part(losses: Losses | None) -> list[str]:
+    if not (losses and losses.valid and losses.kept_epoch):
+        return []
+    lowest = 1 + min(range(len(losses.valid)), key=losses.valid.__getitem__)
+    kept = " (kept)" if lowest == losses.kept_epoch else f"; epoch {losses.kept_epoch} kept"
+    return [f"validation loss lowest at epoch {lowest} of {len(losses.valid)}{kept}"]
+
+
 def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int, sides: Sides = FINE_TUNE) -> list[dict]:
+    measured = f"the {sides.candidate_word} model's {_percent(tuned.exact)} exact"
+    return _warnings(tuned.examples, tuned.exact_interval, measured, losses, leaked_examples)
+
+
+def _warnings(
+    examples: int, interval: tuple[float, float], measured: str, losses: Losses | None, leaked_examples: int
+) -> list[dict]:
     found = []
-    low, high = tuned.exact_interval
+    low, high = interval
     if high - low > TOO_UNCERTAIN:
         found.append({
             "code": "small_held_out_set",
             "message": (
-                f"Only {tuned.examples} held-out examples: the {sides.candidate_word} model's "
-                f"{_percent(tuned.exact)} exact could be anywhere from {_percent(low)} to {_percent(high)} "
-                "(95 % interval); hold out more"
+                f"Only {examples} held-out examples: {measured} could be anywhere from {_percent(low)} to "
+                f"{_percent(high)} (95 % interval); hold out more"
             ),
         })  # fmt: skip
     if losses and _overfitting(losses):
@@ -149,6 +160,44 @@ def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int, sides:
             ),
         })  # fmt: skip
     return found
+
+
+def preference_report(
+    base_margins: Sequence[float],
+    tuned_margins: Sequence[float],
+    losses: Losses | None = None,
+    leaked_examples: int = 0,
+) -> dict:
+    """The report of a preference (DPO) job. A margin is how much more likely a model finds a pair's chosen answer
+    than its rejected one (mean log-probability per answer token, chosen minus rejected); a pair is won when it is
+    positive. Both models are measured alike, so the base model's share shows where training started."""
+    if not tuned_margins:
+        raise ValueError("no held-out pairs to evaluate on")
+    base, tuned = _preference_summary(base_margins), _preference_summary(tuned_margins)
+    accuracy = _percent(tuned["preference_accuracy"])
+    parts = [
+        f"fine-tuned prefers the chosen answer in {accuracy} of held-out pairs "
+        f"(base: {_percent(base['preference_accuracy'])})",
+        *_epochs_part(losses),
+    ]
+    measured = f"the fine-tuned model's {accuracy} preference accuracy"
+    return {
+        "method": "dpo",
+        "held_out_pairs": len(tuned_margins),
+        "base_model": base,
+        "fine_tuned_model": tuned,
+        "verdict": "; ".join(parts),
+        "warnings": _warnings(len(tuned_margins), tuned["interval"], measured, losses, leaked_examples),
+    }
+
+
+def _preference_summary(margins: Sequence[float]) -> dict:
+    won = sum(margin > 0 for margin in margins)
+    return {
+        "preference_accuracy": won / len(margins),
+        "interval": wilson_interval(won, len(margins)),
+        "mean_margin": round(sum(margins) / len(margins), 4),
+    }
 
 
 def _overfitting(losses: Losses) -> bool:

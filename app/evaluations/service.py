@@ -7,7 +7,7 @@ from app.base_models.registry import BaseModelRegistry
 from app.catalog import service as catalog
 from app.errors import InvalidRequest, ModelNotFound, NotFound
 from app.evaluations.schemas import EvaluationCreate
-from app.jobs.service import supervised_dataset
+from app.jobs.service import dataset
 from app.pagination import paginate
 from app.scoped import get_owned
 from app.tables import Evaluation, Organization
@@ -39,7 +39,7 @@ def create_evaluation(
             "an evaluation compares models of one base model",
             param="baseline",
         )
-    supervised_dataset(session, org, body.file, "file")
+    dataset(session, org, body.file, "file")
     row = Evaluation(
         id=ids.new_id("eval"),
         organization_id=org.id,

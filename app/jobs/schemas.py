@@ -21,12 +21,30 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | float = Field(default="auto", gt=0, le=10, description="how far from the reference; auto: 0.1")
+
+
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     # The SDK's own tests send every sub-object whatever the type; only the one named by `type` is read.
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
+
+
+class DpoOptions(BaseModel):
+    """Our extension object for DPO jobs (`extra_body={"dpo": {...}}`): Together's variants of the loss."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpo_alpha: float = Field(default=0.0, ge=0, le=10, description="adds this × the chosen answers' NLL (RPO)")
+    length_normalized: bool = Field(default=False, description="log-ratios divided by the answer's token count")
+    reference_free: bool = Field(default=False, description="no reference model terms")
+    simpo_gamma: float = Field(default=0.0, ge=0, le=10, description="> 0: SimPO with this target margin")
 
 
 class LoraOptions(BaseModel):
@@ -68,6 +86,7 @@ class JobCreate(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     lora: LoraOptions | None = None
     evaluation: EvaluationOptions | None = None
+    dpo: DpoOptions | None = None
 
 
 class JobError(BaseModel):
@@ -117,13 +136,22 @@ class JobPublic(BaseModel):
             training_file=row.training_file,
             validation_file=row.validation_file,
             metadata=row.job_metadata,
-            method={"type": "supervised", "supervised": {"hyperparameters": row.hyperparameters}},
+            method=_method(row),
             user_provided_suffix=row.suffix,
             result_files=row.result_files,
             estimated_finish=unix(row.estimated_finish),
             lora=row.training_options,
             evaluation=EvaluationOptions(**(row.evaluation_options or {})),
         )
+
+
+def _method(row: FineTuningJob) -> dict[str, Any]:
+    """OpenAI's `method` echo: the type, and its resolved hyperparameters (DPO's with beta and our options)."""
+    if row.method.get("type") == "dpo":
+        options = dict(row.method["dpo"])
+        hyperparameters = row.hyperparameters | {"beta": options.pop("beta")}
+        return {"type": "dpo", "dpo": {"hyperparameters": hyperparameters, **options}}
+    return {"type": "supervised", "supervised": {"hyperparameters": row.hyperparameters}}
 
 
 class EventPublic(BaseModel):

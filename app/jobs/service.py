@@ -10,13 +10,13 @@ from app import ids
 from app.base_models.registry import BaseModelRegistry
 from app.catalog import service as catalog
 from app.catalog.service import ModelRef
-from app.datasets import CHAT, PROMPT_COMPLETION
+from app.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION
 from app.errors import InvalidRequest, ModelNotFound, NotFound
 from app.files.report import structural_report
 from app.files.service import get_file
 from app.jobs import state
 from app.jobs.hyperparameters import resolve
-from app.jobs.schemas import EvaluationOptions, Hyperparameters, JobCreate
+from app.jobs.schemas import DpoOptions, EvaluationOptions, Hyperparameters, JobCreate
 from app.jobs.training_options import continue_adapter, resolve_training_options
 from app.pagination import paginate
 from app.scoped import get_owned
@@ -24,20 +24,24 @@ from app.storage import ObjectStore
 from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
 
 SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
+DEFAULT_DPO_BETA = 0.1  # the DPO paper's and TRL's default
 
 
-def supervised_dataset(session: Session, org: Organization, file_id: str, param: str) -> StoredFile:
-    """The organisation's processed file of chat or prompt/completion examples named by `param`."""
+def dataset(
+    session: Session, org: Organization, file_id: str, param: str, formats: tuple[str, ...] = SUPERVISED_FORMATS
+) -> StoredFile:
+    """The organisation's processed fine-tune file named by `param`, holding examples of one of `formats`."""
     try:
         row = get_file(session, org, file_id)
     except NotFound:
         raise NotFound(f"No such file: '{file_id}'", param=param, code="file_not_found") from None
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
-    if row.format not in SUPERVISED_FORMATS:
+    if row.format not in formats:
+        wanted = "preference pairs" if formats == (PREFERENCE,) else "chat or prompt/completion examples"
+        used = "DPO trains" if formats == (PREFERENCE,) else "supervised fine-tuning and evaluation use"
         raise InvalidRequest(
-            f"File '{file_id}' holds {row.format} examples; supervised fine-tuning and evaluation use chat or "
-            "prompt/completion examples",
+            f"File '{file_id}' holds {row.format} examples; {used} on {wanted}",
             param=param,
             code=f"invalid_{param}",
         )
@@ -54,16 +58,34 @@ def _report_warnings(session: Session, store: ObjectStore, job: FineTuningJob, r
         state.add_event(session, job.id, f"{param} {row.id}: {warning['message']}", level="warn", data=warning)
 
 
+def _method_type(body: JobCreate) -> str:
+    method = body.method.type if body.method else "supervised"
+    if method == "reinforcement":
+        raise InvalidRequest(
+            "method.type 'reinforcement' is not supported; use 'supervised' or 'dpo'", param="method.type"
+        )
+    if body.dpo is not None and method != "dpo":
+        raise InvalidRequest("dpo options are only for method.type 'dpo'", param="dpo")
+    if method == "dpo" and body.lora is not None and body.lora.train_on_inputs:
+        raise InvalidRequest("lora.train_on_inputs is only for supervised fine-tuning", param="lora.train_on_inputs")
+    return method
+
+
 def _hyperparameters(body: JobCreate) -> Hyperparameters:
     if body.method is not None:
-        if body.method.type != "supervised":
-            raise InvalidRequest(
-                f"method.type '{body.method.type}' is not supported yet; use 'supervised'",
-                param="method.type",
-            )
-        if body.method.supervised and body.method.supervised.hyperparameters:
-            return body.method.supervised.hyperparameters
+        chosen = body.method.dpo if body.method.type == "dpo" else body.method.supervised
+        if chosen is not None and chosen.hyperparameters is not None:
+            return chosen.hyperparameters
     return body.hyperparameters or Hyperparameters()
+
+
+def _method(body: JobCreate, method_type: str, hyperparameters: Hyperparameters) -> dict[str, Any]:
+    """What the worker reads: the type, and for DPO its beta and loss options."""
+    if method_type != "dpo":
+        return {"type": "supervised"}
+    beta = getattr(hyperparameters, "beta", "auto")
+    options = (body.dpo or DpoOptions()).model_dump()
+    return {"type": "dpo", "dpo": {"beta": DEFAULT_DPO_BETA if beta == "auto" else beta, **options}}
 
 
 def _starting_point(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
@@ -95,9 +117,11 @@ def create_job(
     start = _starting_point(session, registry, org, body.model)
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
-    training = supervised_dataset(session, org, body.training_file, "training_file")
+    method_type = _method_type(body)
+    formats = (PREFERENCE,) if method_type == "dpo" else SUPERVISED_FORMATS
+    training = dataset(session, org, body.training_file, "training_file", formats)
     validation = (
-        supervised_dataset(session, org, body.validation_file, "validation_file") if body.validation_file else None
+        dataset(session, org, body.validation_file, "validation_file", formats) if body.validation_file else None
     )
     requested = _hyperparameters(body)
     resolved = resolve(
@@ -114,7 +138,7 @@ def create_job(
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         status=state.VALIDATING,
-        method={"type": "supervised"},
+        method=_method(body, method_type, requested),
         hyperparameters=resolved.as_dict(),
         training_options=_training_options(store, registry, start, body),
         evaluation_options=(body.evaluation or EvaluationOptions()).model_dump(),
