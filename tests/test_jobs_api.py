@@ -76,7 +76,7 @@ def test_cancel_a_waiting_job_and_not_twice(client: openai.OpenAI, training_file
         ({"validation_file": "file-missing"}, openai.NotFoundError, "file-missing"),
         ({"hyperparameters": {"n_epochs": 0}}, openai.BadRequestError, "n_epochs"),
         ({"suffix": "has spaces"}, openai.BadRequestError, "suffix"),
-        ({"method": {"type": "dpo"}}, openai.BadRequestError, "dpo"),
+        ({"method": {"type": "dpo"}}, openai.BadRequestError, "DPO trains on preference pairs"),
     ],
 )
 def test_bad_job_requests_name_the_problem(
@@ -168,6 +168,7 @@ def test_lora_settings_default_from_the_base_model_and_can_be_set(client: openai
         "weight_decay": 0.01,
         "train_on_inputs": True,
         "base_learning_rate": 2e-3,
+        "quantization": None,
     }
 
 

@@ -23,9 +23,11 @@ def forget_other_jobs(settings: Settings) -> None:
         )
 
 
-def start_training_worker(settings: Settings, **environment: str) -> subprocess.Popen:
-    """A training worker consuming from Redis; `environment` adds LORAPORT_* variables."""
-    return _celery(settings, ["-A", "worker.app", "worker", "--queues", "training", "--pool", "solo"], environment)
+def start_training_worker(settings: Settings, name: str | None = None, **environment: str) -> subprocess.Popen:
+    """A training worker consuming from Redis, named `name` (Celery's node name); `environment` adds LORAPORT_*
+    variables."""
+    argv = ["-A", "worker.app", "worker", "--queues", "training", "--pool", "solo"]
+    return _celery(settings, [*argv, "--hostname", name] if name else argv, environment)
 
 
 def start_maintenance_worker(settings: Settings, schedule: Path, **environment: str) -> subprocess.Popen:

@@ -10,9 +10,10 @@ from pathlib import Path
 import structlog
 import torch
 from sqlalchemy import select
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.adapter_manifest import verified_fetch
+from app.base_models.quantization import FOUR_BIT
 from app.base_models.registry import BaseModelRegistry
 from app.config import Settings
 from app.datasets import leakage
@@ -206,7 +207,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         if validation_key
         else 0
     )
-    model, tokenizer = registry.load(job.base_model, device=compute_device(settings))
+    model, tokenizer = _load_base_model(settings, registry, job)
     config = training_config(registry, job)
     preference = preference_settings(job)
     training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
@@ -244,6 +245,18 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     else:
         store.delete_prefix(prefix)
     _discard_training_states(store, job.organization_id, job_id)
+
+
+def _load_base_model(
+    settings: Settings, registry: BaseModelRegistry, job: FineTuningJob
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The job's base model, in 4-bit NF4 for a QLoRA job (which needs a CUDA worker)."""
+    device = compute_device(settings)
+    quantization = (job.training_options or {}).get("quantization")
+    if quantization == FOUR_BIT and not device.startswith("cuda"):
+        message = "lora.quantization '4bit' (QLoRA) needs a CUDA GPU, and the worker that took this job has none"
+        raise JobFailed("unsupported_device", message, "lora.quantization")
+    return registry.load(job.base_model, device=device, quantization=quantization)
 
 
 def preference_settings(job: FineTuningJob) -> PreferenceSettings | None:

@@ -4,11 +4,13 @@ from functools import lru_cache
 
 import torch
 from celery import shared_task
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.base_models.from_settings import registry_from_settings
 from app.base_models.registry import BaseModelRegistry
 from app.config import get_settings
+from app.devices import compute_device
+from app.worker_devices import report, training_gpus, withdraw
 from worker.celery_app import EVALUATE_TASK, TRAIN_TASK
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
@@ -25,6 +27,18 @@ def _limit_threads(**_: object) -> None:
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)
+
+
+@worker_ready.connect
+def _report_devices(sender: object, **_: object) -> None:
+    """Tells the API what this worker trains on, so that jobs no worker could run are refused when created."""
+    settings = get_settings()
+    report(settings.require("redis_url"), sender.hostname, training_gpus(compute_device(settings)))  # type: ignore[attr-defined]
+
+
+@worker_shutdown.connect
+def _withdraw_devices(sender: object, **_: object) -> None:
+    withdraw(get_settings().require("redis_url"), sender.hostname)  # type: ignore[attr-defined]
 
 
 @shared_task(name=TRAIN_TASK)

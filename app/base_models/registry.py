@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from app.base_models.disk_cache import build_once
 from app.base_models.gguf_import import convert_gguf, packaged_gguf
+from app.base_models.quantization import FOUR_BIT, qlora_config
 
 Source = Literal["gguf-package", "local", "s3"]
 FetchPrefix = Callable[[str, Path], None]
@@ -37,6 +38,7 @@ class BaseModelSpec:
     # The learning rate at `learning_rate_multiplier` 1 and batch size 8: LoRA on a large model wants ~2e-4,
     # a small one more.
     learning_rate: float = 2e-4
+    quantization: str | None = None  # "4bit": jobs train it with QLoRA unless they ask otherwise
 
 
 SMOLLM2_135M_INSTRUCT = BaseModelSpec(
@@ -80,6 +82,7 @@ def read_extra_models(path: Path) -> list[BaseModelSpec]:
                 created=int(entry.get("created", default_created)),
                 lora_rank=int(entry.get("lora_rank", 16)),
                 learning_rate=float(entry.get("learning_rate", 2e-4)),
+                quantization=entry.get("quantization"),
             )
         )
     return specs
@@ -133,10 +136,18 @@ class BaseModelRegistry:
         return self._tokenizers[model_id]
 
     def load(
-        self, model_id: str, device: str = "cpu", dtype: torch.dtype | None = None
+        self, model_id: str, device: str = "cpu", dtype: torch.dtype | None = None, quantization: str | None = None
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """A fresh model (in eval mode) and its tokenizer; callers keep them if they want to reuse them."""
+        """A fresh model (in eval mode) and its tokenizer; callers keep them if they want to reuse them.
+        `quantization` "4bit" loads the weights in NF4 (CUDA only), as QLoRA trains."""
         directory = self.materialize(model_id)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(device))
         tokenizer = AutoTokenizer.from_pretrained(directory)
+        if quantization == FOUR_BIT:
+            if not device.startswith("cuda"):
+                raise ValueError(f"4-bit weights need a CUDA device, not {device!r}")
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, quantization_config=qlora_config(), dtype=torch.bfloat16, device_map={"": device}
+            )
+            return model.eval(), tokenizer
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(device))
         return model.to(device).eval(), tokenizer

@@ -13,6 +13,7 @@ from app.jobs import service, state
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.jobs.tasks import enqueue_training
 from app.pagination import list_body
+from app.worker_devices import reported
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 log = structlog.get_logger()
@@ -36,7 +37,8 @@ def create_job(
         earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
         if earlier is not None:
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
-    job = service.create_job(session, store, org, body, request.app.state.registry)
+    workers = reported(settings.require("redis_url"))
+    job = service.create_job(session, store, org, body, request.app.state.registry, workers)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
     try:

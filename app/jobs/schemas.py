@@ -62,6 +62,9 @@ class LoraOptions(BaseModel):
     max_grad_norm: float | None = Field(default=None, ge=0, description="0 turns gradient clipping off")
     weight_decay: float | None = Field(default=None, ge=0, le=1)
     train_on_inputs: bool | None = None  # loss on every token (prompt included), as Together's option
+    # QLoRA: base weights in 4-bit NF4 (CUDA only); "none" trains a base model whose registry default is 4-bit
+    # at full precision.
+    quantization: Literal["4bit", "none"] | None = None
 
 
 class EvaluationOptions(BaseModel):

@@ -15,6 +15,7 @@ from app.errors import InvalidRequest, ModelNotFound, NotFound
 from app.files.report import structural_report
 from app.files.service import get_file
 from app.jobs import state
+from app.jobs.capacity import check_trainable
 from app.jobs.hyperparameters import resolve
 from app.jobs.schemas import DpoOptions, EvaluationOptions, Hyperparameters, JobCreate
 from app.jobs.training_options import continue_adapter, resolve_training_options
@@ -22,6 +23,7 @@ from app.pagination import paginate
 from app.scoped import get_owned
 from app.storage import ObjectStore
 from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
+from app.worker_devices import Gpu
 
 SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
 DEFAULT_DPO_BETA = 0.1  # the DPO paper's and TRL's default
@@ -112,8 +114,14 @@ def _training_options(
 
 
 def create_job(
-    session: Session, store: ObjectStore, org: Organization, body: JobCreate, registry: BaseModelRegistry
+    session: Session,
+    store: ObjectStore,
+    org: Organization,
+    body: JobCreate,
+    registry: BaseModelRegistry,
+    workers: dict[str, list[Gpu]],
 ) -> FineTuningJob:
+    """A new job, refused now if no training worker (`workers`: their reported GPUs) could run it."""
     start = _starting_point(session, registry, org, body.model)
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
@@ -127,6 +135,8 @@ def create_job(
     resolved = resolve(
         training.example_count, requested.n_epochs, requested.batch_size, requested.learning_rate_multiplier
     )
+    training_options = _training_options(store, registry, start, body)
+    check_trainable(registry, start.base_model, training_options, resolved, workers)
     job = FineTuningJob(
         id=ids.job_id(),
         organization_id=org.id,
@@ -140,7 +150,7 @@ def create_job(
         status=state.VALIDATING,
         method=_method(body, method_type, requested),
         hyperparameters=resolved.as_dict(),
-        training_options=_training_options(store, registry, start, body),
+        training_options=training_options,
         evaluation_options=(body.evaluation or EvaluationOptions()).model_dump(),
         job_metadata=body.metadata,
     )

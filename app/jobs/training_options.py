@@ -46,7 +46,13 @@ def resolve_training_options(spec: BaseModelSpec, options: LoraOptions | None) -
         "weight_decay": _or_default(options.weight_decay, DEFAULT_WEIGHT_DECAY),
         "train_on_inputs": bool(options.train_on_inputs),
         "base_learning_rate": spec.learning_rate,  # × the job's learning_rate_multiplier
+        "quantization": _quantization(options.quantization, spec.quantization),
     }
+
+
+def _quantization(requested: str | None, default: str | None) -> str | None:
+    chosen = requested or default
+    return None if chosen == "none" else chosen
 
 
 def _or_default(value: Any, default: Any) -> Any:

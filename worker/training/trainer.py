@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
@@ -404,6 +404,9 @@ def _train_step(
 
 def _lora_model(model: PreTrainedModel, config: TrainingConfig, start_from: Path | None) -> PeftModel:
     """`model` wrapped with a fresh LoRA adapter, or with the adapter in `start_from` made trainable again."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        # QLoRA: norms and the LM head in fp32 for stable training, inputs that carry gradients
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if start_from is not None:
         return PeftModel.from_pretrained(model, start_from, is_trainable=True)
     lora = LoraConfig(

@@ -1,0 +1,53 @@
+"""What the training workers train on, as each reports when it starts (and withdraws when it stops): the API reads
+it to refuse, at creation, jobs that no worker could run."""
+
+import json
+from dataclasses import asdict, dataclass
+
+import redis
+import torch
+
+KEY = "loraport:worker-devices"  # a hash: worker name → JSON list of its GPUs (empty: it trains on the CPU)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_bytes: int
+
+
+def training_gpus(device: str) -> list[Gpu]:
+    """The GPU a worker training on `device` uses (one per worker: `CUDA_VISIBLE_DEVICES` picks it)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return []
+    index = torch.device(device).index or 0
+    properties = torch.cuda.get_device_properties(index)
+    return [Gpu(properties.name, properties.total_memory)]
+
+
+def report(redis_url: str, worker: str, gpus: list[Gpu]) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hset(KEY, worker, json.dumps([asdict(gpu) for gpu in gpus]))
+    finally:
+        client.close()
+
+
+def withdraw(redis_url: str, worker: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hdel(KEY, worker)
+    finally:
+        client.close()
+
+
+def reported(redis_url: str) -> dict[str, list[Gpu]]:
+    """Each reporting worker's GPUs; empty when no worker has reported (or Redis cannot say)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = client.hgetall(KEY)
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+    return {name.decode(): [Gpu(**gpu) for gpu in json.loads(value)] for name, value in entries.items()}
