@@ -95,6 +95,33 @@ def test_dpo_jobs_take_preference_pairs_and_echo_their_settings(client: openai.O
         assert error.value.param == param and message in error.value.message, request
 
 
+def test_prompt_files_are_for_distillation_jobs(client: openai.OpenAI) -> None:
+    prompts = client.files.create(
+        file=("prompts.jsonl", jsonl([{"prompt": f"Ticket: {q}"} for q, _ in TICKETS])), purpose="fine-tune"
+    ).id
+    with pytest.raises(openai.BadRequestError) as supervised:
+        client.fine_tuning.jobs.create(model=BASE, training_file=prompts)
+    assert supervised.value.param == "training_file" and "holds prompts examples" in supervised.value.message
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.fine_tuning.jobs.create(
+            model=BASE,
+            training_file=prompts,
+            method={"type": "distillation", "distillation": {"teacher_model": "ft:nobody:x"}},  # type: ignore[arg-type, typeddict-item]
+        )
+    assert unknown.value.param == "method.distillation.teacher_model"
+    with pytest.raises(openai.BadRequestError) as missing:
+        client.fine_tuning.jobs.create(model=BASE, training_file=prompts, method={"type": "distillation"})  # type: ignore[arg-type, typeddict-item]
+    assert missing.value.param == "method.distillation"
+    chats = client.files.create(file=("chats.jsonl", chat_jsonl()), purpose="fine-tune").id  # their prompts serve too
+    job = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=chats,
+        method={"type": "distillation", "distillation": {"teacher_model": BASE, "max_tokens": 32}},  # type: ignore[arg-type, typeddict-item]
+    )
+    assert job.method.model_extra["distillation"]["max_tokens"] == 32  # type: ignore[union-attr]
+    client.fine_tuning.jobs.cancel(job.id)
+
+
 def test_mixing_formats_names_the_line(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as error:
         client.files.create(

@@ -2,7 +2,7 @@
 
 import json
 
-from app.datasets.formats import PREFERENCE, parse_example
+from app.datasets.formats import PREFERENCE, detect_format, parse_example
 from app.storage import ObjectStore
 
 PreferenceExample = tuple[list[dict], str, str]  # prompt messages, chosen answer, rejected answer
@@ -39,3 +39,14 @@ def load_pairs(store: ObjectStore, storage_key: str) -> list[PreferenceExample]:
             example = parse_example(json.loads(line), PREFERENCE, number)
             pairs.append(([_plain_content(m) for m in example.input_messages], example.targets[0], example.rejected))
     return pairs
+
+
+def load_prompts(store: ObjectStore, storage_key: str) -> list[list[dict]]:
+    """The prompt of each example of a file that passed upload validation (prompts, or the conversation before
+    the answer of chat and prompt/completion examples), in file order."""
+    text = store.read_bytes(storage_key).decode("utf-8-sig")
+    rows = [(number, json.loads(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not rows:
+        return []
+    file_format = detect_format(rows[0][1])
+    return [[_plain_content(m) for m in parse_example(row, file_format, number).input_messages] for number, row in rows]

@@ -15,11 +15,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.adapter_manifest import verified_fetch
 from app.base_models.quantization import FOUR_BIT
 from app.base_models.registry import BaseModelRegistry
+from app.catalog import service as catalog
 from app.config import Settings
 from app.datasets import leakage
 from app.datasets.report import lines_text
 from app.db import transaction
 from app.devices import compute_device
+from app.errors import ModelNotFound
 from app.evaluation.report import Losses
 from app.files.report import profile
 from app.inference.warmup import announce_adapter
@@ -30,7 +32,8 @@ from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
-from worker.datasets import load_examples, load_pairs
+from worker.datasets import load_examples, load_pairs, load_prompts
+from worker.distillation import distilled_jsonl, store_distilled_file, teacher_answers
 from worker.evaluation import evaluate_fine_tune, evaluate_preference_tune
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
@@ -207,10 +210,15 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         if validation_key
         else 0
     )
+    if job.method.get("type") == "distillation":  # the teacher first, so that it is not in memory beside the student
+        training, held_out = _distilled_datasets(
+            settings, registry, job, training_key, validation_key, announce=resumed is None
+        )
+    else:
+        training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     model, tokenizer = _load_base_model(settings, registry, job)
     config = training_config(registry, job)
     preference = preference_settings(job)
-    training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     progress = JobProgress(url, job_id, settings.job_lease_seconds)
     checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
     if resumed is not None:
@@ -273,9 +281,12 @@ def _datasets(
     file, or a seeded share of training."""
     load = load_pairs if job.method.get("type") == "dpo" else load_examples
     training: list = load(store, training_key)
-    if validation_key:
-        held_out: list = load(store, validation_key)
-    else:
+    return _split(url, job, training, load(store, validation_key) if validation_key else None, announce)
+
+
+def _split(url: str, job: FineTuningJob, training: list, held_out: list | None, announce: bool) -> tuple[list, list]:
+    """The held-out examples given (a validation file), or a seeded share of `training`; an event says how many."""
+    if held_out is None:
         training, held_out = _hold_out(url, job, training, announce)
     if announce:
         message = f"Training on {len(training)} examples; {len(held_out)} held out for validation"
@@ -283,6 +294,96 @@ def _datasets(
             data = {"training_examples": len(training), "validation_examples": len(held_out)}
             state.add_event(session, job.id, message, data=data)
     return training, held_out
+
+
+def _distilled_datasets(
+    settings: Settings,
+    registry: BaseModelRegistry,
+    job: FineTuningJob,
+    training_key: str,
+    validation_key: str | None,
+    announce: bool,
+) -> tuple[list, list]:
+    """Distillation's first phase: the teacher answers the prompts, and its answers to the training prompts become a
+    file of the organisation's (asked once: a resumed job reads that file back); then the split of any job."""
+    url, store = settings.require("database_url"), store_for(settings)
+    training_prompts = load_prompts(store, training_key)
+    validation_prompts = load_prompts(store, validation_key) if validation_key else []
+    distilled = _distilled_file_conversations(url, store, job)
+    asked = (training_prompts if distilled is None else []) + validation_prompts
+    answers = _ask_teacher(settings, registry, job, asked) if asked else []
+    if distilled is None:
+        distilled = _conversations(training_prompts, answers[: len(training_prompts)])
+        _record_distilled_file(url, store, job, distilled)
+    held_out = _conversations(validation_prompts, answers[len(asked) - len(validation_prompts) :])
+    return _split(url, job, distilled, held_out if validation_key else None, announce)
+
+
+def _conversations(prompts: list[list[dict]], answers: list[str]) -> list[list[dict]]:
+    return [
+        [*prompt, {"role": "assistant", "content": answer}] for prompt, answer in zip(prompts, answers, strict=True)
+    ]
+
+
+def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJob) -> list[list[dict]] | None:
+    """The teacher's answers an earlier attempt of this job wrote, if it got that far."""
+    file_id = job.method["distillation"].get("generated_file")
+    if file_id is None:
+        return None
+    with transaction(url) as session:
+        key = session.scalar(select(StoredFile.storage_key).where(StoredFile.id == file_id))
+    return load_examples(store, key) if key else None
+
+
+def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTuningJob, prompts: list) -> list[str]:
+    url, options = settings.require("database_url"), job.method["distillation"]
+    with transaction(url) as session:
+        org = session.get_one(Organization, job.organization_id)
+        try:
+            teacher = catalog.resolve(session, registry, org, options["teacher_model"])
+        except ModelNotFound:
+            message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
+            raise JobFailed("model_not_found", message, "method.distillation.teacher_model") from None
+        message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
+        state.add_event(session, job.id, message, data={"prompts": len(prompts)})
+    model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
+    progress = _TeacherProgress(url, job.id, len(prompts))
+    with tempfile.TemporaryDirectory() as directory:
+        adapter_dir = None
+        if teacher.adapter_prefix:
+            adapter_dir = Path(directory)
+            verified_fetch(store_for(settings).download_prefix)(teacher.adapter_prefix, adapter_dir)
+        return teacher_answers(
+            model, tokenizer, adapter_dir, prompts, options["max_tokens"], options["temperature"], job.seed, progress
+        )
+
+
+class _TeacherProgress:
+    """An event each time another tenth of the prompts has its answer."""
+
+    def __init__(self, url: str, job_id: str, total: int) -> None:
+        self.url, self.job_id, self.total, self._reported = url, job_id, total, 0
+
+    def __call__(self, done: int) -> None:
+        if done * 10 // self.total > self._reported * 10 // self.total or done == self.total:
+            self._reported = done
+            with transaction(self.url) as session:
+                message = f"The teacher answered {done} of {self.total} prompts"
+                state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
+
+
+def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, conversations: list) -> None:
+    prompts = [conversation[:-1] for conversation in conversations]
+    content = distilled_jsonl(prompts, [conversation[-1]["content"] for conversation in conversations])
+    with transaction(url) as session:
+        row = store_distilled_file(session, store, job, content)
+        stored = session.get_one(FineTuningJob, job.id)
+        stored.method = job.method = {
+            **stored.method,
+            "distillation": {**stored.method["distillation"], "generated_file": row.id},
+        }
+        message = f"The teacher's answers are in {row.id} ({len(conversations)} examples)"
+        state.add_event(session, job.id, message, data={"file": row.id})
 
 
 def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
@@ -351,6 +452,8 @@ def _evaluate(
                 report = evaluate_fine_tune(
                     result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
                 )
+                if report is not None and job.method.get("type") == "distillation":
+                    report["targets"] = f"the teacher's answers ({job.method['distillation']['teacher_model']})"
     except Exception as error:
         log.exception("jobs.evaluation.failed", job_id=job.id)
         report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"

@@ -1,6 +1,6 @@
 """Dataset formats, streaming validation with line-numbered errors, and the data report."""
 
-from app.datasets.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
+from app.datasets.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, PROMPTS
 from app.datasets.lines import LineSplitter
 from app.datasets.report import DatasetProfiler, leakage
 from app.datasets.results import Example, LineError, ValidationResult
@@ -10,6 +10,7 @@ from app.datasets.validation import DatasetValidator
 __all__ = [
     "CHAT",
     "PREFERENCE",
+    "PROMPTS",
     "PROMPT_COMPLETION",
     "DatasetProfiler",
     "DatasetValidator",

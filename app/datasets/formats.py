@@ -9,6 +9,7 @@ from app.datasets.results import Example
 CHAT = "chat"
 PROMPT_COMPLETION = "prompt_completion"
 PREFERENCE = "preference"
+PROMPTS = "prompts"  # prompts alone, for a teacher to answer (distillation)
 
 _CHAT_KEYS = ("messages", "tools", "parallel_tool_calls")
 _PROMPT_COMPLETION_KEYS = ("prompt", "completion")
@@ -17,25 +18,40 @@ _PAIR_PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 FORMAT_HINT = (
     'a chat example {"messages": [...]}, a prompt/completion pair {"prompt": "...", "completion": "..."} '
     'or a preference pair {"input": ..., "preferred_output": ..., "non_preferred_output": ...} '
-    'or {"prompt": ..., "chosen": ..., "rejected": ...}'
+    'or {"prompt": ..., "chosen": ..., "rejected": ...}, or a prompt alone for distillation {"prompt": "..."}'
 )
 
 
 def detect_format(example: dict) -> str | None:
     """The format a line's keys announce, or None when they match none."""
     if "messages" in example:
+        messages = example["messages"]
+        if isinstance(messages, list) and messages and not any(_is_assistant(m) for m in messages):
+            return PROMPTS if _is_from(messages[-1], "user") else CHAT
         return CHAT
     if any(key in example for key in ("input", "preferred_output", "non_preferred_output", "chosen", "rejected")):
         return PREFERENCE
+    if "prompt" in example and "completion" not in example and len(example) == 1:
+        return PROMPTS
     if "prompt" in example or "completion" in example:
         return PROMPT_COMPLETION
     return None
+
+
+def _is_from(message: Any, role: str) -> bool:
+    return isinstance(message, dict) and message.get("role") == role
+
+
+def _is_assistant(message: Any) -> bool:
+    return _is_from(message, "assistant")
 
 
 def parse_example(example: dict, format: str, line: int) -> Example:
     """The line as an Example of `format`, or InvalidExample saying what is wrong."""
     if format == CHAT:
         return _parse_chat(example, line)
+    if format == PROMPTS:
+        return _parse_prompt(example, line)
     if format == PROMPT_COMPLETION:
         _check_keys(example, _PROMPT_COMPLETION_KEYS, line)
         prompt = _text(example["prompt"], "prompt", line)
@@ -107,6 +123,15 @@ def _parse_chat(example: dict, line: int) -> Example:
         )
     last = trained[-1]
     return Example(line, CHAT, messages[:last], [_answer(messages[last])])
+
+
+def _parse_prompt(example: dict, line: int) -> Example:
+    """A prompt to be answered: a string, or chat messages ending with a user turn (and no answer)."""
+    if "prompt" in example:
+        return Example(line, PROMPTS, [{"role": "user", "content": _text(example["prompt"], "prompt", line)}], [])
+    _check_keys(example, _CHAT_KEYS, line, required=1)
+    _check_tools(example, line)
+    return Example(line, PROMPTS, _messages(example["messages"], "messages", line), [])
 
 
 def _prompt_messages(messages: list[dict], key: str, line: int) -> list[dict]:

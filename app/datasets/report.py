@@ -64,9 +64,10 @@ class DatasetProfiler:
         self._lines.append(example.line)
         self._inputs.append(_hash(_input_key(example.input_messages)))
         self._answers.append(_hash(_answer_key(example)))
-        answer = example.targets[0]
-        self._shapes.append(self._shape_ids.setdefault(shape_of(answer), len(self._shape_ids)))
-        if len(answer.strip()) < SHORT_ANSWER_CHARS:
+        answer = example.targets[0] if example.targets else None  # prompts (for distillation) have none
+        shape = shape_of(answer) if answer is not None else None
+        self._shapes.append(self._shape_ids.setdefault(shape, len(self._shape_ids)))
+        if answer is not None and len(answer.strip()) < SHORT_ANSWER_CHARS:
             self._short_answers.append(example.line)
         outputs = example.targets if example.rejected is None else [*example.targets, example.rejected]
         self._messages += len(example.input_messages) + len(outputs)

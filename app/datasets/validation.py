@@ -13,7 +13,7 @@ import codecs
 import json
 from collections.abc import Callable
 
-from app.datasets.formats import FORMAT_HINT, detect_format, parse_example
+from app.datasets.formats import CHAT, FORMAT_HINT, PROMPT_COMPLETION, PROMPTS, detect_format, parse_example
 from app.datasets.lines import LineSplitter, nests_deeper_than
 from app.datasets.messages import InvalidExample, json_type
 from app.datasets.results import Example, LineError, ValidationResult
@@ -101,6 +101,8 @@ class DatasetValidator:
             )
             return
         known = self._result.format
+        if format == PROMPTS and known in (CHAT, PROMPT_COMPLETION):
+            format = known  # an example that lost its answer: say so, rather than "mixed formats"
         if known is not None and format != known:
             self._fail(
                 line,

@@ -29,11 +29,22 @@ class DpoMethod(BaseModel):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class DistillationMethod(BaseModel):
+    """Our method: a teacher model answers the training file's prompts, and the job's model learns its answers."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher_model: str = Field(description="any model the organisation may use: base, fine-tuned or checkpoint")
+    max_tokens: int = Field(default=256, ge=1, le=4096, description="the longest answer the teacher gives")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="the teacher's sampling; 0: greedy")
+    hyperparameters: Hyperparameters | None = None  # of the student's supervised fine-tuning
+
+
 class Method(BaseModel):
     # The SDK's own tests send every sub-object whatever the type; only the one named by `type` is read.
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "distillation", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    distillation: DistillationMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -150,6 +161,11 @@ class JobPublic(BaseModel):
 
 def _method(row: FineTuningJob) -> dict[str, Any]:
     """OpenAI's `method` echo: the type, and its resolved hyperparameters (DPO's with beta and our options)."""
+    if row.method.get("type") == "distillation":
+        return {
+            "type": "distillation",
+            "distillation": {"hyperparameters": row.hyperparameters, **row.method["distillation"]},
+        }
     if row.method.get("type") == "dpo":
         options = dict(row.method["dpo"])
         hyperparameters = row.hyperparameters | {"beta": options.pop("beta")}

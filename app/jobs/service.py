@@ -10,7 +10,7 @@ from app import ids
 from app.base_models.registry import BaseModelRegistry
 from app.catalog import service as catalog
 from app.catalog.service import ModelRef
-from app.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION
+from app.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION, PROMPTS
 from app.errors import InvalidRequest, ModelNotFound, NotFound
 from app.files.report import structural_report
 from app.files.service import get_file
@@ -26,6 +26,7 @@ from app.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, Sto
 from app.worker_devices import Gpu
 
 SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
+DISTILLATION_FORMATS = (PROMPTS, CHAT, PROMPT_COMPLETION)  # a teacher answers the prompts; answers are ignored
 DEFAULT_DPO_BETA = 0.1  # the DPO paper's and TRL's default
 
 
@@ -42,6 +43,8 @@ def dataset(
     if row.format not in formats:
         wanted = "preference pairs" if formats == (PREFERENCE,) else "chat or prompt/completion examples"
         used = "DPO trains" if formats == (PREFERENCE,) else "supervised fine-tuning and evaluation use"
+        if formats == DISTILLATION_FORMATS:
+            wanted, used = "prompts (or chat or prompt/completion examples, whose prompts it uses)", "distillation runs"
         raise InvalidRequest(
             f"File '{file_id}' holds {row.format} examples; {used} on {wanted}",
             param=param,
@@ -64,7 +67,8 @@ def _method_type(body: JobCreate) -> str:
     method = body.method.type if body.method else "supervised"
     if method == "reinforcement":
         raise InvalidRequest(
-            "method.type 'reinforcement' is not supported; use 'supervised' or 'dpo'", param="method.type"
+            "method.type 'reinforcement' is not supported; use 'supervised', 'dpo' or 'distillation'",
+            param="method.type",
         )
     if body.dpo is not None and method != "dpo":
         raise InvalidRequest("dpo options are only for method.type 'dpo'", param="dpo")
@@ -75,7 +79,9 @@ def _method_type(body: JobCreate) -> str:
 
 def _hyperparameters(body: JobCreate) -> Hyperparameters:
     if body.method is not None:
-        chosen = body.method.dpo if body.method.type == "dpo" else body.method.supervised
+        chosen = {"dpo": body.method.dpo, "distillation": body.method.distillation}.get(
+            body.method.type, body.method.supervised
+        )
         if chosen is not None and chosen.hyperparameters is not None:
             return chosen.hyperparameters
     return body.hyperparameters or Hyperparameters()
@@ -83,11 +89,27 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
 
 def _method(body: JobCreate, method_type: str, hyperparameters: Hyperparameters) -> dict[str, Any]:
     """What the worker reads: the type, and for DPO its beta and loss options."""
+    if method_type == "distillation":
+        if body.method is None or body.method.distillation is None:
+            raise InvalidRequest("method.distillation.teacher_model is required", param="method.distillation")
+        options = body.method.distillation.model_dump(exclude={"hyperparameters"})
+        return {"type": "distillation", "distillation": options}
     if method_type != "dpo":
         return {"type": "supervised"}
     beta = getattr(hyperparameters, "beta", "auto")
     options = (body.dpo or DpoOptions()).model_dump()
     return {"type": "dpo", "dpo": {"beta": DEFAULT_DPO_BETA if beta == "auto" else beta, **options}}
+
+
+def _teacher(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
+    try:
+        return catalog.resolve(session, registry, org, model_id)
+    except ModelNotFound:
+        raise NotFound(
+            f"The teacher model '{model_id}' does not exist or you do not have access to it.",
+            param="method.distillation.teacher_model",
+            code="model_not_found",
+        ) from None
 
 
 def _starting_point(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
@@ -126,7 +148,9 @@ def create_job(
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
     method_type = _method_type(body)
-    formats = (PREFERENCE,) if method_type == "dpo" else SUPERVISED_FORMATS
+    if method_type == "distillation" and body.method and body.method.distillation:
+        _teacher(session, registry, org, body.method.distillation.teacher_model)
+    formats = {"dpo": (PREFERENCE,), "distillation": DISTILLATION_FORMATS}.get(method_type, SUPERVISED_FORMATS)
     training = dataset(session, org, body.training_file, "training_file", formats)
     validation = (
         dataset(session, org, body.validation_file, "validation_file", formats) if body.validation_file else None

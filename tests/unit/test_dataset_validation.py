@@ -317,3 +317,21 @@ def test_the_splitter_never_holds_more_than_the_line_limit(chunk_size: int) -> N
         assert len(splitter._partial) <= 51
     lines += splitter.close()
     assert lines == [b"a" * 51, b"short", b"b" * 51]
+
+
+def test_prompts_alone_are_a_format_of_their_own_for_distillation() -> None:
+    prompts = [{"prompt": "Hi"}, {"messages": [{"role": "system", "content": "Be brief"}, user("Hello?")]}] * 5
+
+    result = validate(prompts)
+
+    assert (found(result), result.format, result.example_count) == ([], "prompts", 10)
+
+
+def test_a_prompt_without_its_answer_in_a_file_of_answered_examples_is_still_that_mistake() -> None:
+    chat_file = validate(with_line({"messages": [user()]}, "chat", at=4))
+    completion_file = validate(with_line({"prompt": "Hi"}, "prompt_completion", at=2))
+    prompts_file = validate([{"prompt": "Hi"}] * 3 + [chat()] + [{"prompt": "Hi"}] * 8)
+
+    assert found(chat_file) == [(4, "no_assistant_message")]
+    assert found(completion_file) == [(2, "missing_key")]
+    assert found(prompts_file) == [(4, "mixed_formats")]  # the first line said prompts
