@@ -4,6 +4,8 @@ DPO metrics at every step, and a resumed run (whose reference is computed again)
 import math
 
 import pytest
+import torch
+from peft import LoraConfig, get_peft_model
 
 from tests.unit.test_trainer import config
 from worker.training import EpochReport, StepReport
@@ -58,3 +60,19 @@ def test_a_resumed_preference_run_ends_like_an_uninterrupted_one(make_model, tok
 
     assert resumed_steps == steps[state.step :]
     assert (resumed.valid_loss, resumed.epoch_losses) == (whole.valid_loss, whole.epoch_losses)
+
+
+def test_training_a_fine_tune_further_takes_that_fine_tune_as_the_reference(make_model, tokenizer, tmp_path):
+    torch.manual_seed(3)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(make_model(), lora).save_pretrained(tmp_path)  # an SFT model unlike its base
+    steps: list[StepReport] = []
+
+    train_preference(
+        make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=1, lora_dropout=0.0), PreferenceSettings(),
+        on_step=steps.append, start_from=tmp_path,
+    )  # fmt: skip
+
+    # log-ratios against the starting adapter are zero at the first step; against the base model they would not be
+    assert steps[0].train_loss == pytest.approx(math.log(2), rel=1e-5)
+    assert steps[0].train_metrics["reward_margin"] == pytest.approx(0, abs=1e-6)
