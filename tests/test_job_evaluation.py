@@ -224,7 +224,7 @@ def test_a_failed_evaluation_still_publishes_the_model_and_says_why(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the held-out answers could not be generated")
 
-    monkeypatch.setattr("worker.job_runner.evaluate_fine_tune", broken)
+    monkeypatch.setattr("worker.job_report.evaluate_fine_tune", broken)
     job_id = _train(client, settings, TICKETS, HELD_OUT, hyperparameters={"n_epochs": 1, "batch_size": 4})
 
     job = client.fine_tuning.jobs.retrieve(job_id)

@@ -8,21 +8,33 @@ finds them again instead of asking the teacher twice, and so that a user can ins
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app import ids
+from app.adapter_manifest import verified_fetch
+from app.base_models.registry import BaseModelRegistry
+from app.catalog import service as catalog
 from app.chat_format import render_prompt_ids
+from app.config import Settings
 from app.datasets import CHAT
+from app.db import transaction
+from app.devices import compute_device
+from app.errors import ModelNotFound
 from app.inference.batching import ContinuousBatcher
 from app.inference.detokenize import Detokenizer
 from app.inference.engine import model_end_of_turn_ids
 from app.inference.lora_slots import AdapterSlots
-from app.storage import ObjectStore, file_key
-from app.tables import FineTuningJob, StoredFile
+from app.jobs import state
+from app.storage import ObjectStore, file_key, store_for
+from app.tables import FineTuningJob, Organization, StoredFile
+from worker.datasets import load_examples, load_prompts
+from worker.failures import JobFailed
 
 TEACHER = "teacher"
 BATCH_ROWS = 16
@@ -95,3 +107,93 @@ def store_distilled_file(session: Session, store: ObjectStore, job: FineTuningJo
     )
     session.add(row)
     return row
+
+
+def distilled_examples(
+    settings: Settings,
+    registry: BaseModelRegistry,
+    job: FineTuningJob,
+    training_key: str,
+    validation_key: str | None,
+) -> tuple[list[list[dict]], list[list[dict]] | None]:
+    """The phase itself: the training conversations (the teacher's answers to the training prompts, asked once: a
+    resumed job reads them back from their file), and the validation prompts answered when there is a validation
+    file (None otherwise: the job holds out a share of the training conversations)."""
+    url, store = settings.require("database_url"), store_for(settings)
+    training_prompts = load_prompts(store, training_key)
+    validation_prompts = load_prompts(store, validation_key) if validation_key else []
+    distilled = _distilled_file_conversations(url, store, job)
+    asked = (training_prompts if distilled is None else []) + validation_prompts
+    answers = _ask_teacher(settings, registry, job, asked) if asked else []
+    if distilled is None:
+        distilled = _conversations(training_prompts, answers[: len(training_prompts)])
+        _record_distilled_file(url, store, job, distilled)
+    held_out = _conversations(validation_prompts, answers[len(asked) - len(validation_prompts) :])
+    return distilled, held_out if validation_key else None
+
+
+def _conversations(prompts: list[list[dict]], answers: list[str]) -> list[list[dict]]:
+    return [
+        [*prompt, {"role": "assistant", "content": answer}] for prompt, answer in zip(prompts, answers, strict=True)
+    ]
+
+
+def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJob) -> list[list[dict]] | None:
+    """The teacher's answers an earlier attempt of this job wrote, if it got that far."""
+    file_id = job.method["distillation"].get("generated_file")
+    if file_id is None:
+        return None
+    with transaction(url) as session:
+        key = session.scalar(select(StoredFile.storage_key).where(StoredFile.id == file_id))
+    return load_examples(store, key) if key else None
+
+
+def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTuningJob, prompts: list) -> list[str]:
+    url, options = settings.require("database_url"), job.method["distillation"]
+    with transaction(url) as session:
+        org = session.get_one(Organization, job.organization_id)
+        try:
+            teacher = catalog.resolve(session, registry, org, options["teacher_model"])
+        except ModelNotFound:
+            message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
+            raise JobFailed("model_not_found", message, "method.distillation.teacher_model") from None
+        message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
+        state.add_event(session, job.id, message, data={"prompts": len(prompts)})
+    model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
+    progress = _TeacherProgress(url, job.id, len(prompts))
+    with tempfile.TemporaryDirectory() as directory:
+        adapter_dir = None
+        if teacher.adapter_prefix:
+            adapter_dir = Path(directory)
+            verified_fetch(store_for(settings).download_prefix)(teacher.adapter_prefix, adapter_dir)
+        return teacher_answers(
+            model, tokenizer, adapter_dir, prompts, options["max_tokens"], options["temperature"], job.seed, progress
+        )
+
+
+class _TeacherProgress:
+    """An event each time another tenth of the prompts has its answer."""
+
+    def __init__(self, url: str, job_id: str, total: int) -> None:
+        self.url, self.job_id, self.total, self._reported = url, job_id, total, 0
+
+    def __call__(self, done: int) -> None:
+        if done * 10 // self.total > self._reported * 10 // self.total or done == self.total:
+            self._reported = done
+            with transaction(self.url) as session:
+                message = f"The teacher answered {done} of {self.total} prompts"
+                state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
+
+
+def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, conversations: list) -> None:
+    prompts = [conversation[:-1] for conversation in conversations]
+    content = distilled_jsonl(prompts, [conversation[-1]["content"] for conversation in conversations])
+    with transaction(url) as session:
+        row = store_distilled_file(session, store, job, content)
+        stored = session.get_one(FineTuningJob, job.id)
+        stored.method = job.method = {
+            **stored.method,
+            "distillation": {**stored.method["distillation"], "generated_file": row.id},
+        }
+        message = f"The teacher's answers are in {row.id} ({len(conversations)} examples)"
+        state.add_event(session, job.id, message, data={"file": row.id})

@@ -15,26 +15,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.adapter_manifest import verified_fetch
 from app.base_models.quantization import FOUR_BIT
 from app.base_models.registry import BaseModelRegistry
-from app.catalog import service as catalog
 from app.config import Settings
 from app.datasets import leakage
 from app.datasets.report import lines_text
 from app.db import transaction
 from app.devices import compute_device
-from app.errors import ModelNotFound
-from app.evaluation.report import Losses
 from app.files.report import profile
 from app.inference.warmup import announce_adapter
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved, learning_rate
-from app.jobs.schemas import EvaluationOptions
 from app.jobs.training_options import resolve_training_options
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
-from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization, StoredFile
+from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
-from worker.datasets import load_examples, load_pairs, load_prompts
-from worker.distillation import distilled_jsonl, store_distilled_file, teacher_answers
-from worker.evaluation import evaluate_fine_tune, evaluate_preference_tune
+from worker.datasets import load_examples, load_pairs
+from worker.distillation import distilled_examples
+from worker.failures import JobFailed
+from worker.job_report import report_on_job
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
 from worker.results import store_evaluation, store_results
@@ -46,13 +43,6 @@ from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter
 log = structlog.get_logger()
 # DPO nudges a model that already answers well: its steps are a tenth of supervised fine-tuning's.
 DPO_LEARNING_RATE_SHARE = 0.1
-CHECKPOINTS_EVALUATED = 3  # besides the model: the latest epochs, as many as OpenAI keeps checkpoints of
-
-
-class JobFailed(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "message": message, "param": param}
 
 
 def fine_tuned_model_name(job: FineTuningJob, org_name: str) -> str:
@@ -211,9 +201,8 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         else 0
     )
     if job.method.get("type") == "distillation":  # the teacher first, so that it is not in memory beside the student
-        training, held_out = _distilled_datasets(
-            settings, registry, job, training_key, validation_key, announce=resumed is None
-        )
+        distilled, held_out_given = distilled_examples(settings, registry, job, training_key, validation_key)
+        training, held_out = _split(url, job, distilled, held_out_given, announce=resumed is None)
     else:
         training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     model, tokenizer = _load_base_model(settings, registry, job)
@@ -247,7 +236,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
         store.upload_directory(prefix, Path(directory))
-        report = _evaluate(url, store, job, result, tokenizer, Path(directory), held_out, config, leaked)
+        report = report_on_job(url, store, job, result, tokenizer, Path(directory), held_out, config, leaked)
     if _publish(url, store, job, org_name or "", prefix, result, report):
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
     else:
@@ -296,96 +285,6 @@ def _split(url: str, job: FineTuningJob, training: list, held_out: list | None, 
     return training, held_out
 
 
-def _distilled_datasets(
-    settings: Settings,
-    registry: BaseModelRegistry,
-    job: FineTuningJob,
-    training_key: str,
-    validation_key: str | None,
-    announce: bool,
-) -> tuple[list, list]:
-    """Distillation's first phase: the teacher answers the prompts, and its answers to the training prompts become a
-    file of the organisation's (asked once: a resumed job reads that file back); then the split of any job."""
-    url, store = settings.require("database_url"), store_for(settings)
-    training_prompts = load_prompts(store, training_key)
-    validation_prompts = load_prompts(store, validation_key) if validation_key else []
-    distilled = _distilled_file_conversations(url, store, job)
-    asked = (training_prompts if distilled is None else []) + validation_prompts
-    answers = _ask_teacher(settings, registry, job, asked) if asked else []
-    if distilled is None:
-        distilled = _conversations(training_prompts, answers[: len(training_prompts)])
-        _record_distilled_file(url, store, job, distilled)
-    held_out = _conversations(validation_prompts, answers[len(asked) - len(validation_prompts) :])
-    return _split(url, job, distilled, held_out if validation_key else None, announce)
-
-
-def _conversations(prompts: list[list[dict]], answers: list[str]) -> list[list[dict]]:
-    return [
-        [*prompt, {"role": "assistant", "content": answer}] for prompt, answer in zip(prompts, answers, strict=True)
-    ]
-
-
-def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJob) -> list[list[dict]] | None:
-    """The teacher's answers an earlier attempt of this job wrote, if it got that far."""
-    file_id = job.method["distillation"].get("generated_file")
-    if file_id is None:
-        return None
-    with transaction(url) as session:
-        key = session.scalar(select(StoredFile.storage_key).where(StoredFile.id == file_id))
-    return load_examples(store, key) if key else None
-
-
-def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTuningJob, prompts: list) -> list[str]:
-    url, options = settings.require("database_url"), job.method["distillation"]
-    with transaction(url) as session:
-        org = session.get_one(Organization, job.organization_id)
-        try:
-            teacher = catalog.resolve(session, registry, org, options["teacher_model"])
-        except ModelNotFound:
-            message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
-            raise JobFailed("model_not_found", message, "method.distillation.teacher_model") from None
-        message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
-        state.add_event(session, job.id, message, data={"prompts": len(prompts)})
-    model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
-    progress = _TeacherProgress(url, job.id, len(prompts))
-    with tempfile.TemporaryDirectory() as directory:
-        adapter_dir = None
-        if teacher.adapter_prefix:
-            adapter_dir = Path(directory)
-            verified_fetch(store_for(settings).download_prefix)(teacher.adapter_prefix, adapter_dir)
-        return teacher_answers(
-            model, tokenizer, adapter_dir, prompts, options["max_tokens"], options["temperature"], job.seed, progress
-        )
-
-
-class _TeacherProgress:
-    """An event each time another tenth of the prompts has its answer."""
-
-    def __init__(self, url: str, job_id: str, total: int) -> None:
-        self.url, self.job_id, self.total, self._reported = url, job_id, total, 0
-
-    def __call__(self, done: int) -> None:
-        if done * 10 // self.total > self._reported * 10 // self.total or done == self.total:
-            self._reported = done
-            with transaction(self.url) as session:
-                message = f"The teacher answered {done} of {self.total} prompts"
-                state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
-
-
-def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, conversations: list) -> None:
-    prompts = [conversation[:-1] for conversation in conversations]
-    content = distilled_jsonl(prompts, [conversation[-1]["content"] for conversation in conversations])
-    with transaction(url) as session:
-        row = store_distilled_file(session, store, job, content)
-        stored = session.get_one(FineTuningJob, job.id)
-        stored.method = job.method = {
-            **stored.method,
-            "distillation": {**stored.method["distillation"], "generated_file": row.id},
-        }
-        message = f"The teacher's answers are in {row.id} ({len(conversations)} examples)"
-        state.add_event(session, job.id, message, data={"file": row.id})
-
-
 def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
     """The adapter of the fine-tuned model this job trains further."""
     try:
@@ -415,74 +314,6 @@ def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
     )
     with transaction(url) as session:
         state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
-
-
-def _evaluate(
-    url: str,
-    store: ObjectStore,
-    job: FineTuningJob,
-    result: TrainingResult,
-    tokenizer: PreTrainedTokenizerBase,
-    adapter_dir: Path,
-    held_out: list[list[dict]],
-    config: TrainingConfig,
-    leaked: int,
-) -> dict | None:
-    """The evaluation report, with events before and after. A failed evaluation is reported, and the trained
-    model is published without it rather than lost."""
-    options = EvaluationOptions(**(job.evaluation_options or {}))
-    if options.max_examples == 0 or not held_out:
-        return None
-    count = min(options.max_examples, len(held_out))
-    with transaction(url) as session:
-        message = f"Evaluating the base model and the fine-tuned model on {count} held-out examples"
-        if job.method.get("type") == "dpo":
-            message = f"Evaluating the base model and the fine-tuned model on {count} held-out preference pairs"
-        state.add_event(session, job.id, message, data={"held_out_examples": count})
-    losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
-    try:
-        if job.method.get("type") == "dpo":
-            report = evaluate_preference_tune(result.model, tokenizer, held_out, config, options, losses, leaked)
-        else:
-            with tempfile.TemporaryDirectory() as directory:
-                kept_epoch = result.best_epoch or result.epochs_run
-                checkpoints = (
-                    _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
-                )
-                report = evaluate_fine_tune(
-                    result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
-                )
-                if report is not None and job.method.get("type") == "distillation":
-                    report["targets"] = f"the teacher's answers ({job.method['distillation']['teacher_model']})"
-    except Exception as error:
-        log.exception("jobs.evaluation.failed", job_id=job.id)
-        report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"
-    else:
-        message = f"Evaluation: {report['verdict']}" if report else "No held-out example has an answer to evaluate"
-        level = "warn" if report and report["warnings"] else "info"
-    with transaction(url) as session:
-        data = {"warnings": report["warnings"]} if report else None
-        state.add_event(session, job.id, message, level=level, data=data)
-    return report
-
-
-def _other_checkpoints(
-    url: str, store: ObjectStore, job: FineTuningJob, kept_epoch: int, directory: Path
-) -> dict[str, Path]:
-    """The latest checkpoints besides the kept epoch's (whose adapter is the model itself), fetched into
-    `directory`: model id → adapter directory."""
-    with transaction(url) as session:
-        rows = session.execute(
-            select(JobCheckpoint.fine_tuned_model_checkpoint, JobCheckpoint.storage_prefix, JobCheckpoint.metrics)
-            .where(JobCheckpoint.job_id == job.id)
-            .order_by(JobCheckpoint.step_number.desc())
-        ).all()
-    chosen = [(name, prefix) for name, prefix, metrics in rows if metrics.get("epoch") != kept_epoch]
-    fetched = {}
-    for name, prefix in chosen[:CHECKPOINTS_EVALUATED]:
-        fetched[name] = directory / prefix.rsplit("/", 1)[-1]
-        verified_fetch(store.download_prefix)(prefix, fetched[name])
-    return fetched
 
 
 def _publish(

@@ -70,7 +70,9 @@ class _SlottedLinear(nn.Module):
         super().__init__()
         self.base = base
         self._routing = routing
-        options = {"dtype": base.weight.dtype, "device": base.weight.device}
+        # A 4-bit (QLoRA) layer stores packed integers: its adapters compute in the layer's compute dtype.
+        dtype = base.weight.dtype if base.weight.dtype.is_floating_point else getattr(base, "compute_dtype", None)
+        options = {"dtype": dtype or torch.bfloat16, "device": base.weight.device}
         self.lora_a = torch.zeros(slots, rank, base.in_features, **options)
         self.lora_b = torch.zeros(slots, base.out_features, rank, **options)
         self.staged_a_t = self.lora_a.new_zeros(0, base.in_features, rank)  # [positions, in, rank]

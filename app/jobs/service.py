@@ -27,6 +27,11 @@ from app.worker_devices import Gpu
 
 SUPERVISED_FORMATS = (CHAT, PROMPT_COMPLETION)
 DISTILLATION_FORMATS = (PROMPTS, CHAT, PROMPT_COMPLETION)  # a teacher answers the prompts; answers are ignored
+FORMATS_WANTED = {
+    SUPERVISED_FORMATS: "supervised fine-tuning and evaluation use chat or prompt/completion examples",
+    (PREFERENCE,): "DPO trains on preference pairs",
+    DISTILLATION_FORMATS: "distillation runs on prompts (or chat or prompt/completion examples, whose prompts it uses)",
+}
 DEFAULT_DPO_BETA = 0.1  # the DPO paper's and TRL's default
 
 
@@ -41,12 +46,8 @@ def dataset(
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"File '{file_id}' has purpose '{row.purpose}', not 'fine-tune'", param=param)
     if row.format not in formats:
-        wanted = "preference pairs" if formats == (PREFERENCE,) else "chat or prompt/completion examples"
-        used = "DPO trains" if formats == (PREFERENCE,) else "supervised fine-tuning and evaluation use"
-        if formats == DISTILLATION_FORMATS:
-            wanted, used = "prompts (or chat or prompt/completion examples, whose prompts it uses)", "distillation runs"
         raise InvalidRequest(
-            f"File '{file_id}' holds {row.format} examples; {used} on {wanted}",
+            f"File '{file_id}' holds {row.format} examples; {FORMATS_WANTED[formats]}",
             param=param,
             code=f"invalid_{param}",
         )
