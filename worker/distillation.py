@@ -144,7 +144,11 @@ def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJ
     if file_id is None:
         return None
     with transaction(url) as session:
-        key = session.scalar(select(StoredFile.storage_key).where(StoredFile.id == file_id))
+        key = session.scalar(
+            select(StoredFile.storage_key).where(
+                StoredFile.id == file_id, StoredFile.organization_id == job.organization_id
+            )
+        )
     return load_examples(store, key) if key else None
 
 
