@@ -55,6 +55,9 @@ def test_preference_training_makes_the_model_prefer_the_chosen_answers(
     assert metrics[0]["train_reward_accuracy"] == 0.0 and metrics[-1]["train_reward_margin"] > 0
     assert metrics[-1]["valid_reward_accuracy"] == 1.0 and metrics[-1]["valid_loss"] < math.log(2)
 
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]  # the last epoch's
+    assert checkpoint.metrics.model_extra["valid_reward_accuracy"] == metrics[-1]["valid_reward_accuracy"]  # type: ignore[index]
+
     report = client.get(f"/fine_tuning/jobs/{job.id}/evaluation", cast_to=object)
     assert report["method"] == "dpo" and report["held_out_pairs"] == 12  # type: ignore[index]
     base, tuned = report["base_model"], report["fine_tuned_model"]  # type: ignore[index]

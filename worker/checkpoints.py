@@ -44,7 +44,10 @@ class EpochCheckpoints:
         self.store.put_bytes(training_state_key(organization_id, job_id, report.step), report.state.to_bytes())
         metrics = {"step": report.step, "epoch": report.epoch}
         if report.valid_loss is not None:
-            metrics |= {"valid_loss": report.valid_loss, "valid_mean_token_accuracy": report.valid_mean_token_accuracy}
+            metrics |= {
+                "valid_loss": report.valid_loss,
+                f"valid_{report.accuracy_name}": report.valid_mean_token_accuracy,
+            }
         with transaction(self.database_url) as session:
             session.add(
                 JobCheckpoint(

@@ -83,10 +83,11 @@ class EpochReport:
     epoch: int  # 1-based
     step: int  # steps done so far
     valid_loss: float | None
-    valid_mean_token_accuracy: float | None
+    valid_mean_token_accuracy: float | None  # for preference training, the reward accuracy (`accuracy_name`)
     is_best: bool  # lowest valid_loss so far (without validation examples: always, the latest epoch is kept)
     model: PeftModel
     state: TrainingState  # to resume from; live tensors, so serialize it before returning
+    accuracy_name: str = "mean_token_accuracy"
 
 
 @dataclass
@@ -588,7 +589,17 @@ def _train(
             run.adapter = {name: p.detach() for name, p in peft_model.named_parameters() if p.requires_grad}
             run.optimizer, run.scheduler, run.rng = optimizer.state_dict(), scheduler.state_dict(), rng_state()
             latest = (run.valid_losses[-1], run.valid_accuracies[-1]) if run.valid_losses else (None, None)
-            on_epoch_end(EpochReport(epoch + 1, run.step, *latest, is_best=is_best, model=peft_model, state=run))
+            on_epoch_end(
+                EpochReport(
+                    epoch + 1,
+                    run.step,
+                    *latest,
+                    is_best=is_best,
+                    model=peft_model,
+                    state=run,
+                    accuracy_name=objective.accuracy_name,
+                )  # fmt: skip
+            )
     return result(stopped=False)
 
 
