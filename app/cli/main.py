@@ -2,13 +2,20 @@
 
 import typer
 
+from app.cli.files import files_app
+from app.cli.jobs import jobs_app
 from app.cli.keys import keys_app
+from app.cli.models import chat, models_app
 from app.cli.up import up
 from app.config import get_settings
 
 app = typer.Typer(help="Loraport: self-hosted, OpenAI-compatible LoRA fine-tuning.", no_args_is_help=True)
 app.command(help="Run the whole service on this machine (API, worker, and embedded servers).")(up)
 app.add_typer(keys_app, name="keys")
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.command()(chat)
 
 
 @app.command("serve-inference")

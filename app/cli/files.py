@@ -1,0 +1,118 @@
+"""`loraport files upload|list|get|report|delete`: datasets on a Loraport server."""
+
+import json
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from app.cli.remote import BAD_REQUEST, UNREACHABLE, ApiKey, BaseUrl, Json, Remote, checked, fail
+
+files_app = typer.Typer(help="Upload and inspect datasets.", no_args_is_help=True)
+DATASET = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="a JSONL dataset")
+out = Console()
+
+
+class _Counted:
+    """A file read by the upload, moving a progress bar as its bytes go."""
+
+    def __init__(self, handle: BinaryIO, progress: Progress, task: int) -> None:
+        self._handle, self._progress, self._task = handle, progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._progress.advance(self._task, len(chunk))
+        return chunk
+
+
+@files_app.command("upload")
+def upload(
+    path: Path = DATASET,
+    purpose: str = typer.Option("fine-tune", "--purpose"),
+    base_url: str = BaseUrl,
+    api_key: str = ApiKey,
+    as_json: bool = Json,
+) -> None:
+    """Upload a dataset with a progress bar; a refused file's bad lines are listed with their numbers."""
+    remote = Remote(base_url, api_key)
+    stored = upload_file(remote, path, purpose)
+    if as_json:
+        out.print_json(json.dumps(stored))
+        return
+    out.print(f"[bold]{stored['id']}[/bold]  {stored['filename']}  {stored['bytes']} bytes, processed")
+    _print_report(remote.get(f"/files/{stored['id']}/report"))
+
+
+def upload_file(remote: Remote, path: Path, purpose: str) -> dict:
+    """The stored file; a refused one ends the command with its bad lines listed."""
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with path.open("rb") as handle, Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"Uploading {path.name}", total=path.stat().st_size)
+        try:
+            with remote.client() as client:
+                response = client.post(
+                    "/files",
+                    files={"file": (path.name, _Counted(handle, progress, task), "application/jsonl")},
+                    data={"purpose": purpose},
+                )
+        except httpx.TransportError as error:
+            fail(f"cannot reach {remote.base_url}: {error}", UNREACHABLE)
+    if response.status_code == 400 and "validation" in response.json().get("error", {}):
+        _print_refusal(path, response.json()["error"])
+        raise typer.Exit(BAD_REQUEST)
+    return checked(response)
+
+
+def _print_refusal(path: Path, error: dict) -> None:
+    validation = error["validation"]
+    table = Table(title=f"{path.name} was refused: {validation.get('error_count', len(validation['errors']))} error(s)")
+    table.add_column("line", justify="right")
+    table.add_column("code")
+    table.add_column("problem")
+    for item in validation["errors"]:
+        table.add_row("" if item["line"] is None else str(item["line"]), item["code"], item["message"])
+    Console(stderr=True).print(table)
+
+
+def _print_report(report: dict) -> None:
+    counts = report.get("counts", {})
+    out.print(f"{counts.get('examples', 0)} examples, format {report.get('format')}")
+    for warning in report.get("warnings", []):
+        out.print(f"[yellow]warning:[/yellow] {warning['message']}", highlight=False)
+    tokens = report.get("tokens") or {}
+    if tokens:
+        out.print(f"tokens ({tokens.get('model')}): {json.dumps({k: v for k, v in tokens.items() if k != 'model'})}")
+
+
+@files_app.command("list")
+def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
+    """Your files, newest first."""
+    body = Remote(base_url, api_key).get("/files", limit=100)
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    table = Table("id", "file name", "purpose", "bytes", "status")
+    for row in body["data"]:
+        table.add_row(row["id"], row["filename"], row["purpose"], str(row["bytes"]), row["status"])
+    out.print(table)
+
+
+@files_app.command("report")
+def report(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
+    """A file's data report: duplicates, conflicting answers, answer shape, token counts."""
+    body = Remote(base_url, api_key).get(f"/files/{file_id}/report")
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    _print_report(body)
+
+
+@files_app.command("delete")
+def delete(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> None:
+    """Delete a file."""
+    Remote(base_url, api_key).send("DELETE", f"/files/{file_id}")
+    out.print(f"deleted {file_id}")
