@@ -22,9 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from app.base_models.registry import BaseModelRegistry
 from app.chat_format import render_prompt_ids
-from app.evaluation.answers import greedy_answers
-from app.inference.batching import ContinuousBatcher
-from app.inference.lora_slots import AdapterSlots
+from app.evaluation.answers import answering, greedy_answers
 from bench.tickets import ticket_split
 from worker.training.trainer import linear_projection_names
 
@@ -40,15 +38,10 @@ def _prompts(count: int) -> list[list[dict]]:
 
 def batched(registry: BaseModelRegistry, adapter_dir: Path, prompts: list, tokens: int) -> tuple[float, dict]:
     model, tokenizer = registry.load(MODEL_ID)
-    slots = AdapterSlots(model, max_slots=1)
-    slots.load(ADAPTER, adapter_dir)
-    batcher = ContinuousBatcher(model, slots, "cpu", max_batch_size=16)
-    try:
+    with answering(model, tokenizer, {ADAPTER: adapter_dir}) as (batcher, _):
         start = time.perf_counter()
-        answers = greedy_answers(batcher, tokenizer, set(), prompts, [None, ADAPTER], tokens)
+        answers = greedy_answers(batcher, tokenizer, set(), prompts, [None, ADAPTER], tokens)  # no end: full length
         return time.perf_counter() - start, answers
-    finally:
-        batcher.close()
 
 
 def one_by_one(registry: BaseModelRegistry, adapter_dir: Path, prompts: list, tokens: int) -> tuple[float, dict]:

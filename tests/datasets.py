@@ -17,6 +17,19 @@ TICKETS = [
     ("Dark mode makes the charts unreadable.", "category: bug\npriority: low\nteam: web"),
 ]
 
+HELD_OUT = [  # ten tickets not in TICKETS (a file needs at least ten examples)
+    ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
+    ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
+    ("The export button does nothing.", "category: bug\npriority: medium\nteam: web"),
+    ("How do I rotate my API key?", "category: how-to\npriority: low\nteam: support"),
+    ("All requests time out since noon.", "category: outage\npriority: urgent\nteam: platform"),
+    ("I was charged after cancelling.", "category: billing\npriority: high\nteam: payments"),
+    ("Can I merge two accounts?", "category: account\npriority: low\nteam: support"),
+    ("Search returns nothing at all.", "category: bug\npriority: high\nteam: web"),
+    ("Where do I change my timezone?", "category: how-to\npriority: low\nteam: support"),
+    ("The status page says everything is down.", "category: outage\npriority: urgent\nteam: platform"),
+]
+
 
 def chat_jsonl(pairs: list[tuple[str, str]] = TICKETS) -> bytes:
     lines = [

@@ -12,22 +12,10 @@ from openai.types.fine_tuning import FineTuningJob
 from app.config import Settings
 from app.inference.engine import adapter_directory_name
 from app.storage import store_for
-from tests.datasets import TICKETS, chat_jsonl
+from tests.datasets import HELD_OUT, TICKETS, chat_jsonl
 from tests.workers import forget_other_jobs, start_training_worker, stop
 
 pytestmark = pytest.mark.e2e
-HELD_OUT = [  # ten tickets the model never trains on (a file needs at least ten examples)
-    ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
-    ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
-    ("The export button does nothing.", "category: bug\npriority: medium\nteam: web"),
-    ("How do I rotate my API key?", "category: how-to\npriority: low\nteam: support"),
-    ("All requests time out since noon.", "category: outage\npriority: urgent\nteam: platform"),
-    ("I was charged after cancelling.", "category: billing\npriority: high\nteam: payments"),
-    ("Can I merge two accounts?", "category: account\npriority: low\nteam: support"),
-    ("Search returns nothing at all.", "category: bug\npriority: high\nteam: web"),
-    ("Where do I change my timezone?", "category: how-to\npriority: low\nteam: support"),
-    ("The status page says everything is down.", "category: outage\npriority: urgent\nteam: platform"),
-]
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,11 @@ from app.base_models.from_settings import registry_from_settings
 from app.config import Settings
 from bench.tickets import ticket_split
 from tests.conftest import new_org_key, sdk_client
-from tests.datasets import TICKETS, chat_jsonl
+from tests.datasets import HELD_OUT, TICKETS, chat_jsonl
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
 pytestmark = pytest.mark.e2e
-HELD_OUT = [  # tickets that are not in TICKETS
-    ("I can't log in since the update.", "category: bug\npriority: high\nteam: mobile"),
-    ("Do you offer student discounts?", "category: billing\npriority: low\nteam: payments"),
-    ("The export button does nothing.", "category: bug\npriority: medium\nteam: web"),
-    ("How do I rotate my API key?", "category: how-to\npriority: low\nteam: support"),
-    ("All requests time out since noon.", "category: outage\npriority: urgent\nteam: platform"),
-    ("I was charged after cancelling.", "category: billing\npriority: high\nteam: payments"),
-    ("Can I merge two accounts?", "category: account\npriority: low\nteam: support"),
-    ("Search returns nothing at all.", "category: bug\npriority: high\nteam: web"),
-    ("Where do I change my timezone?", "category: how-to\npriority: low\nteam: support"),
-    ("The status page says everything is down.", "category: outage\npriority: urgent\nteam: platform"),
-]
 
 
 def _evaluation(client: openai.OpenAI, job_id: str) -> dict:

@@ -6,7 +6,6 @@ The answers are written in the order of the prompts file, one conversation per p
 finds them again instead of asking the teacher twice, and so that a user can inspect the file and reuse it.
 """
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app import ids
 from app.adapter_manifest import verified_fetch
 from app.base_models.registry import BaseModelRegistry
 from app.catalog import service as catalog
@@ -26,18 +24,15 @@ from app.datasets import CHAT
 from app.db import transaction
 from app.devices import compute_device
 from app.errors import ModelNotFound
-from app.inference.batching import ContinuousBatcher
-from app.inference.detokenize import Detokenizer
-from app.inference.engine import model_end_of_turn_ids
-from app.inference.lora_slots import AdapterSlots
+from app.evaluation.answers import answer_text, answering
 from app.jobs import state
 from app.storage import ObjectStore, file_key, store_for
 from app.tables import FineTuningJob, Organization, StoredFile
 from worker.datasets import load_examples, load_prompts
 from worker.failures import JobFailed
+from worker.results import store_job_file
 
 TEACHER = "teacher"
-BATCH_ROWS = 16
 
 
 def teacher_answers(
@@ -53,12 +48,8 @@ def teacher_answers(
     """The teacher's answer to each prompt (a conversation ending before the answer): the base `model`, or it with
     the adapter in `adapter_dir`. Sampled at `temperature` (0: greedy) with a seed per prompt, so a rerun gives the
     same answers; `on_answer(done)` after each one, in order."""
-    slots = AdapterSlots(model, max_slots=1)
-    if adapter_dir is not None:
-        slots.load(TEACHER, adapter_dir)
-    end_ids = set(model_end_of_turn_ids(model, tokenizer))
-    batcher = ContinuousBatcher(model, slots, next(model.parameters()).device, max_batch_size=BATCH_ROWS)
-    try:
+    adapters = {TEACHER: adapter_dir} if adapter_dir is not None else {}
+    with answering(model, tokenizer, adapters) as (batcher, end_ids):
         adapter = TEACHER if adapter_dir is not None else None
         streams = [
             batcher.submit(
@@ -68,13 +59,10 @@ def teacher_answers(
         ]
         answers = []
         for stream in streams:
-            text = Detokenizer(tokenizer, end_ids, [])
-            answers.append("".join([*(text.feed(token.id) for token in stream), text.close()]).strip())
+            answers.append(answer_text(stream, tokenizer, end_ids).strip())
             if on_answer is not None:
                 on_answer(len(answers))
         return answers
-    finally:
-        batcher.close()
 
 
 def distilled_jsonl(prompts: Sequence[list[dict]], answers: Sequence[str]) -> bytes:
@@ -88,25 +76,10 @@ def distilled_jsonl(prompts: Sequence[list[dict]], answers: Sequence[str]) -> by
 
 def store_distilled_file(session: Session, store: ObjectStore, job: FineTuningJob, content: bytes) -> StoredFile:
     """The teacher's answers as a processed `fine-tune` file of the job's organisation."""
-    file_id = ids.file_id()
-    key = file_key(job.organization_id, file_id)
-    writer = store.writer(key)
-    writer.write(content)
-    writer.close()
-    row = StoredFile(
-        id=file_id,
-        organization_id=job.organization_id,
-        filename=f"distilled-{job.id}.jsonl",
-        purpose="fine-tune",
-        bytes=len(content),
-        status="processed",
-        storage_key=key,
-        sha256=hashlib.sha256(content).hexdigest(),
-        example_count=content.count(b"\n"),
-        format=CHAT,
+    filename = f"distilled-{job.id}.jsonl"
+    return store_job_file(
+        session, store, job, filename, content, "fine-tune", file_key, example_count=content.count(b"\n"), format=CHAT
     )
-    session.add(row)
-    return row
 
 
 def distilled_examples(

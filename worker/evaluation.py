@@ -5,11 +5,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.evaluation.answers import greedy_answers
+from app.evaluation.answers import answering, greedy_answers
 from app.evaluation.report import (
     HeldOutExample,
     Losses,
@@ -19,16 +18,12 @@ from app.evaluation.report import (
     held_out_examples,
     preference_report,
 )
-from app.inference.batching import ContinuousBatcher
-from app.inference.engine import model_end_of_turn_ids
-from app.inference.lora_slots import AdapterSlots
 from app.jobs.schemas import EvaluationOptions
 from worker.datasets import PreferenceExample
-from worker.training.preference import PreferencePair, answer_logps, tokenize_pairs
-from worker.training.trainer import TrainingConfig, held_out_metrics
+from worker.training.preference import PreferencePair, pair_logps, tokenize_pairs
+from worker.training.trainer import TrainingConfig, held_out_metrics, pad_token_id
 
 TUNED = "fine-tuned"
-BATCH_ROWS = 16  # rows generated together; the serving default
 
 
 @dataclass(frozen=True)
@@ -118,29 +113,17 @@ def evaluate_preference_tune(
     pairs = tokenize_pairs(tokenizer, held_out[: options.max_examples], config.max_seq_length)
     if not pairs:
         return None
-    tuned = _margins(peft_model, pairs, config.batch_size, _pad(tokenizer))
+    tuned = _margins(peft_model, pairs, config.batch_size, pad_token_id(tokenizer))
     with peft_model.disable_adapter():
-        base = _margins(peft_model, pairs, config.batch_size, _pad(tokenizer))
+        base = _margins(peft_model, pairs, config.batch_size, pad_token_id(tokenizer))
     return preference_report(base, tuned, losses, leaked_examples)
 
 
 def _margins(model: PreTrainedModel, pairs: Sequence[PreferencePair], batch_size: int, pad: int) -> list[float]:
     """Per pair: mean log-probability per token of the chosen answer minus that of the rejected one."""
-    model.eval()
-    margins = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            sums, counts = answer_logps(model, [p.chosen for p in batch] + [p.rejected for p in batch], pad)
-            means = (sums / counts).tolist()
-            margins += [
-                chosen - rejected for chosen, rejected in zip(means[: len(batch)], means[len(batch) :], strict=True)
-            ]
-    return margins
-
-
-def _pad(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sums, counts = pair_logps(model, pairs, batch_size, pad)
+    means = sums / counts
+    return (means[:, 0] - means[:, 1]).tolist()
 
 
 def _answers(
@@ -152,17 +135,10 @@ def _answers(
     max_tokens: int,
 ) -> dict[str | None, list[str]]:
     longest_target = max(len(tokenizer(example.target).input_ids) for example in examples)
-    slots = AdapterSlots(model, max_slots=max(1, len(adapters)))
-    for name, directory in adapters.items():
-        slots.load(name, directory)
-    end_ids = set(model_end_of_turn_ids(model, tokenizer))
-    batcher = ContinuousBatcher(model, slots, next(model.parameters()).device, max_batch_size=BATCH_ROWS)
-    try:
+    with answering(model, tokenizer, adapters) as (batcher, end_ids):
         prompts = [example.prompt for example in examples]
         max_new_tokens = min(max_tokens, 2 * longest_target + 16)
         return greedy_answers(batcher, tokenizer, end_ids, prompts, models, max_new_tokens)
-    finally:
-        batcher.close()
 
 
 def _token_metrics(measured: tuple[float, float] | None) -> TokenMetrics | None:

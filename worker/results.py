@@ -5,6 +5,8 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,8 +48,23 @@ def store_evaluation(session: Session, store: ObjectStore, job: FineTuningJob, r
 def _store_result_file(
     session: Session, store: ObjectStore, job: FineTuningJob, filename: str, content: bytes
 ) -> StoredFile:
+    return store_job_file(session, store, job, filename, content, "fine-tune-results", results_key)
+
+
+def store_job_file(
+    session: Session,
+    store: ObjectStore,
+    job: FineTuningJob,
+    filename: str,
+    content: bytes,
+    purpose: str,
+    key_of: Callable[[str, str], str],
+    **details: Any,
+) -> StoredFile:
+    """Uploads `content` under `key_of(organization id, file id)` and records it as a processed file of the job's
+    organisation (`details`: more columns, such as the dataset format)."""
     file_id = ids.file_id()
-    key = results_key(job.organization_id, file_id)
+    key = key_of(job.organization_id, file_id)
     writer = store.writer(key)
     writer.write(content)
     writer.close()
@@ -55,12 +72,12 @@ def _store_result_file(
         id=file_id,
         organization_id=job.organization_id,
         filename=filename,
-        purpose="fine-tune-results",
+        purpose=purpose,
         bytes=len(content),
         status="processed",
         storage_key=key,
         sha256=hashlib.sha256(content).hexdigest(),
-        example_count=0,
+        **({"example_count": 0} | details),
     )
     session.add(row)
     return row

@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from app.cli.remote import BAD_REQUEST, UNREACHABLE, ApiKey, BaseUrl, Json, Remote, checked, fail
+from app.cli.remote import (
+    BAD_REQUEST,
+    UNREACHABLE,
+    ApiKey,
+    BaseUrl,
+    Json,
+    Remote,
+    checked,
+    fail,
+    print_json,
+    print_listing,
+)
 
 files_app = typer.Typer(help="Upload and inspect datasets.", no_args_is_help=True)
 DATASET = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="a JSONL dataset")
@@ -41,7 +52,7 @@ def upload(
     remote = Remote(base_url, api_key)
     stored = upload_file(remote, path, purpose)
     if as_json:
-        out.print_json(json.dumps(stored))
+        print_json(stored)
         return
     out.print(f"[bold]{stored['id']}[/bold]  {stored['filename']}  {stored['bytes']} bytes, processed")
     _print_report(remote.get(f"/files/{stored['id']}/report"))
@@ -91,14 +102,12 @@ def _print_report(report: dict) -> None:
 @files_app.command("list")
 def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
     """Your files, newest first."""
-    body = Remote(base_url, api_key).get("/files", limit=100)
-    if as_json:
-        out.print_json(json.dumps(body))
-        return
-    table = Table("id", "file name", "purpose", "bytes", "status")
-    for row in body["data"]:
-        table.add_row(row["id"], row["filename"], row["purpose"], str(row["bytes"]), row["status"])
-    out.print(table)
+    print_listing(
+        Remote(base_url, api_key).get("/files", limit=100),
+        as_json,
+        ("id", "file name", "purpose", "bytes", "status"),
+        lambda row: (row["id"], row["filename"], row["purpose"], str(row["bytes"]), row["status"]),
+    )
 
 
 @files_app.command("report")
@@ -106,9 +115,9 @@ def report(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json
     """A file's data report: duplicates, conflicting answers, answer shape, token counts."""
     body = Remote(base_url, api_key).get(f"/files/{file_id}/report")
     if as_json:
-        out.print_json(json.dumps(body))
-        return
-    _print_report(body)
+        print_json(body)
+    else:
+        _print_report(body)
 
 
 @files_app.command("delete")

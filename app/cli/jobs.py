@@ -1,16 +1,14 @@
 """`loraport jobs create|follow|list|get|cancel|events|checkpoints`: fine-tuning jobs on a Loraport server."""
 
-import json
 import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
 from app.cli.files import upload_file
-from app.cli.remote import ApiKey, BaseUrl, Json, Remote, fail
+from app.cli.remote import ApiKey, BaseUrl, Json, Remote, fail, print_json, print_listing
 
 jobs_app = typer.Typer(help="Create and follow fine-tuning jobs.", no_args_is_help=True)
 out = Console()
@@ -44,7 +42,7 @@ def create(
     body |= {"hyperparameters": {"n_epochs": epochs}} if epochs else {}
     job = remote.send("POST", "/fine_tuning/jobs", json=body)
     if as_json and not follow_job:
-        out.print_json(json.dumps(job))
+        print_json(job)
         return
     out.print(f"[bold]{job['id']}[/bold] created ({job['status']})")
     if follow_job:
@@ -98,20 +96,18 @@ def _losses(data: dict) -> str:
 @jobs_app.command("list")
 def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
     """Your jobs, newest first."""
-    body = Remote(base_url, api_key).get("/fine_tuning/jobs", limit=100)
-    if as_json:
-        out.print_json(json.dumps(body))
-        return
-    table = Table("id", "status", "model", "fine-tuned model")
-    for job in body["data"]:
-        table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "")
-    out.print(table)
+    print_listing(
+        Remote(base_url, api_key).get("/fine_tuning/jobs", limit=100),
+        as_json,
+        ("id", "status", "model", "fine-tuned model"),
+        lambda job: (job["id"], job["status"], job["model"], job["fine_tuned_model"] or ""),
+    )
 
 
 @jobs_app.command("get")
 def get(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> None:
     """A job, as JSON."""
-    out.print_json(json.dumps(Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}")))
+    print_json(Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}"))
 
 
 @jobs_app.command("cancel")
@@ -126,7 +122,7 @@ def events(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json:
     """A job's events, oldest first."""
     body = Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}/events", limit=100)
     if as_json:
-        out.print_json(json.dumps(body))
+        print_json(body)
         return
     for event in reversed(body["data"]):
         out.print(f"{event['level']:5}  {event['message']}", highlight=False)
@@ -135,13 +131,13 @@ def events(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json:
 @jobs_app.command("checkpoints")
 def checkpoints(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
     """A job's checkpoints, servable as models."""
-    body = Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100)
-    if as_json:
-        out.print_json(json.dumps(body))
-        return
-    table = Table("step", "model", "valid loss")
-    for row in body["data"]:
-        table.add_row(
-            str(row["step_number"]), row["fine_tuned_model_checkpoint"], str(row["metrics"].get("valid_loss"))
-        )
-    out.print(table)
+    print_listing(
+        Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100),
+        as_json,
+        ("step", "model", "valid loss"),
+        lambda row: (
+            str(row["step_number"]),
+            row["fine_tuned_model_checkpoint"],
+            str(row["metrics"].get("valid_loss")),
+        ),
+    )

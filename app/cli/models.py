@@ -5,9 +5,19 @@ import json
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from app.cli.remote import SERVER_ERROR, UNREACHABLE, ApiKey, BaseUrl, Json, Remote, checked, fail
+from app.cli.remote import (
+    SERVER_ERROR,
+    UNREACHABLE,
+    ApiKey,
+    BaseUrl,
+    Json,
+    Remote,
+    checked,
+    fail,
+    print_json,
+    print_listing,
+)
 
 models_app = typer.Typer(help="List, inspect and delete models.", no_args_is_help=True)
 out = Console()
@@ -16,20 +26,15 @@ out = Console()
 @models_app.command("list")
 def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
     """Base models and your fine-tuned models."""
-    body = Remote(base_url, api_key).get("/models")
-    if as_json:
-        out.print_json(json.dumps(body))
-        return
-    table = Table("id", "owned by")
-    for model in body["data"]:
-        table.add_row(model["id"], model["owned_by"])
-    out.print(table)
+    print_listing(
+        Remote(base_url, api_key).get("/models"), as_json, ("id", "owned by"), lambda m: (m["id"], m["owned_by"])
+    )
 
 
 @models_app.command("get")
 def get(model_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> None:
     """A model, as JSON."""
-    out.print_json(json.dumps(Remote(base_url, api_key).get(f"/models/{model_id}")))
+    print_json(Remote(base_url, api_key).get(f"/models/{model_id}"))
 
 
 @models_app.command("delete")

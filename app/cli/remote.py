@@ -1,18 +1,22 @@
 """How CLI commands reach a Loraport server: its URL and an API key (options or environment), requests with one
 readable line and a known exit code for every failure."""
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Exit codes scripts can rely on.
 BAD_REQUEST, NOT_FOUND, UNREACHABLE, SERVER_ERROR = 2, 3, 4, 5
 
 err = Console(stderr=True)
+out = Console()
 
 BaseUrl = typer.Option(DEFAULT_BASE_URL, "--base-url", envvar="LORAPORT_BASE_URL", help="the server")
 ApiKey = typer.Option(..., "--api-key", envvar="LORAPORT_API_KEY", help="an API key (loraport keys create)")
@@ -58,3 +62,18 @@ def checked(response: httpx.Response) -> dict:
 def fail(message: str, code: int) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def print_json(body: dict) -> None:
+    out.print_json(json.dumps(body))
+
+
+def print_listing(body: dict, as_json: bool, columns: Sequence[str], row: Callable[[dict], Sequence[str]]) -> None:
+    """A list the server returned: its JSON with `--json`, else a table with a row per item."""
+    if as_json:
+        print_json(body)
+        return
+    table = Table(*columns)
+    for item in body["data"]:
+        table.add_row(*row(item))
+    out.print(table)

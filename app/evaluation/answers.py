@@ -1,13 +1,35 @@
 """Greedy answers to held-out prompts, generated together by the engine that serves requests (the continuous
 batcher), with the prompt built by the same function as training's and inference's."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.chat_format import render_prompt_ids
 from app.inference.batching import ContinuousBatcher, TokenStream
 from app.inference.detokenize import Detokenizer
+from app.inference.engine import model_end_of_turn_ids
+from app.inference.lora_slots import AdapterSlots
+
+BATCH_ROWS = 16  # rows generated together; the serving default
+
+
+@contextmanager
+def answering(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapters: Mapping[str, Path]
+) -> Iterator[tuple[ContinuousBatcher, set[int]]]:
+    """A continuous batcher on `model` with `adapters` (name → saved directory) in its slots, and the tokens that
+    end an answer; the batcher is closed afterwards. `model` stays wrapped by the slots."""
+    slots = AdapterSlots(model, max_slots=max(1, len(adapters)))
+    for name, directory in adapters.items():
+        slots.load(name, directory)
+    batcher = ContinuousBatcher(model, slots, next(model.parameters()).device, max_batch_size=BATCH_ROWS)
+    try:
+        yield batcher, set(model_end_of_turn_ids(model, tokenizer))
+    finally:
+        batcher.close()
 
 
 def greedy_answers(
@@ -26,12 +48,14 @@ def greedy_answers(
         for adapter in adapters
     }
     return {
-        adapter: [_text(stream, Detokenizer(tokenizer, end_of_turn_ids, [])) for stream in queued]
+        adapter: [answer_text(stream, tokenizer, end_of_turn_ids) for stream in queued]
         for adapter, queued in streams.items()
     }
 
 
-def _text(stream: TokenStream, text: Detokenizer) -> str:
+def answer_text(stream: TokenStream, tokenizer: PreTrainedTokenizerBase, end_of_turn_ids: set[int]) -> str:
+    """The text of a request's answer, once its stream ends."""
+    text = Detokenizer(tokenizer, end_of_turn_ids, [])
     parts = [text.feed(token.id) for token in stream]
     parts.append(text.close())
     return "".join(parts)

@@ -111,20 +111,33 @@ def answer_logps(
     return sums, labelled.sum(dim=1)
 
 
+def pair_logps(
+    model: torch.nn.Module, pairs: Sequence[PreferencePair], batch_size: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[pairs, 2]: the summed log-probabilities of each pair's (chosen, rejected) answers under `model` as it is now
+    (in eval mode, without gradients), and their token counts."""
+    model.eval()
+    sums, counts = [torch.zeros(0, 2)], [torch.zeros(0, 2, dtype=torch.long)]
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            batch_sums, batch_counts = answer_logps(
+                model, [p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id
+            )
+            sums.append(batch_sums.cpu().view(2, -1).T)
+            counts.append(batch_counts.cpu().view(2, -1).T)
+    return torch.cat(sums), torch.cat(counts)
+
+
 def with_reference(
     model: torch.nn.Module, pairs: Sequence[PreferencePair], batch_size: int, pad_token_id: int
 ) -> list[PreferencePair]:
     """The pairs with the reference log-probabilities of `model` as it is now."""
-    model.eval()
-    scored = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            sums, _ = answer_logps(model, [p.chosen for p in batch] + [p.rejected for p in batch], pad_token_id)
-            values = sums.tolist()
-            for pair, chosen, rejected in zip(batch, values[: len(batch)], values[len(batch) :], strict=True):
-                scored.append(replace(pair, reference_chosen=chosen, reference_rejected=rejected))
-    return scored
+    sums, _ = pair_logps(model, pairs, batch_size, pad_token_id)
+    return [
+        replace(pair, reference_chosen=chosen, reference_rejected=rejected)
+        for pair, (chosen, rejected) in zip(pairs, sums.tolist(), strict=True)
+    ]
 
 
 @dataclass(frozen=True)

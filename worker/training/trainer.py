@@ -350,10 +350,11 @@ def held_out_metrics(
     examples = _tokenize(tokenizer, conversations, config.max_seq_length, config.train_on_inputs)
     if not examples:
         return None
-    return evaluate(model, examples, config.batch_size, _pad_token_id(tokenizer), config.cpu_bf16)
+    return evaluate(model, examples, config.batch_size, pad_token_id(tokenizer), config.cpu_bf16)
 
 
-def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """What batches are padded with: the tokenizer's pad token, or 0 when it has none (padding is masked)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
@@ -445,7 +446,7 @@ def train_lora(
     if not train_set:
         raise ValueError("no training example has an assistant token within max_seq_length")
     peft_model = _lora_model(model, config, start_from)
-    objective = SupervisedObjective(_pad_token_id(tokenizer))
+    objective = SupervisedObjective(pad_token_id(tokenizer))
     return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
 
 
@@ -473,13 +474,13 @@ def train_preference(
     if not train_set:
         raise ValueError("no preference pair has an answer token within max_seq_length")
     peft_model = _lora_model(model, config, start_from)
-    pad_token_id = _pad_token_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     device = next(peft_model.parameters()).device
     on_cpu_in_bf16 = device.type == "cpu" and _uses_bf16(device, config.cpu_bf16)
     with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16), _autocast(device, config.cpu_bf16):
-        train_set = with_reference(peft_model, train_set, config.batch_size, pad_token_id)
-        held_out = with_reference(peft_model, held_out, config.batch_size, pad_token_id)
-    objective = PreferenceObjective(pad_token_id, settings)
+        train_set = with_reference(peft_model, train_set, config.batch_size, pad)
+        held_out = with_reference(peft_model, held_out, config.batch_size, pad)
+    objective = PreferenceObjective(pad, settings)
     return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
 
 
