@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST, NOT_FOUND, UNREACHABLE
+from tests.conftest import sdk_client
 from tests.datasets import TICKETS, chat_jsonl
 
 runner = CliRunner()
@@ -58,3 +59,49 @@ def test_failures_are_one_line_with_an_exit_code(api_base_url: str, org_key: str
     assert wrong_key.exit_code == BAD_REQUEST and wrong_key.stderr.startswith("error: 401: ")
     assert unreachable.exit_code == UNREACHABLE and "cannot reach http://127.0.0.1:9" in unreachable.stderr
     assert all(len(r.stderr.strip().splitlines()) == 1 for r in (missing, wrong_key, unreachable))
+
+
+def test_a_file_is_shown_and_downloads_byte_for_byte(tmp_path: Path, api_base_url: str, org_key: str) -> None:
+    content = chat_jsonl()
+    file_id = sdk_client(api_base_url, org_key).files.create(file=("t.jsonl", content), purpose="fine-tune").id
+    saved = tmp_path / "copy.jsonl"
+
+    shown = _run("files", "get", file_id, base_url=api_base_url, key=org_key)
+    as_json = _run("files", "get", file_id, "--json", base_url=api_base_url, key=org_key)
+    to_stdout = _run("files", "download", file_id, base_url=api_base_url, key=org_key)
+    to_file = _run("files", "download", file_id, "-o", str(saved), base_url=api_base_url, key=org_key)
+
+    assert shown.exit_code == 0 and file_id in shown.stdout and "t.jsonl" in shown.stdout
+    assert json.loads(as_json.stdout)["id"] == file_id
+    assert to_stdout.exit_code == 0 and to_stdout.stdout_bytes == content
+    assert to_file.exit_code == 0 and saved.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.jsonl"]  # the partial file was renamed, nothing is left
+
+
+def test_a_download_overwrites_a_file_only_when_forced(tmp_path: Path, api_base_url: str, org_key: str) -> None:
+    file_id = sdk_client(api_base_url, org_key).files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    saved = tmp_path / "copy.jsonl"
+    saved.write_bytes(b"mine")
+
+    refused = _run("files", "download", file_id, "-o", str(saved), base_url=api_base_url, key=org_key)
+    assert (
+        refused.exit_code == BAD_REQUEST
+        and refused.stderr.strip() == f"error: {saved} exists; pass --force to overwrite it"
+    )
+    assert saved.read_bytes() == b"mine"
+
+    forced = _run("files", "download", file_id, "-o", str(saved), "--force", base_url=api_base_url, key=org_key)
+    assert forced.exit_code == 0 and saved.read_bytes() == chat_jsonl()
+
+
+def test_another_organisations_file_or_a_missing_one_is_not_downloaded(
+    tmp_path: Path, api_base_url: str, org_key: str, other_org_key: str
+) -> None:
+    theirs = sdk_client(api_base_url, other_org_key).files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+
+    for file_id in (theirs.id, "file-nope"):
+        to_stdout = _run("files", "download", file_id, base_url=api_base_url, key=org_key)
+        to_file = _run("files", "download", file_id, "-o", str(tmp_path / "x"), base_url=api_base_url, key=org_key)
+        assert to_stdout.exit_code == to_file.exit_code == NOT_FOUND and to_stdout.stdout_bytes == b""
+        assert to_file.stderr.startswith("error: 404: ") and len(to_file.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

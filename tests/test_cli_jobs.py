@@ -1,6 +1,12 @@
 """`loraport jobs …` against the live test server while a worker trains the real default model in this process:
-create uploads the file and follows the job to its model id; a bad file stops it before any job exists."""
+create uploads the file and follows the job to its model id; a bad file stops it before any job exists; Ctrl-C
+on a followed job detaches and leaves the job alone."""
 
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from app.base_models.from_settings import registry_from_settings
+from app.cli.jobs import DETACHED
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST
 from app.config import Settings
-from tests.conftest import sdk_client
+from tests.conftest import ROOT, sdk_client
 from tests.datasets import chat_jsonl
 from worker.job_runner import run_job
 
@@ -61,3 +68,40 @@ def test_create_with_a_bad_file_makes_no_job(tmp_path: Path, api_base_url: str, 
 
     assert refused.exit_code == BAD_REQUEST and "invalid_json" in refused.stderr
     assert sdk_client(api_base_url, org_key).fine_tuning.jobs.list().data == []
+
+
+def test_ctrl_c_detaches_from_a_followed_job_without_cancelling_it(
+    api_base_url: str, org_key: str, settings: Settings
+) -> None:
+    client = sdk_client(api_base_url, org_key)
+    training_file = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=training_file)  # no worker
+    follow = ["jobs", "follow", job.id, "--base-url", api_base_url, "--api-key", org_key]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "app.cli.main", *follow],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout or ()], daemon=True)
+    reader.start()
+    try:
+        output = ""
+        deadline = time.monotonic() + 60
+        while "Created fine-tuning job" not in output:  # its first event: the command is following the job
+            output += lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == DETACHED
+        reader.join(timeout=10)
+        output += "".join(lines.queue)  # what it printed after the signal, all read once it exited
+        assert f"Follow it again with: loraport jobs follow {job.id}" in output
+        assert "Traceback" not in output
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued")
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        client.fine_tuning.jobs.cancel(job.id)  # nothing is left queued for a later test's worker

@@ -1,6 +1,7 @@
-"""`loraport up` with no URLs configured: every embedded server starts, the API answers, Ctrl-C leaves
-nothing behind, and a second start reuses the data and the key."""
+"""`loraport up` with no URLs configured: every embedded server starts, the API answers, the new key is remembered
+for the CLI, Ctrl-C leaves nothing behind, and a second start reuses the data and the key."""
 
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ URL_SETTINGS = ("LORAPORT_DATABASE_URL", "LORAPORT_REDIS_URL", "LORAPORT_S3_ENDP
 def start_up(home: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
     """Runs `loraport up` and reads its output until the banner says it is ready."""
     env = {key: value for key, value in os.environ.items() if key not in URL_SETTINGS}
-    env.update(LORAPORT_HOME=str(home), LORAPORT_PORT=str(port))
+    env.update(LORAPORT_HOME=str(home), LORAPORT_PORT=str(port), XDG_CONFIG_HOME=str(home / "config"))
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli.main", "up"],
         cwd=ROOT,
@@ -60,6 +61,8 @@ def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
         assert ready.status_code == 200, ready.text
         files = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": f"Bearer {key.group(1)}"})
         assert files.status_code == 200
+        saved = json.loads((tmp_path / "config" / "loraport" / "config.json").read_text())
+        assert saved == {"base_url": f"http://127.0.0.1:{port}", "api_key": key.group(1)}  # for the CLI's commands
     finally:
         stop_up(process)
 

@@ -1,12 +1,15 @@
-"""`loraport files upload|list|get|report|delete`: datasets on a Loraport server."""
+"""`loraport files upload|list|get|download|report|delete`: datasets on a Loraport server."""
 
 import json
+import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
@@ -25,6 +28,8 @@ from app.cli.remote import (
 
 files_app = typer.Typer(help="Upload and inspect datasets.", no_args_is_help=True)
 DATASET = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="a JSONL dataset")
+OUTPUT = typer.Option(None, "--output", "-o", dir_okay=False, help="a file to write (default: stdout)")
+TRANSFER = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
 out = Console()
 
 
@@ -60,8 +65,7 @@ def upload(
 
 def upload_file(remote: Remote, path: Path, purpose: str) -> dict:
     """The stored file; a refused one ends the command with its bad lines listed."""
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with path.open("rb") as handle, Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with path.open("rb") as handle, Progress(*TRANSFER, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"Uploading {path.name}", total=path.stat().st_size)
         try:
             with remote.client() as client:
@@ -108,6 +112,82 @@ def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) 
         ("id", "file name", "purpose", "bytes", "status"),
         lambda row: (row["id"], row["filename"], row["purpose"], str(row["bytes"]), row["status"]),
     )
+
+
+@files_app.command("get")
+def get(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
+    """A file: its name, purpose, size and status."""
+    body = Remote(base_url, api_key).get(f"/files/{file_id}")
+    if as_json:
+        print_json(body)
+        return
+    fields = {
+        "id": body["id"],
+        "file name": body["filename"],
+        "purpose": body["purpose"],
+        "bytes": str(body["bytes"]),
+        "status": body["status"],
+        "details": body.get("status_details") or "",
+        "created": datetime.fromtimestamp(body["created_at"], UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    table = Table.grid(padding=(0, 2))
+    for name, value in fields.items():
+        if value:
+            table.add_row(f"[bold]{name}[/bold]", escape(value))
+    out.print(table)
+
+
+@files_app.command("download")
+def download(
+    file_id: str,
+    output: Path | None = OUTPUT,
+    force: bool = typer.Option(False, "--force", help="overwrite --output if it exists"),
+    base_url: str = BaseUrl,
+    api_key: str = ApiKey,
+) -> None:
+    """A file's content: to stdout, bytes only, or to --output with a progress bar, whole or not at all."""
+    if output is not None and output.exists() and not force:
+        fail(f"{output} exists; pass --force to overwrite it", BAD_REQUEST)
+    remote = Remote(base_url, api_key)
+    try:
+        with remote.client() as client, client.stream("GET", f"/files/{file_id}/content") as response:
+            if not response.is_success:
+                response.read()
+                checked(response)
+            if output is None:
+                _to_stdout(response)
+            else:
+                _save(response, output, file_id)
+    except httpx.TransportError as error:
+        fail(f"cannot reach {remote.base_url}: {error}", UNREACHABLE)
+    if output is not None:
+        out.print(f"{file_id} saved to {output}", highlight=False)
+
+
+def _to_stdout(response: httpx.Response) -> None:
+    stdout = typer.get_binary_stream("stdout")
+    for chunk in response.iter_bytes():
+        stdout.write(chunk)
+    stdout.flush()
+
+
+def _save(response: httpx.Response, path: Path, file_id: str) -> None:
+    """Writes the content next to `path`, then renames it: an interrupted download leaves no half-written `path`."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        handle = partial.open("xb")  # created as `open` creates any file, so the user's umask applies
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror}", BAD_REQUEST)
+    total = int(response.headers.get("Content-Length", 0)) or None
+    try:
+        with handle, Progress(*TRANSFER, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"Downloading {file_id}", total=total)
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
+                progress.advance(task, len(chunk))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @files_app.command("report")

@@ -78,7 +78,7 @@ def _follow(remote: Remote, job_id: str) -> None:
                     break
                 time.sleep(POLL_S)
     except KeyboardInterrupt:
-        out.print(f"detached; {job_id} goes on. Follow it again with: loraport jobs follow {job_id}")
+        out.print(f"detached; {job_id} goes on. Follow it again with: loraport jobs follow {job_id}", soft_wrap=True)
         raise typer.Exit(DETACHED) from None
     if job["status"] != "succeeded":
         error = job.get("error") or {}

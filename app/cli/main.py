@@ -2,6 +2,7 @@
 
 import typer
 
+from app.cli.compare import compare
 from app.cli.files import files_app
 from app.cli.jobs import jobs_app
 from app.cli.keys import keys_app
@@ -16,6 +17,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command()(chat)
+app.command()(compare)
 
 
 @app.command("serve-inference")

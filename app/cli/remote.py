@@ -1,5 +1,5 @@
-"""How CLI commands reach a Loraport server: its URL and an API key (options or environment), requests with one
-readable line and a known exit code for every failure."""
+"""How CLI commands reach a Loraport server: its URL and an API key (option, else environment, else the config file
+`loraport up` writes), requests with one readable line and a known exit code for every failure."""
 
 import json
 from collections.abc import Callable, Sequence
@@ -11,15 +11,54 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli import user_config
+
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Exit codes scripts can rely on.
 BAD_REQUEST, NOT_FOUND, UNREACHABLE, SERVER_ERROR = 2, 3, 4, 5
 
-err = Console(stderr=True)
+NO_API_KEY = (
+    "no API key: pass --api-key, set LORAPORT_API_KEY, or start the server once with `loraport up`, which remembers "
+    "its key"
+)
+
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 out = Console()
 
-BaseUrl = typer.Option(DEFAULT_BASE_URL, "--base-url", envvar="LORAPORT_BASE_URL", help="the server")
-ApiKey = typer.Option(..., "--api-key", envvar="LORAPORT_API_KEY", help="an API key (loraport keys create)")
+
+def _saved(key: str) -> str | None:
+    try:
+        return user_config.load().get(key)
+    except (OSError, ValueError) as error:
+        fail(f"cannot read {user_config.config_path()}: {error}; fix or delete it", BAD_REQUEST)
+
+
+def _base_url(value: str | None) -> str:
+    return value or _saved("base_url") or DEFAULT_BASE_URL
+
+
+def _api_key(value: str | None) -> str:
+    key = value or _saved("api_key")
+    if not key:
+        fail(NO_API_KEY, BAD_REQUEST)
+    return key
+
+
+# Typer resolves the option, then its environment variable; the callbacks fall back on the config file.
+BaseUrl = typer.Option(
+    None,
+    "--base-url",
+    envvar="LORAPORT_BASE_URL",
+    callback=_base_url,
+    help=f"the server (default: the one `loraport up` saved, else {DEFAULT_BASE_URL})",
+)
+ApiKey = typer.Option(
+    None,
+    "--api-key",
+    envvar="LORAPORT_API_KEY",
+    callback=_api_key,
+    help="an API key from `loraport keys create` (default: the one `loraport up` saved)",
+)
 Json = typer.Option(False, "--json", help="print the server's JSON, for scripts")
 
 
@@ -64,7 +103,7 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def print_json(body: dict) -> None:
+def print_json(body: dict | list) -> None:
     out.print_json(json.dumps(body))
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from app import bootstrap
+from app.cli import user_config
 from app.config import Settings, get_settings
 from app.embedded.process import ServerError, ServerProcess, port_is_free
 from app.embedded.services import embedded_services
@@ -113,7 +114,7 @@ def _watch(processes: list[ServerProcess]) -> NoReturn:
 def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[str]) -> None:
     console.print(f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]")
     if new_key:
-        console.print(f"API key: [bold]{new_key}[/bold] (save it, it is shown once)", highlight=False)
+        console.print(f"API key: [bold]{new_key}[/bold] ({escape(_remember(settings, new_key))})", highlight=False)
     else:
         console.print("API key: use the key printed on first start or LORAPORT_BOOTSTRAP_KEY")
     console.print(f"data: {settings.home}", highlight=False)
@@ -122,10 +123,24 @@ def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[
     console.print("Ctrl-C stops everything.")
 
 
+def _remember(settings: Settings, key: str) -> str:
+    """Saves the new key and this server's URL for the `loraport` commands on this machine; says where, or why not."""
+    host = _reachable(settings.host)
+    try:
+        path = user_config.save(f"http://{f'[{host}]' if ':' in host else host}:{settings.port}", key)
+    except OSError as error:
+        return f"save it, it is shown once; it could not be remembered: {error}"
+    return f"shown once; remembered in {path}, so `loraport` commands here need no --api-key"
+
+
 def _listens(host: str, port: int) -> bool:
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    with socket.create_connection((target, port), timeout=1):
+    with socket.create_connection((_reachable(host), port), timeout=1):
         return True
+
+
+def _reachable(host: str) -> str:
+    """The address a client on this machine connects to: loopback for a server listening on every address."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
 
 
 @contextmanager
