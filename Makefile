@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # A CPU build lies on disk on our machines; on a CUDA host `make TORCH=torch up` takes the CUDA wheel.
 TORCH ?= torch==2.13.0
 
-.PHONY: up test lint services
+.PHONY: up test lint services browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,7 +30,10 @@ up: $(VENV)/.installed
 services:
 	@bash scripts/ensure-services.sh
 
-test: $(VENV)/.installed-dev services
+browser:
+	@bash scripts/ensure-chromium.sh
+
+test: $(VENV)/.installed-dev services browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev

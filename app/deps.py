@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -14,6 +14,10 @@ from app.storage import ObjectStore, store_for
 from app.tables import Organization
 
 _bearer = HTTPBearer(auto_error=False)
+# The dashboard's login (app/dashboard/session.py) keeps the key in this cookie, so the pages' scripts call the same
+# API the SDK does; a request with a bearer key uses that key.
+SESSION_COOKIE = "loraport_key"
+_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -44,11 +48,13 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 def current_org(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie_key: Annotated[str | None, Depends(_cookie)],
 ) -> Organization:
     # Authentication commits on its own so `last_used_at` survives a request that later fails.
     with transaction(settings.require("database_url")) as session:
-        return authenticate(session, credentials.credentials if credentials else None)
+        return authenticate(session, credentials.credentials if credentials else cookie_key)
 
 
 OrgDep = Annotated[Organization, Depends(current_org)]

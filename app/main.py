@@ -10,6 +10,7 @@ from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
 from app.completions.router import router as completions_router
 from app.config import Settings, get_settings
+from app.dashboard import install_dashboard
 from app.errors import install_error_handlers
 from app.evaluations.router import router as evaluations_router
 from app.files.router import router as files_router
@@ -60,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
+    install_dashboard(app)
     return app

@@ -8,12 +8,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import ids
+from app.jobs import state
 from app.storage import ObjectStore, results_key
-from app.tables import FineTuningJob, JobEvent, StoredFile
+from app.tables import FineTuningJob, StoredFile
 
 COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 _FROM_EVENT = {"train_accuracy": "train_mean_token_accuracy"}  # OpenAI's CSV and event names differ here
@@ -21,9 +21,7 @@ _FROM_EVENT = {"train_accuracy": "train_mean_token_accuracy"}  # OpenAI's CSV an
 
 def results_csv(session: Session, job_id: str) -> bytes:
     """The job's metrics events, oldest first, as CSV."""
-    rows = session.scalars(
-        select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
-    )
+    rows = state.metrics(session, job_id)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)

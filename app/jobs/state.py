@@ -1,10 +1,11 @@
 """A job only moves forward: every transition is one guarded UPDATE, so a duplicate or late
 message (Celery on Redis can deliver a long task twice) cannot run or finish a job twice."""
 
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import ids
@@ -71,3 +72,20 @@ def add_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     session.add(JobEvent(id=ids.event_id(), job_id=job_id, level=level, type=type_, message=message, data=data))
+
+
+def metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The data of the job's metrics events (step, losses, accuracies), oldest first."""
+    query = select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
+    return list(session.scalars(query))
+
+
+def latest_metrics(session: Session, job_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each job's last metrics event data (its progress), for the jobs that have one."""
+    query = (
+        select(JobEvent.job_id, JobEvent.data)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.type == "metrics")
+        .order_by(JobEvent.job_id, JobEvent.seq.desc())
+        .distinct(JobEvent.job_id)
+    )
+    return {job_id: data for job_id, data in session.execute(query)}

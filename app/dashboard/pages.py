@@ -1,0 +1,173 @@
+"""The dashboard's pages: server-rendered HTML over the same services the API uses. Actions (cancel, delete,
+upload) and the playground are scripts calling the API itself with the login cookie, so no logic is repeated."""
+
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from app.catalog import service as catalog
+from app.dashboard.curves import job_curves
+from app.dashboard.file_lines import lines_of
+from app.dashboard.session import DashboardOrgDep, LoginRequired, logged_in, logged_out, to_login
+from app.db import transaction
+from app.deps import SessionDep, SettingsDep, StoreDep
+from app.errors import AuthenticationFailed, LoraportError
+from app.files import report as file_report
+from app.files import service as files
+from app.jobs import service as jobs
+from app.jobs import state
+from app.orgs.keys import authenticate
+
+LISTED_LINES = 200  # lines of a file shown beside its report
+
+
+def _age(moment: datetime | int) -> str:
+    """ "5 min ago": how long ago a time (or a Unix timestamp) was."""
+    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int) else moment
+    seconds = int((datetime.now(UTC) - when).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return "just now"
+
+
+_SHARES = {"exact", "format_kept", "field_accuracy", "token_accuracy", "preference_accuracy"}
+
+
+def _measure(value: object, name: str) -> str:
+    """A number of the evaluation report as people read it: shares in per cent."""
+    if not isinstance(value, int | float):
+        return "–"
+    return f"{100 * value:.0f} %" if name in _SHARES else f"{value:.4g}"
+
+
+def _prompt_text(prompt: object) -> str:
+    """A held-out prompt (text, or chat messages) as the text the user wrote."""
+    if isinstance(prompt, list):
+        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict) and m.get("role") == "user")
+    return str(prompt)
+
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters |= {"age": _age, "measure": _measure, "prompt_text": _prompt_text}
+
+
+class _PageRoute(APIRoute):
+    """A page whose caller is not logged in goes to the login form; a missing object is an HTML 404 page."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired as login:
+                return to_login(login.next_path)
+            except LoraportError as error:
+                context = {"title": "Not found" if error.status_code == 404 else "Error", "message": error.message}
+                return templates.TemplateResponse(request, "error.html", context, status_code=error.status_code)
+
+        return page
+
+
+router = APIRouter(route_class=_PageRoute, include_in_schema=False)
+
+
+@router.get("/")
+def home(org: DashboardOrgDep) -> RedirectResponse:
+    return RedirectResponse("/jobs", status_code=303)
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/") -> Response:
+    return templates.TemplateResponse(request, "login.html", {"next": next})
+
+
+@router.post("/login")
+def log_in(
+    request: Request, settings: SettingsDep, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+) -> Response:
+    try:
+        with transaction(settings.require("database_url")) as session:
+            authenticate(session, api_key.strip())
+    except AuthenticationFailed as error:
+        context = {"next": next, "error": error.message}
+        return templates.TemplateResponse(request, "login.html", context, status_code=401)
+    return logged_in(request, api_key.strip(), next)
+
+
+@router.post("/logout")
+def log_out() -> Response:
+    return logged_out()
+
+
+@router.get("/jobs")
+def job_list(request: Request, org: DashboardOrgDep, session: SessionDep, after: str | None = None) -> Response:
+    rows, has_more = jobs.list_jobs(session, org, after, 50)
+    progress = state.latest_metrics(session, [row.id for row in rows])
+    context = {"org": org, "jobs": rows, "progress": progress, "has_more": has_more, "active": state.ACTIVE}
+    return templates.TemplateResponse(request, "jobs.html", context)
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, job_id: str, org: DashboardOrgDep, session: SessionDep) -> Response:
+    job = jobs.get_job(session, org, job_id)
+    metrics = state.metrics(session, job.id)
+    events, _ = jobs.list_events(session, org, job.id, None, 100)
+    checkpoints, _ = jobs.list_checkpoints(session, org, job.id, None, 50)
+    context = {
+        "org": org,
+        "job": job,
+        "live": job.status in state.ACTIVE,
+        "latest": metrics[-1] if metrics else None,
+        "curves": job_curves(metrics),
+        "events": events,
+        "checkpoints": checkpoints,
+    }
+    return templates.TemplateResponse(request, "job.html", context)
+
+
+@router.get("/files")
+def file_list(request: Request, org: DashboardOrgDep, session: SessionDep) -> Response:
+    rows, has_more = files.list_files(session, org, None, 200, None, newest_first=True)
+    return templates.TemplateResponse(request, "files.html", {"org": org, "files": rows, "has_more": has_more})
+
+
+@router.get("/files/{file_id}")
+def file_page(
+    request: Request, file_id: str, org: DashboardOrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    row = files.get_file(session, org, file_id)
+    report = file_report.structural_report(session, store, row)
+    tokens = file_report.token_report(session, store, request.app.state.registry, row, settings.default_base_model)
+    session.commit()  # the report is computed once and kept
+    named = sorted({n for warning in report.get("warnings", []) for n in warning.get("lines", [])})[:LISTED_LINES]
+    context = {
+        "org": org,
+        "file": row,
+        "report": report,
+        "tokens": tokens,
+        "lines": lines_of(store, row.storage_key, named),
+    }
+    return templates.TemplateResponse(request, "file.html", context)
+
+
+@router.get("/models")
+def model_list(request: Request, org: DashboardOrgDep, session: SessionDep) -> Response:
+    models = catalog.list_models(session, request.app.state.registry, org)
+    return templates.TemplateResponse(request, "models.html", {"org": org, "models": models})
+
+
+@router.get("/playground")
+def playground(
+    request: Request, org: DashboardOrgDep, session: SessionDep, a: str | None = None, b: str | None = None
+) -> Response:
+    models = [model.id for model in catalog.list_models(session, request.app.state.registry, org)]
+    context = {"org": org, "models": models, "a": a or models[0], "b": b or models[-1]}
+    return templates.TemplateResponse(request, "playground.html", context)

@@ -1,0 +1,67 @@
+"""Who is looking at the dashboard: the API key they logged in with, kept in an HttpOnly cookie.
+
+The cookie holds the key itself, so revoking the key logs the browser out at once; `SameSite=Lax` keeps other
+sites' forms and scripts from sending it, and `HttpOnly` keeps it from the page's own scripts.
+"""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from app.db import transaction
+from app.deps import SESSION_COOKIE, SettingsDep
+from app.errors import AuthenticationFailed
+from app.orgs.keys import authenticate
+from app.tables import Organization
+
+SESSION_DAYS = 7
+
+
+class LoginRequired(Exception):
+    """No live key in the cookie: the page sends the browser to the login form."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+def dashboard_org(request: Request, settings: SettingsDep) -> Organization:
+    key = request.cookies.get(SESSION_COOKIE)
+    if key:
+        try:
+            with transaction(settings.require("database_url")) as session:
+                return authenticate(session, key)
+        except AuthenticationFailed:
+            pass
+    raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+
+
+DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
+
+
+def to_login(next_path: str) -> RedirectResponse:
+    response = RedirectResponse(f"/login?next={next_path}" if next_path != "/" else "/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+def logged_in(request: Request, key: str, next_path: str) -> RedirectResponse:
+    """Where the login form sends the browser once the key is known good: back where it was going."""
+    safe = next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
+    response = RedirectResponse(safe, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        key,
+        max_age=SESSION_DAYS * 86_400,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def logged_out() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
