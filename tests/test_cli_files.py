@@ -1,11 +1,14 @@
 """`loraport files …` against the live test server, through typer's runner: what a person at a terminal sees, and
 the exit codes scripts rely on."""
 
+import io
 import json
 from pathlib import Path
 
+from rich.progress import Progress
 from typer.testing import CliRunner
 
+from app.cli.files import _Counted
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST, NOT_FOUND, UNREACHABLE
 from tests.conftest import sdk_client
@@ -105,3 +108,14 @@ def test_another_organisations_file_or_a_missing_one_is_not_downloaded(
         assert to_stdout.exit_code == to_file.exit_code == NOT_FOUND and to_stdout.stdout_bytes == b""
         assert to_file.stderr.startswith("error: 404: ") and len(to_file.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_upload_progress_counts_bytes_and_lines() -> None:
+    progress = Progress(disable=True)
+    task = progress.add_task("", total=7)
+    counted = _Counted(io.BytesIO(b"a\nbb\nc\n"), progress, task, "x.jsonl")
+
+    while counted.read(3):
+        pass
+
+    assert progress.tasks[0].completed == 7 and progress.tasks[0].description == "Uploading x.jsonl: 3 lines"

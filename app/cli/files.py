@@ -34,14 +34,18 @@ out = Console()
 
 
 class _Counted:
-    """A file read by the upload, moving a progress bar as its bytes go."""
+    """A file read by the upload, moving a progress bar as its bytes and lines go."""
 
-    def __init__(self, handle: BinaryIO, progress: Progress, task: int) -> None:
-        self._handle, self._progress, self._task = handle, progress, task
+    def __init__(self, handle: BinaryIO, progress: Progress, task: int, name: str) -> None:
+        self._handle, self._progress, self._task, self._name = handle, progress, task, name
+        self._lines = 0
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._handle.read(size)
-        self._progress.advance(self._task, len(chunk))
+        self._lines += chunk.count(b"\n")
+        self._progress.update(
+            self._task, advance=len(chunk), description=f"Uploading {self._name}: {self._lines} lines"
+        )
         return chunk
 
 
@@ -71,7 +75,7 @@ def upload_file(remote: Remote, path: Path, purpose: str) -> dict:
             with remote.client() as client:
                 response = client.post(
                     "/files",
-                    files={"file": (path.name, _Counted(handle, progress, task), "application/jsonl")},
+                    files={"file": (path.name, _Counted(handle, progress, task, path.name), "application/jsonl")},
                     data={"purpose": purpose},
                 )
         except httpx.TransportError as error:
