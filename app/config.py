@@ -14,6 +14,7 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path.home() / ".local/share/loraport", description="data, caches, embedded servers")
     host: str = "127.0.0.1"
     port: int = 8000
+    log_format: Literal["console", "json"] = "console"  # json: one object per line, for log collectors
 
     # None means "start an embedded server" under `loraport up`; the API and worker need them set.
     database_url: str | None = None

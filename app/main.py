@@ -19,6 +19,7 @@ from app.inference.admission import Admission
 from app.inference.factory import build_inference_backend, replica_urls
 from app.inference.warmup import AdapterWarmer, pin_models_in_background
 from app.jobs.router import router as jobs_router
+from app.log_setup import configure_logging
 from app.uploads.router import router as uploads_router
 
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for name in ("database_url", "redis_url", "s3_endpoint_url"):
         settings.require(name)
+    configure_logging(settings.log_format)
     app = FastAPI(
         title="Loraport",
         version="0.1.0",

@@ -17,6 +17,13 @@ def training_file(client: openai.OpenAI) -> str:
     return client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
 
 
+def test_auto_asked_for_explicitly_is_resolved_like_the_default(client: openai.OpenAI, training_file: str) -> None:
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, hyperparameters=auto)  # type: ignore[arg-type]
+    assert job.hyperparameters.n_epochs == auto_epochs(len(TICKETS))
+    assert job.hyperparameters.learning_rate_multiplier == 1.0
+
+
 def test_create_echoes_resolved_hyperparameters_as_numbers(client: openai.OpenAI, training_file: str) -> None:
     job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file, suffix="tickets", seed=7)
     # files are checked on upload and the job's message is with the broker: it waits for a worker

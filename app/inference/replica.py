@@ -33,6 +33,7 @@ from app.inference.backend import GeneratedToken, InferenceBackend, SamplingPara
 from app.inference.factory import build_local_backend
 from app.inference.remote import API_PREFIX
 from app.inference.warmup import AdapterWarmer, pin_models_in_background
+from app.log_setup import configure_logging
 
 log = structlog.get_logger()
 _END = object()
@@ -206,6 +207,7 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     for name in ("redis_url", "s3_endpoint_url"):
         settings.require(name)
+    configure_logging(settings.log_format)
     app = FastAPI(
         title="Loraport inference replica",
         lifespan=_warm_new_adapters,

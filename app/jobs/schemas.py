@@ -1,6 +1,6 @@
 """Job requests and responses in OpenAI's shapes."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,9 +12,10 @@ Auto = Literal["auto"]
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: Auto | int = Field(default="auto", ge=1, le=50)
-    batch_size: Auto | int = Field(default="auto", ge=1, le=256)
-    learning_rate_multiplier: Auto | float = Field(default="auto", gt=0, le=10)
+    # Bounds go on the number, not the union: on the union, an explicit "auto" met `ge` and raised a TypeError (500).
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
 class SupervisedMethod(BaseModel):
@@ -22,7 +23,9 @@ class SupervisedMethod(BaseModel):
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Auto | float = Field(default="auto", gt=0, le=10, description="how far from the reference; auto: 0.1")
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] = Field(
+        default="auto", description="how far from the reference; auto: 0.1"
+    )
 
 
 class DpoMethod(BaseModel):
