@@ -2,6 +2,7 @@
 create uploads the file and follows the job to its model id; a bad file stops it before any job exists; Ctrl-C
 on a followed job detaches and leaves the job alone."""
 
+import json
 import os
 import queue
 import signal
@@ -105,3 +106,19 @@ def test_ctrl_c_detaches_from_a_followed_job_without_cancelling_it(
             follower.kill()
             follower.wait()
         client.fine_tuning.jobs.cancel(job.id)  # nothing is left queued for a later test's worker
+
+
+def test_get_shows_a_job_and_its_json(api_base_url: str, org_key: str, settings: Settings) -> None:
+    client = sdk_client(api_base_url, org_key)
+    training = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=settings.default_base_model, suffix="cli")
+    remote = ["--base-url", api_base_url, "--api-key", org_key]
+
+    shown = runner.invoke(app, ["jobs", "get", job.id, *remote])
+    as_json = runner.invoke(app, ["jobs", "get", job.id, "--json", *remote])
+    client.fine_tuning.jobs.cancel(job.id)  # no worker trains it here
+
+    assert shown.exit_code == 0, shown.output
+    assert job.id in shown.stdout and "queued" in shown.stdout and training.id in shown.stdout
+    assert "n_epochs" in shown.stdout
+    assert json.loads(as_json.stdout)["id"] == job.id

@@ -2,14 +2,12 @@
 
 import json
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
@@ -22,8 +20,10 @@ from app.cli.remote import (
     Remote,
     checked,
     fail,
+    print_fields,
     print_json,
     print_listing,
+    when,
 )
 
 files_app = typer.Typer(help="Upload and inspect datasets.", no_args_is_help=True)
@@ -122,9 +122,6 @@ def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) 
 def get(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
     """A file: its name, purpose, size and status."""
     body = Remote(base_url, api_key).get(f"/files/{file_id}")
-    if as_json:
-        print_json(body)
-        return
     fields = {
         "id": body["id"],
         "file name": body["filename"],
@@ -132,13 +129,9 @@ def get(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: b
         "bytes": str(body["bytes"]),
         "status": body["status"],
         "details": body.get("status_details") or "",
-        "created": datetime.fromtimestamp(body["created_at"], UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "created": when(body["created_at"]),
     }
-    table = Table.grid(padding=(0, 2))
-    for name, value in fields.items():
-        if value:
-            table.add_row(f"[bold]{name}[/bold]", escape(value))
-    out.print(table)
+    print_fields(body, as_json, fields)
 
 
 @files_app.command("download")

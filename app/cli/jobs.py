@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from app.cli.files import upload_file
-from app.cli.remote import ApiKey, BaseUrl, Json, Remote, fail, print_json, print_listing
+from app.cli.remote import ApiKey, BaseUrl, Json, Remote, fail, print_fields, print_json, print_listing, when
 
 jobs_app = typer.Typer(help="Create and follow fine-tuning jobs.", no_args_is_help=True)
 out = Console()
@@ -105,9 +105,23 @@ def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) 
 
 
 @jobs_app.command("get")
-def get(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> None:
-    """A job, as JSON."""
-    print_json(Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}"))
+def get(job_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
+    """A job: status, models, files and hyperparameters."""
+    job = Remote(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}")
+    fields = {
+        "id": job["id"],
+        "status": job["status"],
+        "error": (job.get("error") or {}).get("message") or "",
+        "model": job["model"],
+        "fine-tuned model": job.get("fine_tuned_model") or "",
+        "method": job["method"]["type"],
+        "training file": job["training_file"],
+        "validation file": job.get("validation_file") or "",
+        "hyperparameters": ", ".join(f"{name} {value}" for name, value in job["hyperparameters"].items()),
+        "created": when(job["created_at"]),
+        "finished": when(job.get("finished_at")),
+    }
+    print_fields(job, as_json, fields)
 
 
 @jobs_app.command("cancel")

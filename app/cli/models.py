@@ -15,8 +15,9 @@ from app.cli.remote import (
     Remote,
     checked,
     fail,
-    print_json,
+    print_fields,
     print_listing,
+    when,
 )
 
 models_app = typer.Typer(help="List, inspect and delete models.", no_args_is_help=True)
@@ -32,9 +33,10 @@ def list_(base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) 
 
 
 @models_app.command("get")
-def get(model_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> None:
-    """A model, as JSON."""
-    print_json(Remote(base_url, api_key).get(f"/models/{model_id}"))
+def get(model_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
+    """A model: its id, owner and creation time."""
+    model = Remote(base_url, api_key).get(f"/models/{model_id}")
+    print_fields(model, as_json, {"id": model["id"], "owned by": model["owned_by"], "created": when(model["created"])})
 
 
 @models_app.command("delete")

@@ -4,11 +4,13 @@
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app.cli import user_config
@@ -116,3 +118,19 @@ def print_listing(body: dict, as_json: bool, columns: Sequence[str], row: Callab
     for item in body["data"]:
         table.add_row(*row(item))
     out.print(table)
+
+
+def print_fields(body: dict, as_json: bool, fields: dict[str, str]) -> None:
+    """One object the server returned: its JSON with `--json`, else its non-empty `fields`, a name and value a line."""
+    if as_json:
+        print_json(body)
+        return
+    table = Table.grid(padding=(0, 2))
+    for name, value in fields.items():
+        if value:
+            table.add_row(f"[bold]{name}[/bold]", escape(value))
+    out.print(table)
+
+
+def when(unix_seconds: int | None) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).strftime("%Y-%m-%d %H:%M UTC") if unix_seconds else ""
