@@ -1,5 +1,11 @@
 """One error hierarchy, rendered once as OpenAI's `{"error": {message, type, param, code}}`."""
 
+from collections.abc import Awaitable, Callable
+
+import botocore.exceptions
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,6 +14,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 log = structlog.get_logger()
+
+# A service we depend on being down is no bug of the request: 503 with Retry-After, which the openai SDK retries.
+OUTAGES: dict[type[Exception], str] = {
+    sqlalchemy.exc.OperationalError: "the database",
+    sqlalchemy.exc.InterfaceError: "the database",
+    botocore.exceptions.ConnectionError: "object storage",
+    botocore.exceptions.HTTPClientError: "object storage",
+    redis.exceptions.ConnectionError: "the broker",
+    kombu.exceptions.OperationalError: "the broker",
+}
+RETRY_AFTER_SECONDS = 2
 
 
 class LoraportError(Exception):
@@ -132,6 +149,9 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("api.client_disconnected", path=request.url.path)
         return Response(status_code=400)
 
+    for kind, service in OUTAGES.items():
+        app.add_exception_handler(kind, _outage(service))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unexpected_error", path=request.url.path)
@@ -142,3 +162,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(error_body(str(exc.detail), type_, None, None), status_code=exc.status_code)
+
+
+def _outage(service: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.dependency_unavailable", service=service, path=request.url.path, error=type(exc).__name__)
+        message = f"{service[0].upper()}{service[1:]} is unavailable for a moment; retry in a few seconds."
+        body = error_body(message, "server_error", None, "service_unavailable")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    return unavailable

@@ -61,8 +61,10 @@ class ObjectStore:
             self.client.download_file(self.bucket, key, str(target))
 
     def open(self, key: str) -> Iterator[bytes]:
+        """The object in 1 MiB chunks. The request is made here, not on the first chunk, so an unreachable store
+        fails a download before its response starts (a clear 503) rather than cutting it off."""
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        yield from body.iter_chunks(chunk_size=1024 * 1024)
+        return body.iter_chunks(chunk_size=1024 * 1024)
 
     def head(self, key: str) -> None:
         """Raises if the object is not there."""

@@ -1,0 +1,122 @@
+"""Faults in the services the API stands on, injected into real servers of the test's own (a PostgreSQL and an
+S3 server started here, so the suite's shared ones stay up): while one is down, requests get a 503 with
+Retry-After in OpenAI's error shape (the SDK retries those), never a 500 or a hang; once it is back, the same API
+process serves again without a restart, and nothing half-stored is left behind."""
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.bootstrap import prepare
+from app.config import Settings
+from app.embedded.postgres import EmbeddedPostgres
+from app.embedded.seaweed import SeaweedS3
+from app.main import create_app
+from tests.conftest import new_org_key, serving
+from tests.datasets import chat_jsonl
+
+RECOVERY_TIMEOUT_S = 30
+
+
+def _upload(api: httpx.Client, name: str) -> httpx.Response:
+    return api.post("/v1/files", files={"file": (name, chat_jsonl())}, data={"purpose": "fine-tune"})
+
+
+def _assert_retryable(answer: httpx.Response, service: str) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"].isdigit()
+    error = answer.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "service_unavailable"
+    assert service in error["message"].lower()
+
+
+def _until_served(request: Callable[[], httpx.Response]) -> httpx.Response:
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+    while (answer := request()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return answer
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "postgres")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path / "s3", access_key="test-access", secret_key="test-secret")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _api(settings: Settings, **services: str) -> tuple[Settings, str]:
+    """Settings on these services (migrated, bucket made) and a key of a new organisation there."""
+    own = settings.model_copy(update={**services, "s3_bucket": f"faults-{uuid.uuid4().hex[:8]}"})
+    prepare(own)
+    return own, new_org_key(own, f"faults-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_database_restart_mid_traffic_is_503s_then_service_without_an_api_restart(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    own, key = _api(settings, database_url=own_postgres.url)
+    with serving(create_app(own)) as url, httpx.Client(base_url=url, timeout=30) as api:
+        api.headers["Authorization"] = f"Bearer {key}"
+        assert _upload(api, "before.jsonl").status_code == 200
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(base_url=url, timeout=30, headers=api.headers) as other:
+                while not stop.is_set():
+                    statuses.append(other.get("/v1/files").status_code)
+
+        client_thread = threading.Thread(target=traffic)
+        client_thread.start()
+        try:
+            own_postgres.stop()
+            _assert_retryable(api.get("/v1/files"), "database")
+            _assert_retryable(_upload(api, "during.jsonl"), "database")
+            assert api.get("/readyz").json()["checks"]["database"].startswith("unavailable")
+            own_postgres.start()
+            served = _until_served(lambda: api.get("/v1/files"))
+        finally:
+            stop.set()
+            client_thread.join()
+
+    assert served.status_code == 200
+    assert [row["filename"] for row in served.json()["data"]] == ["before.jsonl"]  # the refused upload left no row
+    assert set(statuses) <= {200, 503} and 503 in statuses and statuses[-1] == 200
+
+
+def test_storage_down_is_a_retryable_503_and_leaves_no_row_without_its_object(
+    settings: Settings, own_s3: SeaweedS3
+) -> None:
+    own, key = _api(settings, s3_endpoint_url=own_s3.url)
+    with serving(create_app(own)) as url, httpx.Client(base_url=url, timeout=60) as api:
+        api.headers["Authorization"] = f"Bearer {key}"
+        stored = _upload(api, "before.jsonl").json()["id"]
+
+        own_s3.stop()
+        _assert_retryable(_upload(api, "during.jsonl"), "storage")
+        _assert_retryable(api.get(f"/v1/files/{stored}/content"), "storage")
+        own_s3.start()
+        after = _until_served(lambda: _upload(api, "after.jsonl"))
+
+        assert after.status_code == 200, after.text
+        listed = [row["filename"] for row in api.get("/v1/files").json()["data"]]
+        assert sorted(listed) == ["after.jsonl", "before.jsonl"]
+        assert api.get(f"/v1/files/{stored}/content").content == chat_jsonl()
