@@ -63,8 +63,16 @@ def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
         assert files.status_code == 200
         saved = json.loads((tmp_path / "config" / "loraport" / "config.json").read_text())
         assert saved == {"base_url": f"http://127.0.0.1:{port}", "api_key": key.group(1)}  # for the CLI's commands
+        wrong_key = "lp_" + "x" * 40
+        refused = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": f"Bearer {wrong_key}"})
+        assert refused.status_code == 401
+        login = httpx.post(f"http://127.0.0.1:{port}/login", data={"api_key": key.group(1)})
+        assert login.status_code == 303
     finally:
         stop_up(process)
+    logs = {path.name: path.read_text() for path in (tmp_path / "logs").glob("*.log")}
+    assert {"api.log", "worker.log"} <= set(logs)
+    assert [name for name, text in logs.items() if key.group(1) in text or wrong_key in text] == []  # no key logged
 
     process, lines = start_up(tmp_path, port)
     try:
