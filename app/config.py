@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     adapter_cache_size: int = 8  # adapters kept in memory per base model, at most …
     adapter_cache_megabytes: int = Field(default=2048, ge=1)  # … and at most this much of their weights
     max_new_tokens_limit: int = 2048
+    rate_limit_per_minute: int = Field(default=600, ge=0)  # requests per API key; 0: no limit
     max_choices: int = Field(default=8, ge=1)  # the largest `n` a completion request may ask for
     # Admission to the inference engine: generations at once, requests waiting beyond those (then 429), and
     # requests (running and waiting) one organisation may hold, so that one tenant cannot starve the rest.

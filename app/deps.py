@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import session_factory, transaction
-from app.orgs.keys import authenticate
+from app.orgs.keys import authenticate, digest
 from app.storage import ObjectStore, store_for
 from app.tables import Organization
 
@@ -48,13 +48,17 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 def current_org(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie_key: Annotated[str | None, Depends(_cookie)],
 ) -> Organization:
+    key = credentials.credentials if credentials else cookie_key
     # Authentication commits on its own so `last_used_at` survives a request that later fails.
     with transaction(settings.require("database_url")) as session:
-        return authenticate(session, credentials.credentials if credentials else cookie_key)
+        org = authenticate(session, key)
+    request.app.state.rate_limiter.charge(digest(key or ""))
+    return org
 
 
 OrgDep = Annotated[Organization, Depends(current_org)]

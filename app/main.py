@@ -20,6 +20,7 @@ from app.inference.factory import build_inference_backend, replica_urls
 from app.inference.warmup import AdapterWarmer, pin_models_in_background
 from app.jobs.router import router as jobs_router
 from app.log_setup import configure_logging
+from app.orgs.rate_limit import RateLimiter
 from app.uploads.router import router as uploads_router
 
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry_from_settings(settings)
     app.state.engine = build_inference_backend(settings, app.state.registry)
+    app.state.rate_limiter = RateLimiter(settings.require("redis_url"), settings.rate_limit_per_minute)
     app.state.admission = Admission(
         settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
     )

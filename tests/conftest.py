@@ -81,6 +81,7 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Settings:
         s3_access_key="test-access",
         s3_secret_key="test-secret",
         torch_threads=2,
+        rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
     )
     prepare(configured)
     return configured
