@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     base_models_file: Path | None = Field(default=None, description="JSON file of extra base models")
 
     max_upload_bytes: int = 1024**3
+    max_json_body_bytes: int = 8 * 1024**2  # a chat, completion, job or evaluation request; larger is a 413
     max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None

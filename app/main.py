@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.base_models.from_settings import registry_from_settings
+from app.body_limit import JsonBodyLimit
 from app.catalog.router import router as models_router
 from app.chat.router import router as chat_router
 from app.completions.router import router as completions_router
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
     )
     install_error_handlers(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes)
     routers = (
         health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
         completions_router,

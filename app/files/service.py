@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest
 from app.files.ingest import Ingested
+from app.files.names import safe_filename
 from app.pagination import paginate
 from app.scoped import get_owned
 from app.tables import Organization, StoredFile
@@ -40,7 +41,7 @@ def record_file(session: Session, org: Organization, received: ReceivedFile) -> 
     row = StoredFile(
         id=received.file_id,
         organization_id=org.id,
-        filename=received.filename,
+        filename=safe_filename(received.filename),
         purpose=received.purpose,
         bytes=ingested.bytes,
         status="processed",

@@ -11,6 +11,7 @@ from app.datasets.validation import DatasetValidator
 from app.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.files import service as files
 from app.files.ingest import FileIngest, Ingested
+from app.files.names import safe_filename
 from app.scoped import get_owned
 from app.storage import ObjectStore, file_key
 from app.tables import Organization, StoredFile, Upload, UploadPart
@@ -27,7 +28,7 @@ def create_upload(session: Session, org: Organization, body: UploadCreate, max_b
     upload = Upload(
         id=ids.new_id("upload"),
         organization_id=org.id,
-        filename=body.filename,
+        filename=safe_filename(body.filename),
         purpose=purpose,
         bytes=body.bytes,
         mime_type=body.mime_type,
