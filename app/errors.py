@@ -1,5 +1,6 @@
 """One error hierarchy, rendered once as OpenAI's `{"error": {message, type, param, code}}`."""
 
+import re
 from collections.abc import Awaitable, Callable
 
 import botocore.exceptions
@@ -122,9 +123,19 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# Pydantic names the member of a union that failed (`"auto" | int` fails as `literal['auto']` and as
+# `constrained-int`); the client named a field, so `param` leaves the member out.
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|int|float|str|bool|none|function-\w+\[.*\])$")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    # Of a union's failures, a bound or type error says more than "should be 'auto'".
+    first = sorted(exc.errors(), key=lambda error: error.get("type") == "literal_error")[0]
+    location = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "path") and not _UNION_MEMBER.match(str(part))
+    ]
     param = ".".join(location) or None
     message = first.get("msg", "Invalid request")
     return (f"Invalid value for '{param}': {message}" if param else message), param
@@ -151,6 +162,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind, service in OUTAGES.items():
         app.add_exception_handler(kind, _outage(service))
+
+    @app.exception_handler(sqlalchemy.exc.DataError)
+    async def _unstorable(request: Request, _: sqlalchemy.exc.DataError) -> JSONResponse:
+        # A value PostgreSQL refuses (a NUL character, found by fuzzing ids and names) is the request's fault.
+        log.info("api.unstorable_value", path=request.url.path)
+        message = "The request holds a value that cannot be stored or looked up (a NUL character?); remove it."
+        return JSONResponse(error_body(message, "invalid_request_error", None, "invalid_value"), status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

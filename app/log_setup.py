@@ -27,4 +27,5 @@ def configure_logging(log_format: LogFormat) -> None:
             colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
         processors.append(renderer)
-    structlog.configure(processors=processors, cache_logger_on_first_use=True)
+    # Not cached: each call writes to the sys.stdout of the moment (redirected by servers and tests), for microseconds.
+    structlog.configure(processors=processors, cache_logger_on_first_use=False)

@@ -27,6 +27,8 @@ from app.embedded.process import free_ports  # noqa: E402
 from app.embedded.seaweed import SeaweedS3  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.orgs.keys import get_or_create_org, issue_key  # noqa: E402
+from app.storage import store_for  # noqa: E402
+from worker.storage_sweep import missing_objects  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get("LORAPORT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -70,7 +72,8 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Settings:
+def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Iterator[Settings]:
+    """The run's settings; after the run, the consistency sweep: no row may point at an object that is not there."""
     MODEL_CACHE_HOME.mkdir(parents=True, exist_ok=True)
     configured = Settings(
         home=MODEL_CACHE_HOME,
@@ -84,7 +87,9 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Settings:
         rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
     )
     prepare(configured)
-    return configured
+    yield configured
+    with transaction(database_url) as session:
+        assert missing_objects(session, store_for(configured)) == []
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

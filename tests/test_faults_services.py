@@ -7,16 +7,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from app.bootstrap import prepare
 from app.config import Settings
+from app.db import transaction
 from app.embedded.postgres import EmbeddedPostgres
 from app.embedded.seaweed import SeaweedS3
 from app.main import create_app
+from app.tables import Organization
 from tests.conftest import new_org_key, serving
 from tests.datasets import chat_jsonl
 
@@ -62,18 +66,26 @@ def own_s3(tmp_path: Path) -> Iterator[SeaweedS3]:
         server.stop()
 
 
-def _api(settings: Settings, **services: str) -> tuple[Settings, str]:
-    """Settings on these services (migrated, bucket made) and a key of a new organisation there."""
+@contextmanager
+def _api(settings: Settings, **services: str) -> Iterator[tuple[Settings, str]]:
+    """Settings on these services (migrated, bucket made) and a key of a new organisation there; the organisation
+    goes afterwards, so the suite's database keeps no row pointing into a server that is gone."""
     own = settings.model_copy(update={**services, "s3_bucket": f"faults-{uuid.uuid4().hex[:8]}"})
     prepare(own)
-    return own, new_org_key(own, f"faults-{uuid.uuid4().hex[:8]}")
+    name = f"faults-{uuid.uuid4().hex[:8]}"
+    yield own, new_org_key(own, name)
+    with transaction(own.require("database_url")) as session:
+        session.execute(delete(Organization).where(Organization.name == name))
 
 
 def test_a_database_restart_mid_traffic_is_503s_then_service_without_an_api_restart(
     settings: Settings, own_postgres: EmbeddedPostgres
 ) -> None:
-    own, key = _api(settings, database_url=own_postgres.url)
-    with serving(create_app(own)) as url, httpx.Client(base_url=url, timeout=30) as api:
+    with (
+        _api(settings, database_url=own_postgres.url) as (own, key),
+        serving(create_app(own)) as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
         api.headers["Authorization"] = f"Bearer {key}"
         assert _upload(api, "before.jsonl").status_code == 200
         statuses: list[int] = []
@@ -105,8 +117,11 @@ def test_a_database_restart_mid_traffic_is_503s_then_service_without_an_api_rest
 def test_storage_down_is_a_retryable_503_and_leaves_no_row_without_its_object(
     settings: Settings, own_s3: SeaweedS3
 ) -> None:
-    own, key = _api(settings, s3_endpoint_url=own_s3.url)
-    with serving(create_app(own)) as url, httpx.Client(base_url=url, timeout=60) as api:
+    with (
+        _api(settings, s3_endpoint_url=own_s3.url) as (own, key),
+        serving(create_app(own)) as url,
+        httpx.Client(base_url=url, timeout=60) as api,
+    ):
         api.headers["Authorization"] = f"Bearer {key}"
         stored = _upload(api, "before.jsonl").json()["id"]
 

@@ -1,6 +1,7 @@
 """Liveness and readiness, against the real services and against an unreachable one."""
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -24,7 +25,7 @@ def test_readyz_names_the_service_that_is_down(settings: Settings) -> None:
     assert checks["broker"].startswith("unavailable")
 
 
-def test_an_unexpected_failure_is_a_500_in_openai_shape(settings: Settings, org_key: str) -> None:
+def test_storage_down_is_a_retryable_503_in_openai_shape(settings: Settings, org_key: str) -> None:
     storage_down = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:1"})
     with TestClient(create_app(storage_down), raise_server_exceptions=False) as api:
         response = api.post(
@@ -33,5 +34,25 @@ def test_an_unexpected_failure_is_a_500_in_openai_shape(settings: Settings, org_
             files={"file": ("t.jsonl", b'{"messages": [{"role": "assistant", "content": "x"}]}\n')},
             data={"purpose": "fine-tune"},
         )
-    assert response.status_code == 500
+    assert response.status_code == 503 and response.headers["retry-after"]
     assert response.json()["error"]["type"] == "server_error"
+
+
+def test_an_unexpected_failure_is_a_500_in_openai_shape_logged_without_locals(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = create_app(settings)
+    secret = "lp_local-variable-never-logged"
+
+    def broken() -> None:
+        held = secret  # noqa: F841 (a local the traceback must not print)
+        raise RuntimeError("boom")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as api:
+        response = api.get("/broken")
+
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error" and "boom" not in response.text
+    logged = capsys.readouterr().out
+    assert "api.unexpected_error" in logged and "RuntimeError: boom" in logged and secret not in logged

@@ -89,3 +89,13 @@ def test_a_file_name_never_reaches_storage_keys_and_odd_bytes_are_kept_out(
     assert key == f"orgs/{stored.organization_id}/files/{uploaded.id}.jsonl"
     assert "\x00" not in name and "\r" not in name and "\n" not in name and "/" not in name
     assert client.files.content(uploaded.id).content == chat_jsonl()
+
+
+def test_max_tokens_over_the_ceiling_is_refused_naming_the_field(client: openai.OpenAI, settings: Settings) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=settings.default_base_model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=settings.max_new_tokens_limit + 1,
+        )
+    assert refused.value.param == "max_tokens" and str(settings.max_new_tokens_limit) in refused.value.message

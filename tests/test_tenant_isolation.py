@@ -18,6 +18,7 @@ from app.dashboard.pages import router as dashboard_router
 from app.db import transaction
 from app.deps import SESSION_COOKIE
 from app.main import create_app
+from app.storage import store_for
 from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint
 from tests.datasets import chat_jsonl
 
@@ -128,6 +129,8 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
                 fine_tuned_model_checkpoint=f"{model_id}:ckpt-step-5", storage_prefix=f"{prefix}/step-5",
             )
         )  # fmt: skip
+    store = store_for(settings)  # the model's adapter, as far as the end-of-run consistency sweep looks
+    store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/adapter_config.json", Body=b"{}")
     evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=dict)
     return Objects(file_id, upload.id, job.id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"])
 

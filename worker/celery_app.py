@@ -11,6 +11,8 @@ MAINTENANCE_QUEUE = "maintenance"
 TRAIN_TASK = "loraport.train_job"
 EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
 RECONCILE_TASK = "loraport.reconcile_jobs"
+SWEEP_TASK = "loraport.sweep_storage"
+_SWEEP_INTERVAL_S = 900  # what it clears costs space, not correctness: a quarter of an hour is soon enough
 # Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
 # against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.
 _VISIBILITY_TIMEOUT_S = 12 * 3600
@@ -44,7 +46,12 @@ def make_maintenance_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         # A run that could not start within one interval is dropped: the next one does the same work.
         beat_schedule={
-            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": interval, "options": {"expires": interval}}
+            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": interval, "options": {"expires": interval}},
+            "sweep-storage": {
+                "task": SWEEP_TASK,
+                "schedule": _SWEEP_INTERVAL_S,
+                "options": {"expires": _SWEEP_INTERVAL_S},
+            },
         },
     )
     return app

