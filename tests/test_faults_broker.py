@@ -115,3 +115,5 @@ def test_a_redis_restart_loses_queued_messages_and_every_job_still_ends_once(
             )
             assert (models, starts) == (1, 1), job
             assert len(steps) == len(set(steps)), f"{job} ran a step twice"
+        resent = select(JobEvent.message).where(JobEvent.job_id == jobs[1], JobEvent.message.like("%sent again%"))
+        assert session.scalars(resent).all(), "the waiting job's message was not lost, so not re-sent"
