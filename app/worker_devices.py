@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import redis
 import torch
 
+from app.embedded.redis import redis_client
+
 KEY = "loraport:worker-devices"  # a hash: worker name → JSON list of its GPUs (empty: it trains on the CPU)
 
 
@@ -26,7 +28,7 @@ def training_gpus(device: str) -> list[Gpu]:
 
 
 def report(redis_url: str, worker: str, gpus: list[Gpu]) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         client.hset(KEY, worker, json.dumps([asdict(gpu) for gpu in gpus]))
     finally:
@@ -34,7 +36,7 @@ def report(redis_url: str, worker: str, gpus: list[Gpu]) -> None:
 
 
 def withdraw(redis_url: str, worker: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         client.hdel(KEY, worker)
     finally:
@@ -43,7 +45,7 @@ def withdraw(redis_url: str, worker: str) -> None:
 
 def reported(redis_url: str) -> dict[str, list[Gpu]]:
     """Each reporting worker's GPUs; empty when no worker has reported (or Redis cannot say)."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         entries = client.hgetall(KEY)
     except redis.RedisError:

@@ -28,8 +28,18 @@ import httpx
 from app.cli import user_config
 from app.cli.remote import DEFAULT_BASE_URL
 
-TICKET = {"messages": [{"role": "user", "content": "Ticket: refund please"}, {"role": "assistant", "content": "ok"}]}
-DATASET = ("\n".join(json.dumps(TICKET | {"n": i}) for i in range(20)) + "\n").encode()
+DATASET = "".join(
+    json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"Ticket {i}: refund please"},
+                {"role": "assistant", "content": "ok"},
+            ]
+        }
+    )
+    + "\n"
+    for i in range(20)
+).encode()
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 

@@ -14,7 +14,8 @@ import httpx
 import psutil
 
 from app.embedded.process import free_ports
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sdk_client
+from tests.datasets import chat_jsonl
 
 URL_SETTINGS = ("LORAPORT_DATABASE_URL", "LORAPORT_REDIS_URL", "LORAPORT_S3_ENDPOINT_URL", "LORAPORT_BOOTSTRAP_KEY")
 
@@ -63,6 +64,11 @@ def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
         assert files.status_code == 200
         saved = json.loads((tmp_path / "config" / "loraport" / "config.json").read_text())
         assert saved == {"base_url": f"http://127.0.0.1:{port}", "api_key": key.group(1)}  # for the CLI's commands
+        # A job on the embedded Redis (a unix socket: every Redis client must take its URL)
+        api = sdk_client(f"http://127.0.0.1:{port}", key.group(1))
+        training = api.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+        job = api.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=training.id)
+        assert job.status == "queued" and api.fine_tuning.jobs.cancel(job.id).status == "cancelled"
         wrong_key = "lp_" + "x" * 40
         refused = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": f"Bearer {wrong_key}"})
         assert refused.status_code == 401

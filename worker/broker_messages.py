@@ -9,8 +9,7 @@ holds each delivered message until its task ends (late acknowledgement). A messa
 import json
 from collections.abc import Iterable
 
-import redis
-
+from app.embedded.redis import redis_client
 from app.jobs.tasks import job_id_of_task
 from worker.celery_app import TRAINING_QUEUE
 
@@ -40,7 +39,7 @@ def _parsed(entries: Iterable[bytes]) -> list:
 
 
 def jobs_with_messages(redis_url: str) -> set[str]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
         waiting = _parsed(message for queue in queues for message in client.lrange(queue, 0, -1))

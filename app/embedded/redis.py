@@ -18,6 +18,11 @@ def _executable() -> Path:
     return path
 
 
+def redis_client(url: str, **options: object) -> redis_py.Redis:
+    """A redis-py client for a Celery broker URL, the embedded server's unix socket (`redis+socket://`) included."""
+    return redis_py.Redis.from_url(redis_py_url(url), **options)
+
+
 def redis_py_url(url: str) -> str:
     """The redis-py spelling (`unix:///…`) of a Celery/kombu socket URL (`redis+socket:///…`)."""
     prefix = "redis+socket://"

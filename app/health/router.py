@@ -2,14 +2,13 @@
 
 from collections.abc import Callable
 
-import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.config import Settings
 from app.db import engine_for
 from app.deps import SettingsDep
-from app.embedded.redis import redis_py_url
+from app.embedded.redis import redis_client
 from app.storage import store_for
 
 router = APIRouter(tags=["health"])
@@ -23,7 +22,7 @@ def healthz() -> dict:
 def _checks(settings: Settings) -> dict[str, Callable[[], object]]:
     return {
         "database": lambda: engine_for(settings.require("database_url")).connect().close(),
-        "broker": lambda: redis.Redis.from_url(redis_py_url(settings.require("redis_url")), socket_timeout=2).ping(),
+        "broker": lambda: redis_client(settings.require("redis_url"), socket_timeout=2).ping(),
         "storage": lambda: store_for(settings).ping(),
     }
 

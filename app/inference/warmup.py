@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.db import session_factory
+from app.embedded.redis import redis_client
 from app.inference.backend import InferenceBackend
 from app.tables import FineTunedModel
 
@@ -21,7 +22,7 @@ CHANNEL = "loraport:adapters"
 def announce_adapter(redis_url: str, base_model_id: str, adapter_prefix: str) -> None:
     """Best effort: a missed announcement only means a cold first request."""
     try:
-        with redis.Redis.from_url(redis_url) as client:
+        with redis_client(redis_url) as client:
             client.publish(CHANNEL, json.dumps({"base_model": base_model_id, "adapter": adapter_prefix}))
     except redis.RedisError:
         log.warning("adapters.announce_failed", adapter=adapter_prefix, exc_info=True)
@@ -45,7 +46,7 @@ class AdapterWarmer:
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                with redis.Redis.from_url(self._redis_url) as client, client.pubsub() as pubsub:
+                with redis_client(self._redis_url) as client, client.pubsub() as pubsub:
                     pubsub.subscribe(CHANNEL)
                     while not self._stop.is_set():
                         message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)

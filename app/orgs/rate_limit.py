@@ -11,7 +11,7 @@ import time
 import redis
 import structlog
 
-from app.embedded.redis import redis_py_url
+from app.embedded.redis import redis_client
 from app.errors import Overloaded
 
 WINDOW_SECONDS = 60
@@ -21,7 +21,7 @@ log = structlog.get_logger()
 class RateLimiter:
     def __init__(self, redis_url: str, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._redis = redis.Redis.from_url(redis_py_url(redis_url), socket_timeout=1, socket_connect_timeout=1)
+        self._redis = redis_client(redis_url, socket_timeout=1, socket_connect_timeout=1)
 
     def charge(self, key_digest: str) -> None:
         """Counts one request of the key (by its digest, never the key); raises `Overloaded` past the limit."""
