@@ -3,12 +3,13 @@
     .venv/bin/python -m bench.api_load [--base-url URL] [--api-key KEY] [--concurrency 1,4,16] [--seconds 20]
         [--chat-share 0.2] [--upload-share 0.2] [--jobs 2] [--json PATH]
 
-Against a server started with `make up` (the URL and key default to what `loraport up` saved). Each virtual client
-loops for `--seconds` per concurrency level, picking a request at random: a chat completion of the default base
-model (`max_tokens` 8) with `--chat-share`, a small JSONL upload with `--upload-share`, else a read (files list, jobs
-list, a job, its events: what dashboards and SDK clients poll). Printed per level and kind: requests, p50 and p99
-latency, error rate (any answer but 2xx; a 429 counts separately: it is the rate limit working, so give the key room
-with LORAPORT_RATE_LIMIT_PER_MINUTE=0 when measuring). `--jobs` jobs are created first and cancelled at the end.
+Against a server started with `make up` (the URL and key default to what `loraport up` saved). One chat first loads
+the model (a start-up cost, not load). Then each virtual client loops for `--seconds` per concurrency level, picking
+a request at random: a chat completion of the default base model (`max_tokens` 8) with `--chat-share`, a small
+JSONL upload with `--upload-share`, else a read (files list, jobs list, a job, its events: what dashboards and SDK
+clients poll). `--jobs` jobs are created first; the worker trains them meanwhile on the same cores, and they are
+cancelled at the end. Printed per level and kind: requests, p50 and p99 latency, error rate (any answer but 2xx; a
+429 counts apart: it is the rate limit working, so give the key room with LORAPORT_RATE_LIMIT_PER_MINUTE=0).
 
 Then the check that nothing was lost: every upload answered 200 is in the file list, and every job created is in
 a terminal state. Bounded in requests and time; loopback only.
@@ -137,6 +138,8 @@ def _row(level: int, kind: str, tally: Tally) -> dict:
 
 
 async def main(args: argparse.Namespace) -> None:
+    async with _client(args) as client:  # the first chat loads the base model: a start-up cost, not load
+        await _one(client, "chat", [], Tally())
     job_ids = await _create_jobs(args)
     rows, uploaded = [], []
     for level in args.concurrency:
