@@ -8,9 +8,12 @@ from pathlib import Path
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from app.config import Settings
+from app.db import transaction
 from app.storage import store_for, training_states_prefix
+from app.tables import FineTunedModel
 from tests.datasets import TICKETS, chat_jsonl
 from tests.test_end_to_end import wait_for_job
 from tests.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
@@ -69,6 +72,10 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     assert resumed_step in (5, 10, 15)  # an epoch's end, not step 0
     steps_after = [event.data["step"] for event in events[resumed_at:] if event.type == "metrics"]
     assert steps_after == list(range(resumed_step + 1, 21))  # picked up where the checkpoint was, ran to the end
+    assert messages.count("The job has successfully completed") == 1  # exactly once, despite two workers
+    with transaction(settings.require("database_url")) as session:
+        models = select(FineTunedModel.id).where(FineTunedModel.job_id == job.id)
+        assert session.scalars(models).all() == [finished.fine_tuned_model]  # one model row
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
     assert sorted(c.step_number for c in checkpoints.data) == [5, 10, 15, 20]
     states = list(store_for(settings).list_keys(training_states_prefix(finished.organization_id, job.id)))
