@@ -1,6 +1,7 @@
 """Generation on a `loraport serve-inference` replica (a real process) behind an API that keeps only tokenizers,
 through the openai SDK, against the real services."""
 
+import json
 import subprocess
 import sys
 import time
@@ -37,28 +38,32 @@ def api_with_replicas(settings: Settings, replicas: list[str], token: str | None
     return app
 
 
-@pytest.fixture(scope="module")
-def replica(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`loraport serve-inference` in a child process, with the tests' settings and a replica token."""
-    port = free_ports(1)[0]
-    log_path: Path = tmp_path_factory.mktemp("replica") / "replica.log"
+def start_replica(settings: Settings, port: int, log_path: Path) -> subprocess.Popen:
+    """`loraport serve-inference` in a child process on `port`, with the tests' settings and a replica token; returns
+    once it answers its health check."""
     argv = [sys.executable, "-m", "app.cli.main", "serve-inference", "--host", "127.0.0.1", "--port", str(port)]
     env = settings_env(settings) | {"LORAPORT_INFERENCE_REPLICA_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"the replica did not start:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/internal/v1/health", headers=AUTH, timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def replica(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_ports(1)[0]
+    process = start_replica(settings, port, tmp_path_factory.mktemp("replica") / "replica.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the replica did not start:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/internal/v1/health", headers=AUTH, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
 
@@ -211,3 +216,41 @@ def test_unreachable_replicas_are_a_clear_503(settings: Settings, org_key: str, 
     assert error.value.code == "service_unavailable" and error.value.type == "server_error"
     assert "No inference replica is reachable (2 configured)" in error.value.message
     assert "No inference replica is reachable" in streamed.value.message
+
+
+def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_and_its_restart_serves(
+    settings: Settings, org_key: str, base: str, tmp_path: Path
+) -> None:
+    port = free_ports(1)[0]
+    log_path = tmp_path / "replica.log"
+    process = start_replica(settings, port, log_path)
+    try:
+        with serving(api_with_replicas(settings, [f"http://127.0.0.1:{port}"], TOKEN)) as url:
+            body = {"model": base, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400}
+            events = []
+            with httpx.stream(
+                "POST", f"{url}/v1/chat/completions", json=body | {"stream": True},
+                headers={"Authorization": f"Bearer {org_key}"}, timeout=120,
+            ) as stream:  # fmt: skip
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line.removeprefix("data: "))
+                        if len(events) == 2:  # the role, then the first words: kill it mid-answer
+                            process.kill()
+                            process.wait()
+            assert events[-1] != "[DONE]" and json.loads(events[-1])["error"]["type"] == "server_error"
+
+            process = start_replica(settings, port, log_path)
+            auth = {"Authorization": f"Bearer {org_key}"}
+            deadline = time.monotonic() + 30
+            while True:
+                answer = httpx.post(
+                    f"{url}/v1/chat/completions", json=body | {"max_tokens": 4}, headers=auth, timeout=120
+                )
+                if answer.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"]
+    finally:
+        stop(process)
