@@ -2,7 +2,6 @@
 upload) and the playground are scripts calling the API itself with the login cookie, so no logic is repeated."""
 
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 from app.catalog import service as catalog
 from app.dashboard.curves import job_curves
 from app.dashboard.file_lines import lines_of
+from app.dashboard.formats import age, measure, prompt_text
 from app.dashboard.session import DashboardOrgDep, LoginRequired, logged_in, logged_out, to_login
 from app.db import transaction
 from app.deps import SessionDep, SettingsDep, StoreDep
@@ -27,35 +27,8 @@ from app.orgs.keys import authenticate
 LISTED_LINES = 200  # lines of a file shown beside its report
 
 
-def _age(moment: datetime | int) -> str:
-    """ "5 min ago": how long ago a time (or a Unix timestamp) was."""
-    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int) else moment
-    seconds = int((datetime.now(UTC) - when).total_seconds())
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return "just now"
-
-
-_SHARES = {"exact", "format_kept", "field_accuracy", "token_accuracy", "preference_accuracy"}
-
-
-def _measure(value: object, name: str) -> str:
-    """A number of the evaluation report as people read it: shares in per cent."""
-    if not isinstance(value, int | float):
-        return "–"
-    return f"{100 * value:.0f} %" if name in _SHARES else f"{value:.4g}"
-
-
-def _prompt_text(prompt: object) -> str:
-    """A held-out prompt (text, or chat messages) as the text the user wrote."""
-    if isinstance(prompt, list):
-        return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict) and m.get("role") == "user")
-    return str(prompt)
-
-
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.filters |= {"age": _age, "measure": _measure, "prompt_text": _prompt_text}
+templates.env.filters |= {"age": age, "measure": measure, "prompt_text": prompt_text}
 
 
 class _PageRoute(APIRoute):
