@@ -155,8 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
-        # Not an error of ours, and nobody reads the answer. Logged without a traceback: rendering one takes the
-        # event loop for seconds (rich's highlighting), long enough to time out every other request meanwhile.
+        # Not an error of ours, and nobody reads the answer: one line, no traceback.
         log.info("api.client_disconnected", path=request.url.path)
         return Response(status_code=400)
 
