@@ -145,18 +145,11 @@ def download(
     """A file's content: to stdout, bytes only, or to --output with a progress bar, whole or not at all."""
     if output is not None and output.exists() and not force:
         fail(f"{output} exists; pass --force to overwrite it", BAD_REQUEST)
-    remote = Remote(base_url, api_key)
-    try:
-        with remote.client() as client, client.stream("GET", f"/files/{file_id}/content") as response:
-            if not response.is_success:
-                response.read()
-                checked(response)
-            if output is None:
-                _to_stdout(response)
-            else:
-                _save(response, output, file_id)
-    except httpx.TransportError as error:
-        fail(f"cannot reach {remote.base_url}: {error}", UNREACHABLE)
+    with Remote(base_url, api_key).stream("GET", f"/files/{file_id}/content") as response:
+        if output is None:
+            _to_stdout(response)
+        else:
+            _save(response, output, file_id)
     if output is not None:
         out.print(f"{file_id} saved to {output}", highlight=False)
 

@@ -2,18 +2,15 @@
 
 import json
 
-import httpx
 import typer
 from rich.console import Console
 
 from app.cli.remote import (
     SERVER_ERROR,
-    UNREACHABLE,
     ApiKey,
     BaseUrl,
     Json,
     Remote,
-    checked,
     fail,
     print_fields,
     print_listing,
@@ -76,22 +73,16 @@ def _ask() -> str:
 def _stream_answer(remote: Remote, model: str, messages: list[dict], max_tokens: int) -> str:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
     parts: list[str] = []
-    try:
-        with remote.client() as client, client.stream("POST", "/chat/completions", json=body) as response:
-            if not response.is_success:
-                response.read()
-                checked(response)
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line.removeprefix("data: "))
-                if "error" in chunk:
-                    fail(chunk["error"]["message"], SERVER_ERROR)
-                for choice in chunk.get("choices", []):
-                    text = choice["delta"].get("content") or ""
-                    parts.append(text)
-                    out.print(text, end="", highlight=False, markup=False, soft_wrap=True)
-    except httpx.TransportError as error:
-        fail(f"cannot reach {remote.base_url}: {error}", UNREACHABLE)
+    with remote.stream("POST", "/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            if "error" in chunk:
+                fail(chunk["error"]["message"], SERVER_ERROR)
+            for choice in chunk.get("choices", []):
+                text = choice["delta"].get("content") or ""
+                parts.append(text)
+                out.print(text, end="", highlight=False, markup=False, soft_wrap=True)
     out.print()
     return "".join(parts)

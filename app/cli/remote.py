@@ -2,7 +2,8 @@
 `loraport up` writes), requests with one readable line and a known exit code for every failure."""
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -87,6 +88,18 @@ class Remote:
         except httpx.TransportError as error:
             fail(f"cannot reach {self.base_url}: {error}", UNREACHABLE)
         return checked(response)
+
+    @contextmanager
+    def stream(self, method: str, path: str, **request: Any) -> Iterator[httpx.Response]:
+        """A response to read as it arrives, once it succeeded; a failure ends the command as `send`'s does."""
+        try:
+            with self.client() as client, client.stream(method, path, **request) as response:
+                if not response.is_success:
+                    response.read()
+                    checked(response)
+                yield response
+        except httpx.TransportError as error:
+            fail(f"cannot reach {self.base_url}: {error}", UNREACHABLE)
 
 
 def checked(response: httpx.Response) -> dict:
