@@ -54,11 +54,16 @@ def current_org(
     cookie_key: Annotated[str | None, Depends(_cookie)],
 ) -> Organization:
     key = credentials.credentials if credentials else cookie_key
-    # Authentication commits on its own so `last_used_at` survives a request that later fails.
-    with transaction(settings.require("database_url")) as session:
-        org = authenticate(session, key)
+    org = organization_of(settings, key)
     request.app.state.rate_limiter.charge(digest(key or ""))
     return org
+
+
+def organization_of(settings: Settings, key: str | None) -> Organization:
+    """The organisation of a live key, or `AuthenticationFailed`. Committed on its own, so `last_used_at` survives
+    a request that later fails."""
+    with transaction(settings.require("database_url")) as session:
+        return authenticate(session, key)
 
 
 OrgDep = Annotated[Organization, Depends(current_org)]

@@ -14,15 +14,13 @@ from app.catalog import service as catalog
 from app.dashboard.curves import job_curves
 from app.dashboard.file_lines import lines_of
 from app.dashboard.formats import age, measure, prompt_text
-from app.dashboard.session import DashboardOrgDep, LoginRequired, logged_in, logged_out, to_login
-from app.db import transaction
-from app.deps import SessionDep, SettingsDep, StoreDep
+from app.dashboard.session import DashboardOrgDep, LoginRequired, logged_in, to_login
+from app.deps import SessionDep, SettingsDep, StoreDep, organization_of
 from app.errors import AuthenticationFailed, LoraportError
 from app.files import report as file_report
 from app.files import service as files
 from app.jobs import service as jobs
 from app.jobs import state
-from app.orgs.keys import authenticate
 
 LISTED_LINES = 200  # lines of a file shown beside its report
 
@@ -67,8 +65,7 @@ def log_in(
     request: Request, settings: SettingsDep, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
 ) -> Response:
     try:
-        with transaction(settings.require("database_url")) as session:
-            authenticate(session, api_key.strip())
+        organization_of(settings, api_key.strip())
     except AuthenticationFailed as error:
         context = {"next": next, "error": error.message}
         return templates.TemplateResponse(request, "login.html", context, status_code=401)
@@ -77,7 +74,7 @@ def log_in(
 
 @router.post("/logout")
 def log_out() -> Response:
-    return logged_out()
+    return to_login("/")
 
 
 @router.get("/jobs")

@@ -7,12 +7,10 @@ sites' forms and scripts from sending it, and `HttpOnly` keeps it from the page'
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse
 
-from app.db import transaction
-from app.deps import SESSION_COOKIE, SettingsDep
+from app.deps import SESSION_COOKIE, SettingsDep, organization_of
 from app.errors import AuthenticationFailed
-from app.orgs.keys import authenticate
 from app.tables import Organization
 
 SESSION_DAYS = 7
@@ -30,8 +28,7 @@ def dashboard_org(request: Request, settings: SettingsDep) -> Organization:
     key = request.cookies.get(SESSION_COOKIE)
     if key:
         try:
-            with transaction(settings.require("database_url")) as session:
-                return authenticate(session, key)
+            return organization_of(settings, key)
         except AuthenticationFailed:
             pass
     raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
@@ -41,6 +38,7 @@ DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
 
 
 def to_login(next_path: str) -> RedirectResponse:
+    """To the login form, forgetting the key (logging out is going there from `/`)."""
     response = RedirectResponse(f"/login?next={next_path}" if next_path != "/" else "/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -58,10 +56,4 @@ def logged_in(request: Request, key: str, next_path: str) -> RedirectResponse:
         samesite="lax",
         secure=request.url.scheme == "https",
     )
-    return response
-
-
-def logged_out() -> Response:
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
     return response
