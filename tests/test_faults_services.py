@@ -67,13 +67,16 @@ def own_s3(tmp_path: Path) -> Iterator[SeaweedS3]:
 
 
 @contextmanager
-def _api(settings: Settings, **services: str) -> Iterator[tuple[Settings, str]]:
-    """Settings on these services (migrated, bucket made) and a key of a new organisation there; the organisation
-    goes afterwards, so the suite's database keeps no row pointing into a server that is gone."""
+def _api(settings: Settings, timeout: float, **services: str) -> Iterator[httpx.Client]:
+    """A client of an API on these services (migrated, bucket made), with the key of a new organisation there; the
+    organisation goes afterwards, so the suite's database keeps no row pointing into a server that is gone."""
     own = settings.model_copy(update={**services, "s3_bucket": f"faults-{uuid.uuid4().hex[:8]}"})
     prepare(own)
     name = f"faults-{uuid.uuid4().hex[:8]}"
-    yield own, new_org_key(own, name)
+    key = new_org_key(own, name)
+    with serving(create_app(own)) as url, httpx.Client(base_url=url, timeout=timeout) as api:
+        api.headers["Authorization"] = f"Bearer {key}"
+        yield api
     with transaction(own.require("database_url")) as session:
         session.execute(delete(Organization).where(Organization.name == name))
 
@@ -81,18 +84,13 @@ def _api(settings: Settings, **services: str) -> Iterator[tuple[Settings, str]]:
 def test_a_database_restart_mid_traffic_is_503s_then_service_without_an_api_restart(
     settings: Settings, own_postgres: EmbeddedPostgres
 ) -> None:
-    with (
-        _api(settings, database_url=own_postgres.url) as (own, key),
-        serving(create_app(own)) as url,
-        httpx.Client(base_url=url, timeout=30) as api,
-    ):
-        api.headers["Authorization"] = f"Bearer {key}"
+    with _api(settings, 30, database_url=own_postgres.url) as api:
         assert _upload(api, "before.jsonl").status_code == 200
         statuses: list[int] = []
         stop = threading.Event()
 
         def traffic() -> None:
-            with httpx.Client(base_url=url, timeout=30, headers=api.headers) as other:
+            with httpx.Client(base_url=api.base_url, timeout=30, headers=api.headers) as other:
                 while not stop.is_set():
                     statuses.append(other.get("/v1/files").status_code)
 
@@ -117,12 +115,7 @@ def test_a_database_restart_mid_traffic_is_503s_then_service_without_an_api_rest
 def test_storage_down_is_a_retryable_503_and_leaves_no_row_without_its_object(
     settings: Settings, own_s3: SeaweedS3
 ) -> None:
-    with (
-        _api(settings, s3_endpoint_url=own_s3.url) as (own, key),
-        serving(create_app(own)) as url,
-        httpx.Client(base_url=url, timeout=60) as api,
-    ):
-        api.headers["Authorization"] = f"Bearer {key}"
+    with _api(settings, 60, s3_endpoint_url=own_s3.url) as api:
         stored = _upload(api, "before.jsonl").json()["id"]
 
         own_s3.stop()
