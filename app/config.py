@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(default=90, ge=3)
     reconcile_interval_seconds: float = Field(default=60, gt=0)  # how often the reaper looks for stuck jobs
     max_job_attempts: int = 3
+    # A job whose database or object storage went down is given back and resumes no sooner than this later.
+    outage_retry_seconds: float = Field(default=30, ge=0)
 
     @property
     def model_cache_dir(self) -> Path:

@@ -3,9 +3,6 @@
 import re
 from collections.abc import Awaitable, Callable
 
-import botocore.exceptions
-import kombu.exceptions
-import redis.exceptions
 import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
@@ -14,18 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.outages import OUTAGES
+
 log = structlog.get_logger()
 
-# A service we depend on being down is no bug of the request: 503 with Retry-After, which the openai SDK retries.
-OUTAGES: dict[type[Exception], str] = {
-    sqlalchemy.exc.OperationalError: "the database",
-    sqlalchemy.exc.InterfaceError: "the database",
-    botocore.exceptions.ConnectionError: "object storage",
-    botocore.exceptions.HTTPClientError: "object storage",
-    redis.exceptions.ConnectionError: "the broker",
-    kombu.exceptions.OperationalError: "the broker",
-}
-RETRY_AFTER_SECONDS = 2
+RETRY_AFTER_SECONDS = 2  # for a 503 of a service that is down: the openai SDK retries after it
 
 
 class LoraportError(Exception):
@@ -117,6 +107,13 @@ class ServiceUnavailable(LoraportError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class PermissionDenied(LoraportError):
+    """A live key that may not do this (the openai SDK raises `PermissionDeniedError`)."""
+
+    status_code = 403
+    code = "insufficient_permissions"
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict:

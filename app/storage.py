@@ -78,6 +78,14 @@ class ObjectStore:
             for item in page.get("Contents", []):
                 yield item["Key"]
 
+    def subfolders(self, prefix: str) -> Iterator[str]:
+        """The names of the folders directly under the folder `prefix`."""
+        folder = _folder(prefix)
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder, Delimiter="/")
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                yield common["Prefix"].removeprefix(folder).rstrip("/")
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 

@@ -28,6 +28,7 @@ from app.embedded.seaweed import SeaweedS3  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.orgs.keys import get_or_create_org, issue_key  # noqa: E402
 from app.storage import store_for  # noqa: E402
+from tests.own_services import own_postgres, own_redis, own_s3  # noqa: E402, F401  (fixtures for the fault tests)
 from worker.storage_sweep import missing_objects  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

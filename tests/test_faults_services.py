@@ -8,10 +8,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import delete
 
 from app.bootstrap import prepare
@@ -44,26 +42,6 @@ def _until_served(request: Callable[[], httpx.Response]) -> httpx.Response:
     while (answer := request()).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.5)
     return answer
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "postgres")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path / "s3", access_key="test-access", secret_key="test-secret")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextmanager

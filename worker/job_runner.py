@@ -5,6 +5,7 @@ Plain functions that tests call directly; the Celery task only wraps `run_job`.
 
 import tempfile
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -25,6 +26,7 @@ from app.inference.warmup import announce_adapter
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved, learning_rate
 from app.jobs.training_options import resolve_training_options
+from app.outages import unavailable_service
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
@@ -80,11 +82,12 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
         log.info("jobs.skip", job_id=job_id, status=status)
         return
     try:
-        _check_datasets(settings, job_id)
         with transaction(url) as session:
             if not state.claim(session, job_id, settings.job_lease_seconds):
                 log.info("jobs.claim.lost", job_id=job_id)
                 return
+        _check_datasets(settings, job_id)
+        with transaction(url) as session:
             job = session.get_one(FineTuningJob, job_id)
             settings_used = {
                 "hyperparameters": job.hyperparameters,
@@ -102,9 +105,43 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
         message = "Training ran out of memory; retry with a smaller batch_size or a smaller lora.max_seq_length"
         _fail(settings, job_id, {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"})
     except Exception as error:
+        if (service := unavailable_service(error)) is not None:
+            log.warning("jobs.outage", job_id=job_id, service=service, exc_info=True)
+            _give_back_or_fail(settings, job_id, service, error)
+            return
         log.exception("jobs.failed", job_id=job_id)
         _fail(settings, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
         raise
+
+
+def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exception) -> None:
+    """An outage is not the job's fault: the job goes back to the queue, keeping its training states, and
+    resumes from its last checkpoint `outage_retry_seconds` later; its last attempt fails, naming the service.
+
+    With the database down too, nothing can be recorded: the job's lease runs out and the reaper re-queues it.
+    """
+    delay = settings.outage_retry_seconds
+    try:
+        with transaction(settings.require("database_url")) as session:
+            attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
+            if attempt < settings.max_job_attempts:
+                if state.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
+                    message = (
+                        f"{service.capitalize()} became unavailable ({error}); the job goes back to the queue and "
+                        f"resumes from its last checkpoint in {delay:g} s (attempt {attempt + 1} of "
+                        f"{settings.max_job_attempts})"
+                    )
+                    state.add_event(session, job_id, message, level="warn")
+                return
+        message = (
+            f"Training stopped {attempt} times because {service} was unavailable (last: {error}); check that the "
+            "workers can reach it, then create the job again"
+        )
+        _fail(settings, job_id, {"code": "service_unavailable", "message": message, "param": None})
+    except Exception as second:
+        if unavailable_service(second) is None:
+            raise
+        log.warning("jobs.outage.unrecorded", job_id=job_id, exc_info=True)
 
 
 def _fail(settings: Settings, job_id: str, error: dict) -> None:
@@ -113,12 +150,23 @@ def _fail(settings: Settings, job_id: str, error: dict) -> None:
             state.add_event(session, job_id, error["message"], level="error")
         organization_id = session.scalar(select(FineTuningJob.organization_id).where(FineTuningJob.id == job_id))
     if organization_id is not None:
-        _discard_training_states(store_for(settings), organization_id, job_id)
+        _discard(
+            store_for(settings),
+            training_states_prefix(organization_id, job_id),
+            adapter_prefix(organization_id, job_id),
+        )
 
 
-def _discard_training_states(store: ObjectStore, organization_id: str, job_id: str) -> None:
-    """A job that ended (in any way but its worker dying) will not resume: its optimizer states go."""
-    store.delete_prefix(training_states_prefix(organization_id, job_id))
+def _discard(store: ObjectStore, *prefixes: str) -> None:
+    """What an ended job leaves and no one will read: training states (it will not resume), an adapter a failed
+    attempt uploaded. With object storage down they stay, and the storage sweep removes them later."""
+    try:
+        for prefix in prefixes:
+            store.delete_prefix(prefix)
+    except Exception as error:
+        if unavailable_service(error) is None:
+            raise
+        log.warning("jobs.discard.postponed", prefixes=prefixes, exc_info=True)
 
 
 def _leaked_examples(
@@ -229,7 +277,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             result = train_preference(model, tokenizer, training, held_out, config, preference, **callbacks)
     if result.stopped:
         log.info("jobs.stopped", job_id=job_id)
-        _discard_training_states(store, job.organization_id, job_id)
+        _discard(store, training_states_prefix(job.organization_id, job_id))
         return
     _report_best_epoch(url, job_id, result)
     prefix = adapter_prefix(job.organization_id, job.id)
@@ -241,7 +289,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
     else:
         store.delete_prefix(prefix)
-    _discard_training_states(store, job.organization_id, job_id)
+    _discard(store, training_states_prefix(job.organization_id, job_id))
 
 
 def _load_base_model(

@@ -7,7 +7,7 @@ from app.db import transaction
 from app.storage import store_for
 from worker.celery_app import RECONCILE_TASK, SWEEP_TASK
 from worker.reaper import reap_expired_leases, redispatch_lost, resend_unqueued
-from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads
+from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
 
 
 @shared_task(name=RECONCILE_TASK)
@@ -25,3 +25,4 @@ def sweep_storage() -> None:
     abort_stale_multipart_uploads(store)
     with transaction(settings.require("database_url")) as session:
         expire_uploads(session, store)
+        leftovers_of_ended_jobs(session, store)

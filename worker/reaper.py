@@ -70,21 +70,32 @@ def resend_unqueued(settings: Settings) -> list[str]:
 
 
 def redispatch_lost(settings: Settings) -> list[str]:
-    """Re-sends jobs marked `queued` whose message is no longer in the broker (Redis restarted without its
-    data, or the queue was purged). The broker is read first: a job queued meanwhile has its message already.
+    """Sends again the jobs marked `queued` that have no message in the broker: those whose message was lost
+    (Redis restarted without its data, or the queue was purged), and those given back after an outage once
+    their `retry_at` has passed. The broker is read first: a job queued meanwhile has its message already.
 
     A message taken by a worker in the instant between leaving the queue and entering `unacked` can make
     this send a duplicate, which does nothing (the job can be claimed once).
     """
     in_broker = jobs_with_messages(settings.require("redis_url"))
+    now = datetime.now(UTC)
     with transaction(settings.require("database_url")) as session:
-        queued = session.scalars(select(FineTuningJob.id).where(FineTuningJob.status == state.QUEUED)).all()
-    lost = [job_id for job_id in queued if job_id not in in_broker]
-    for job_id in lost:
+        queued = session.execute(
+            select(FineTuningJob.id, FineTuningJob.retry_at).where(FineTuningJob.status == state.QUEUED)
+        ).all()
+    due = {
+        job_id: retry_at for job_id, retry_at in queued if job_id not in in_broker and not (retry_at and retry_at > now)
+    }
+    for job_id in due:
         enqueue_training(settings, job_id)
         log.info("jobs.reaper.redispatched", job_id=job_id)
-    if lost:
+    if due:
         with transaction(settings.require("database_url")) as session:
-            for job_id in lost:
-                state.add_event(session, job_id, "The job's queue message was lost (broker restarted?); sent again")
-    return lost
+            for job_id, retry_at in due.items():
+                message = (
+                    "Sent to a worker again after the outage"
+                    if retry_at
+                    else "The job's queue message was lost (broker restarted?); sent again"
+                )
+                state.add_event(session, job_id, message)
+    return list(due)

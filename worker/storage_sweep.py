@@ -3,6 +3,8 @@
 - S3 multipart uploads never completed nor aborted: an API process killed mid-upload leaves its parts in the
   bucket, invisible to listings but taking space, until someone aborts them.
 - Parts of `/v1/uploads` that expired unfinished (an upload marks itself expired only when next touched).
+- What ended jobs could not delete because object storage was down then: training states, and the adapter a
+  failed job's attempt uploaded.
 
 `missing_objects` is the consistency check the other way round: rows that point at objects which are not there.
 """
@@ -13,8 +15,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.storage import ObjectStore
-from app.tables import FineTunedModel, StoredFile, Upload, UploadPart
+from app.jobs import state
+from app.storage import ObjectStore, adapter_prefix, training_states_prefix
+from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
 
 # Longer than any upload streams (1 GiB at 1 MB/s is 17 min), short enough that space comes back the same day.
 STALE_MULTIPART_AFTER = timedelta(hours=6)
@@ -46,6 +49,30 @@ def expire_uploads(session: Session, store: ObjectStore) -> list[str]:
         upload.status = "expired"
     session.flush()
     return [upload.id for upload in expired]
+
+
+def leftovers_of_ended_jobs(session: Session, store: ObjectStore) -> list[str]:
+    """Deletes the training states of ended jobs and the adapters of failed or cancelled ones; returns the
+    prefixes deleted. A succeeded job's adapter is its model's (deleting the model deletes it).
+
+    Only folders that exist are looked at, so a pass costs a listing per organisation, not one per job.
+    """
+    deleted = []
+    for organization_id in session.scalars(select(Organization.id)):
+        for folder_of, ended in (
+            (training_states_prefix, state.FINISHED),
+            (adapter_prefix, (state.FAILED, state.CANCELLED)),
+        ):
+            job_ids = list(store.subfolders(folder_of(organization_id, "")))
+            if not job_ids:
+                continue
+            query = select(FineTuningJob.id).where(FineTuningJob.id.in_(job_ids), FineTuningJob.status.in_(ended))
+            for job_id in session.scalars(query):
+                store.delete_prefix(folder_of(organization_id, job_id))
+                deleted.append(folder_of(organization_id, job_id))
+    if deleted:
+        log.info("storage.job_leftovers.deleted", count=len(deleted))
+    return deleted
 
 
 def missing_objects(session: Session, store: ObjectStore) -> list[str]:

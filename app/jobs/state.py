@@ -42,7 +42,13 @@ def claim(session: Session, job_id: str, lease_seconds: int) -> bool:
         RUNNING,
         attempt=FineTuningJob.attempt + 1,
         lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_seconds),
+        retry_at=None,
     )
+
+
+def give_back(session: Session, job_id: str, retry_at: datetime) -> bool:
+    """running → queued, to be sent to a worker again once `retry_at` has passed (the reaper does)."""
+    return move(session, job_id, (RUNNING,), QUEUED, retry_at=retry_at, lease_expires_at=None)
 
 
 def mark_queued(session: Session, job_id: str) -> None:
