@@ -35,8 +35,8 @@ def prepare(settings: Settings) -> str | None:
         org = get_or_create_org(session, settings.bootstrap_org)
         if settings.bootstrap_key:
             if find_key(session, settings.bootstrap_key) is None:
-                issue_key(session, org, name="bootstrap", plaintext=settings.bootstrap_key)
+                issue_key(session, org, name="bootstrap", plaintext=settings.bootstrap_key, admin=True)
             return None
         if session.scalar(select(ApiKey.id).where(ApiKey.organization_id == org.id).limit(1)) is None:
-            return issue_key(session, org, name="admin").plaintext
+            return issue_key(session, org, name="admin", admin=True).plaintext
     return None

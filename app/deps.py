@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: settings, the request's transaction, the caller's organisation."""
+"""Typed FastAPI dependencies: settings, the request's transaction, the caller's key and organisation."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import session_factory, transaction
-from app.orgs.keys import authenticate, digest
+from app.errors import PermissionDenied
+from app.orgs.keys import Caller, authenticate, digest
 from app.storage import ObjectStore, store_for
 from app.tables import Organization
 
@@ -47,23 +48,46 @@ def get_store(settings: SettingsDep) -> ObjectStore:
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def current_org(
+def current_caller(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie_key: Annotated[str | None, Depends(_cookie)],
-) -> Organization:
+) -> Caller:
     key = credentials.credentials if credentials else cookie_key
-    org = organization_of(settings, key)
+    caller = caller_of(settings, key)
     request.app.state.rate_limiter.charge(digest(key or ""))
-    return org
+    return caller
 
 
-def organization_of(settings: Settings, key: str | None) -> Organization:
-    """The organisation of a live key, or `AuthenticationFailed`. Committed on its own, so `last_used_at` survives
-    a request that later fails."""
+def caller_of(settings: Settings, key: str | None) -> Caller:
+    """The live key and its organisation, or `AuthenticationFailed`; looked up on every request, so a revoked key
+    gets 401 at once. Committed on its own, so `last_used_at` survives a request that later fails."""
     with transaction(settings.require("database_url")) as session:
         return authenticate(session, key)
 
 
+def organization_of(settings: Settings, key: str | None) -> Organization:
+    return caller_of(settings, key).org
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def current_org(caller: CallerDep) -> Organization:
+    return caller.org
+
+
 OrgDep = Annotated[Organization, Depends(current_org)]
+
+
+def current_admin(caller: CallerDep) -> Caller:
+    """The caller, if its key is an admin key; any other live key gets 403."""
+    if not caller.key.is_admin:
+        raise PermissionDenied(
+            "This API key may not manage API keys: use an admin key (`loraport keys create --admin`)."
+        )
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(current_admin)]

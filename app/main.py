@@ -22,6 +22,7 @@ from app.inference.warmup import AdapterWarmer, pin_models_in_background
 from app.jobs.router import router as jobs_router
 from app.log_setup import configure_logging
 from app.orgs.rate_limit import RateLimiter
+from app.orgs.router import router as api_keys_router
 from app.uploads.router import router as uploads_router
 
 
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes)
     routers = (
         health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
-        completions_router,
+        completions_router, api_keys_router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

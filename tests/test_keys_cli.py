@@ -48,4 +48,5 @@ def test_bootstrap_key_becomes_the_first_admin_key(settings: Settings, api_base_
     assert prepare(boot) is None  # and a second start changes nothing
     headers = {"Authorization": f"Bearer {chosen}"}
     assert httpx.get(f"{api_base_url}/v1/files", headers=headers).status_code == 200
+    assert httpx.get(f"{api_base_url}/v1/organization/api_keys", headers=headers).status_code == 200  # an admin
     assert loraport(settings, "keys", "list", "--org", boot.bootstrap_org).count("lp_") == 1

@@ -11,15 +11,17 @@ from typing import Any
 
 import httpx
 import openai
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
 from app.config import Settings
 from app.dashboard.pages import router as dashboard_router
 from app.db import transaction
 from app.deps import SESSION_COOKIE
 from app.main import create_app
+from app.orgs.keys import digest, find_key
 from app.storage import store_for
-from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint
+from app.tables import ApiKey, FineTunedModel, FineTuningJob, JobCheckpoint
 from tests.datasets import chat_jsonl
 
 
@@ -33,10 +35,11 @@ class Objects:
     model: str
     checkpoint_model: str
     evaluation: str
+    api_key: str
 
     def fill(self, path: str) -> str:
         ids = {"file_id": self.file, "upload_id": self.upload, "job_id": self.job, "evaluation_id": self.evaluation}
-        ids["model_id"] = self.model
+        ids |= {"model_id": self.model, "key_id": self.api_key}
         return re.sub(r"\{(\w+)\}", lambda match: ids[match.group(1)], path)
 
 
@@ -70,6 +73,8 @@ PATH_ROUTES: dict[tuple[str, str], Body] = {
     ("DELETE", "/v1/models/{model_id}"): _no_body,
     ("GET", "/jobs/{job_id}"): _no_body,  # dashboard pages
     ("GET", "/files/{file_id}"): _no_body,
+    ("GET", "/v1/organization/api_keys/{key_id}"): _no_body,  # B's key is an admin key (fixture below)
+    ("DELETE", "/v1/organization/api_keys/{key_id}"): _no_body,
 }
 
 # Routes that name A's objects in their body or query rather than their path.
@@ -132,7 +137,17 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
     store = store_for(settings)  # the model's adapter, as far as the end-of-run consistency sweep looks
     store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/adapter_config.json", Body=b"{}")
     evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=dict)
-    return Objects(file_id, upload.id, job.id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"])
+    with transaction(settings.require("database_url")) as session:
+        key_id = find_key(session, client.api_key).id  # type: ignore[union-attr]
+    return Objects(file_id, upload.id, job.id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"], key_id)
+
+
+@pytest.fixture
+def other_org_key(settings: Settings, other_org_key: str) -> str:
+    """B's key, made an admin key: a 404 on the key-management routes must come from the organisation, not a 403."""
+    with transaction(settings.require("database_url")) as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == digest(other_org_key)).values(is_admin=True))
+    return other_org_key
 
 
 def test_organisation_b_gets_404_for_each_of_a_s_objects_on_every_route(
@@ -156,7 +171,7 @@ def test_organisation_b_gets_404_for_each_of_a_s_objects_on_every_route(
     for label, answer in answers.items():
         if requests[label][1].startswith("/v1/"):
             assert answer.json()["error"]["type"] == "invalid_request_error", label
-    # nothing of A's was touched by B's attempts
+    # nothing of A's was touched by B's attempts; A's key, which B tried to revoke, still works
     assert client.files.retrieve(objects.file).id == objects.file
     assert client.models.retrieve(objects.model).id == objects.model
     assert client.fine_tuning.jobs.retrieve(objects.job).status == "succeeded"
