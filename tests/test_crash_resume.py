@@ -1,20 +1,24 @@
 """A worker killed mid-training loses nothing: the reaper re-queues the job when its lease lapses, another
-worker resumes it from the last epoch's checkpoint, and the job succeeds."""
+worker resumes it from the last epoch's checkpoint, and the job succeeds. One killed while it uploads the adapter
+publishes nothing half-written: the model appears only once another attempt has stored the adapter whole."""
 
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 import pytest
 from sqlalchemy import select
 
+from app.adapter_manifest import MANIFEST
 from app.config import Settings
 from app.db import transaction
-from app.storage import store_for, training_states_prefix
+from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel
 from tests.datasets import TICKETS, chat_jsonl
+from tests.slow_link import SlowLink
 from tests.test_end_to_end import wait_for_job
 from tests.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
 
@@ -81,6 +85,53 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     states = list(store_for(settings).list_keys(training_states_prefix(finished.organization_id, job.id)))
     assert states == []  # optimizer states are only kept while the job may still resume
 
+    reply = client.chat.completions.create(
+        model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}]
+    )
+    assert reply.choices[0].message.content
+
+
+def _wait_for_objects(store: ObjectStore, prefix: str, timeout_s: float = 300) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while not (keys := list(store.list_keys(prefix + "/"))):
+        assert time.monotonic() < deadline, f"nothing stored under {prefix}"
+        time.sleep(0.1)
+    return keys
+
+
+def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_written(
+    client: openai.OpenAI, settings: Settings, maintenance: subprocess.Popen
+) -> None:
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=settings.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 1, "batch_size": 2}
+    )
+    store, adapter = store_for(settings), adapter_prefix(job.organization_id, job.id)
+    # The worker reaches S3 through a link that crawls once a request names the adapter: the small files go
+    # through, the weights take minutes, and the worker is killed between the two.
+    s3_port = urlsplit(settings.s3_endpoint_url or "").port or 0
+    with SlowLink(s3_port, slow_after=f"/{adapter}/".encode(), bytes_per_second=20_000) as link:
+        first = start_training_worker(settings, LORAPORT_S3_ENDPOINT_URL=link.url, **LEASE)
+        try:
+            stored_before_kill = _wait_for_objects(store, adapter)
+        finally:
+            first.kill()
+            first.wait()
+
+    assert not any(key.endswith(".safetensors") or key.endswith(MANIFEST) for key in stored_before_kill)
+    assert client.fine_tuning.jobs.retrieve(job.id).status in ("running", "queued")
+    assert not [model.id for model in client.models.list() if job.id.removeprefix("ftjob-") in model.id]
+
+    second = start_training_worker(settings, **LEASE)
+    try:
+        finished = wait_for_job(client, job.id, timeout_s=300)
+    finally:
+        stop(second)
+
+    assert finished.status == "succeeded", finished.error
+    with transaction(settings.require("database_url")) as session:
+        models = select(FineTunedModel.adapter_prefix).where(FineTunedModel.job_id == job.id)
+        assert session.scalars(models).all() == [adapter]  # one model, on the adapter uploaded whole the second time
     reply = client.chat.completions.create(
         model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}]
     )
