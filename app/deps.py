@@ -38,7 +38,9 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed when the route returns, before the response is sent: a streamed answer (a chat, a download) holds no
+# pooled connection while it streams, and a database gone at that moment is a 503, not an error after the fact.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_store(settings: SettingsDep) -> ObjectStore:

@@ -1,6 +1,7 @@
 """Uploading datasets through the openai SDK and curl-style HTTP; bad files leave nothing behind."""
 
 import json
+import time
 from urllib.parse import unquote
 
 import openai
@@ -9,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.db import transaction
+from app.db import engine_for, transaction
 from app.main import create_app
 from app.storage import store_for
 from app.tables import StoredFile
@@ -153,3 +154,18 @@ def test_a_retried_upload_with_an_idempotency_key_returns_the_first_file(
         )
     assert error.value.code == "idempotency_key_reused"
     assert stored_state(settings) == before
+
+
+def test_a_download_holds_no_database_connection_while_it_streams(http, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """So that more downloads (and streamed answers) can run at once than the pool has connections."""
+    data = chat_jsonl(TICKETS * 4000)  # ~8 MB: more than loopback buffers hold, so the body is still streaming
+    file_id = http.post("/v1/files", files={"file": ("big.jsonl", data)}, data={"purpose": "fine-tune"}).json()["id"]
+    pool = engine_for(settings.require("database_url")).pool
+    deadline = time.monotonic() + 60
+    while pool.checkedout() and time.monotonic() < deadline:  # the upload's data report is still being written
+        time.sleep(0.1)
+    with http.stream("GET", f"/v1/files/{file_id}/content") as download:
+        chunks = download.iter_bytes()
+        first = next(chunks)
+        assert pool.checkedout() == 0
+        assert first + b"".join(chunks) == data
