@@ -148,13 +148,15 @@ def _fail(settings: Settings, job_id: str, error: dict) -> None:
     with transaction(settings.require("database_url")) as session:
         if state.move(session, job_id, state.ACTIVE, state.FAILED, error=error):
             state.add_event(session, job_id, error["message"], level="error")
-        organization_id = session.scalar(select(FineTuningJob.organization_id).where(FineTuningJob.id == job_id))
-    if organization_id is not None:
-        _discard(
-            store_for(settings),
-            training_states_prefix(organization_id, job_id),
-            adapter_prefix(organization_id, job_id),
-        )
+        job = session.execute(
+            select(FineTuningJob.organization_id, FineTuningJob.status).where(FineTuningJob.id == job_id)
+        ).first()
+    if job is None:
+        return
+    leftovers = [training_states_prefix(job.organization_id, job_id)]
+    if job.status != state.SUCCEEDED:  # an error after publishing must not take the model's adapter with it
+        leftovers.append(adapter_prefix(job.organization_id, job_id))
+    _discard(store_for(settings), *leftovers)
 
 
 def _discard(store: ObjectStore, *prefixes: str) -> None:
