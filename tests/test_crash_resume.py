@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+from openai.types.fine_tuning import FineTuningJob
 from sqlalchemy import select
 
 from app.adapter_manifest import MANIFEST
@@ -45,6 +46,14 @@ def _wait_for_event(client: openai.OpenAI, job_id: str, prefix: str, timeout_s: 
     raise TimeoutError(f"no event {prefix!r} for job {job_id}")
 
 
+def _finished_by_another_worker(client: openai.OpenAI, settings: Settings, job_id: str) -> FineTuningJob:
+    worker = start_training_worker(settings, **LEASE)
+    try:
+        return wait_for_job(client, job_id, timeout_s=300)
+    finally:
+        stop(worker)
+
+
 def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     client: openai.OpenAI, settings: Settings, maintenance: subprocess.Popen
 ) -> None:
@@ -61,11 +70,7 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     finally:
         first.kill()  # SIGKILL: no cleanup, the message stays unacknowledged, the lease stops being renewed
         first.wait()
-    second = start_training_worker(settings, **LEASE)
-    try:
-        finished = wait_for_job(client, job.id, timeout_s=300)
-    finally:
-        stop(second)
+    finished = _finished_by_another_worker(client, settings, job.id)
 
     assert finished.status == "succeeded", finished.error
     events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))  # oldest first
@@ -122,11 +127,7 @@ def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_wr
     assert client.fine_tuning.jobs.retrieve(job.id).status in ("running", "queued")
     assert not [model.id for model in client.models.list() if job.id.removeprefix("ftjob-") in model.id]
 
-    second = start_training_worker(settings, **LEASE)
-    try:
-        finished = wait_for_job(client, job.id, timeout_s=300)
-    finally:
-        stop(second)
+    finished = _finished_by_another_worker(client, settings, job.id)
 
     assert finished.status == "succeeded", finished.error
     with transaction(settings.require("database_url")) as session:
