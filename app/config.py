@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024**3
     max_json_body_bytes: int = 8 * 1024**2  # a chat, completion, job or evaluation request; larger is a 413
     max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
+    max_json_depth: int = Field(default=64, ge=1)  # arrays/objects in one another, in a JSON body or a line
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
     adapter_cache_size: int = 8  # adapters kept in memory per base model, at most …

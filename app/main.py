@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
     )
     install_error_handlers(app)
-    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth)
     routers = (
         health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
         completions_router, api_keys_router,

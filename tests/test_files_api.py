@@ -156,13 +156,18 @@ def test_a_retried_upload_with_an_idempotency_key_returns_the_first_file(
     assert stored_state(settings) == before
 
 
+def _report_pending(settings: Settings, file_id: str) -> bool:
+    with transaction(settings.require("database_url")) as session:
+        return session.scalar(select(StoredFile.report.is_(None)).where(StoredFile.id == file_id)) is not False
+
+
 def test_a_download_holds_no_database_connection_while_it_streams(http, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     """So that more downloads (and streamed answers) can run at once than the pool has connections."""
     data = chat_jsonl(TICKETS * 4000)  # ~8 MB: more than loopback buffers hold, so the body is still streaming
     file_id = http.post("/v1/files", files={"file": ("big.jsonl", data)}, data={"purpose": "fine-tune"}).json()["id"]
-    pool = engine_for(settings.require("database_url")).pool
-    deadline = time.monotonic() + 60
-    while pool.checkedout() and time.monotonic() < deadline:  # the upload's data report is still being written
+    pool, deadline = engine_for(settings.require("database_url")).pool, time.monotonic() + 60
+    while _report_pending(settings, file_id) or pool.checkedout():  # the upload's data report is being written
+        assert time.monotonic() < deadline, "the upload's data report was never written"
         time.sleep(0.1)
     with http.stream("GET", f"/v1/files/{file_id}/content") as download:
         chunks = download.iter_bytes()

@@ -5,6 +5,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy.exc
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
@@ -30,7 +31,8 @@ templates.env.filters |= {"age": age, "measure": measure, "prompt_text": prompt_
 
 
 class _PageRoute(APIRoute):
-    """A page whose caller is not logged in goes to the login form; a missing object is an HTML 404 page."""
+    """A page whose caller is not logged in goes to the login form; a missing object is an HTML 404 page, and
+    any other refusal an HTML page too."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -41,10 +43,18 @@ class _PageRoute(APIRoute):
             except LoginRequired as login:
                 return to_login(login.next_path)
             except LoraportError as error:
-                context = {"title": "Not found" if error.status_code == 404 else "Error", "message": error.message}
-                return templates.TemplateResponse(request, "error.html", context, status_code=error.status_code)
+                title = "Not found" if error.status_code == 404 else "Error"
+                return _error_page(request, title, error.message, error.status_code)
+            except sqlalchemy.exc.DataError:
+                # An id PostgreSQL cannot look up (a NUL character, found by tests/test_dashboard_fuzzing.py).
+                return _error_page(request, "Error", "The address holds a value that cannot be looked up.", 400)
 
         return page
+
+
+def _error_page(request: Request, title: str, message: str, status_code: int) -> Response:
+    context = {"title": title, "message": message}
+    return templates.TemplateResponse(request, "error.html", context, status_code=status_code)
 
 
 router = APIRouter(route_class=_PageRoute, include_in_schema=False)

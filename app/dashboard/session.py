@@ -5,6 +5,7 @@ sites' forms and scripts from sending it, and `HttpOnly` keeps it from the page'
 """
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse
@@ -39,7 +40,9 @@ DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
 
 def to_login(next_path: str) -> RedirectResponse:
     """To the login form, forgetting the key (logging out is going there from `/`)."""
-    response = RedirectResponse(f"/login?next={next_path}" if next_path != "/" else "/login", status_code=303)
+    # Quoted, so the page's own query (`?a=x&b=y`) stays inside `next` (found by tests/test_dashboard_fuzzing.py).
+    target = f"/login?next={quote(next_path, safe='/')}" if next_path != "/" else "/login"
+    response = RedirectResponse(target, status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
 

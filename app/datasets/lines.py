@@ -1,14 +1,6 @@
-"""Raw-byte handling of JSONL: cutting network chunks into lines and measuring nesting before parsing."""
+"""Raw-byte handling of JSONL: cutting network chunks into lines."""
 
-import re
 from collections.abc import Iterator
-from itertools import accumulate
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
-_DEPTH_STEP = [0] * 256
-for _opener, _closer in (b"[]", b"{}"):
-    _DEPTH_STEP[_opener], _DEPTH_STEP[_closer] = 1, -1
 
 
 class LineSplitter:
@@ -47,14 +39,3 @@ class LineSplitter:
         line = bytes(self._partial)
         self._partial.clear()
         return line
-
-
-def nests_deeper_than(line: bytes, max_depth: int) -> bool:
-    """Whether the JSON text in `line` nests arrays/objects deeper than `max_depth`, found without parsing.
-
-    Counting brackets (outside strings) first means a hostile line cannot exhaust the parser's recursion.
-    """
-    if line.count(b"[") + line.count(b"{") <= max_depth:  # the common case, at memchr speed
-        return False
-    brackets = _STRING.sub(b"", line).translate(None, _NOT_BRACKET)
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > max_depth

@@ -14,9 +14,10 @@ import json
 from collections.abc import Callable
 
 from app.datasets.formats import CHAT, FORMAT_HINT, PROMPT_COMPLETION, PROMPTS, detect_format, parse_example
-from app.datasets.lines import LineSplitter, nests_deeper_than
+from app.datasets.lines import LineSplitter
 from app.datasets.messages import InvalidExample, json_type
 from app.datasets.results import Example, LineError, ValidationResult
+from app.json_depth import nests_deeper_than
 
 
 class DatasetValidator:

@@ -69,7 +69,7 @@ def score_answer(answer: str, target: str) -> AnswerScore:
 def _json_object(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a target string holding JSON nested past the parser's recursion
         return None
 
 

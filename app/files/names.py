@@ -7,10 +7,13 @@ import unicodedata
 
 DEFAULT_NAME = "upload.jsonl"
 MAX_LENGTH = 255
+# Controls, invisible format marks (a bidi override shows `\u202etxt.exe` as `exe.txt`) and the line and paragraph
+# separators, which `str.splitlines` and some log viewers break lines at (found by tests/test_upload_names.py).
+_NOT_SHOWN = frozenset(("Cc", "Cf", "Zl", "Zp"))
 
 
 def safe_filename(raw: str) -> str:
     last = re.split(r"[/\\]", raw)[-1]
-    visible = "".join(ch for ch in last if unicodedata.category(ch) not in ("Cc", "Cf"))
+    visible = "".join(ch for ch in last if unicodedata.category(ch) not in _NOT_SHOWN)
     cleaned = visible.strip().lstrip(".")[:MAX_LENGTH]
     return cleaned or DEFAULT_NAME

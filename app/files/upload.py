@@ -16,6 +16,11 @@ from app.storage import ObjectStore, file_key
 from app.tables import Organization
 
 
+def validator_for(settings: Settings) -> DatasetValidator:
+    """A validator with this deployment's limits on one line: its size and its JSON nesting."""
+    return DatasetValidator(max_line_bytes=settings.max_line_bytes, max_depth=settings.max_json_depth)
+
+
 async def receive_upload(request: Request, store: ObjectStore, settings: Settings, org: Organization) -> ReceivedFile:
     """Streams the `file` part to S3 while checking it; a refused or broken upload leaves no object."""
     declared = int(request.headers.get("content-length") or 0)
@@ -23,7 +28,7 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
     file_id = ids.file_id()
     storage_key = file_key(org.id, file_id)
-    validator = DatasetValidator(max_line_bytes=settings.max_line_bytes)
+    validator = validator_for(settings)
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
         form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))

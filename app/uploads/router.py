@@ -7,6 +7,7 @@ from app import ids
 from app.deps import OrgDep, SessionDep, SettingsDep, StoreDep
 from app.errors import InvalidRequest
 from app.files.form_stream import stream_form
+from app.files.upload import validator_for
 from app.tables import UploadPart
 from app.uploads import service
 from app.uploads.schemas import UploadComplete, UploadCreate, UploadPartPublic, UploadPublic
@@ -63,7 +64,7 @@ def complete_upload(
     upload_id: str, body: UploadComplete, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> UploadPublic:
     """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset."""
-    upload, file = service.complete_upload(session, store, org, upload_id, body, settings.max_line_bytes)
+    upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
     parts = service.part_keys(session, upload)
     try:
         session.commit()

@@ -62,7 +62,12 @@ def part_key(upload: Upload, part_id: str) -> str:
 
 
 def complete_upload(
-    session: Session, store: ObjectStore, org: Organization, upload_id: str, body: UploadComplete, max_line_bytes: int
+    session: Session,
+    store: ObjectStore,
+    org: Organization,
+    upload_id: str,
+    body: UploadComplete,
+    validator: DatasetValidator,
 ) -> tuple[Upload, StoredFile]:
     """Streams the parts, in the order given, through validation into one file."""
     upload = pending_upload(session, org, upload_id)
@@ -77,9 +82,7 @@ def complete_upload(
         )
     file_id = ids.file_id()
     keys = [parts[part_id].storage_key for part_id in body.part_ids]
-    ingested = _assemble(
-        store, keys, file_key(org.id, file_id), body.md5, DatasetValidator(max_line_bytes=max_line_bytes)
-    )
+    ingested = _assemble(store, keys, file_key(org.id, file_id), body.md5, validator)
     if not ingested.validation.ok:
         raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
     received = files.ReceivedFile(file_id, file_key(org.id, file_id), upload.filename, upload.purpose, ingested)

@@ -41,6 +41,13 @@ def test_json_answers_are_parsed_not_compared_as_text():
     assert (broken.exact, broken.format_kept, broken.fields_right) == (False, False, 0)
 
 
+def test_a_target_nested_past_the_parser_s_recursion_is_scored_as_text():
+    """A dataset line can hold such a target inside a string: its depth check sees only the line's own nesting."""
+    deep = "[" * 100_000 + "]" * 100_000
+    assert target_shape(deep) == "text"
+    assert score_answer(deep, deep).exact
+
+
 def test_plain_text_gets_overlap_and_length_only():
     score = score_answer("Paris", "Paris, France")
     assert (score.exact, score.format_kept, score.fields, score.field_accuracy) == (False, None, 0, None)
