@@ -47,6 +47,29 @@ def test_login_with_a_wrong_key_says_so(api_base_url: str) -> None:
     assert "Incorrect API key provided" in answer.text and SESSION_COOKIE not in answer.cookies
 
 
+def test_a_login_or_logout_form_sent_from_another_site_is_refused(
+    browser: httpx.Client, api_base_url: str, org_key: str
+) -> None:
+    """Another site's page could otherwise log its visitor into the attacker's organisation."""
+    form = {"api_key": org_key, "next": "/"}
+    host = api_base_url.removeprefix("http://")
+    refused = [
+        httpx.post(f"{api_base_url}/login", data=form, headers={"Origin": "https://evil.example"}),
+        httpx.post(f"{api_base_url}/login", data=form, headers={"Sec-Fetch-Site": "cross-site"}),
+        browser.post("/logout", headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}),
+    ]
+    same_site = httpx.post(
+        f"{api_base_url}/login", data=form, headers={"Origin": api_base_url, "Sec-Fetch-Site": "same-origin"}
+    )
+
+    for answer in refused:
+        assert answer.status_code == 403 and "another site" in answer.text
+        assert "set-cookie" not in answer.headers
+    assert browser.get("/v1/models").status_code == 200  # the refused logout left the session alone
+    assert same_site.status_code == 303 and SESSION_COOKIE in same_site.cookies
+    assert httpx.post(f"{api_base_url}/login", data=form, headers={"Origin": f"http://{host}"}).status_code == 303
+
+
 def test_the_login_cookie_is_http_only_and_works_for_the_api(
     browser: httpx.Client, api_base_url: str, org_key: str
 ) -> None:

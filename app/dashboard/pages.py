@@ -15,7 +15,7 @@ from app.catalog import service as catalog
 from app.dashboard.curves import job_curves
 from app.dashboard.file_lines import lines_of
 from app.dashboard.formats import age, measure, prompt_text
-from app.dashboard.session import DashboardOrgDep, LoginRequired, logged_in, to_login
+from app.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, logged_in, to_login
 from app.deps import SessionDep, SettingsDep, StoreDep, organization_of
 from app.errors import AuthenticationFailed, LoraportError
 from app.files import report as file_report
@@ -70,7 +70,7 @@ def login_form(request: Request, next: str = "/") -> Response:
     return templates.TemplateResponse(request, "login.html", {"next": next})
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[SameSiteFormDep])
 def log_in(
     request: Request, settings: SettingsDep, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
 ) -> Response:
@@ -82,7 +82,7 @@ def log_in(
     return logged_in(request, api_key.strip(), next)
 
 
-@router.post("/logout")
+@router.post("/logout", dependencies=[SameSiteFormDep])
 def log_out() -> Response:
     return to_login("/")
 

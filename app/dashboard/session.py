@@ -1,17 +1,19 @@
 """Who is looking at the dashboard: the API key they logged in with, kept in an HttpOnly cookie.
 
 The cookie holds the key itself, so revoking the key logs the browser out at once; `SameSite=Lax` keeps other
-sites' forms and scripts from sending it, and `HttpOnly` keeps it from the page's own scripts.
+sites' forms and scripts from sending it, and `HttpOnly` keeps it from the page's own scripts. The login and logout
+forms, which need no cookie, refuse posts from other sites: one could otherwise log a visitor into the attacker's
+organisation, where the visitor's next upload would land.
 """
 
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse
 
 from app.deps import SESSION_COOKIE, SettingsDep, organization_of
-from app.errors import AuthenticationFailed
+from app.errors import AuthenticationFailed, PermissionDenied
 from app.tables import Organization
 
 SESSION_DAYS = 7
@@ -36,6 +38,22 @@ def dashboard_org(request: Request, settings: SettingsDep) -> Organization:
 
 
 DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
+
+
+def from_this_site(request: Request) -> None:
+    """Refuses a form the browser says another site sent (Fetch Metadata, else `Origin`). Clients that send
+    neither header (curl, scripts) are not browsers, so no other site can make them post."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if fetch_site is not None:
+        cross = fetch_site not in ("same-origin", "none")
+    else:
+        cross = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+    if cross:
+        raise PermissionDenied("This form was sent from another site; open the dashboard and send it from there.")
+
+
+SameSiteFormDep = Depends(from_this_site)
 
 
 def to_login(next_path: str) -> RedirectResponse:
