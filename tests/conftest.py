@@ -124,15 +124,22 @@ def api_base_url(settings: Settings) -> Iterator[str]:
         yield url
 
 
-def new_org_key(settings: Settings, org_name: str) -> str:
+def new_org_key(settings: Settings, org_name: str, admin: bool = False) -> str:
+    """A key of the organisation `org_name` (made if new); an `admin` key may also manage the organisation's keys."""
     with transaction(settings.require("database_url")) as session:
-        return issue_key(session, get_or_create_org(session, org_name)).plaintext
+        return issue_key(session, get_or_create_org(session, org_name), admin=admin).plaintext
 
 
 @pytest.fixture
 def org_key(settings: Settings) -> str:
     """A key for a fresh organisation, so tests never see each other's objects."""
     return new_org_key(settings, f"org-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def admin_key(settings: Settings) -> str:
+    """An admin key of a fresh organisation."""
+    return new_org_key(settings, f"admin-{uuid.uuid4().hex[:10]}", admin=True)
 
 
 @pytest.fixture

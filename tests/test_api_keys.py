@@ -11,17 +11,12 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db import transaction
-from app.orgs.keys import digest, find_key, get_or_create_org, issue_key
+from app.orgs.keys import digest, find_key
 from app.tables import ApiKey
-from tests.conftest import sdk_client
+from tests.conftest import new_org_key, sdk_client
 from tests.test_keys_cli import loraport
 
 KEYS = "/organization/api_keys"
-
-
-def new_admin_key(settings: Settings, org_name: str) -> str:
-    with transaction(settings.require("database_url")) as session:
-        return issue_key(session, get_or_create_org(session, org_name), name="admin", admin=True).plaintext
 
 
 def key_id_of(settings: Settings, plaintext: str) -> str:
@@ -30,14 +25,13 @@ def key_id_of(settings: Settings, plaintext: str) -> str:
 
 
 @pytest.fixture
-def admin(settings: Settings, api_base_url: str) -> openai.OpenAI:
-    """The admin key of a fresh organisation."""
-    return sdk_client(api_base_url, new_admin_key(settings, f"adm-{uuid.uuid4().hex[:10]}"))
+def admin(api_base_url: str, admin_key: str) -> openai.OpenAI:
+    return sdk_client(api_base_url, admin_key)
 
 
 @pytest.fixture
 def other_admin(settings: Settings, api_base_url: str) -> openai.OpenAI:
-    return sdk_client(api_base_url, new_admin_key(settings, f"adm-other-{uuid.uuid4().hex[:10]}"))
+    return sdk_client(api_base_url, new_org_key(settings, f"adm-other-{uuid.uuid4().hex[:10]}", admin=True))
 
 
 def test_admin_creates_a_key_that_works_and_is_listed_only_redacted(admin: openai.OpenAI, api_base_url: str) -> None:

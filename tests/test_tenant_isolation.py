@@ -5,6 +5,7 @@ The matrix is checked against the app's routes: a route added with an id in its 
 `test_every_route_that_names_an_object_is_in_the_matrix`."""
 
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,16 +13,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.config import Settings
 from app.dashboard.pages import router as dashboard_router
 from app.db import transaction
 from app.deps import SESSION_COOKIE
 from app.main import create_app
-from app.orgs.keys import digest, find_key
+from app.orgs.keys import find_key
 from app.storage import store_for
-from app.tables import ApiKey, FineTunedModel, FineTuningJob, JobCheckpoint
+from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint
+from tests.conftest import new_org_key
 from tests.datasets import chat_jsonl
 
 
@@ -143,11 +145,9 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
 
 
 @pytest.fixture
-def other_org_key(settings: Settings, other_org_key: str) -> str:
-    """B's key, made an admin key: a 404 on the key-management routes must come from the organisation, not a 403."""
-    with transaction(settings.require("database_url")) as session:
-        session.execute(update(ApiKey).where(ApiKey.key_hash == digest(other_org_key)).values(is_admin=True))
-    return other_org_key
+def other_org_key(settings: Settings) -> str:
+    """B's key is an admin key: a 404 on the key-management routes must come from the organisation, not a 403."""
+    return new_org_key(settings, f"other-{uuid.uuid4().hex[:10]}", admin=True)
 
 
 def test_organisation_b_gets_404_for_each_of_a_s_objects_on_every_route(
