@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import botocore.exceptions
 import openai
 import pytest
 import redis
@@ -101,6 +102,41 @@ def test_running_out_of_memory_fails_with_advice(
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "failed" and job.error is not None and job.error.code == "out_of_memory"
     assert "smaller batch_size" in job.error.message and job.error.param == "hyperparameters.batch_size"
+
+
+def _storage_down(*_: object, **__: object) -> None:
+    raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3.example")
+
+
+def test_an_outage_gives_the_job_back_until_its_retry_time_then_it_is_sent_again(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
+    celery_for(settings).control.purge()  # its message was taken, as by the worker that ran it
+
+    run_job(settings, registry_from_settings(settings), job_id)
+
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert f"in {settings.outage_retry_seconds:g} s (attempt 2 of 3)" in _events(settings, job_id)[-1]
+    assert job_id not in redispatch_lost(settings)  # not before its retry time
+    with transaction(settings.require("database_url")) as session:
+        session.get_one(FineTuningJob, job_id).retry_at = datetime.now(UTC) - timedelta(seconds=1)
+    assert job_id in redispatch_lost(settings)
+    assert _events(settings, job_id)[-1] == "Sent to a worker again after the outage"
+
+
+def test_an_outage_on_the_last_attempt_fails_the_job_naming_the_service(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=settings.max_job_attempts - 1)
+
+    run_job(settings, registry_from_settings(settings), job_id)
+
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None and job.error.code == "service_unavailable"
+    assert job.error.message.startswith("Training stopped 3 times because object storage was unavailable")
 
 
 def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
