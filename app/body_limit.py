@@ -6,10 +6,9 @@ own limits (`max_upload_bytes`, `max_line_bytes`, and the same depth per line)."
 
 import json
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import InvalidRequest, LoraportError, PayloadTooLarge, error_body
+from app.errors import InvalidRequest, LoraportError, PayloadTooLarge
 from app.json_depth import nests_deeper_than
 
 
@@ -72,8 +71,7 @@ class JsonBodyLimit:
 
     async def _refuse(self, error: LoraportError, scope: Scope, receive: Receive, send: Send) -> None:
         # Out here no exception handler runs yet: the error is answered directly.
-        body = error_body(error.message, error.type, None, error.code)
-        await JSONResponse(body, status_code=error.status_code)(scope, receive, send)
+        await error.response()(scope, receive, send)
 
 
 def _is_json(content_type: bytes) -> bool:

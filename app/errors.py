@@ -24,14 +24,30 @@ class LoraportError(Exception):
     code: str | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, details: dict | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: dict | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.details = details  # extra fields inside "error"; clients that do not know them ignore them
+        self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if code is not None:
             self.code = code
+
+    def body(self) -> dict:
+        """OpenAI's error object, as the answer's body or a stream's error chunk."""
+        body = error_body(self.message, self.type, self.param, self.code)
+        body["error"].update(self.details or {})
+        return body
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
 
 
 class InvalidRequest(LoraportError):
@@ -87,8 +103,7 @@ class Overloaded(LoraportError):
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after)}
+        super().__init__(message, retry_after=retry_after)
 
 
 class AdapterCorrupted(LoraportError):
@@ -141,9 +156,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoraportError)
     async def _loraport(_: Request, exc: LoraportError) -> JSONResponse:
-        body = error_body(exc.message, exc.type, exc.param, exc.code)
-        body["error"].update(exc.details or {})
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,7 +177,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # A value PostgreSQL refuses (a NUL character, found by fuzzing ids and names) is the request's fault.
         log.info("api.unstorable_value", path=request.url.path)
         message = "The request holds a value that cannot be stored or looked up (a NUL character?); remove it."
-        return JSONResponse(error_body(message, "invalid_request_error", None, "invalid_value"), status_code=400)
+        return InvalidRequest(message, code="invalid_value").response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -182,7 +195,6 @@ def _outage(service: str) -> Callable[[Request, Exception], Awaitable[JSONRespon
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api.dependency_unavailable", service=service, path=request.url.path, error=type(exc).__name__)
         message = f"{service[0].upper()}{service[1:]} is unavailable for a moment; retry in a few seconds."
-        body = error_body(message, "server_error", None, "service_unavailable")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return ServiceUnavailable(message, retry_after=RETRY_AFTER_SECONDS).response()
 
     return unavailable

@@ -151,7 +151,7 @@ async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
         while (token := await run_in_threadpool(next, tokens, _END)) is not _END:
             yield json.dumps(_token_line(token)) + "\n"
     except LoraportError as error:
-        yield _error_line(error_body(error.message, error.type, error.param, error.code), error.status_code)
+        yield _error_line(error.body(), error.status_code)
     except Exception:
         log.exception("replica.generation_failed")
         message = "The inference replica hit an error while generating; retry, and report it if it persists."

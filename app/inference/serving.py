@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from app.config import Settings
-from app.errors import GenerationTimeout, InvalidRequest, LoraportError, error_body
+from app.errors import GenerationTimeout, InvalidRequest, LoraportError
 from app.inference.admission import Ticket
 from app.tables import Organization
 
@@ -65,9 +65,9 @@ def event_stream(settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict]
             yield "data: [DONE]\n\n"
         except TimeoutError:
             message = f"The completion took longer than {settings.inference_timeout_seconds:g} s"
-            yield _event({"error": {"message": message, "type": "server_error", "param": None, "code": "timeout"}})
+            yield _event(GenerationTimeout(message).body())
         except LoraportError as error:
-            yield _event(error_body(error.message, error.type, error.param, error.code))
+            yield _event(error.body())
         except Exception:
             log.exception("inference.stream_failed")
             message = "The server hit an error while generating; retry, and report it if it persists."
