@@ -28,28 +28,20 @@ def training_gpus(device: str) -> list[Gpu]:
 
 
 def report(redis_url: str, worker: str, gpus: list[Gpu]) -> None:
-    client = redis_client(redis_url)
-    try:
+    with redis_client(redis_url) as client:
         client.hset(KEY, worker, json.dumps([asdict(gpu) for gpu in gpus]))
-    finally:
-        client.close()
 
 
 def withdraw(redis_url: str, worker: str) -> None:
-    client = redis_client(redis_url)
-    try:
+    with redis_client(redis_url) as client:
         client.hdel(KEY, worker)
-    finally:
-        client.close()
 
 
 def reported(redis_url: str) -> dict[str, list[Gpu]]:
     """Each reporting worker's GPUs; empty when no worker has reported (or Redis cannot say)."""
-    client = redis_client(redis_url)
     try:
-        entries = client.hgetall(KEY)
+        with redis_client(redis_url) as client:
+            entries = client.hgetall(KEY)
     except redis.RedisError:
         return {}
-    finally:
-        client.close()
     return {name.decode(): [Gpu(**gpu) for gpu in json.loads(value)] for name, value in entries.items()}

@@ -39,12 +39,9 @@ def _parsed(entries: Iterable[bytes]) -> list:
 
 
 def jobs_with_messages(redis_url: str) -> set[str]:
-    client = redis_client(redis_url)
-    try:
+    with redis_client(redis_url) as client:
         queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
         waiting = _parsed(message for queue in queues for message in client.lrange(queue, 0, -1))
         # an unacknowledged entry is [message, exchange, routing key]
         delivered = [entry[0] for entry in _parsed(client.hvals(_UNACKED)) if isinstance(entry, list) and entry]
-    finally:
-        client.close()
     return _job_ids(m for m in waiting if isinstance(m, dict)) | _job_ids(m for m in delivered if isinstance(m, dict))
