@@ -26,7 +26,7 @@ from app.inference.warmup import announce_adapter
 from app.jobs import state
 from app.jobs.hyperparameters import Resolved, learning_rate
 from app.jobs.training_options import resolve_training_options
-from app.outages import unavailable_service
+from app.outages import outage_tolerated, unavailable_service
 from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
 from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
 from worker.checkpoints import EpochCheckpoints, latest_training_state
@@ -121,7 +121,7 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
     With the database down too, nothing can be recorded: the job's lease runs out and the reaper re-queues it.
     """
     delay = settings.outage_retry_seconds
-    try:
+    with outage_tolerated("jobs.outage.unrecorded", job_id=job_id):
         with transaction(settings.require("database_url")) as session:
             attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
             if attempt < settings.max_job_attempts:
@@ -138,10 +138,6 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
             "workers can reach it, then create the job again"
         )
         _fail(settings, job_id, {"code": "service_unavailable", "message": message, "param": None})
-    except Exception as second:
-        if unavailable_service(second) is None:
-            raise
-        log.warning("jobs.outage.unrecorded", job_id=job_id, exc_info=True)
 
 
 def _fail(settings: Settings, job_id: str, error: dict) -> None:
@@ -162,13 +158,9 @@ def _fail(settings: Settings, job_id: str, error: dict) -> None:
 def _discard(store: ObjectStore, *prefixes: str) -> None:
     """What an ended job leaves and no one will read: training states (it will not resume), an adapter a failed
     attempt uploaded. With object storage down they stay, and the storage sweep removes them later."""
-    try:
+    with outage_tolerated("jobs.discard.postponed", prefixes=prefixes):
         for prefix in prefixes:
             store.delete_prefix(prefix)
-    except Exception as error:
-        if unavailable_service(error) is None:
-            raise
-        log.warning("jobs.discard.postponed", prefixes=prefixes, exc_info=True)
 
 
 def _leaked_examples(
