@@ -1,13 +1,13 @@
 """What work dying half-way leaves in storage, and the maintenance sweep that clears it: an API process SIGKILLed
 in the middle of a file upload leaves no file row, and its S3 multipart upload is aborted by the sweep; expired
-unfinished `/v1/uploads` lose their parts' objects."""
+unfinished `/v1/uploads` lose their parts' objects; ended jobs lose what they could not delete themselves."""
 
 import json
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,10 +18,11 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db import transaction
 from app.embedded.process import free_ports
-from app.storage import store_for
-from app.tables import Organization, StoredFile, Upload
+from app.storage import adapter_prefix, store_for, training_states_prefix
+from app.tables import FineTuningJob, Organization, StoredFile, Upload
 from tests.conftest import ROOT, new_org_key, settings_env
-from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads
+from tests.datasets import chat_jsonl
+from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
 
 LINE = (
     json.dumps({"messages": [{"role": "user", "content": "x" * 900}, {"role": "assistant", "content": "y"}]}) + "\n"
@@ -118,3 +119,35 @@ def test_expired_uploads_lose_their_parts(client: openai.OpenAI, settings: Setti
     assert not store_for(settings).exists(part_key)
     with pytest.raises(openai.BadRequestError, match="expired"):
         client.uploads.parts.create(upload.id, data=b'{"a": 1}\n')
+
+
+def test_the_sweep_deletes_what_ended_jobs_left_and_keeps_what_live_ones_need(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """What a job could not delete while storage was down: training states of any ended job, the adapter of a
+    failed or cancelled one. A running job's states and a succeeded job's adapter (its model's) stay."""
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    jobs = {
+        status: client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id)
+        for status in ("failed", "cancelled", "succeeded", "running")
+    }
+    store = store_for(settings)
+    with transaction(settings.require("database_url")) as session:
+        for status, job in jobs.items():
+            session.get_one(FineTuningJob, job.id).status = status
+    organization = jobs["failed"].organization_id
+    for job in jobs.values():
+        for prefix in (training_states_prefix(organization, job.id), adapter_prefix(organization, job.id)):
+            store.put_bytes(f"{prefix}/state.bin", b"left")
+
+    with transaction(settings.require("database_url")) as session:
+        deleted = leftovers_of_ended_jobs(session, store)
+
+    def kept(prefix_of: Callable[[str, str], str], status: str) -> bool:
+        return bool(list(store.list_keys(prefix_of(organization, jobs[status].id) + "/")))
+
+    assert not any(kept(training_states_prefix, status) for status in ("failed", "cancelled", "succeeded"))
+    assert not kept(adapter_prefix, "failed") and not kept(adapter_prefix, "cancelled")
+    assert kept(training_states_prefix, "running") and kept(adapter_prefix, "succeeded")
+    assert kept(adapter_prefix, "running")  # an attempt may be uploading it now
+    assert len([prefix for prefix in deleted if organization in prefix]) == 5
