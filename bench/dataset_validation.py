@@ -11,9 +11,10 @@ import json
 import random
 import time
 
-from app.base_models.registry import BaseModelRegistry
-from app.config import Settings
-from app.datasets import DatasetProfiler, DatasetValidator, Example, token_stats
+from app.core.settings import Settings
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.datasets import DatasetProfiler, DatasetValidator, Example
+from app.ml.datasets.tokens import token_stats
 
 _CHUNK = 2**20
 _WORDS = [

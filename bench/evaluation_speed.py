@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from app.base_models.registry import BaseModelRegistry
-from app.chat_format import render_prompt_ids
-from app.evaluation.answers import answering, greedy_answers
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import render_prompt_ids
+from app.serving.answers import answering, greedy_answers
 from bench.tickets import ticket_split
 from worker.training.trainer import linear_projection_names
 

@@ -18,7 +18,7 @@ synthetic support tickets of `bench/tickets.py` (user "Ticket: …", assistant "
 For each it reports the training wall time (the training call only, not the model load; ours includes its
 per-epoch held-out evaluation), the steps, trained tokens per second (real tokens of the training sequences,
 no padding, summed over epochs), and accuracy on the held-out test tickets: greedy generation from the prompt
-of `app.chat_format.render_prompt_ids`, one ticket at a time, the new tokens decoded without special tokens and
+of `app.ml.chat_format.render_prompt_ids`, one ticket at a time, the new tokens decoded without special tokens and
 stripped, compared with the target exactly and line by line (the share of the 3 `key: value` lines right).
 """
 
@@ -38,10 +38,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from app.base_models.registry import BaseModelRegistry
-from app.chat_format import render_prompt_ids
-from app.jobs.hyperparameters import resolve
-from app.jobs.training_options import resolve_training_options
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import render_prompt_ids
+from app.ml.hyperparameters import resolve
+from app.ml.training_options import resolve_training_options
 from bench.tickets import ticket_split
 from worker.job_runner import config_for
 from worker.training import train_lora

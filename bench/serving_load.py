@@ -54,15 +54,15 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from app.adapter_manifest import verified_fetch, write_manifest
-from app.base_models.registry import BaseModelRegistry
-from app.chat_format import render_prompt_ids
-from app.config import Settings
-from app.embedded.seaweed import SeaweedS3
-from app.inference.backend import SamplingParams
-from app.inference.detokenize import Detokenizer
-from app.inference.engine import InferenceEngine
-from app.storage import ObjectStore
+from app.cli.embedded.seaweed import SeaweedS3
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.ml.adapter_manifest import verified_fetch, write_manifest
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import render_prompt_ids
+from app.serving.backend import SamplingParams
+from app.serving.detokenize import Detokenizer
+from app.serving.engine import InferenceEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "smollm2-135m-instruct"

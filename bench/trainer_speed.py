@@ -19,8 +19,8 @@ from unittest import mock
 
 import torch
 
-from app.base_models.registry import BaseModelRegistry
-from app.chat_format import tokenize_example
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import tokenize_example
 from tests.datasets import TICKETS
 from worker.training import StepReport, TrainingConfig, train_lora, trainer
 

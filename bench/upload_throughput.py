@@ -24,15 +24,15 @@ import httpx
 import psutil
 import psycopg
 
-from app.bootstrap import prepare
-from app.config import Settings
-from app.datasets.validation import DatasetValidator
-from app.db import transaction
-from app.embedded.process import free_ports
-from app.embedded.seaweed import SeaweedS3
-from app.files.ingest import FileIngest
-from app.orgs.keys import get_or_create_org, issue_key
-from app.storage import store_for
+from app.api.files.ingest import FileIngest
+from app.cli.embedded.process import free_ports
+from app.cli.embedded.seaweed import SeaweedS3
+from app.core.bootstrap import prepare
+from app.core.db import transaction
+from app.core.keys import get_or_create_org, issue_key
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.ml.datasets.validation import DatasetValidator
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("LORAPORT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -148,7 +148,7 @@ def main() -> None:
         port = free_ports(1)[0]
         env = {**os.environ, **settings.as_environment()}
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory", "--port", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         base_url = f"http://127.0.0.1:{port}"

@@ -1,10 +1,10 @@
-"""Alembic environment: the URL comes from the caller's config (see app.bootstrap.alembic_config)."""
+"""Alembic environment: the URL comes from the caller's config (see app.core.bootstrap.alembic_config)."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from app import tables  # noqa: F401  (registers every table on Base.metadata)
-from app.db import Base
+from app.core import tables  # noqa: F401  (registers every table on Base.metadata)
+from app.core.db import Base
 
 config = context.config
 

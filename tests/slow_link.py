@@ -4,7 +4,7 @@ transfer that would otherwise take milliseconds."""
 import asyncio
 import threading
 
-from app.embedded.process import free_ports
+from app.cli.embedded.process import free_ports
 
 _CHUNK = 4096
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 import schemathesis
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.core.settings import Settings
 from tests.conftest import serving
 
 EXAMPLES_PER_ROUTE = 25

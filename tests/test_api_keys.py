@@ -9,10 +9,10 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from app.config import Settings
-from app.db import transaction
-from app.orgs.keys import digest, find_key
-from app.tables import ApiKey
+from app.core.db import transaction
+from app.core.keys import digest, find_key
+from app.core.settings import Settings
+from app.core.tables import ApiKey
 from tests.conftest import new_org_key, sdk_client
 from tests.test_keys_cli import loraport
 

@@ -5,10 +5,10 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db import transaction
-from app.orgs.keys import revoke_key
-from app.tables import ApiKey
+from app.core.db import transaction
+from app.core.keys import revoke_key
+from app.core.settings import Settings
+from app.core.tables import ApiKey
 from tests.conftest import sdk_client
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST, NOT_FOUND
-from app.config import Settings
+from app.core.settings import Settings
 from tests.datasets import TICKETS, chat_jsonl
 
 runner = CliRunner()

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.base_models.from_settings import registry_from_settings
 from app.cli.jobs import DETACHED
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST
-from app.config import Settings
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
 from tests.conftest import ROOT, sdk_client
 from tests.datasets import chat_jsonl
 from worker.job_runner import run_job

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app
 from app.cli.remote import NOT_FOUND
-from app.config import Settings
+from app.core.settings import Settings
 
 runner = CliRunner()
 

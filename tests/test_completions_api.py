@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from app.config import Settings
+from app.core.settings import Settings
 
 CHAT = [{"role": "user", "content": "Name three colours."}]
 

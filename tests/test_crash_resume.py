@@ -13,11 +13,11 @@ import pytest
 from openai.types.fine_tuning import FineTuningJob
 from sqlalchemy import select
 
-from app.adapter_manifest import MANIFEST
-from app.config import Settings
-from app.db import transaction
-from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
-from app.tables import FineTunedModel
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
+from app.core.tables import FineTunedModel
+from app.ml.adapter_manifest import MANIFEST
 from tests.datasets import TICKETS, chat_jsonl
 from tests.slow_link import SlowLink
 from tests.test_end_to_end import wait_for_job

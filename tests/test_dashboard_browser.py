@@ -12,8 +12,8 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
 from tests.datasets import chat_jsonl
 from worker.job_runner import run_job
 

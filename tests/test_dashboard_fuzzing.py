@@ -15,8 +15,8 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from app.config import Settings
-from app.deps import SESSION_COOKIE
+from app.api.deps import SESSION_COOKIE
+from app.core.settings import Settings
 from tests.conftest import new_org_key
 
 EXAMPLES = 40

@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 
-from app.config import Settings
-from app.db import transaction
-from app.deps import SESSION_COOKIE
-from app.jobs import state
-from app.orgs.keys import find_key, revoke_key
+from app.api.deps import SESSION_COOKIE
+from app.core import job_state
+from app.core.db import transaction
+from app.core.keys import find_key, revoke_key
+from app.core.settings import Settings
 from tests.datasets import chat_jsonl
 
 
@@ -101,7 +101,7 @@ def test_job_page_draws_the_curves_of_the_metrics_recorded(
             data = {"step": step, "total_steps": 10, "epoch": 1, "train_loss": loss, "train_mean_token_accuracy": 0.5}
             if step % 2 == 0:
                 data |= {"valid_loss": loss + 0.1, "valid_mean_token_accuracy": 0.4}
-            state.add_event(session, job_id, f"Step {step}/10", type_="metrics", data=data)
+            job_state.add_event(session, job_id, f"Step {step}/10", type_="metrics", data=data)
 
     page = browser.get(f"/jobs/{job_id}").text
 

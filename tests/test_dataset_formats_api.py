@@ -6,8 +6,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.core.settings import Settings
 from tests.datasets import TICKETS, chat_jsonl
 from tests.test_files_api import stored_state
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from app.config import Settings
+from app.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_SERVICES = {"postgres", "redis", "s3", "api", "worker", "maintenance"}
@@ -41,7 +41,7 @@ def test_commands_name_modules_that_exist() -> None:
     commands += (ROOT / "Dockerfile.gpu").read_text()
     modules = set(re.findall(r"-A ([\w.]+)", commands)) | set(re.findall(r"([\w.]+):create_app", commands))
     modules |= set(re.findall(r"python -m ([\w.]+)", commands))
-    assert {"worker.app", "worker.maintenance", "app.main", "app.cli.migrate"} <= modules
+    assert {"worker.celery.training", "worker.celery.maintenance", "app.api.main", "app.cli.migrate"} <= modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, f"no module {module}"
 

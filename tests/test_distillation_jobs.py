@@ -6,10 +6,10 @@ import json
 import openai
 import pytest
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
-from app.db import transaction
-from app.tables import FineTuningJob
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob
+from app.ml.base_models.from_settings import registry_from_settings
 from tests.datasets import TICKETS
 from worker.job_runner import run_job
 

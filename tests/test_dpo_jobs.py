@@ -8,8 +8,8 @@ import math
 import openai
 import pytest
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
 from bench.tickets import ticket_split
 from worker.job_runner import run_job
 

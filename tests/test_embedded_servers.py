@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from botocore.config import Config
 from celery import Celery
 
-from app.embedded.postgres import EmbeddedPostgres
-from app.embedded.process import ServerError, ServerProcess
-from app.embedded.redis import EmbeddedRedis
-from app.embedded.seaweed import SeaweedS3
+from app.cli.embedded.postgres import EmbeddedPostgres
+from app.cli.embedded.process import ServerError, ServerProcess
+from app.cli.embedded.redis import EmbeddedRedis
+from app.cli.embedded.seaweed import SeaweedS3
 
 
 def family(process: ServerProcess | None) -> list[psutil.Process]:
@@ -143,7 +143,7 @@ def test_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
 
 def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from app.embedded.postgres import EmbeddedPostgres;"
+        "import sys; from pathlib import Path; from app.cli.embedded.postgres import EmbeddedPostgres;"
         "s = EmbeddedPostgres(Path(sys.argv[1])); s.start(); print(s.process.pid, flush=True); sys.stdin.read()"
     )
     parent = subprocess.Popen(

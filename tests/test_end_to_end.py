@@ -9,9 +9,9 @@ import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
-from app.config import Settings
-from app.inference.engine import adapter_directory_name
-from app.storage import store_for
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.serving.engine import adapter_directory_name
 from tests.datasets import HELD_OUT, TICKETS, chat_jsonl
 from tests.workers import forget_other_jobs, start_training_worker, stop
 

@@ -3,8 +3,8 @@
 import openai
 import pytest
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
 from tests.datasets import chat_jsonl
 from worker.evaluation_runner import run_evaluation
 

@@ -9,10 +9,10 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from app.config import Settings
-from app.db import transaction
-from app.main import create_app
-from app.tables import FineTunedModel, JobEvent
+from app.api.main import create_app
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.tables import FineTunedModel, JobEvent
 from tests.conftest import new_org_key, sdk_client, serving
 from tests.datasets import chat_jsonl
 from tests.own_services import OwnRedis

@@ -16,15 +16,15 @@ import openai
 import pytest
 from sqlalchemy import delete, func, select
 
-from app.adapter_manifest import verified_fetch
-from app.bootstrap import prepare
-from app.config import Settings
-from app.db import transaction
-from app.embedded.postgres import EmbeddedPostgres
-from app.embedded.seaweed import SeaweedS3
-from app.main import create_app
-from app.storage import store_for, training_states_prefix
-from app.tables import FineTunedModel, Organization
+from app.api.main import create_app
+from app.cli.embedded.postgres import EmbeddedPostgres
+from app.cli.embedded.seaweed import SeaweedS3
+from app.core.bootstrap import prepare
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import store_for, training_states_prefix
+from app.core.tables import FineTunedModel, Organization
+from app.ml.adapter_manifest import verified_fetch
 from tests.conftest import new_org_key, sdk_client, serving
 from tests.datasets import TICKETS, chat_jsonl
 from tests.own_services import OwnRedis

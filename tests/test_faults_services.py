@@ -12,13 +12,13 @@ from contextlib import contextmanager
 import httpx
 from sqlalchemy import delete
 
-from app.bootstrap import prepare
-from app.config import Settings
-from app.db import transaction
-from app.embedded.postgres import EmbeddedPostgres
-from app.embedded.seaweed import SeaweedS3
-from app.main import create_app
-from app.tables import Organization
+from app.api.main import create_app
+from app.cli.embedded.postgres import EmbeddedPostgres
+from app.cli.embedded.seaweed import SeaweedS3
+from app.core.bootstrap import prepare
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.tables import Organization
 from tests.conftest import new_org_key, serving
 from tests.datasets import chat_jsonl
 

@@ -6,7 +6,7 @@ import time
 import openai
 import pytest
 
-from app.config import Settings
+from app.core.settings import Settings
 from tests.datasets import TICKETS, chat_jsonl
 
 

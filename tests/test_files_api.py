@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.config import Settings
-from app.db import engine_for, transaction
-from app.main import create_app
-from app.storage import store_for
-from app.tables import StoredFile
+from app.api.main import create_app
+from app.core.db import engine_for, transaction
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.core.tables import StoredFile
 from tests.datasets import TICKETS, chat_jsonl
 
 

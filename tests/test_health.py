@@ -4,8 +4,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.core.settings import Settings
 
 
 def test_healthz_and_readyz_with_every_service_up(api_base_url: str) -> None:

@@ -13,12 +13,12 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from app.config import Settings
-from app.embedded.process import free_ports
-from app.errors import LoraportError
-from app.inference.engine import adapter_directory_name
-from app.inference.remote import RemoteBackend, rendezvous_order
-from app.main import create_app
+from app.api.main import create_app
+from app.cli.embedded.process import free_ports
+from app.core.errors import LoraportError
+from app.core.settings import Settings
+from app.serving.engine import adapter_directory_name
+from app.serving.remote import RemoteBackend, rendezvous_order
 from tests.conftest import ROOT, sdk_client, serving, settings_env
 from tests.workers import stop
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
 from bench.tickets import ticket_split
 from tests.conftest import new_org_key, sdk_client
 from tests.datasets import HELD_OUT, TICKETS, chat_jsonl
@@ -212,7 +212,7 @@ def test_a_failed_evaluation_still_publishes_the_model_and_says_why(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the held-out answers could not be generated")
 
-    monkeypatch.setattr("worker.job_report.evaluate_fine_tune", broken)
+    monkeypatch.setattr("worker.job_evaluation.evaluate_fine_tune", broken)
     job_id = _train(client, settings, TICKETS, HELD_OUT, hyperparameters={"n_epochs": 1, "batch_size": 4})
 
     job = client.fine_tuning.jobs.retrieve(job_id)

@@ -10,13 +10,13 @@ import torch
 from kombu import Connection
 from sqlalchemy import select
 
-from app.base_models.from_settings import registry_from_settings
-from app.config import Settings
-from app.db import transaction
-from app.tables import FineTuningJob, JobEvent
+from app.core.db import transaction
+from app.core.queue import producer
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob, JobEvent
+from app.ml.base_models.from_settings import registry_from_settings
 from tests.datasets import chat_jsonl
 from worker.broker_messages import jobs_with_messages
-from worker.celery_app import celery_for
 from worker.job_runner import run_job
 from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, redispatch_lost, resend_unqueued
 
@@ -113,7 +113,7 @@ def test_an_outage_gives_the_job_back_until_its_retry_time_then_it_is_sent_again
 ) -> None:
     monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
     job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
-    celery_for(settings).control.purge()  # its message was taken, as by the worker that ran it
+    producer(settings).control.purge()  # its message was taken, as by the worker that ran it
 
     run_job(settings, registry_from_settings(settings), job_id)
 
@@ -145,7 +145,7 @@ def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai
     assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
     assert job_id not in redispatch_lost(settings)  # its message is waiting in the queue
 
-    celery_for(settings).control.purge()  # as when Redis restarts without its data
+    producer(settings).control.purge()  # as when Redis restarts without its data
     assert job_id in redispatch_lost(settings)
     assert job_id in jobs_with_messages(settings.require("redis_url"))
     assert job_id not in redispatch_lost(settings)
@@ -155,7 +155,7 @@ def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai
 def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
     client: openai.OpenAI, settings: Settings
 ) -> None:
-    celery_for(settings).control.purge()
+    producer(settings).control.purge()
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
     with Connection(settings.require("redis_url")) as connection:

@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from app.config import Settings
-from app.jobs.hyperparameters import auto_epochs
+from app.core.settings import Settings
+from app.ml.hyperparameters import auto_epochs
 from tests.datasets import TICKETS, chat_jsonl
 
 BASE = "smollm2-135m-instruct"

@@ -7,8 +7,8 @@ import uuid
 
 import httpx
 
-from app.bootstrap import prepare
-from app.config import Settings
+from app.core.bootstrap import prepare
+from app.core.settings import Settings
 from tests.conftest import ROOT, settings_env
 
 

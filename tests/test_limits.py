@@ -12,11 +12,11 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.db import transaction
-from app.main import create_app
-from app.orgs.rate_limit import WINDOW_SECONDS, RateLimiter
-from app.tables import StoredFile
+from app.api.main import create_app
+from app.api.orgs.rate_limit import WINDOW_SECONDS, RateLimiter
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.tables import StoredFile
 from tests.conftest import new_org_key, sdk_client, serving
 from tests.datasets import chat_jsonl
 

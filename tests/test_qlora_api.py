@@ -7,8 +7,8 @@ import openai
 import pytest
 import redis
 
-from app.config import Settings
-from app.worker_devices import KEY, Gpu, report, reported
+from app.core.settings import Settings
+from app.core.worker_devices import KEY, Gpu, report, reported
 from tests.datasets import chat_jsonl
 from tests.workers import forget_other_jobs, start_training_worker, stop
 

@@ -15,11 +15,11 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db import transaction
-from app.embedded.process import free_ports
-from app.storage import adapter_prefix, store_for, training_states_prefix
-from app.tables import FineTuningJob, Organization, StoredFile, Upload
+from app.cli.embedded.process import free_ports
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import adapter_prefix, store_for, training_states_prefix
+from app.core.tables import FineTuningJob, Organization, StoredFile, Upload
 from tests.conftest import ROOT, new_org_key, settings_env
 from tests.datasets import chat_jsonl
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
@@ -41,7 +41,7 @@ def api_process(settings: Settings) -> Iterator[tuple[subprocess.Popen, str]]:
         sys.executable,
         "-m",
         "uvicorn",
-        "app.main:create_app",
+        "app.api.main:create_app",
         "--factory",
         "--port",
         str(port),

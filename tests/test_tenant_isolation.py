@@ -15,14 +15,14 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
-from app.dashboard.pages import router as dashboard_router
-from app.db import transaction
-from app.deps import SESSION_COOKIE
-from app.main import create_app
-from app.orgs.keys import find_key
-from app.storage import store_for
-from app.tables import FineTunedModel, FineTuningJob, JobCheckpoint
+from app.api.dashboard.pages import router as dashboard_router
+from app.api.deps import SESSION_COOKIE
+from app.api.main import create_app
+from app.core.db import transaction
+from app.core.keys import find_key
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.core.tables import FineTunedModel, FineTuningJob, JobCheckpoint
 from tests.conftest import new_org_key
 from tests.datasets import chat_jsonl
 

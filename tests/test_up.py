@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from app.embedded.process import free_ports
+from app.cli.embedded.process import free_ports
 from tests.conftest import ROOT, sdk_client
 from tests.datasets import chat_jsonl
 

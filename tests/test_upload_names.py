@@ -12,11 +12,11 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from app.config import Settings
-from app.db import transaction
-from app.files.names import MAX_LENGTH
-from app.storage import file_key, store_for
-from app.tables import StoredFile
+from app.api.files.names import MAX_LENGTH
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import file_key, store_for
+from app.core.tables import StoredFile
 from tests.conftest import new_org_key
 from tests.datasets import chat_jsonl
 

@@ -8,8 +8,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.core.settings import Settings
 from tests.datasets import TICKETS, chat_jsonl
 from tests.test_files_api import stored_state
 
@@ -29,7 +29,7 @@ def test_sdk_chunked_upload_becomes_a_processed_file(client: openai.OpenAI, sett
 
 
 def store_keys(settings: Settings, prefix: str) -> list[str]:
-    from app.storage import store_for
+    from app.core.storage import store_for
 
     return list(store_for(settings).list_keys(prefix))
 
@@ -119,7 +119,7 @@ def test_a_client_that_disconnects_half_way_leaves_nothing(api_base_url: str, or
 
 
 def pending_multipart_uploads(settings: Settings) -> list[dict]:
-    from app.storage import store_for
+    from app.core.storage import store_for
 
     store = store_for(settings)
     return store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])

@@ -6,33 +6,31 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from app.config import Settings
-from app.db import transaction
-from app.jobs import state
-from app.tables import FineTuningJob
+from app.core.db import transaction
+from app.core.lifecycle import ACTIVE, Status
+from app.core.queue import producer
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob
 from tests.conftest import ROOT, settings_env
-from worker.celery_app import celery_for
 
 
 def forget_other_jobs(settings: Settings) -> None:
     """Jobs that other test modules created are not ours to train: their messages go, and they are cancelled."""
-    celery_for(settings).control.purge()
+    producer(settings).control.purge()
     with transaction(settings.require("database_url")) as session:
-        session.execute(
-            update(FineTuningJob).where(FineTuningJob.status.in_(state.ACTIVE)).values(status=state.CANCELLED)
-        )
+        session.execute(update(FineTuningJob).where(FineTuningJob.status.in_(ACTIVE)).values(status=Status.CANCELLED))
 
 
 def start_training_worker(settings: Settings, name: str | None = None, **environment: str) -> subprocess.Popen:
     """A training worker consuming from Redis, named `name` (Celery's node name); `environment` adds LORAPORT_*
     variables."""
-    argv = ["-A", "worker.app", "worker", "--queues", "training", "--pool", "solo"]
+    argv = ["-A", "worker.celery.training", "worker", "--queues", "training", "--pool", "solo"]
     return _celery(settings, [*argv, "--hostname", name] if name else argv, environment)
 
 
 def start_maintenance_worker(settings: Settings, schedule: Path, **environment: str) -> subprocess.Popen:
     """The maintenance worker with its beat, running the reaper every `LORAPORT_RECONCILE_INTERVAL_SECONDS`."""
-    argv = ["-A", "worker.maintenance", "worker", "--queues", "maintenance", "--pool", "solo", "--beat"]
+    argv = ["-A", "worker.celery.maintenance", "worker", "--queues", "maintenance", "--pool", "solo", "--beat"]
     return _celery(settings, [*argv, "--schedule", str(schedule)], environment)
 
 

@@ -9,9 +9,8 @@ holds each delivered message until its task ends (late acknowledgement). A messa
 import json
 from collections.abc import Iterable
 
-from app.embedded.redis import redis_client
-from app.jobs.tasks import job_id_of_task
-from worker.celery_app import TRAINING_QUEUE
+from app.core.queue import TRAINING_QUEUE, job_id_of_task
+from app.core.redis import redis_client
 
 _UNACKED = "unacked"
 _PRIORITY_SEPARATOR, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's defaults for Redis

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from app import ids
-from app.db import transaction
-from app.jobs import state
-from app.storage import ObjectStore, checkpoint_prefix, training_state_key
-from app.tables import FineTuningJob, JobCheckpoint
+from app.core import ids, job_state
+from app.core.db import transaction
+from app.core.storage import ObjectStore, checkpoint_prefix, training_state_key
+from app.core.tables import FineTuningJob, JobCheckpoint
 from worker.training.state import TrainingState
 from worker.training.trainer import EpochReport, save_adapter
 
@@ -59,7 +58,7 @@ class EpochCheckpoints:
                     storage_prefix=prefix,
                 )
             )
-            state.add_event(session, self.job.id, f"Checkpoint saved at step {report.step} (epoch {report.epoch})")
+            job_state.add_event(session, self.job.id, f"Checkpoint saved at step {report.step} (epoch {report.epoch})")
         if self._state_step is not None:
             self.store.delete(training_state_key(organization_id, job_id, self._state_step))
         self._state_step = report.step

@@ -2,8 +2,8 @@
 
 import json
 
-from app.datasets.formats import PREFERENCE, detect_format, parse_example
-from app.storage import ObjectStore
+from app.core.storage import ObjectStore
+from app.ml.datasets.formats import PREFERENCE, detect_format, parse_example
 
 PreferenceExample = tuple[list[dict], str, str]  # prompt messages, chosen answer, rejected answer
 

@@ -15,19 +15,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.adapter_manifest import verified_fetch
-from app.base_models.registry import BaseModelRegistry
-from app.catalog import service as catalog
-from app.chat_format import render_prompt_ids
-from app.config import Settings
-from app.datasets import CHAT
-from app.db import transaction
-from app.devices import compute_device
-from app.errors import ModelNotFound
-from app.evaluation.answers import answer_text, answering
-from app.jobs import state
-from app.storage import ObjectStore, file_key, store_for
-from app.tables import FineTuningJob, Organization, StoredFile
+from app.core import job_state
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, file_key, store_for
+from app.core.tables import FineTuningJob, Organization, StoredFile
+from app.ml.adapter_manifest import verified_fetch
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import render_prompt_ids
+from app.ml.datasets import CHAT
+from app.ml.devices import compute_device
+from app.ml.models import UnknownModel, resolve
+from app.serving.answers import answer_text, answering
 from worker.datasets import load_examples, load_prompts
 from worker.failures import JobFailed
 from worker.results import store_job_file
@@ -130,12 +129,12 @@ def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTunin
     with transaction(url) as session:
         org = session.get_one(Organization, job.organization_id)
         try:
-            teacher = catalog.resolve(session, registry, org, options["teacher_model"])
-        except ModelNotFound:
+            teacher = resolve(session, registry, org, options["teacher_model"])
+        except UnknownModel:
             message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
             raise JobFailed("model_not_found", message, "method.distillation.teacher_model") from None
         message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
-        state.add_event(session, job.id, message, data={"prompts": len(prompts)})
+        job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
     model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
     progress = _TeacherProgress(url, job.id, len(prompts))
     with tempfile.TemporaryDirectory() as directory:
@@ -159,7 +158,7 @@ class _TeacherProgress:
             self._reported = done
             with transaction(self.url) as session:
                 message = f"The teacher answered {done} of {self.total} prompts"
-                state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
+                job_state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
 
 
 def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, conversations: list) -> None:
@@ -173,4 +172,4 @@ def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, con
             "distillation": {**stored.method["distillation"], "generated_file": row.id},
         }
         message = f"The teacher's answers are in {row.id} ({len(conversations)} examples)"
-        state.add_event(session, job.id, message, data={"file": row.id})
+        job_state.add_event(session, job.id, message, data={"file": row.id})

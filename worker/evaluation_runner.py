@@ -12,20 +12,19 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select, update
 
-from app.adapter_manifest import verified_fetch
-from app.base_models.registry import BaseModelRegistry
-from app.catalog import service as catalog
-from app.config import Settings
-from app.db import transaction
-from app.devices import compute_device
-from app.errors import ModelNotFound
-from app.evaluation.report import Sides, evaluation_report, held_out_examples
-from app.evaluations.service import FAILED, FINISHED, RUNNING, SUCCEEDED
-from app.jobs.training_options import resolve_training_options
-from app.storage import ObjectStore, store_for
-from app.tables import Evaluation, Organization, StoredFile
+from app.core.db import transaction
+from app.core.lifecycle import FINISHED, Status
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, store_for
+from app.core.tables import Evaluation, Organization, StoredFile
+from app.ml.adapter_manifest import verified_fetch
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.devices import compute_device
+from app.ml.models import UnknownModel, resolve
+from app.ml.scoring.report import Sides, evaluation_report, held_out_examples
+from app.ml.training_options import resolve_training_options
 from worker.datasets import load_examples
-from worker.evaluation import answer_and_measure
+from worker.held_out import answer_and_measure
 from worker.training.trainer import TrainingConfig
 
 log = structlog.get_logger()
@@ -57,19 +56,22 @@ def run_evaluation(settings: Settings, registry: BaseModelRegistry, evaluation_i
         if row is None or row.status in FINISHED:
             log.info("evaluations.skip", evaluation_id=evaluation_id)
             return
-        row.status = RUNNING
+        row.status = Status.RUNNING
     try:
         report = _evaluate(settings, registry, _request(settings, registry, evaluation_id))
     except EvaluationFailed as failure:
-        _finish(url, evaluation_id, FAILED, error=failure.error)
+        _finish(url, evaluation_id, Status.FAILED, error=failure.error)
     except Exception as error:
         log.exception("evaluations.failed", evaluation_id=evaluation_id)
         _finish(
-            url, evaluation_id, FAILED, error={"code": "evaluation_error", "message": f"Evaluation failed: {error}"}
+            url,
+            evaluation_id,
+            Status.FAILED,
+            error={"code": "evaluation_error", "message": f"Evaluation failed: {error}"},
         )
         raise
     else:
-        _finish(url, evaluation_id, SUCCEEDED, report=report)
+        _finish(url, evaluation_id, Status.SUCCEEDED, report=report)
 
 
 def _request(settings: Settings, registry: BaseModelRegistry, evaluation_id: str) -> _Request:
@@ -86,8 +88,8 @@ def _request(settings: Settings, registry: BaseModelRegistry, evaluation_id: str
         adapters = {}
         for side, model_id in (("model", row.model), ("baseline", row.baseline)):
             try:
-                adapters[side] = catalog.resolve(session, registry, org, model_id).adapter_prefix
-            except ModelNotFound:
+                adapters[side] = resolve(session, registry, org, model_id).adapter_prefix
+            except UnknownModel:
                 message = f"The model '{model_id}' was deleted before the evaluation ran"
                 raise EvaluationFailed("model_not_found", message) from None
         return _Request(row.base_model, file_key, row.max_examples, row.max_tokens, adapters)

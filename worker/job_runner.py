@@ -13,27 +13,28 @@ import torch
 from sqlalchemy import select
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.adapter_manifest import verified_fetch
-from app.base_models.quantization import FOUR_BIT
-from app.base_models.registry import BaseModelRegistry
-from app.config import Settings
-from app.datasets import leakage
-from app.datasets.report import lines_text
-from app.db import transaction
-from app.devices import compute_device
-from app.files.report import profile
-from app.inference.warmup import announce_adapter
-from app.jobs import state
-from app.jobs.hyperparameters import Resolved, learning_rate
-from app.jobs.training_options import resolve_training_options
-from app.outages import outage_tolerated, unavailable_service
-from app.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
-from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
+from app.core import job_state
+from app.core.announcements import announce_adapter
+from app.core.db import transaction
+from app.core.lifecycle import ACTIVE, FINISHED, Status
+from app.core.outages import outage_tolerated, unavailable_service
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
+from app.core.tables import FineTunedModel, FineTuningJob, Organization, StoredFile
+from app.ml.adapter_manifest import verified_fetch
+from app.ml.base_models.quantization import FOUR_BIT
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.datasets import leakage
+from app.ml.datasets.report import lines_text
+from app.ml.datasets.stored import profile
+from app.ml.devices import compute_device
+from app.ml.hyperparameters import Resolved, learning_rate
+from app.ml.training_options import resolve_training_options
 from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples, load_pairs
 from worker.distillation import distilled_examples
 from worker.failures import JobFailed
-from worker.job_report import report_on_job
+from worker.job_evaluation import report_on_job
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
 from worker.results import store_evaluation, store_results
@@ -78,12 +79,12 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
     with transaction(url) as session:
         job = session.get(FineTuningJob, job_id)
         status = job.status if job else None
-    if status is None or status in state.FINISHED:
+    if status is None or status in FINISHED:
         log.info("jobs.skip", job_id=job_id, status=status)
         return
     try:
         with transaction(url) as session:
-            if not state.claim(session, job_id, settings.job_lease_seconds):
+            if not job_state.claim(session, job_id, settings.job_lease_seconds):
                 log.info("jobs.claim.lost", job_id=job_id)
                 return
         _check_datasets(settings, job_id)
@@ -95,7 +96,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
                 "lora": job.training_options,
                 "attempt": job.attempt,
             }
-            state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
+            job_state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
         with LeaseKeeper(url, job_id, settings.job_lease_seconds):
             _train_and_publish(settings, registry, job_id)
     except JobFailed as failure:
@@ -125,13 +126,13 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
         with transaction(settings.require("database_url")) as session:
             attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
             if attempt < settings.max_job_attempts:
-                if state.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
+                if job_state.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
                     message = (
                         f"{service.capitalize()} became unavailable ({error}); the job goes back to the queue and "
                         f"resumes from its last checkpoint in {delay:g} s (attempt {attempt + 1} of "
                         f"{settings.max_job_attempts})"
                     )
-                    state.add_event(session, job_id, message, level="warn")
+                    job_state.add_event(session, job_id, message, level="warn")
                 return
         message = (
             f"Training stopped {attempt} times because {service} was unavailable (last: {error}); check that the "
@@ -142,15 +143,15 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
 
 def _fail(settings: Settings, job_id: str, error: dict) -> None:
     with transaction(settings.require("database_url")) as session:
-        if state.move(session, job_id, state.ACTIVE, state.FAILED, error=error):
-            state.add_event(session, job_id, error["message"], level="error")
+        if job_state.move(session, job_id, ACTIVE, Status.FAILED, error=error):
+            job_state.add_event(session, job_id, error["message"], level="error")
         job = session.execute(
             select(FineTuningJob.organization_id, FineTuningJob.status).where(FineTuningJob.id == job_id)
         ).first()
     if job is None:
         return
     leftovers = [training_states_prefix(job.organization_id, job_id)]
-    if job.status != state.SUCCEEDED:  # an error after publishing must not take the model's adapter with it
+    if job.status != Status.SUCCEEDED:  # an error after publishing must not take the model's adapter with it
         leftovers.append(adapter_prefix(job.organization_id, job_id))
     _discard(store_for(settings), *leftovers)
 
@@ -176,7 +177,7 @@ def _leaked_examples(
             f"{lines_text(lines)}); the validation loss will look better than it is"
         )
         with transaction(url) as session:
-            state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
+            job_state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
     return shared["count"]
 
 
@@ -193,7 +194,7 @@ def _hold_out(url: str, job: FineTuningJob, examples: list, announce: bool) -> t
     else:
         message = f"No validation file, and {len(examples)} examples are too few to hold any out"
     with transaction(url) as session:
-        state.add_event(session, job.id, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
+        job_state.add_event(session, job.id, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
     return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
 
 
@@ -323,7 +324,7 @@ def _split(url: str, job: FineTuningJob, training: list, held_out: list | None, 
         message = f"Training on {len(training)} examples; {len(held_out)} held out for validation"
         with transaction(url) as session:
             data = {"training_examples": len(training), "validation_examples": len(held_out)}
-            state.add_event(session, job.id, message, data=data)
+            job_state.add_event(session, job.id, message, data=data)
     return training, held_out
 
 
@@ -342,7 +343,7 @@ def _announce_resume(url: str, job_id: str, resumed: TrainingState) -> None:
         "after the previous worker was lost"
     )
     with transaction(url) as session:
-        state.add_event(session, job_id, message, data={"resumed_from_step": resumed.step})
+        job_state.add_event(session, job_id, message, data={"resumed_from_step": resumed.step})
 
 
 def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
@@ -355,7 +356,7 @@ def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
         f"Validation loss rose from {losses[best - 1]:.4f} to {losses[-1]:.4f} after epoch {best}; keeping epoch {best}"
     )
     with transaction(url) as session:
-        state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
+        job_state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
 
 
 def _publish(
@@ -374,11 +375,11 @@ def _publish(
         results = [store_results(session, store, job)]
         if report is not None:
             results.append(store_evaluation(session, store, job, report))
-        if not state.move(
+        if not job_state.move(
             session,
             job.id,
-            (state.RUNNING,),
-            state.SUCCEEDED,
+            (Status.RUNNING,),
+            Status.SUCCEEDED,
             fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
             result_files=[file.id for file in results],
@@ -398,6 +399,6 @@ def _publish(
                 adapter_prefix=prefix,
             )
         )
-        state.add_event(session, job.id, f"New fine-tuned model created: {name}")
-        state.add_event(session, job.id, "The job has successfully completed")
+        job_state.add_event(session, job.id, f"New fine-tuned model created: {name}")
+        job_state.add_event(session, job.id, "The job has successfully completed")
     return True

@@ -9,8 +9,8 @@ from types import TracebackType
 
 import structlog
 
-from app.db import transaction
-from app.jobs import state
+from app.core import job_state
+from app.core.db import transaction
 
 log = structlog.get_logger()
 
@@ -37,7 +37,7 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_seconds / 3):
             try:
                 with transaction(self.database_url) as session:
-                    if not state.renew_lease(session, self.job_id, self.lease_seconds):
+                    if not job_state.renew_lease(session, self.job_id, self.lease_seconds):
                         return  # cancelled or finished: nothing left to keep
             except Exception:  # a database blip: the next renewal may work, and steps renew too
                 log.warning("jobs.lease.renew_failed", job_id=self.job_id, exc_info=True)

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from app.db import transaction
-from app.jobs import state
-from app.tables import FineTuningJob
+from app.core import job_state
+from app.core.db import transaction
+from app.core.lifecycle import Status
+from app.core.tables import FineTuningJob
 from worker.training.trainer import StepReport
 
 _STATUS_POLL_S = 2.0
@@ -42,11 +43,11 @@ class JobProgress:
             data[f"valid_{report.accuracy_name}"] = report.valid_mean_token_accuracy
             data |= {f"valid_{name}": value for name, value in (report.valid_metrics or {}).items()}
         with transaction(self.database_url) as session:
-            self._still_running = state.renew_lease(
+            self._still_running = job_state.renew_lease(
                 session, self.job_id, self.lease_seconds, self._estimated_finish(report)
             )
             if self._still_running:
-                state.add_event(session, self.job_id, message, type_="metrics", data=data)
+                job_state.add_event(session, self.job_id, message, type_="metrics", data=data)
         self._checked_at = time.monotonic()
 
     def _estimated_finish(self, report: StepReport) -> datetime:
@@ -60,6 +61,6 @@ class JobProgress:
         if time.monotonic() - self._checked_at > _STATUS_POLL_S:
             with transaction(self.database_url) as session:
                 status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.id == self.job_id))
-            self._still_running = status == state.RUNNING
+            self._still_running = status == Status.RUNNING
             self._checked_at = time.monotonic()
         return not self._still_running

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db import transaction
-from app.jobs import state
-from app.jobs.tasks import enqueue_training
-from app.tables import FineTuningJob
+from app.core import job_state
+from app.core.db import transaction
+from app.core.lifecycle import Status
+from app.core.queue import enqueue_training
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob
 from worker.broker_messages import jobs_with_messages
 
 log = structlog.get_logger()
@@ -26,25 +27,27 @@ def reap_expired_leases(settings: Settings) -> list[str]:
     with transaction(settings.require("database_url")) as session:
         expired = session.execute(
             select(FineTuningJob.id, FineTuningJob.attempt).where(
-                FineTuningJob.status == state.RUNNING, FineTuningJob.lease_expires_at < datetime.now(UTC)
+                FineTuningJob.status == Status.RUNNING, FineTuningJob.lease_expires_at < datetime.now(UTC)
             )
         ).all()
         for job_id, attempt in expired:
-            if attempt < settings.max_job_attempts and state.move(session, job_id, (state.RUNNING,), state.QUEUED):
-                state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
+            if attempt < settings.max_job_attempts and job_state.move(
+                session, job_id, (Status.RUNNING,), Status.QUEUED
+            ):
+                job_state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
                 requeued.append(job_id)
-            elif state.move(
+            elif job_state.move(
                 session,
                 job_id,
-                (state.RUNNING,),
-                state.FAILED,
+                (Status.RUNNING,),
+                Status.FAILED,
                 error={
                     "code": "worker_lost",
                     "message": "The training worker stopped responding",
                     "param": None,
                 },
             ):
-                state.add_event(session, job_id, "Worker lost; no attempts left", level="error")
+                job_state.add_event(session, job_id, "Worker lost; no attempts left", level="error")
     for job_id in requeued:
         enqueue_training(settings, job_id)
         log.info("jobs.reaper.requeued", job_id=job_id)
@@ -57,14 +60,14 @@ def resend_unqueued(settings: Settings) -> list[str]:
     with transaction(url) as session:
         stale = session.scalars(
             select(FineTuningJob.id).where(
-                FineTuningJob.status == state.VALIDATING,
+                FineTuningJob.status == Status.VALIDATING_FILES,
                 FineTuningJob.created_at < datetime.now(UTC) - UNQUEUED_GRACE,
             )
         ).all()
     for job_id in stale:
         enqueue_training(settings, job_id)
         with transaction(url) as session:
-            state.mark_queued(session, job_id)
+            job_state.mark_queued(session, job_id)
         log.info("jobs.reaper.resent", job_id=job_id)
     return list(stale)
 
@@ -81,7 +84,7 @@ def redispatch_lost(settings: Settings) -> list[str]:
     now = datetime.now(UTC)
     with transaction(settings.require("database_url")) as session:
         queued = session.execute(
-            select(FineTuningJob.id, FineTuningJob.retry_at).where(FineTuningJob.status == state.QUEUED)
+            select(FineTuningJob.id, FineTuningJob.retry_at).where(FineTuningJob.status == Status.QUEUED)
         ).all()
     due = {
         job_id: retry_at for job_id, retry_at in queued if job_id not in in_broker and not (retry_at and retry_at > now)
@@ -97,5 +100,5 @@ def redispatch_lost(settings: Settings) -> list[str]:
                     if retry_at
                     else "The job's queue message was lost (broker restarted?); sent again"
                 )
-                state.add_event(session, job_id, message)
+                job_state.add_event(session, job_id, message)
     return list(due)

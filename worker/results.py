@@ -10,10 +10,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import ids
-from app.jobs import state
-from app.storage import ObjectStore, results_key
-from app.tables import FineTuningJob, StoredFile
+from app.core import ids, job_state
+from app.core.storage import ObjectStore, results_key
+from app.core.tables import FineTuningJob, StoredFile
 
 COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 _FROM_EVENT = {"train_accuracy": "train_mean_token_accuracy"}  # OpenAI's CSV and event names differ here
@@ -21,7 +20,7 @@ _FROM_EVENT = {"train_accuracy": "train_mean_token_accuracy"}  # OpenAI's CSV an
 
 def results_csv(session: Session, job_id: str) -> bytes:
     """The job's metrics events, oldest first, as CSV."""
-    rows = state.metrics(session, job_id)
+    rows = job_state.metrics(session, job_id)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)

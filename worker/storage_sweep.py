@@ -15,9 +15,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.jobs import state
-from app.storage import ObjectStore, adapter_prefix, training_states_prefix
-from app.tables import FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
+from app.core.lifecycle import FINISHED, Status
+from app.core.storage import ObjectStore, adapter_prefix, training_states_prefix
+from app.core.tables import FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
 
 # Longer than any upload streams (1 GiB at 1 MB/s is 17 min), short enough that space comes back the same day.
 STALE_MULTIPART_AFTER = timedelta(hours=6)
@@ -60,8 +60,8 @@ def leftovers_of_ended_jobs(session: Session, store: ObjectStore) -> list[str]:
     deleted = []
     for organization_id in session.scalars(select(Organization.id)):
         for folder_of, ended in (
-            (training_states_prefix, state.FINISHED),
-            (adapter_prefix, (state.FAILED, state.CANCELLED)),
+            (training_states_prefix, FINISHED),
+            (adapter_prefix, (Status.FAILED, Status.CANCELLED)),
         ):
             job_ids = list(store.subfolders(folder_of(organization_id, "")))
             if not job_ids:

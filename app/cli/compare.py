@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from app.cli.remote import BAD_REQUEST, ApiKey, BaseUrl, Remote, fail, print_json
-from app.datasets.formats import detect_format, parse_example
-from app.datasets.messages import InvalidExample
+from app.ml.datasets.formats import detect_format, parse_example
+from app.ml.datasets.messages import InvalidExample
 
 out = Console()
 HELD_OUT_FILE = typer.Option(..., "--file", dir_okay=False, help="a JSONL file: chat or prompt/completion lines")

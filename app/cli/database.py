@@ -3,8 +3,8 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.config import Settings
-from app.embedded.postgres import EmbeddedPostgres
+from app.cli.embedded.postgres import EmbeddedPostgres
+from app.core.settings import Settings
 
 
 @contextmanager

@@ -5,9 +5,9 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli.database import database_url
-from app.config import get_settings
-from app.db import transaction
-from app.orgs import keys as key_service
+from app.core import keys as key_service
+from app.core.db import transaction
+from app.core.settings import get_settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 console = Console()

@@ -8,8 +8,9 @@ from app.cli.jobs import jobs_app
 from app.cli.keys import keys_app
 from app.cli.models import chat, models_app
 from app.cli.up import up
-from app.config import get_settings
+from app.core.settings import get_settings
 
+REPLICA_APP = "app.serving.replica:create_replica_app"
 app = typer.Typer(help="Loraport: self-hosted, OpenAI-compatible LoRA fine-tuning.", no_args_is_help=True)
 app.command(help="Run the whole service on this machine (API, worker, and embedded servers).")(up)
 app.add_typer(keys_app, name="keys")
@@ -26,9 +27,7 @@ def serve_inference(
     port: int = typer.Option(8100, "--port", help="port to listen on"),
 ) -> None:
     """Run an inference replica: the API generates on it when LORAPORT_INFERENCE_REPLICAS lists its URL."""
-    import uvicorn  # the replica imports torch: only this command pays for it
-
-    from app.inference.replica import create_replica_app
+    import uvicorn
 
     settings = get_settings()
     listen = host or settings.host
@@ -38,7 +37,8 @@ def serve_inference(
             "API and its replicas",
             err=True,
         )
-    uvicorn.run(create_replica_app(settings), host=listen, port=port, log_level="info")
+    # Named, not imported: the replica (torch, the engine) is the serving layer's, which the CLI does not import.
+    uvicorn.run(REPLICA_APP, factory=True, host=listen, port=port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from app import bootstrap
 from app.cli import user_config
-from app.config import Settings, get_settings
-from app.embedded.process import ServerError, ServerProcess, port_is_free
-from app.embedded.services import embedded_services
+from app.cli.embedded.process import ServerError, ServerProcess, port_is_free
+from app.cli.embedded.services import embedded_services
+from app.core import bootstrap
+from app.core.settings import Settings, get_settings
 
 console = Console(soft_wrap=True)  # one line per message, whatever the terminal width
 API_START_TIMEOUT_S = 180.0  # the API imports torch and transformers before it listens
@@ -78,14 +78,14 @@ def _run(settings: Settings) -> None:
 
 def _api_argv(settings: Settings) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory",
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
 
 
 def _worker_argv() -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.celery.training", "worker",
         "--queues", "training", "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
     ]  # fmt: skip
 
@@ -93,7 +93,7 @@ def _worker_argv() -> list[str]:
 def _maintenance_argv(settings: Settings) -> list[str]:
     # `--beat` runs the reaper on a schedule (jobs whose worker died, lost messages); one per deployment.
     return [
-        sys.executable, "-m", "celery", "-A", "worker.maintenance", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.celery.maintenance", "worker",
         "--queues", "maintenance", "--pool", "solo", "--loglevel", "INFO",
         "--beat", "--schedule", str(settings.home / "celerybeat-schedule"),
     ]  # fmt: skip

@@ -84,9 +84,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("seq"),
     )
-    op.create_index(
-        op.f("ix_fine_tuning_jobs_organization_id"), "fine_tuning_jobs", ["organization_id"], unique=False
-    )
+    op.create_index(op.f("ix_fine_tuning_jobs_organization_id"), "fine_tuning_jobs", ["organization_id"], unique=False)
     op.create_index(op.f("ix_fine_tuning_jobs_status"), "fine_tuning_jobs", ["status"], unique=False)
     op.create_table(
         "fine_tuned_models",
@@ -135,9 +133,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("seq"),
     )
-    op.create_index(
-        op.f("ix_fine_tuning_job_events_job_id"), "fine_tuning_job_events", ["job_id"], unique=False
-    )
+    op.create_index(op.f("ix_fine_tuning_job_events_job_id"), "fine_tuning_job_events", ["job_id"], unique=False)
 
 
 def downgrade() -> None:

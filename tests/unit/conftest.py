@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.base_models import BaseModelRegistry
+from app.ml.base_models import BaseModelRegistry
 from tests.unit.tiny_models import TINY_MODEL_ID, build_model, build_tokenizer
 
 

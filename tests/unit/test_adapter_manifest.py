@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from app.adapter_manifest import MANIFEST, verified_fetch, verify_manifest
-from app.errors import AdapterCorrupted
-from app.inference import InferenceEngine
-from app.inference.backend import SamplingParams
+from app.core.errors import AdapterCorrupted
+from app.ml.adapter_manifest import MANIFEST, verified_fetch, verify_manifest
+from app.serving import InferenceEngine
+from app.serving.backend import SamplingParams
 from tests.unit.test_trainer import TRAIN, config
 from tests.unit.tiny_models import TINY_MODEL_ID
 from worker.training import save_adapter, train_lora

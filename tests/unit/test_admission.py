@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from app.errors import Overloaded
-from app.inference.admission import Admission
+from app.api.generation.admission import Admission
+from app.core.errors import Overloaded
 
 
 def test_requests_beyond_the_queue_are_refused_with_a_retry_hint():

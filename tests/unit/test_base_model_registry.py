@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import app.base_models.registry as registry_module
-from app.base_models import BaseModelRegistry, UnknownBaseModel
-from app.chat_format import render_prompt_ids
+import app.ml.base_models.registry as registry_module
+from app.ml.base_models import BaseModelRegistry, UnknownBaseModel
+from app.ml.chat_format import render_prompt_ids
 from tests.unit.tiny_models import TINY_MODEL_ID
 
 DEFAULT_ID = "smollm2-135m-instruct"

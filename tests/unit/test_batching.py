@@ -11,9 +11,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from app.chat_format import render_prompt_ids
-from app.inference.batching import ContinuousBatcher, TokenStream
-from app.inference.lora_slots import AdapterSlots
+from app.ml.chat_format import render_prompt_ids
+from app.serving.batching import ContinuousBatcher, TokenStream
+from app.serving.lora_slots import AdapterSlots
 
 QUESTIONS = ["Hello!", "What is the capital of France? Tell me a joke.", "How are you today?"]
 ADAPTERS = ["first", "second"]

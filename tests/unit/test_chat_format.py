@@ -1,4 +1,4 @@
-from app.chat_format import IGNORE_INDEX, render_prompt_ids, tokenize_example
+from app.ml.chat_format import IGNORE_INDEX, render_prompt_ids, tokenize_example
 from tests.unit.tiny_models import DEFAULT_SYSTEM_PROMPT, conversation
 
 

@@ -3,8 +3,8 @@
 import re
 from datetime import UTC, datetime, timedelta
 
-from app.dashboard.charts import MAX_POINTS, RIGHT, WIDTH, Series, _ticks, line_chart
-from app.dashboard.formats import age, measure, prompt_text
+from app.api.dashboard.charts import MAX_POINTS, RIGHT, WIDTH, Series, _ticks, line_chart
+from app.api.dashboard.formats import age, measure, prompt_text
 
 
 def test_ticks_are_round_and_cover_the_values() -> None:

@@ -4,7 +4,8 @@ import json
 
 from transformers import PreTrainedTokenizerFast
 
-from app.datasets import DatasetProfiler, DatasetValidator, Example, leakage, token_stats
+from app.ml.datasets import DatasetProfiler, DatasetValidator, Example, leakage
+from app.ml.datasets.tokens import token_stats
 
 
 def chat(question: str, answer: str, line: int, system: str | None = None) -> Example:

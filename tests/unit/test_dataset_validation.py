@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.datasets import DatasetValidator, LineSplitter, ValidationResult
+from app.ml.datasets import DatasetValidator, LineSplitter, ValidationResult
 
 
 def chat(question: str = "Hi", answer: str = "Hello") -> dict:

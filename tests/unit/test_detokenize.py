@@ -1,4 +1,4 @@
-from app.inference.detokenize import Detokenizer
+from app.serving.detokenize import Detokenizer
 
 END = 0
 

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from app.chat_format import render_prompt_ids
-from app.errors import Overloaded
-from app.inference import InferenceEngine
-from app.inference.backend import SamplingParams
+from app.api.generation.engine_errors import http_error
+from app.ml.chat_format import render_prompt_ids
+from app.serving import InferenceEngine
+from app.serving.backend import SamplingParams
+from app.serving.errors import SlotsBusy
 from tests.unit.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
@@ -151,9 +152,10 @@ def test_a_new_adapter_gets_a_429_while_every_slot_holds_a_pinned_adapter(regist
     for name in ["ft:hot", "ft:warm"]:  # two slots: the cache's one, and one for a running request's adapter
         engine.pin(TINY_MODEL_ID, name)
 
-    with pytest.raises(Overloaded) as refused:
+    with pytest.raises(SlotsBusy) as refused:
         ask(engine, "ft:new")
-    assert refused.value.status_code == 429 and refused.value.headers == {"Retry-After": "1"}
+    answer = http_error(refused.value).response()  # what the API says of it
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"
 
     engine.evict("ft:warm")
     assert ask(engine, "ft:new").text == "Paris"

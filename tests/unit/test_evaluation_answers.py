@@ -6,10 +6,10 @@ from contextlib import nullcontext
 import torch
 from peft import LoraConfig, get_peft_model
 
-from app.chat_format import render_prompt_ids
-from app.evaluation.answers import greedy_answers
-from app.inference.batching import ContinuousBatcher
-from app.inference.lora_slots import AdapterSlots
+from app.ml.chat_format import render_prompt_ids
+from app.serving.answers import greedy_answers
+from app.serving.batching import ContinuousBatcher
+from app.serving.lora_slots import AdapterSlots
 
 PROMPTS = [
     [{"role": "user", "content": "Hello!"}],

@@ -1,6 +1,6 @@
 """The evaluation report on crafted answers: its verdict, its warnings and the worst answers side by side."""
 
-from app.evaluation.report import Losses, evaluation_report, held_out_examples
+from app.ml.scoring.report import Losses, evaluation_report, held_out_examples
 
 TARGETS = [f"category: {c}\npriority: {p}\nteam: {t}" for c, p, t in [
     ("billing", "low", "payments"), ("bug", "high", "mobile"), ("how-to", "low", "support"),

@@ -1,6 +1,6 @@
 import pytest
 
-from app.jobs.hyperparameters import auto_batch_size, auto_epochs, learning_rate, resolve
+from app.ml.hyperparameters import auto_batch_size, auto_epochs, learning_rate, resolve
 
 
 @pytest.mark.parametrize("examples", [10, 12, 20, 33, 34, 50, 180, 1000, 8333, 8334, 50_000, 1_000_000])

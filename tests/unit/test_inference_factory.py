@@ -4,9 +4,9 @@ import os
 
 import torch
 
-from app.config import Settings
-from app.inference.engine import InferenceEngine
-from app.inference.factory import build_local_backend
+from app.core.settings import Settings
+from app.serving.engine import InferenceEngine
+from app.serving.factory import build_local_backend
 
 
 def test_the_torch_engine_leaves_a_core_to_the_processes_other_threads(registry, tmp_path):

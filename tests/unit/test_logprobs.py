@@ -5,8 +5,8 @@ import math
 
 from transformers import PreTrainedTokenizerFast
 
-from app.inference.backend import GeneratedToken
-from app.inference.logprobs import TokenPieces, _raw_bytes, chat_logprobs, completion_logprobs
+from app.api.generation.logprobs import TokenPieces, _raw_bytes, chat_logprobs, completion_logprobs
+from app.serving.backend import GeneratedToken
 
 TEXT = "Price: 5€ ☃ naïve"
 

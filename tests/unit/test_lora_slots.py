@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from app.inference.lora_slots import AdapterSlots, UnsupportedAdapter
+from app.serving.lora_slots import AdapterSlots, UnsupportedAdapter
 
 CONFIGS = {
     "wide": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),

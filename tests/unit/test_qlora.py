@@ -4,9 +4,9 @@ count against a real model's."""
 import pytest
 import torch
 
-from app.base_models.quantization import FOUR_BIT, qlora_config
-from app.base_models.registry import BaseModelRegistry
-from app.jobs.memory import parameter_count, projection_shapes, training_memory
+from app.ml.base_models.quantization import FOUR_BIT, qlora_config
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.memory import parameter_count, projection_shapes, training_memory
 from tests.unit.tiny_models import TINY_MODEL_ID
 
 

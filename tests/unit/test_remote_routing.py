@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.base_models import BaseModelRegistry
-from app.embedded.process import free_ports
-from app.errors import ServiceUnavailable
-from app.inference.backend import SamplingParams
-from app.inference.engine import model_end_of_turn_ids
-from app.inference.remote import RemoteBackend, rendezvous_order
+from app.cli.embedded.process import free_ports
+from app.core.errors import ServiceUnavailable
+from app.ml.base_models import BaseModelRegistry
+from app.serving.backend import SamplingParams
+from app.serving.engine import model_end_of_turn_ids
+from app.serving.remote import RemoteBackend, rendezvous_order
 from tests.unit.tiny_models import TINY_MODEL_ID
 
 REPLICAS = [f"http://10.0.0.{i}:8100" for i in range(1, 5)]

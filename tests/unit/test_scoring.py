@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.evaluation.scoring import AnswerScore, score_answer, summarize, target_shape, wilson_interval, worst
+from app.ml.scoring.measures import AnswerScore, score_answer, summarize, target_shape, wilson_interval, worst
 
 TICKET = "category: how-to\npriority: low\nteam: support"
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from app.chat_format import tokenize_example
+from app.ml.chat_format import tokenize_example
 from tests.unit.tiny_models import conversation
 from worker.training import EpochReport, StepReport, TrainingConfig, save_adapter, train_lora
 from worker.training.data import collate

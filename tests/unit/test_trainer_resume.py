@@ -4,7 +4,7 @@ trained further; the Together-style options change what they say."""
 import pytest
 import torch
 
-from app.chat_format import IGNORE_INDEX, tokenize_example
+from app.ml.chat_format import IGNORE_INDEX, tokenize_example
 from tests.unit.test_trainer import TRAIN, VALID, config
 from tests.unit.tiny_models import conversation
 from worker.training import EpochReport, StepReport, save_adapter, train_lora

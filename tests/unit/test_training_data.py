@@ -1,6 +1,6 @@
 import torch
 
-from app.chat_format import IGNORE_INDEX, TokenizedExample
+from app.ml.chat_format import IGNORE_INDEX, TokenizedExample
 from worker.training.data import batches_per_epoch, collate, epoch_batches, epoch_order, length_grouped_order
 
 PAD = 0

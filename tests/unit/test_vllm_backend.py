@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from app.base_models import BaseModelRegistry
-from app.config import Settings
-from app.inference.backend import GeneratedToken, SamplingParams
-from app.inference.engine import model_end_of_turn_ids
-from app.inference.vllm_backend import (
+from app.core.settings import Settings
+from app.ml.base_models import BaseModelRegistry
+from app.serving.backend import GeneratedToken, SamplingParams
+from app.serving.engine import model_end_of_turn_ids
+from app.serving.vllm_backend import (
     MAX_GPU_LORAS,
     MAX_LORA_RANK,
     VLLM_REQUIRED,

@@ -4,9 +4,9 @@ each equals what that model gives alone."""
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from app.chat_format import render_prompt_ids
-from app.evaluation.report import held_out_examples
-from worker.evaluation import answer_and_measure
+from app.ml.chat_format import render_prompt_ids
+from app.ml.scoring.report import held_out_examples
+from worker.held_out import answer_and_measure
 from worker.training.trainer import TrainingConfig, held_out_metrics
 
 CONVERSATIONS = [

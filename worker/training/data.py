@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sequence, Sized
 
 import torch
 
-from app.chat_format import IGNORE_INDEX, TokenizedExample
+from app.ml.chat_format import IGNORE_INDEX, TokenizedExample
 
 # Examples sorted by length together: 50 batches' worth keeps batches nearly pad-free while the order stays
 # random at a larger scale (the "megabatch" of HF's LengthGroupedSampler).

@@ -5,7 +5,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from app.chat_format import IGNORE_INDEX
+from app.ml.chat_format import IGNORE_INDEX
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
+from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import collate
 from worker.training.logits import labelled_logits
 

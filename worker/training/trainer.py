@@ -2,7 +2,7 @@
 each epoch → the best epoch's adapter.
 
 Plain PyTorch, read top to bottom. The loss covers assistant tokens only (labels from
-`app.chat_format.tokenize_example`); each batch is padded only to its own longest example, and the
+`app.ml.chat_format.tokenize_example`); each batch is padded only to its own longest example, and the
 LM head runs only on the positions that have a label. On a CPU with native bf16 the frozen weights run in bf16.
 """
 
@@ -20,8 +20,8 @@ from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenize
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
-from app.adapter_manifest import write_manifest
-from app.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
+from app.ml.adapter_manifest import write_manifest
+from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
 from worker.training.logits import causal_lm, labelled_logits
 from worker.training.preference import (

@@ -1,0 +1,95 @@
+"""Typed FastAPI dependencies: settings, the request's transaction, the caller's key and organisation."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.core.db import session_factory, transaction
+from app.core.errors import PermissionDenied
+from app.core.keys import Caller, authenticate, digest
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, store_for
+from app.core.tables import Organization
+
+_bearer = HTTPBearer(auto_error=False)
+# The dashboard's login (app/api/dashboard/session.py) keeps the key in this cookie, so the pages' scripts call the same
+# API the SDK does; a request with a bearer key uses that key.
+SESSION_COOKIE = "loraport_key"
+_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    """One transaction per request, rolled back unless the route commits.
+
+    Write routes call `session.commit()` before they answer (and before they enqueue work), so a
+    client never sees a response for a change that was not stored.
+    """
+    with session_factory(settings.require("database_url"))() as session:
+        yield session
+
+
+# Closed when the route returns, before the response is sent: a streamed answer (a chat, a download) holds no
+# pooled connection while it streams, and a database gone at that moment is a 503, not an error after the fact.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_store(settings: SettingsDep) -> ObjectStore:
+    return store_for(settings)
+
+
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+def current_caller(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie_key: Annotated[str | None, Depends(_cookie)],
+) -> Caller:
+    key = credentials.credentials if credentials else cookie_key
+    caller = caller_of(settings, key)
+    request.app.state.rate_limiter.charge(digest(key or ""))
+    return caller
+
+
+def caller_of(settings: Settings, key: str | None) -> Caller:
+    """The live key and its organisation, or `AuthenticationFailed`; looked up on every request, so a revoked key
+    gets 401 at once. Committed on its own, so `last_used_at` survives a request that later fails."""
+    with transaction(settings.require("database_url")) as session:
+        return authenticate(session, key)
+
+
+def organization_of(settings: Settings, key: str | None) -> Organization:
+    return caller_of(settings, key).org
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def current_org(caller: CallerDep) -> Organization:
+    return caller.org
+
+
+OrgDep = Annotated[Organization, Depends(current_org)]
+
+
+def current_admin(caller: CallerDep) -> Caller:
+    """The caller, if its key is an admin key; any other live key gets 403."""
+    if not caller.key.is_admin:
+        raise PermissionDenied(
+            "This API key may not manage API keys: use an admin key (`loraport keys create --admin`)."
+        )
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(current_admin)]

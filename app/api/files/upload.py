@@ -1,0 +1,44 @@
+"""Receiving a multipart upload: streamed from the socket through `FileIngest` into S3 in one pass."""
+
+from functools import partial
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from app.api.files.form_stream import stream_form
+from app.api.files.ingest import FileIngest
+from app.api.files.service import ReceivedFile, check_purpose
+from app.core import ids
+from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, file_key
+from app.core.tables import Organization
+from app.ml.datasets.validation import DatasetValidator
+
+
+def validator_for(settings: Settings) -> DatasetValidator:
+    """A validator with this deployment's limits on one line: its size and its JSON nesting."""
+    return DatasetValidator(max_line_bytes=settings.max_line_bytes, max_depth=settings.max_json_depth)
+
+
+async def receive_upload(request: Request, store: ObjectStore, settings: Settings, org: Organization) -> ReceivedFile:
+    """Streams the `file` part to S3 while checking it; a refused or broken upload leaves no object."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
+    file_id = ids.file_id()
+    storage_key = file_key(org.id, file_id)
+    validator = validator_for(settings)
+    ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
+    try:
+        form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
+        if not form.file_seen:
+            raise InvalidRequest("Missing the multipart field 'file'", param="file")
+        purpose = check_purpose(form.fields.get("purpose"))
+        ingested = await run_in_threadpool(ingest.finish)
+    except BaseException:
+        await run_in_threadpool(ingest.abort)
+        raise
+    if not ingested.validation.ok:
+        raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
+    return ReceivedFile(file_id, storage_key, form.filename or "upload.jsonl", purpose, ingested)

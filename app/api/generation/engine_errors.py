@@ -1,0 +1,21 @@
+"""The engine's refusals in HTTP: a busy slot is a 429 with Retry-After, an adapter it cannot serve a 422."""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.core.errors import LoraportError, Overloaded, ServiceUnavailable, UnprocessableEntity
+from app.serving.errors import AdapterRankUnsupported, EngineError, SlotsBusy
+
+
+def http_error(error: EngineError) -> LoraportError:
+    if isinstance(error, SlotsBusy):
+        return Overloaded(error.message, retry_after=error.retry_after or 1)
+    if isinstance(error, AdapterRankUnsupported):
+        return UnprocessableEntity(error.message, code="adapter_rank_unsupported")
+    return ServiceUnavailable(error.message, retry_after=error.retry_after)
+
+
+def install_engine_error_handler(app: FastAPI) -> None:
+    @app.exception_handler(EngineError)
+    async def _engine_refused(_: Request, error: EngineError) -> JSONResponse:
+        return http_error(error).response()

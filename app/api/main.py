@@ -1,0 +1,75 @@
+"""The FastAPI application: `uvicorn app.api.main:create_app --factory`."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api.body_limit import JsonBodyLimit
+from app.api.chat.router import router as chat_router
+from app.api.completions.router import router as completions_router
+from app.api.dashboard import install_dashboard
+from app.api.evaluations.router import router as evaluations_router
+from app.api.files.router import router as files_router
+from app.api.generation.admission import Admission
+from app.api.generation.engine_errors import install_engine_error_handler
+from app.api.health.router import router as health_router
+from app.api.jobs.router import router as jobs_router
+from app.api.models.router import router as models_router
+from app.api.orgs.rate_limit import RateLimiter
+from app.api.orgs.router import router as api_keys_router
+from app.api.uploads.router import router as uploads_router
+from app.core.errors import install_error_handlers
+from app.core.log_setup import configure_logging
+from app.core.settings import Settings, get_settings
+from app.ml.base_models.from_settings import registry_from_settings
+from app.serving.factory import build_inference_backend, replica_urls
+from app.serving.warmup import AdapterWarmer, pin_models_in_background
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the app runs, adapters announced by workers are fetched before their first request; replicas,
+    where generation runs on them, do that themselves."""
+    settings = app.state.settings
+    warmer = None if replica_urls(settings) else AdapterWarmer(settings.require("redis_url"), app.state.engine)
+    if warmer:
+        warmer.start()
+        pin_models_in_background(settings, app.state.engine)
+    try:
+        yield
+    finally:
+        if warmer:
+            warmer.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    for name in ("database_url", "redis_url", "s3_endpoint_url"):
+        settings.require(name)
+    configure_logging(settings.log_format)
+    app = FastAPI(
+        title="Loraport",
+        version=__version__,
+        description="OpenAI-compatible LoRA fine-tuning and serving",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry_from_settings(settings)
+    app.state.engine = build_inference_backend(settings, app.state.registry)
+    app.state.rate_limiter = RateLimiter(settings.require("redis_url"), settings.rate_limit_per_minute)
+    app.state.admission = Admission(
+        settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
+    )
+    install_error_handlers(app)
+    install_engine_error_handler(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth)
+    routers = (
+        health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
+        completions_router, api_keys_router,
+    )  # fmt: skip
+    for router in routers:
+        app.include_router(router)
+    install_dashboard(app)
+    return app

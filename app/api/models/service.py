@@ -1,0 +1,41 @@
+"""The models an organisation may use: listing, resolving with a 404 for the rest, and deleting fine-tunes."""
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidRequest, ModelNotFound
+from app.core.tables import FineTunedModel, Organization
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.models import ModelRef, UnknownModel, fine_tuned_ref, live_fine_tuned
+from app.ml.models import resolve as resolve_model
+
+
+def resolve(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
+    """A base model or one of this organisation's live fine-tuned models; anything else is 404."""
+    try:
+        return resolve_model(session, registry, org, model_id)
+    except UnknownModel:
+        raise ModelNotFound(model_id) from None
+
+
+def list_models(session: Session, registry: BaseModelRegistry, org: Organization) -> list[ModelRef]:
+    refs = [resolve(session, registry, org, model_id) for model_id in registry.ids()]
+    rows = session.scalars(
+        select(FineTunedModel)
+        .where(FineTunedModel.organization_id == org.id, FineTunedModel.deleted.is_(False))
+        .order_by(FineTunedModel.created_at)
+    )
+    return refs + [fine_tuned_ref(row) for row in rows]
+
+
+def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> str:
+    """Marks a fine-tuned model deleted and returns its adapter prefix, to remove once committed."""
+    if model_id in registry.ids():
+        raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model")
+    try:
+        row = live_fine_tuned(session, org, model_id)
+    except UnknownModel:
+        raise ModelNotFound(model_id) from None
+    row.deleted = True
+    session.flush()
+    return row.adapter_prefix

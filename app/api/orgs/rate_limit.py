@@ -1,0 +1,44 @@
+"""Requests per API key per minute, counted in Redis so that every API process shares one count.
+
+A fixed one-minute window (INCR and EXPIRE in one round trip): a client over the limit learns from Retry-After when
+the window ends, which the openai SDK waits for before it retries. Redis being down lets requests through: the limit
+protects the service, and refusing everyone while the broker restarts would not.
+"""
+
+import math
+import time
+
+import redis
+import structlog
+
+from app.core.errors import Overloaded
+from app.core.redis import redis_client
+
+WINDOW_SECONDS = 60
+log = structlog.get_logger()
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._redis = redis_client(redis_url, socket_timeout=1, socket_connect_timeout=1)
+
+    def charge(self, key_digest: str) -> None:
+        """Counts one request of the key (by its digest, never the key); raises `Overloaded` past the limit."""
+        if not self.per_minute:
+            return
+        now = time.time()
+        counter = f"loraport:rate:{key_digest[:32]}:{int(now // WINDOW_SECONDS)}"
+        try:
+            with self._redis.pipeline() as pipe:
+                used, _ = pipe.incr(counter).expire(counter, 2 * WINDOW_SECONDS).execute()
+        except redis.RedisError as error:
+            log.warning("api.rate_limit.unavailable", error=type(error).__name__)
+            return
+        if used > self.per_minute:
+            wait = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+            raise Overloaded(
+                f"Rate limit reached for this API key on requests per min (RPM): Limit {self.per_minute}. "
+                f"Please try again in {wait}s.",
+                retry_after=wait,
+            )

@@ -1,0 +1,88 @@
+"""/v1/uploads"""
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
+from app.api.files.form_stream import stream_form
+from app.api.files.upload import validator_for
+from app.api.uploads import service
+from app.api.uploads.schemas import UploadComplete, UploadCreate, UploadPartPublic, UploadPublic
+from app.core import ids
+from app.core.errors import InvalidRequest
+from app.core.tables import UploadPart
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
+
+@router.post("", response_model=UploadPublic)
+def create_upload(body: UploadCreate, org: OrgDep, session: SessionDep, settings: SettingsDep) -> UploadPublic:
+    """Start an upload of `bytes` bytes; send its parts, then complete it to get a file."""
+    upload = service.create_upload(session, org, body, settings.max_upload_bytes)
+    session.commit()
+    return UploadPublic.of(upload)
+
+
+@router.post("/{upload_id}/parts", response_model=UploadPartPublic)
+async def add_part(
+    upload_id: str, request: Request, org: OrgDep, session: SessionDep, store: StoreDep
+) -> UploadPartPublic:
+    """Add a part (multipart field `data`); parts are stored as they stream in and checked on completion."""
+    upload = service.pending_upload(session, org, upload_id)
+    room = upload.bytes - service.stored_bytes(session, upload)
+    part_id = ids.new_id("part")
+    writer = store.writer(service.part_key(upload, part_id))
+    received = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+        if received > room:
+            raise InvalidRequest(f"The parts would exceed the upload's declared {upload.bytes} bytes", param="data")
+        writer.write(chunk)
+
+    try:
+        form = await stream_form(request, "data", lambda chunk: run_in_threadpool(write, chunk))
+        if not form.file_seen:
+            raise InvalidRequest("Missing the multipart field 'data'", param="data")
+        await run_in_threadpool(writer.close)
+    except BaseException:
+        await run_in_threadpool(writer.abort)
+        raise
+    part = UploadPart(id=part_id, upload_id=upload.id, bytes=received, storage_key=writer.key)
+    session.add(part)
+    try:
+        session.commit()
+    except Exception:
+        await run_in_threadpool(store.delete, writer.key)
+        raise
+    return UploadPartPublic.of(part)
+
+
+@router.post("/{upload_id}/complete", response_model=UploadPublic)
+def complete_upload(
+    upload_id: str, body: UploadComplete, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> UploadPublic:
+    """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset."""
+    upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
+    parts = service.part_keys(session, upload)
+    try:
+        session.commit()
+    except Exception:
+        store.delete(file.storage_key)
+        raise
+    for key in parts:
+        store.delete(key)
+    return UploadPublic.of(upload, file)
+
+
+@router.post("/{upload_id}/cancel", response_model=UploadPublic)
+def cancel_upload(upload_id: str, org: OrgDep, session: SessionDep, store: StoreDep) -> UploadPublic:
+    """Cancel a pending upload; its parts are deleted."""
+    upload = service.pending_upload(session, org, upload_id)
+    upload.status = "cancelled"
+    parts = service.part_keys(session, upload)
+    session.commit()
+    for key in parts:
+        store.delete(key)
+    return UploadPublic.of(upload)

@@ -1,5 +1,0 @@
-"""Base models: the registry of ids, their weights on disk, and loading them."""
-
-from app.base_models.registry import BaseModelRegistry, BaseModelSpec, UnknownBaseModel
-
-__all__ = ["BaseModelRegistry", "BaseModelSpec", "UnknownBaseModel"]

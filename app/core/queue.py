@@ -1,0 +1,52 @@
+"""The broker queue both sides meet in: task and queue names, and the `enqueue_*` functions the API and the reaper
+call. Messages carry ids only and are sent after the rows they name are committed; a worker reloads the state from
+PostgreSQL, so a duplicate or late message does nothing. Importing this loads no ML library."""
+
+import uuid
+from functools import lru_cache
+
+from celery import Celery
+
+from app.core.settings import Settings
+
+TRAINING_QUEUE = "training"
+MAINTENANCE_QUEUE = "maintenance"
+TRAIN_TASK = "loraport.train_job"
+EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
+RECONCILE_TASK = "loraport.reconcile_jobs"
+SWEEP_TASK = "loraport.sweep_storage"
+_TRAIN_TASK_ID_PREFIX = "train-"
+_EVALUATE_TASK_ID_PREFIX = "evaluate-"
+
+
+@lru_cache
+def producer(settings: Settings) -> Celery:
+    """A Celery app that only sends (and purges, in tests); the workers build their own with the consuming settings."""
+    return Celery("loraport", broker=settings.require("redis_url"), set_as_current=False)
+
+
+def enqueue_training(settings: Settings, job_id: str) -> None:
+    # The job id inside the task id lets the reaper see which jobs still have a message in the broker.
+    task_id = f"{_TRAIN_TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}"
+    producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE, task_id=task_id)
+
+
+def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
+    task_id = f"{_EVALUATE_TASK_ID_PREFIX}{evaluation_id}.{uuid.uuid4().hex[:12]}"
+    producer(settings).send_task(EVALUATE_TASK, args=[evaluation_id], queue=TRAINING_QUEUE, task_id=task_id)
+
+
+def job_id_of_task(task_id: str) -> str | None:
+    """The job a training task id was made for; None for ids `enqueue_training` did not make."""
+    return _id_of_task(task_id, _TRAIN_TASK_ID_PREFIX)
+
+
+def evaluation_id_of_task(task_id: str) -> str | None:
+    """The evaluation an evaluation task id was made for; None for ids `enqueue_evaluation` did not make."""
+    return _id_of_task(task_id, _EVALUATE_TASK_ID_PREFIX)
+
+
+def _id_of_task(task_id: str, prefix: str) -> str | None:
+    if not task_id.startswith(prefix) or "." not in task_id:
+        return None
+    return task_id.removeprefix(prefix).rsplit(".", 1)[0]

@@ -1,5 +1,0 @@
-"""Serving completions: base models in memory, requests for different LoRA adapters batched together."""
-
-from app.inference.engine import Completion, InferenceEngine
-
-__all__ = ["Completion", "InferenceEngine"]

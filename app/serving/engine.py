@@ -1,0 +1,230 @@
+"""In-process generation: one base model in memory per id, LoRA adapters chosen per request, and requests for
+different adapters (or none) decoded together by a continuous batcher per base model.
+
+Adapters of a base model live in its `AdapterSlots` (preallocated tensors: loading one is a copy, milliseconds),
+at most `max_adapters` of them and at most `max_adapter_bytes` of their slots, least recently used evicted first
+(never one that a running request uses, nor a pinned one). Their files are fetched once into `cache_dir` and kept
+there, so an evicted adapter comes back from disk. Adapters are loaded and evicted only between decode steps
+(`ContinuousBatcher.run_between_steps`).
+"""
+
+import hashlib
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from app.ml.base_models.disk_cache import build_once
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_format import render_prompt_ids
+from app.serving.backend import SamplingParams
+from app.serving.batching import ContinuousBatcher, TokenStream
+from app.serving.detokenize import Detokenizer, FinishReason
+from app.serving.errors import SlotsBusy
+from app.serving.lora_slots import AdapterSlots, SlotsFull
+
+FetchAdapter = Callable[[str, Path], None]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass
+class _LoadedBase:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    slots: AdapterSlots
+    batcher: ContinuousBatcher
+    recency: OrderedDict[str, None] = field(default_factory=OrderedDict)  # loaded adapters, least recently used first
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def adapter_directory_name(adapter_name: str) -> str:
+    """A file name for the adapter that stays readable and cannot collide (names may contain ':' or '/')."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', adapter_name)[:80]}-{_digest(adapter_name)[:12]}"
+
+
+def model_end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end the model's answer: its generation config's end tokens and the tokenizer's."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        registry: BaseModelRegistry,
+        fetch_adapter: FetchAdapter,
+        cache_dir: Path,
+        max_adapters: int = 8,
+        device: str = "cpu",
+        max_batch_size: int = 16,
+        max_adapter_bytes: int | None = None,
+        prefill_chunk_tokens: int = 512,
+    ) -> None:
+        if max_adapters < 1:
+            raise ValueError("max_adapters must be at least 1")
+        self._registry = registry
+        self._fetch_adapter = fetch_adapter
+        self._cache_dir = cache_dir
+        self._max_adapters = max_adapters
+        self._max_adapter_bytes = max_adapter_bytes
+        self._device = torch.device(device)
+        self._max_batch_size = max_batch_size
+        self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._pinned: set[str] = set()
+        self._bases: dict[str, _LoadedBase] = {}
+        self._loading = threading.Lock()
+
+    def tokenizer(self, base_model_id: str) -> PreTrainedTokenizerBase:
+        return self._base(base_model_id).tokenizer
+
+    def end_of_turn_ids(self, base_model_id: str) -> set[int]:
+        base = self._base(base_model_id)
+        return set(model_end_of_turn_ids(base.model, base.tokenizer))
+
+    def stream_tokens(
+        self, base_model_id: str, adapter_name: str | None, prompt_ids: list[int], params: SamplingParams
+    ) -> TokenStream:
+        """Generated token ids as they come (an end-of-turn token last when the model stopped by itself).
+
+        `cancel()` on the stream (the caller met a stop sequence, or its client went away) frees its row before
+        the next decode step. Errors of the decode thread are raised to the reader.
+        """
+        base = self._base(base_model_id)
+        adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
+        end_ids = set(model_end_of_turn_ids(base.model, base.tokenizer))
+
+        def submit() -> TokenStream:
+            if adapter_name and adapter_dir:
+                self._load(base, adapter_name, adapter_dir)
+            return base.batcher.submit(
+                prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids,
+                params.logprobs,
+            )  # fmt: skip
+
+        return base.batcher.run_between_steps(submit)
+
+    def generate(
+        self,
+        base_model_id: str,
+        adapter_name: str | None,
+        messages: list[dict],
+        params: SamplingParams,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        """The assistant's whole reply to `messages`."""
+        tokenizer = self.tokenizer(base_model_id)
+        prompt_ids = render_prompt_ids(tokenizer, messages)
+        text = Detokenizer(tokenizer, self.end_of_turn_ids(base_model_id), stop or [])
+        tokens = self.stream_tokens(base_model_id, adapter_name, prompt_ids, params)
+        parts = []
+        for token in tokens:
+            parts.append(text.feed(token.id))
+            if text.finished:
+                tokens.cancel()
+                break
+        parts.append(text.close())
+        return Completion("".join(parts), len(prompt_ids), text.completion_tokens, text.finish_reason or "length")
+
+    def warm(self, base_model_id: str, adapter_name: str) -> None:
+        """Fetch the adapter's files, and load it if its base model is already in memory here."""
+        adapter_dir = self._adapter_files(adapter_name)
+        base = self._bases.get(base_model_id)
+        if base is not None:
+            base.batcher.run_between_steps(lambda: self._load(base, adapter_name, adapter_dir))
+
+    def pin(self, base_model_id: str, adapter_name: str) -> None:
+        """Load the adapter (and its base model) now and never evict it: a hot adapter never waits for a load."""
+        base = self._base(base_model_id)
+        adapter_dir = self._adapter_files(adapter_name)
+        self._pinned.add(adapter_name)
+        base.batcher.run_between_steps(lambda: self._load(base, adapter_name, adapter_dir))
+
+    def loaded_adapters(self, base_model_id: str) -> list[str]:
+        """Adapters in memory for a base model, least recently used first."""
+        base = self._bases.get(base_model_id)
+        return list(base.recency) if base else []
+
+    def evict(self, adapter_name: str) -> None:
+        """Forget an adapter: unload it from every base model and delete its local files. Requests already
+        generating with it finish first: its weights stay until the LRU drops them."""
+        self._pinned.discard(adapter_name)
+        for base in list(self._bases.values()):
+
+            def unload(base: _LoadedBase = base) -> None:
+                if adapter_name in base.recency and adapter_name not in base.batcher.adapters_in_use():
+                    del base.recency[adapter_name]
+                    base.slots.unload(adapter_name)
+
+            base.batcher.run_between_steps(unload)
+        shutil.rmtree(self._cache_dir / adapter_directory_name(adapter_name), ignore_errors=True)
+
+    def _base(self, base_model_id: str) -> _LoadedBase:
+        base = self._bases.get(base_model_id)
+        if base is None:
+            with self._loading:  # one load at a time: a base model is big, and two would be wasted work
+                base = self._bases.get(base_model_id)
+                if base is None:
+                    model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
+                    # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
+                    slots = AdapterSlots(model, max_slots=self._max_adapters + self._max_batch_size)
+                    batcher = ContinuousBatcher(
+                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens
+                    )
+                    base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
+        return base
+
+    def _adapter_files(self, adapter_name: str) -> Path:
+        # build_once's flock serialises threads as well as processes, so a cold adapter is fetched once.
+        directory = self._cache_dir / adapter_directory_name(adapter_name)
+        build_once(directory, lambda staging: self._fetch_adapter(adapter_name, staging))
+        return directory
+
+    def _load(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> None:
+        """Make the adapter resident (the most recently used), evicting least recently used idle ones to stay
+        within the limits. Called between decode steps only."""
+        if adapter_name not in base.recency:
+            self._evict_idle(base, room_for_one=True)
+            try:
+                base.slots.load(adapter_name, adapter_dir)
+            except SlotsFull:  # every resident adapter is pinned or used by a request still generating
+                raise SlotsBusy(
+                    "Every adapter slot of this server holds a model that requests are using right now; "
+                    "retry in a moment",
+                    retry_after=1,
+                ) from None
+            base.recency[adapter_name] = None
+        base.recency.move_to_end(adapter_name)
+        # A larger rank may have grown every slot. The adapter just loaded stays: its request is not submitted yet.
+        self._evict_idle(base, room_for_one=False, loading=adapter_name)
+
+    def _evict_idle(self, base: _LoadedBase, room_for_one: bool, loading: str | None = None) -> None:
+        keep = base.batcher.adapters_in_use() | self._pinned | {loading}
+        idle = [name for name in base.recency if name not in keep]
+        extra = 1 if room_for_one else 0
+        while idle and self._over_budget(base, len(base.recency) + extra):
+            name = idle.pop(0)
+            del base.recency[name]
+            base.slots.unload(name)
+
+    def _over_budget(self, base: _LoadedBase, adapters: int) -> bool:
+        budget = self._max_adapter_bytes
+        too_big = budget is not None and adapters * base.slots.slot_bytes() > budget
+        return adapters > self._max_adapters or too_big

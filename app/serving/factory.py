@@ -1,0 +1,63 @@
+"""The inference backend this process uses, as the settings choose it."""
+
+import os
+
+import torch
+
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.ml.adapter_manifest import verified_fetch
+from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.devices import compute_device
+from app.serving.backend import InferenceBackend
+from app.serving.engine import InferenceEngine
+from app.serving.remote import RemoteBackend
+
+
+def replica_urls(settings: Settings) -> list[str]:
+    """`LORAPORT_INFERENCE_REPLICAS` as a list of base URLs (empty: generate in this process)."""
+    return [url.strip() for url in settings.inference_replicas.split(",") if url.strip()]
+
+
+def build_inference_backend(settings: Settings, registry: BaseModelRegistry) -> InferenceBackend:
+    """Replicas over HTTP when `LORAPORT_INFERENCE_REPLICAS` names some, else generation in this process."""
+    replicas = replica_urls(settings)
+    if replicas:
+        return RemoteBackend(
+            replicas,
+            registry,
+            token=settings.inference_replica_token,
+            timeout_seconds=settings.inference_timeout_seconds,
+        )
+    return build_local_backend(settings, registry)
+
+
+def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> InferenceBackend:
+    """The backend that runs the model here (a replica always uses this one, whatever its replica setting)."""
+    fetch_adapter = verified_fetch(store_for(settings).download_prefix)
+    if settings.inference_backend == "vllm":
+        from app.serving.vllm_backend import VllmEngine  # needs the `vllm` extra and CUDA: imported on demand
+
+        return VllmEngine(settings, registry, fetch_adapter)
+    torch.set_num_threads(generation_threads(settings))
+    return InferenceEngine(
+        registry,
+        fetch_adapter=fetch_adapter,
+        cache_dir=settings.adapter_cache_dir,
+        max_adapters=settings.adapter_cache_size,
+        max_adapter_bytes=settings.adapter_cache_megabytes * 1024**2,
+        max_batch_size=settings.inference_concurrency,
+        device=compute_device(settings),
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+    )
+
+
+def generation_threads(settings: Settings) -> int:
+    """`LORAPORT_INFERENCE_THREADS`, else every core this process may use but one.
+
+    The engine shares its process with Python threads that need a core now and then (the API's event loop, the
+    streams' readers and detokenizers). torch's threads wait for each other at the end of every operation, so one
+    of them descheduled for those stalls them all: on a 2-core machine with 32 streaming clients, 2 threads gave
+    45.5 tokens/s over 16 adapters and 1 thread 58.0 (72.1 and 74.1 on one adapter; `bench/serving_load.py`).
+    """
+    return settings.inference_threads or max(1, len(os.sched_getaffinity(0)) - 1)

@@ -1,0 +1,51 @@
+"""How the workers consume: each non-default Celery setting with its reason. Task and queue names live in
+`app.core.queue`, which the API sends with."""
+
+from celery import Celery
+
+from app.core.queue import MAINTENANCE_QUEUE, RECONCILE_TASK, SWEEP_TASK, TRAINING_QUEUE
+from app.core.settings import Settings
+
+_SWEEP_INTERVAL_S = 900  # what it clears costs space, not correctness: a quarter of an hour is soon enough
+# Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
+# against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.
+_VISIBILITY_TIMEOUT_S = 12 * 3600
+
+
+def make_training_celery(settings: Settings) -> Celery:
+    app = Celery("loraport", broker=settings.require("redis_url"))
+    app.conf.update(
+        task_default_queue=TRAINING_QUEUE,
+        # Acknowledge after the task ends, so a worker killed mid-job leaves the message to be re-delivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One training job at a time per worker process: never reserve a second one while busy.
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options={"visibility_timeout": _VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+    )
+    return app
+
+
+def make_maintenance_celery(settings: Settings) -> Celery:
+    """A light app for the reaper, run by its own worker with an embedded beat, so that workers busy training
+    never delay it and it loads no ML libraries."""
+    app = Celery("loraport-maintenance", broker=settings.require("redis_url"))
+    interval = settings.reconcile_interval_seconds
+    app.conf.update(
+        task_default_queue=MAINTENANCE_QUEUE,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        # A run that could not start within one interval is dropped: the next one does the same work.
+        beat_schedule={
+            "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": interval, "options": {"expires": interval}},
+            "sweep-storage": {
+                "task": SWEEP_TASK,
+                "schedule": _SWEEP_INTERVAL_S,
+                "options": {"expires": _SWEEP_INTERVAL_S},
+            },
+        },
+    )
+    return app
