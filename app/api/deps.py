@@ -7,7 +7,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.core.db import session_factory, transaction
+from app.core.db import run_after_commit, run_after_rollback, session_factory, transaction
 from app.core.errors import PermissionDenied
 from app.core.keys import Caller, authenticate, digest
 from app.core.settings import Settings
@@ -29,13 +29,20 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """One transaction per request, rolled back unless the route commits.
+    """One transaction per request: committed when the route returns without error, rolled back when it raises.
 
-    Write routes call `session.commit()` before they answer (and before they enqueue work), so a
-    client never sees a response for a change that was not stored.
+    The commit comes before the response is sent, so a client never sees an answer for a change that was not
+    stored. What must follow the commit (broker messages, deleting objects), or undo work when there is none (an
+    object stored for a row that was not), the route registers with `after_commit` and `after_rollback`.
     """
     with session_factory(settings.require("database_url"))() as session:
-        yield session
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            run_after_rollback(session)
+            raise
+        run_after_commit(session)
 
 
 # Closed when the route returns, before the response is sent: a streamed answer (a chat, a download) holds no

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Header
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, UnprocessableEntity
@@ -39,10 +40,15 @@ def replay(session: Session, org: Organization, key: str, endpoint: str, digest:
 
 
 def remember(session: Session, org: Organization, key: str, endpoint: str, digest: str, response: dict) -> None:
-    """Stores the answer in the request's transaction, so it commits with the object it describes."""
+    """Stores the answer in the request's transaction, so it commits with the object it describes; a concurrent
+    request with the same key that stored its answer first makes this one a 409 (`in_flight`)."""
     session.add(
         IdempotencyRecord(organization_id=org.id, key=key, endpoint=endpoint, request_hash=digest, response=response)
     )
+    try:
+        session.flush()
+    except IntegrityError:
+        raise in_flight(key) from None
 
 
 def in_flight(key: str) -> Conflict:

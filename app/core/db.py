@@ -1,6 +1,6 @@
 """Database engine and sessions: one transaction per request or task, owned by the boundary."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -24,6 +24,42 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(url: str) -> Iterator[Session]:
-    """A session that commits when the block ends and rolls back if it raises."""
-    with session_factory(url)() as session, session.begin():
-        yield session
+    """A session that commits when the block ends and rolls back if it raises, then runs the `after_commit` or
+    `after_rollback` actions registered in it."""
+    with session_factory(url)() as session:
+        try:
+            with session.begin():
+                yield session
+        except BaseException:
+            run_after_rollback(session)
+            raise
+        run_after_commit(session)
+
+
+_AFTER_COMMIT, _AFTER_ROLLBACK = "loraport.after_commit", "loraport.after_rollback"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Runs `action` once the session's transaction has committed, never if it rolls back: a broker message for a
+    row the worker could not yet see, or an object deleted before its row, would be wrong."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def after_rollback(session: Session, action: Callable[[], None]) -> None:
+    """Runs `action` if the session's transaction does not commit: an object stored for a row that will not be,
+    for instance, is deleted."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(action)
+
+
+def run_after_commit(session: Session) -> None:
+    """What the boundary that committed calls: the actions `after_commit` collected, in order."""
+    session.info.pop(_AFTER_ROLLBACK, None)
+    for action in session.info.pop(_AFTER_COMMIT, []):
+        action()
+
+
+def run_after_rollback(session: Session) -> None:
+    """What the boundary that rolled back calls: the actions `after_rollback` collected, in order."""
+    session.info.pop(_AFTER_COMMIT, None)
+    for action in session.info.pop(_AFTER_ROLLBACK, []):
+        action()

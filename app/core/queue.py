@@ -3,11 +3,17 @@ call. Messages carry ids only and are sent after the rows they name are committe
 PostgreSQL, so a duplicate or late message does nothing. Importing this loads no ML library."""
 
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 
+import structlog
 from celery import Celery
+from sqlalchemy.orm import Session
 
+from app.core.db import after_commit
 from app.core.settings import Settings
+
+log = structlog.get_logger()
 
 TRAINING_QUEUE = "training"
 MAINTENANCE_QUEUE = "maintenance"
@@ -34,6 +40,21 @@ def enqueue_training(settings: Settings, job_id: str) -> None:
 def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
     task_id = f"{_EVALUATE_TASK_ID_PREFIX}{evaluation_id}.{uuid.uuid4().hex[:12]}"
     producer(settings).send_task(EVALUATE_TASK, args=[evaluation_id], queue=TRAINING_QUEUE, task_id=task_id)
+
+
+def enqueue_after_commit(
+    session: Session, settings: Settings, enqueue: Callable[[Settings, str], None], row_id: str
+) -> None:
+    """`enqueue(settings, row_id)` once the row is committed. A broker that is down then loses nothing: the row is
+    queued in PostgreSQL, and the reaper sends queued work that has no message in the broker."""
+
+    def send() -> None:
+        try:
+            enqueue(settings, row_id)
+        except Exception as error:
+            log.warning("queue.send_failed", id=row_id, error=str(error))
+
+    after_commit(session, send)
 
 
 def job_id_of_task(task_id: str) -> str | None:

@@ -4,7 +4,6 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Query, Request
-from sqlalchemy.exc import IntegrityError
 
 from app.api import idempotency
 from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
@@ -12,8 +11,7 @@ from app.api.idempotency import IdempotencyKey
 from app.api.jobs import service
 from app.api.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.api.pagination import list_body
-from app.core import job_state
-from app.core.queue import enqueue_training
+from app.core.queue import enqueue_after_commit, enqueue_training
 from app.core.worker_devices import reported
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -42,20 +40,7 @@ def create_job(
     job = service.create_job(session, store, org, body, request.app.state.registry, workers)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
-    try:
-        session.commit()
-    except IntegrityError:
-        if idempotency_key:
-            raise idempotency.in_flight(idempotency_key) from None
-        raise
-    try:
-        enqueue_training(settings, job.id)
-    except Exception as error:  # the reaper re-sends jobs whose message never reached the broker
-        log.warning("jobs.enqueue.failed", job_id=job.id, error=str(error))
-    else:
-        job_state.mark_queued(session, job.id)
-        session.commit()
-        session.refresh(job)
+    enqueue_after_commit(session, settings, enqueue_training, job.id)
     return JobPublic.of(job)
 
 
@@ -73,9 +58,7 @@ def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
     """Cancel a job; a running one stops at its next training step and publishes nothing."""
-    job = service.cancel_job(session, org, job_id)
-    session.commit()
-    return JobPublic.of(job)
+    return JobPublic.of(service.cancel_job(session, org, job_id))
 
 
 @router.get("/{job_id}/evaluation")

@@ -173,7 +173,7 @@ def create_job(
         validation_file=body.validation_file,
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
-        status=Status.VALIDATING_FILES,
+        status=Status.QUEUED,  # files are checked as they are uploaded; a training worker is sent it once stored
         method=_method(body, method_type, requested),
         hyperparameters=resolved.as_dict(),
         training_options=training_options,
@@ -183,6 +183,7 @@ def create_job(
     session.add(job)
     session.flush()
     job_state.add_event(session, job.id, "Created fine-tuning job")
+    job_state.add_event(session, job.id, "Files validated; job queued for a training worker")
     _report_warnings(session, store, job, training, "training_file")
     if validation is not None:
         _report_warnings(session, store, job, validation, "validation_file")
