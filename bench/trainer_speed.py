@@ -21,7 +21,7 @@ import torch
 
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.chat_format import tokenize_example
-from tests.datasets import TICKETS
+from tests.helpers.datasets import TICKETS
 from worker.training import StepReport, TrainingConfig, train_lora, trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from app.ml.base_models import BaseModelRegistry
-from tests.unit.tiny_models import TINY_MODEL_ID, build_model, build_tokenizer
+from tests.helpers.tiny_models import TINY_MODEL_ID, build_model, build_tokenizer
 
 
 @pytest.fixture(scope="session")

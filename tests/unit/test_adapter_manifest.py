@@ -7,8 +7,8 @@ from app.core.errors import AdapterCorrupted
 from app.ml.adapter_manifest import MANIFEST, verified_fetch, verify_manifest
 from app.serving import InferenceEngine
 from app.serving.backend import SamplingParams
+from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.unit.test_trainer import TRAIN, config
-from tests.unit.tiny_models import TINY_MODEL_ID
 from worker.training import save_adapter, train_lora
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -11,7 +11,7 @@ import torch
 import app.ml.base_models.registry as registry_module
 from app.ml.base_models import BaseModelRegistry, UnknownBaseModel
 from app.ml.chat_format import render_prompt_ids
-from tests.unit.tiny_models import TINY_MODEL_ID
+from tests.helpers.tiny_models import TINY_MODEL_ID
 
 DEFAULT_ID = "smollm2-135m-instruct"
 

@@ -1,5 +1,5 @@
 from app.ml.chat_format import IGNORE_INDEX, render_prompt_ids, tokenize_example
-from tests.unit.tiny_models import DEFAULT_SYSTEM_PROMPT, conversation
+from tests.helpers.tiny_models import DEFAULT_SYSTEM_PROMPT, conversation
 
 
 def trained_text(tokenizer, example) -> str:

@@ -10,7 +10,7 @@ from app.ml.chat_format import render_prompt_ids
 from app.serving import InferenceEngine
 from app.serving.backend import SamplingParams
 from app.serving.errors import SlotsBusy
-from tests.unit.tiny_models import TINY_MODEL_ID, conversation
+from tests.helpers.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

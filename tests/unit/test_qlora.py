@@ -7,7 +7,7 @@ import torch
 from app.ml.base_models.quantization import FOUR_BIT, qlora_config
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.memory import parameter_count, projection_shapes, training_memory
-from tests.unit.tiny_models import TINY_MODEL_ID
+from tests.helpers.tiny_models import TINY_MODEL_ID
 
 
 def test_qlora_loads_nf4_weights_with_double_quantisation_and_computes_in_bf16() -> None:

@@ -13,7 +13,7 @@ from app.ml.base_models import BaseModelRegistry
 from app.serving.backend import SamplingParams
 from app.serving.engine import model_end_of_turn_ids
 from app.serving.remote import RemoteBackend, rendezvous_order
-from tests.unit.tiny_models import TINY_MODEL_ID
+from tests.helpers.tiny_models import TINY_MODEL_ID
 
 REPLICAS = [f"http://10.0.0.{i}:8100" for i in range(1, 5)]
 ADAPTERS = [f"org-{i % 7}/ft-{i:04d}/adapter" for i in range(2000)]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from app.ml.chat_format import tokenize_example
-from tests.unit.tiny_models import conversation
+from tests.helpers.tiny_models import conversation
 from worker.training import EpochReport, StepReport, TrainingConfig, save_adapter, train_lora
 from worker.training.data import collate
 from worker.training.trainer import (

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from app.ml.chat_format import IGNORE_INDEX, tokenize_example
+from tests.helpers.tiny_models import conversation
 from tests.unit.test_trainer import TRAIN, VALID, config
-from tests.unit.tiny_models import conversation
 from worker.training import EpochReport, StepReport, save_adapter, train_lora
 from worker.training.state import TrainingState
 from worker.training.trainer import lr_factor

@@ -1,0 +1,50 @@
+"""Real Celery worker processes for the tests that need them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import update
+
+from app.core.db import transaction
+from app.core.lifecycle import ACTIVE, Status
+from app.core.queue import producer
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob
+from tests.helpers.services import ROOT, settings_env
+
+
+def forget_other_jobs(settings: Settings) -> None:
+    """Jobs that other test modules created are not ours to train: their messages go, and they are cancelled."""
+    producer(settings).control.purge()
+    with transaction(settings.require("database_url")) as session:
+        session.execute(update(FineTuningJob).where(FineTuningJob.status.in_(ACTIVE)).values(status=Status.CANCELLED))
+
+
+def start_training_worker(settings: Settings, name: str | None = None, **environment: str) -> subprocess.Popen:
+    """A training worker consuming from Redis, named `name` (Celery's node name); `environment` adds LORAPORT_*
+    variables."""
+    argv = ["-A", "worker.celery.training", "worker", "--queues", "training", "--pool", "solo"]
+    return _celery(settings, [*argv, "--hostname", name] if name else argv, environment)
+
+
+def start_maintenance_worker(settings: Settings, schedule: Path, **environment: str) -> subprocess.Popen:
+    """The maintenance worker with its beat, running the reaper every `LORAPORT_RECONCILE_INTERVAL_SECONDS`."""
+    argv = ["-A", "worker.celery.maintenance", "worker", "--queues", "maintenance", "--pool", "solo", "--beat"]
+    return _celery(settings, [*argv, "--schedule", str(schedule)], environment)
+
+
+def _celery(settings: Settings, argv: list[str], environment: dict[str, str]) -> subprocess.Popen:
+    quiet = ["--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", *argv, *quiet], cwd=ROOT, env=settings_env(settings) | environment
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,169 @@
+"""PostgreSQL owns job state: duplicate deliveries do nothing, dead workers' jobs are re-queued or failed."""
+
+from datetime import UTC, datetime, timedelta
+
+import botocore.exceptions
+import openai
+import pytest
+import redis
+import torch
+from kombu import Connection
+from sqlalchemy import select
+
+from app.core.db import transaction
+from app.core.queue import producer
+from app.core.settings import Settings
+from app.core.tables import FineTuningJob, JobEvent
+from app.ml.base_models.from_settings import registry_from_settings
+from tests.helpers.datasets import chat_jsonl
+from worker.broker_messages import jobs_with_messages
+from worker.job_runner import run_job
+from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, redispatch_lost, resend_unqueued
+
+
+def _job_in_state(client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int) -> str:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    with transaction(settings.require("database_url")) as session:
+        job = session.get_one(FineTuningJob, job_id)
+        job.status, job.attempt, job.lease_expires_at = status, attempt, datetime.now(UTC) + lease
+    return job_id
+
+
+def _events(settings: Settings, job_id: str) -> list[str]:
+    with transaction(settings.require("database_url")) as session:
+        return list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def test_a_duplicate_delivery_of_a_running_job_does_nothing(client: openai.OpenAI, settings: Settings) -> None:
+    job_id = _job_in_state(client, settings, "running", timedelta(minutes=5), attempt=1)
+    before = _events(settings, job_id)
+    run_job(settings, registry_from_settings(settings), job_id)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "running"
+    assert _events(settings, job_id) == before
+
+
+def test_a_message_for_a_finished_job_does_nothing(client: openai.OpenAI, settings: Settings) -> None:
+    job_id = _job_in_state(client, settings, "cancelled", timedelta(0), attempt=1)
+    run_job(settings, registry_from_settings(settings), job_id)
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+
+
+def test_reaper_requeues_a_job_whose_lease_expired(client: openai.OpenAI, settings: Settings) -> None:
+    job_id = _job_in_state(client, settings, "running", -timedelta(seconds=1), attempt=1)
+    live_id = _job_in_state(client, settings, "running", timedelta(minutes=5), attempt=1)
+    assert job_id in reap_expired_leases(settings)
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(live_id).status == "running"
+    assert "Worker lost; restarting the job (attempt 2)" in _events(settings, job_id)
+
+
+def test_reaper_fails_a_job_out_of_attempts(client: openai.OpenAI, settings: Settings) -> None:
+    job_id = _job_in_state(client, settings, "running", -timedelta(seconds=1), attempt=settings.max_job_attempts)
+    assert job_id not in reap_expired_leases(settings)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None and job.error.code == "worker_lost"
+
+
+def test_a_job_whose_training_file_was_deleted_fails_naming_it(client: openai.OpenAI, settings: Settings) -> None:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    client.files.delete(file_id)
+    run_job(settings, registry_from_settings(settings), job_id)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error.param == "training_file" and file_id in job.error.message
+
+
+def test_a_job_the_broker_never_got_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
+    """The broker was down at creation: the job stayed `validating_files` with no message anywhere."""
+    job_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
+    fresh_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
+    with transaction(settings.require("database_url")) as session:
+        session.get_one(FineTuningJob, job_id).created_at = datetime.now(UTC) - 2 * UNQUEUED_GRACE
+    broker = redis.Redis.from_url(settings.require("redis_url"))
+    waiting = broker.llen("training")
+    assert resend_unqueued(settings) == [job_id]
+    assert broker.llen("training") == waiting + 1
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(fresh_id).status == "validating_files"  # may still be on its way
+
+
+def test_running_out_of_memory_fails_with_advice(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*_: object, **__: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("worker.job_runner.train_lora", exhausted)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
+    run_job(settings, registry_from_settings(settings), job_id)
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None and job.error.code == "out_of_memory"
+    assert "smaller batch_size" in job.error.message and job.error.param == "hyperparameters.batch_size"
+
+
+def _storage_down(*_: object, **__: object) -> None:
+    raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3.example")
+
+
+def test_an_outage_gives_the_job_back_until_its_retry_time_then_it_is_sent_again(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
+    producer(settings).control.purge()  # its message was taken, as by the worker that ran it
+
+    run_job(settings, registry_from_settings(settings), job_id)
+
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert f"in {settings.outage_retry_seconds:g} s (attempt 2 of 3)" in _events(settings, job_id)[-1]
+    assert job_id not in redispatch_lost(settings)  # not before its retry time
+    with transaction(settings.require("database_url")) as session:
+        session.get_one(FineTuningJob, job_id).retry_at = datetime.now(UTC) - timedelta(seconds=1)
+    assert job_id in redispatch_lost(settings)
+    assert _events(settings, job_id)[-1] == "Sent to a worker again after the outage"
+
+
+def test_an_outage_on_the_last_attempt_fails_the_job_naming_the_service(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=settings.max_job_attempts - 1)
+
+    run_job(settings, registry_from_settings(settings), job_id)
+
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "failed" and job.error is not None and job.error.code == "service_unavailable"
+    assert job.error.message.startswith("Training stopped 3 times because object storage was unavailable")
+
+
+def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert job_id not in redispatch_lost(settings)  # its message is waiting in the queue
+
+    producer(settings).control.purge()  # as when Redis restarts without its data
+    assert job_id in redispatch_lost(settings)
+    assert job_id in jobs_with_messages(settings.require("redis_url"))
+    assert job_id not in redispatch_lost(settings)
+    assert "The job's queue message was lost (broker restarted?); sent again" in _events(settings, job_id)
+
+
+def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    producer(settings).control.purge()
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    with Connection(settings.require("redis_url")) as connection:
+        queue = connection.SimpleQueue("training")
+        delivered = queue.get(timeout=5)  # as a worker holds it while the task runs (late acknowledgement)
+        assert delivered.headers["id"].startswith(f"train-{job_id}.")
+        assert redis.Redis.from_url(settings.require("redis_url")).llen("training") == 0
+        assert job_id in jobs_with_messages(settings.require("redis_url"))
+        assert job_id not in redispatch_lost(settings)
+        delivered.requeue()
+        queue.close()
