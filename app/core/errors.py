@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.core.outages import OUTAGES
+from app.core.outages import OUTAGES, STORAGE_ANSWERS, unavailable_service
 
 log = structlog.get_logger()
 
@@ -171,6 +171,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind, service in OUTAGES.items():
         app.add_exception_handler(kind, _outage(service))
+    for kind in STORAGE_ANSWERS:
+        app.add_exception_handler(kind, _storage_answer)
 
     @app.exception_handler(sqlalchemy.exc.DataError)
     async def _unstorable(request: Request, _: sqlalchemy.exc.DataError) -> JSONResponse:
@@ -179,16 +181,25 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "The request holds a value that cannot be stored or looked up (a NUL character?); remove it."
         return InvalidRequest(message, code="invalid_value").response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("api.unexpected_error", path=request.url.path)
-        message = "The server hit an unexpected error; retry, and report it if it persists."
-        return JSONResponse(error_body(message, "server_error", None, None), status_code=500)
+    app.add_exception_handler(Exception, _unexpected)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(error_body(str(exc.detail), type_, None, None), status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("api.unexpected_error", path=request.url.path)
+    message = "The server hit an unexpected error; retry, and report it if it persists."
+    return JSONResponse(error_body(message, "server_error", None, None), status_code=500)
+
+
+async def _storage_answer(request: Request, exc: Exception) -> JSONResponse:
+    """An error answer of object storage: a 503 when the store itself failed, unexpected otherwise (a NoSuchKey
+    for a row's object is our fault, not the store's)."""
+    service = unavailable_service(exc)
+    return await (_unexpected if service is None else _outage(service))(request, exc)
 
 
 def _outage(service: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

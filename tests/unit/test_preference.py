@@ -2,6 +2,7 @@
 log-probabilities they start from against the model's own full-vocabulary forward."""
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ from worker.training.preference import (
     preference_losses,
     preference_stats,
     tokenize_pairs,
-    with_reference,
 )
 
 # four pairs: summed answer log-probabilities of policy and reference, and answer lengths
@@ -86,14 +86,16 @@ def test_the_model_before_training_is_its_own_reference(make_model, tokenizer) -
          ([{"role": "user", "content": "2+2?"}], "4", "It is five, I think.")],
         max_length=64,
     )  # fmt: skip
-    scored = with_reference(model, pairs, batch_size=1, pad_token_id=0)
+    stats = preference_stats(
+        model, pairs, pad_token_id=0, settings=PreferenceSettings(beta=0.1), as_reference=nullcontext
+    )
 
-    stats = preference_stats(model, scored, pad_token_id=0, settings=PreferenceSettings(beta=0.1))
-
-    # log-ratios are zero: every loss is log 2, no pair is won, and the sums are the reference's own
-    assert stats.loss_sum.item() == pytest.approx(2 * math.log(2), rel=1e-5)
-    assert (stats.pairs, stats.correct) == (2, 0) and stats.margin_sum == pytest.approx(0, abs=1e-5)
-    assert stats.chosen_logps_sum == pytest.approx(sum(p.reference_chosen for p in scored), rel=1e-5)
+    # computed by the same forward on the same batch, log-ratios are exactly zero: every loss is log 2, no pair is won
+    assert stats.loss_sum.item() == pytest.approx(2 * math.log(2), rel=1e-6)
+    assert (stats.pairs, stats.correct, stats.margin_sum) == (2, 0, 0.0)
+    with torch.no_grad():
+        chosen, _ = answer_logps(model, [pair.chosen for pair in pairs], pad_token_id=0)
+    assert stats.chosen_logps_sum == pytest.approx(chosen.sum().item(), rel=1e-5)
 
 
 def test_answer_log_probabilities_equal_the_full_forward(make_model, tokenizer) -> None:
@@ -114,15 +116,10 @@ def test_answer_log_probabilities_equal_the_full_forward(make_model, tokenizer) 
 
 def test_rpo_adds_the_chosen_answers_negative_log_likelihood(make_model, tokenizer) -> None:
     model = make_model().eval()
-    pairs = with_reference(
-        model,
-        tokenize_pairs(tokenizer, [([{"role": "user", "content": "Hi"}], "Hello there!", "Go.")], max_length=64),
-        batch_size=1,
-        pad_token_id=0,
-    )
+    pairs = tokenize_pairs(tokenizer, [([{"role": "user", "content": "Hi"}], "Hello there!", "Go.")], max_length=64)
     with torch.no_grad():
-        plain = preference_stats(model, pairs, 0, PreferenceSettings(beta=0.1))
-        rpo = preference_stats(model, pairs, 0, PreferenceSettings(beta=0.1, rpo_alpha=0.5))
+        plain = preference_stats(model, pairs, 0, PreferenceSettings(beta=0.1), nullcontext)
+        rpo = preference_stats(model, pairs, 0, PreferenceSettings(beta=0.1, rpo_alpha=0.5), nullcontext)
         sums, counts = answer_logps(model, [pairs[0].chosen], 0)
     nll_per_token = -sums.item() / counts.item()
     assert rpo.loss_sum.item() == pytest.approx(plain.loss_sum.item() + 0.5 * nll_per_token, rel=1e-5)

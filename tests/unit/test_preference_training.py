@@ -1,5 +1,6 @@
 """Preference training on a tiny model: it learns which answer is preferred, held-out pairs included, reports the
-DPO metrics at every step, and a resumed run (whose reference is computed again) ends like an uninterrupted one."""
+DPO metrics at every step, a policy that has not moved is exactly its reference in either precision, and a resumed
+run ends like an uninterrupted one."""
 
 import math
 
@@ -22,11 +23,12 @@ PAIRS = [([{"role": "user", "content": q}], "Thank you for asking! Happy to help
 TRAIN, HELD_OUT = PAIRS[:6], PAIRS[6:]
 
 
-def test_it_learns_the_preferred_answers_and_reports_dpo_metrics(make_model, tokenizer):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_it_learns_the_preferred_answers_and_reports_dpo_metrics(make_model, tokenizer, precision):
     steps: list[StepReport] = []
     result = train_preference(
-        make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=4, lora_dropout=0.0), PreferenceSettings(beta=0.5),
-        on_step=steps.append,
+        make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=4, lora_dropout=0.0, precision=precision),
+        PreferenceSettings(beta=0.5), on_step=steps.append,
     )  # fmt: skip
 
     first, last = steps[0], steps[-1]
@@ -39,6 +41,22 @@ def test_it_learns_the_preferred_answers_and_reports_dpo_metrics(make_model, tok
     assert first_epoch.epoch == 1 and first_epoch.valid_metrics is not None
     assert last.valid_metrics["reward_margin"] > first_epoch.valid_metrics["reward_margin"] > 0
     assert result.trained_tokens > 0 and result.epochs_run == 4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_policy_that_has_not_moved_is_exactly_its_reference_in_every_batch(make_model, tokenizer, precision):
+    # A learning rate of 0 keeps the policy where it started; each epoch shuffles the pairs into other batches, whose
+    # padding changes a forward's rounding (in bf16 by ~1e-3 of a loss). A reference computed as the policy is, on
+    # the same batch, still gives exactly zero log-ratios: every loss log 2, every margin 0.
+    steps: list[StepReport] = []
+    still = config(n_epochs=3, learning_rate=0.0, precision=precision)
+    train_preference(make_model(), tokenizer, TRAIN, HELD_OUT, still, PreferenceSettings(beta=0.5), steps.append)
+
+    assert len(steps) == 9 and [step.train_metrics["reward_margin"] for step in steps] == [0.0] * 9
+    assert [step.train_loss for step in steps] == pytest.approx([math.log(2)] * 9, abs=1e-7)
+    evaluated = [step for step in steps if step.valid_metrics is not None]
+    assert [step.valid_metrics["reward_margin"] for step in evaluated] == [0.0] * 3  # type: ignore[index]
+    assert [step.valid_loss for step in evaluated] == pytest.approx([math.log(2)] * 3, abs=1e-7)
 
 
 def test_a_resumed_preference_run_ends_like_an_uninterrupted_one(make_model, tokenizer):

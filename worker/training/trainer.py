@@ -10,8 +10,9 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,7 @@ from app.ml.adapter_manifest import write_manifest
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from worker.training.data import batches_per_epoch, collate, epoch_batches
 from worker.training.logits import causal_lm, labelled_logits
-from worker.training.preference import (
-    PreferencePair,
-    PreferenceSettings,
-    preference_stats,
-    tokenize_pairs,
-    with_reference,
-)
+from worker.training.preference import PreferencePair, PreferenceSettings, preference_stats, tokenize_pairs
 from worker.training.state import TrainingState, restore_rng_state, rng_state
 
 Messages = list[dict]
@@ -59,6 +54,9 @@ class TrainingConfig:
     # varied examples.
     group_by_length: bool = False
     cpu_bf16: bool = True  # where the CPU has AVX512-BF16/AMX: 1.3x faster steps (bench/trainer_speed.py)
+    # "auto": bf16 autocast on a CUDA GPU that supports it and on a CPU as `cpu_bf16` says; "bf16" or "fp32" force
+    # one path on any device (bf16 autocast runs on any x86 CPU, emulated and slower), as tests of both paths do.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -194,9 +192,13 @@ def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _uses_bf16(device: torch.device, cpu_bf16: bool) -> bool:
+def _uses_bf16(device: torch.device, cpu_bf16: bool, precision: str = "auto") -> bool:
     """bf16 on CUDA when supported; on CPU when asked for and the CPU computes bf16 natively (AVX512-BF16 or
-    AMX), as emulated bf16 is slower than fp32."""
+    AMX), as emulated bf16 is slower than fp32; `precision` "bf16" or "fp32" decides instead."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision is {precision!r}; choose 'auto', 'bf16' or 'fp32'")
+    if precision != "auto":
+        return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     native = (
@@ -205,8 +207,8 @@ def _uses_bf16(device: torch.device, cpu_bf16: bool) -> bool:
     return device.type == "cpu" and cpu_bf16 and native
 
 
-def _autocast(device: torch.device, cpu_bf16: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=_uses_bf16(device, cpu_bf16))
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _fp32_sdpa_attention(
@@ -281,16 +283,38 @@ class SupervisedObjective:
         return len(item.input_ids)
 
 
+@contextmanager
+def _computing_with(model: torch.nn.Module, adapter: dict[str, torch.Tensor]) -> Iterator[None]:
+    """`model` computing with the `adapter` tensors in place of its own trainable ones, for a forward without
+    gradients. Autocast's cache of cast weights is off meanwhile: it is keyed by parameter, so the forward with
+    gradients after this one in the same autocast region would reuse these tensors' casts, gradient-less."""
+    parameters = dict(model.named_parameters())
+    own = {name: parameters[name].data for name in adapter}
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    for name, tensor in adapter.items():
+        parameters[name].data = tensor
+    try:
+        yield
+    finally:
+        for name, tensor in own.items():
+            parameters[name].data = tensor
+        torch.set_autocast_cache_enabled(cache)
+
+
 @dataclass(frozen=True)
 class PreferenceObjective:
-    """DPO and its variants (`worker.training.preference`) on pairs that carry their reference log-probabilities."""
+    """DPO and its variants (`worker.training.preference`); the reference is the model with `reference_adapter`
+    (the adapter as training started), computed on each batch as the policy is."""
 
     pad_token_id: int
     settings: PreferenceSettings
+    reference_adapter: dict[str, torch.Tensor]
     accuracy_name: str = "reward_accuracy"
 
     def stats(self, model: torch.nn.Module, items: Sequence[PreferencePair]) -> BatchStats:
-        found = preference_stats(model, items, self.pad_token_id, self.settings)
+        reference = partial(_computing_with, model, self.reference_adapter)
+        found = preference_stats(model, items, self.pad_token_id, self.settings, reference)
         extras = {
             "reward_margin": found.margin_sum,
             "chosen_logps": found.chosen_logps_sum,
@@ -307,11 +331,11 @@ def evaluate_items(
     items: Sequence[Any],
     objective: Objective,
     batch_size: int,
-    cpu_bf16: bool = False,
+    bf16: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> Evaluated | None:
-    """The objective's mean loss, accuracy and other metrics over all `items`; None when `should_stop` said so
-    between batches (a large validation file must not delay a cancel)."""
+    """The objective's mean loss, accuracy and other metrics over all `items`, under bf16 autocast if `bf16`; None
+    when `should_stop` said so between batches (a large validation file must not delay a cancel)."""
     device = next(model.parameters()).device
     model.eval()
     total, correct, count, extras = 0.0, 0, 0, {}
@@ -319,7 +343,7 @@ def evaluate_items(
         for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
                 return None
-            with _autocast(device, cpu_bf16):
+            with _autocast(device, bf16):
                 stats = objective.stats(model, items[start : start + batch_size])
             total, correct, count = total + stats.loss_sum.item(), correct + stats.correct, count + stats.count
             extras = {name: extras.get(name, 0.0) + value for name, value in stats.extras.items()}
@@ -333,9 +357,11 @@ def evaluate(
     pad_token_id: int,
     cpu_bf16: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "auto",
 ) -> tuple[float, float] | None:
     """Loss per labelled token and the share of them predicted exactly, over all `examples`."""
-    found = evaluate_items(model, examples, SupervisedObjective(pad_token_id), batch_size, cpu_bf16, should_stop)
+    bf16 = _uses_bf16(next(model.parameters()).device, cpu_bf16, precision)
+    found = evaluate_items(model, examples, SupervisedObjective(pad_token_id), batch_size, bf16, should_stop)
     return None if found is None else (found.loss, found.accuracy)
 
 
@@ -350,7 +376,8 @@ def held_out_metrics(
     examples = _tokenize(tokenizer, conversations, config.max_seq_length, config.train_on_inputs)
     if not examples:
         return None
-    return evaluate(model, examples, config.batch_size, pad_token_id(tokenizer), config.cpu_bf16)
+    pad = pad_token_id(tokenizer)
+    return evaluate(model, examples, config.batch_size, pad, config.cpu_bf16, precision=config.precision)
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -384,12 +411,12 @@ def _train_step(
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cpu_bf16: bool,
+    bf16: bool,
     max_grad_norm: float,
 ) -> tuple[float, float, float, dict[str, float]]:
     """One optimizer step on `items`: their mean loss, accuracy, the learning rate used and the other metrics."""
     model.train()
-    with _autocast(next(model.parameters()).device, cpu_bf16):
+    with _autocast(next(model.parameters()).device, bf16):
         stats = objective.stats(model, items)
     loss = stats.loss_sum / stats.count
     loss.backward()
@@ -466,7 +493,7 @@ def train_preference(
     """Preference-train a LoRA adapter on (prompt, chosen, rejected) pairs, as `train_lora` trains on examples.
 
     The reference is the model before the first step (the base model, or the adapter in `start_from`): its
-    log-probabilities of every answer are computed once, before training (and again, the same, on a resume).
+    log-probabilities are computed on each batch by the policy's own forward, with the starting adapter's weights.
     """
     torch.manual_seed(config.seed)
     train_set = tokenize_pairs(tokenizer, train_pairs, config.max_seq_length)
@@ -474,13 +501,7 @@ def train_preference(
     if not train_set:
         raise ValueError("no preference pair has an answer token within max_seq_length")
     peft_model = _lora_model(model, config, start_from)
-    pad = pad_token_id(tokenizer)
-    device = next(peft_model.parameters()).device
-    on_cpu_in_bf16 = device.type == "cpu" and _uses_bf16(device, config.cpu_bf16)
-    with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16), _autocast(device, config.cpu_bf16):
-        train_set = with_reference(peft_model, train_set, config.batch_size, pad)
-        held_out = with_reference(peft_model, held_out, config.batch_size, pad)
-    objective = PreferenceObjective(pad, settings)
+    objective = PreferenceObjective(pad_token_id(tokenizer), settings, _adapter_weights(peft_model))
     return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
 
 
@@ -507,7 +528,7 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.lr_scheduler)
     )
-    on_cpu_in_bf16 = device.type == "cpu" and _uses_bf16(device, config.cpu_bf16)
+    bf16 = _uses_bf16(device, config.cpu_bf16, config.precision)
 
     run = TrainingState(
         epochs_done=0, step=0, trained_tokens=0, train_loss=None, adapter={}, optimizer={}, scheduler={}, rng={},
@@ -548,12 +569,12 @@ def _train(
 
     for epoch in range(run.epochs_done, config.n_epochs):
         step_losses: list[float] = []
-        with _cpu_bf16_training(peft_model, enabled=on_cpu_in_bf16):
+        with _cpu_bf16_training(peft_model, enabled=device.type == "cpu" and bf16):
             for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
                 if should_stop is not None and should_stop():
                     return result(stopped=True)
                 loss, accuracy, learning_rate, metrics = _train_step(
-                    peft_model, items, objective, optimizer, scheduler, config.cpu_bf16, config.max_grad_norm
+                    peft_model, items, objective, optimizer, scheduler, bf16, config.max_grad_norm
                 )
                 run.step += 1
                 run.trained_tokens += sum(objective.tokens(item) for item in items)
@@ -563,9 +584,7 @@ def _train(
                     accuracy_name=objective.accuracy_name, train_metrics=metrics,
                 )  # fmt: skip
                 if run.step % steps_per_epoch == 0 and held_out:
-                    evaluated = evaluate_items(
-                        peft_model, held_out, objective, config.batch_size, config.cpu_bf16, should_stop
-                    )
+                    evaluated = evaluate_items(peft_model, held_out, objective, config.batch_size, bf16, should_stop)
                     if evaluated is None:
                         return result(stopped=True)
                     run.valid_losses.append(evaluated.loss)
