@@ -4,6 +4,7 @@ by side with the expected answers."""
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -21,7 +22,7 @@ PROMPT_SHOWN = 60  # characters of the prompt in the table; the answers are show
 
 @dataclass(frozen=True)
 class HeldOut:
-    messages: list[dict]  # what the models are asked
+    messages: list[dict[str, Any]]  # what the models are asked
     expected: str | None  # the answer the file holds, if it holds one
 
 
@@ -100,7 +101,8 @@ def _answer(remote: Remote, model: str, example: HeldOut, max_tokens: int) -> st
 
 
 def _prompt(example: HeldOut) -> str:
-    return next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
+    prompt: str = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
+    return prompt
 
 
 def _print_table(model_a: str, model_b: str, examples: list[HeldOut], answers: list[tuple[str, str]]) -> None:

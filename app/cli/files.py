@@ -3,12 +3,12 @@
 import json
 import secrets
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 from rich.table import Table
 
 from app.cli.remote import (
@@ -36,7 +36,7 @@ out = Console()
 class _Counted:
     """A file read by the upload, moving a progress bar as its bytes and lines go."""
 
-    def __init__(self, handle: BinaryIO, progress: Progress, task: int, name: str) -> None:
+    def __init__(self, handle: BinaryIO, progress: Progress, task: TaskID, name: str) -> None:
         self._handle, self._progress, self._task, self._name = handle, progress, task, name
         self._lines = 0
 
@@ -67,15 +67,17 @@ def upload(
     _print_report(remote.get(f"/files/{stored['id']}/report"))
 
 
-def upload_file(remote: Remote, path: Path, purpose: str) -> dict:
+def upload_file(remote: Remote, path: Path, purpose: str) -> dict[str, Any]:
     """The stored file; a refused one ends the command with its bad lines listed."""
     with path.open("rb") as handle, Progress(*TRANSFER, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"Uploading {path.name}", total=path.stat().st_size)
+        counted = _Counted(handle, progress, task, path.name)
         try:
             with remote.client() as client:
                 response = client.post(
                     "/files",
-                    files={"file": (path.name, _Counted(handle, progress, task, path.name), "application/jsonl")},
+                    # httpx types a file as IO[bytes], but reads it only through `read`.
+                    files={"file": (path.name, counted, "application/jsonl")},  # type: ignore[dict-item]
                     data={"purpose": purpose},
                 )
         except httpx.TransportError as error:
@@ -86,7 +88,7 @@ def upload_file(remote: Remote, path: Path, purpose: str) -> dict:
     return checked(response)
 
 
-def _print_refusal(path: Path, error: dict) -> None:
+def _print_refusal(path: Path, error: dict[str, Any]) -> None:
     validation = error["validation"]
     table = Table(title=f"{path.name} was refused: {validation.get('error_count', len(validation['errors']))} error(s)")
     table.add_column("line", justify="right")
@@ -97,7 +99,7 @@ def _print_refusal(path: Path, error: dict) -> None:
     Console(stderr=True).print(table)
 
 
-def _print_report(report: dict) -> None:
+def _print_report(report: dict[str, Any]) -> None:
     counts = report.get("counts", {})
     out.print(f"{counts.get('examples', 0)} examples, format {report.get('format')}")
     for warning in report.get("warnings", []):

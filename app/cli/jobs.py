@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,11 +33,14 @@ def create(
     as_json: bool = Json,
 ) -> None:
     """Create a job (uploading --file first), then follow it until it ends."""
-    if (file is None) == (file_id is None):
-        fail("give either --file or --file-id", 2)
     remote = Remote(base_url, api_key)
-    training_file = file_id or upload_file(remote, file, "fine-tune")["id"]  # type: ignore[arg-type]
-    body: dict = {"model": model, "training_file": training_file}
+    if file is not None and file_id is None:
+        training_file: str = upload_file(remote, file, "fine-tune")["id"]
+    elif file_id is not None and file is None:
+        training_file = file_id
+    else:
+        fail("give either --file or --file-id", 2)
+    body: dict[str, Any] = {"model": model, "training_file": training_file}
     body |= {"validation_file": validation_file_id} if validation_file_id else {}
     body |= {"suffix": suffix} if suffix else {}
     body |= {"hyperparameters": {"n_epochs": epochs}} if epochs else {}
@@ -88,7 +92,7 @@ def _follow(remote: Remote, job_id: str) -> None:
     out.print(f"fine-tuned model: [bold]{job['fine_tuned_model']}[/bold]", soft_wrap=True)  # one line, for scripts
 
 
-def _losses(data: dict) -> str:
+def _losses(data: dict[str, Any]) -> str:
     text = f"epoch {data['epoch']}  train loss {data['train_loss']:.4f}"
     return text + (f"  valid loss {data['valid_loss']:.4f}" if data.get("valid_loss") is not None else "")
 

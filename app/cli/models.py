@@ -52,7 +52,7 @@ def chat(
 ) -> None:
     """Talk to a model, its answer streamed as it is generated; an empty line or Ctrl-D ends a conversation."""
     remote = Remote(base_url, api_key)
-    messages: list[dict] = []
+    messages: list[dict[str, str]] = []
     while True:
         question = prompt if prompt is not None else _ask()
         if not question:
@@ -70,7 +70,7 @@ def _ask() -> str:
         return ""
 
 
-def _stream_answer(remote: Remote, model: str, messages: list[dict], max_tokens: int) -> str:
+def _stream_answer(remote: Remote, model: str, messages: list[dict[str, str]], max_tokens: int) -> str:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
     parts: list[str] = []
     with remote.stream("POST", "/chat/completions", json=body) as response:

@@ -77,10 +77,10 @@ class Remote:
             timeout=httpx.Timeout(30, read=None, write=None),
         )
 
-    def get(self, path: str, **params: Any) -> dict:
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
         return self.send("GET", path, params=params)
 
-    def send(self, method: str, path: str, **request: Any) -> dict:
+    def send(self, method: str, path: str, **request: Any) -> dict[str, Any]:
         """The response's JSON; a failure ends the command with its one-line message and exit code."""
         try:
             with self.client() as client:
@@ -102,9 +102,10 @@ class Remote:
             fail(f"cannot reach {self.base_url}: {error}", UNREACHABLE)
 
 
-def checked(response: httpx.Response) -> dict:
+def checked(response: httpx.Response) -> dict[str, Any]:
     if response.is_success:
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
     try:
         message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
@@ -118,11 +119,13 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def print_json(body: dict | list) -> None:
+def print_json(body: dict[str, Any] | list[dict[str, Any]]) -> None:
     out.print_json(json.dumps(body))
 
 
-def print_listing(body: dict, as_json: bool, columns: Sequence[str], row: Callable[[dict], Sequence[str]]) -> None:
+def print_listing(
+    body: dict[str, Any], as_json: bool, columns: Sequence[str], row: Callable[[dict[str, Any]], Sequence[str]]
+) -> None:
     """A list the server returned: its JSON with `--json`, else a table with a row per item."""
     if as_json:
         print_json(body)
@@ -133,7 +136,7 @@ def print_listing(body: dict, as_json: bool, columns: Sequence[str], row: Callab
     out.print(table)
 
 
-def print_fields(body: dict, as_json: bool, fields: dict[str, str]) -> None:
+def print_fields(body: dict[str, Any], as_json: bool, fields: dict[str, str]) -> None:
     """One object the server returned: its JSON with `--json`, else its non-empty `fields`, a name and value a line."""
     if as_json:
         print_json(body)

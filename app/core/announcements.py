@@ -3,6 +3,7 @@ that serves inference warms its adapter (`app.serving.warmup`), so the first req
 download."""
 
 import json
+from typing import TypedDict
 
 import redis
 import structlog
@@ -13,10 +14,16 @@ log = structlog.get_logger()
 ADAPTERS_CHANNEL = "loraport:adapters"
 
 
+class AdapterAnnouncement(TypedDict):
+    base_model: str
+    adapter: str  # the adapter's storage prefix
+
+
 def announce_adapter(redis_url: str, base_model_id: str, adapter_prefix: str) -> None:
     """Best effort: a missed announcement only means a cold first request."""
     try:
         with redis_client(redis_url) as client:
-            client.publish(ADAPTERS_CHANNEL, json.dumps({"base_model": base_model_id, "adapter": adapter_prefix}))
+            announcement: AdapterAnnouncement = {"base_model": base_model_id, "adapter": adapter_prefix}
+            client.publish(ADAPTERS_CHANNEL, json.dumps(announcement))
     except redis.RedisError:
         log.warning("adapters.announce_failed", adapter=adapter_prefix, exc_info=True)

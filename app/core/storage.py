@@ -5,12 +5,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from app.core.settings import Settings
+
+if TYPE_CHECKING:  # the boto3 stubs are a development dependency
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 _PART_SIZE = 8 * 1024 * 1024
 
@@ -124,7 +128,7 @@ class ObjectWriter:
         self.store, self.key, self.part_size = store, key, part_size
         self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: list[dict[str, object]] = []
+        self._parts: list[CompletedPartTypeDef] = []
         self._sender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
 
@@ -162,11 +166,11 @@ class ObjectWriter:
             self._in_flight.result()
         assert self._sender is not None
         self._parts.append({"PartNumber": len(self._parts) + 1})
-        self._in_flight = self._sender.submit(self._upload_part, len(self._parts), data)
+        self._in_flight = self._sender.submit(self._upload_part, self._upload_id, len(self._parts), data)
 
-    def _upload_part(self, number: int, data: bytes) -> None:
+    def _upload_part(self, upload_id: str, number: int, data: bytes) -> None:
         response = self.store.client.upload_part(
-            Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
+            Bucket=self.store.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=data
         )
         self._parts[number - 1]["ETag"] = response["ETag"]
 

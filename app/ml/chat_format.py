@@ -7,6 +7,7 @@ diffing them, which works for any template rather than parsing one template's st
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -22,13 +23,17 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    # Untokenized, the template's output is a str (the library's return type covers every other option too).
+    return tokenizer.apply_chat_template(  # type: ignore[return-value]
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     # The template already writes any BOS/special tokens into the text, as apply_chat_template does.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    input_ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return input_ids
 
 
 def _shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -40,17 +45,17 @@ def _shared_prefix_length(a: list[int], b: list[int]) -> int:
     return length
 
 
-def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> list[int]:
     """Token ids of the conversation followed by the prompt for the assistant's reply."""
     return _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
 
 
-def _is_trained(message: dict) -> bool:
+def _is_trained(message: dict[str, Any]) -> bool:
     return message.get("role") == "assistant" and message.get("weight", 1) != 0
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int, train_on_inputs: bool = False
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], max_length: int, train_on_inputs: bool = False
 ) -> TokenizedExample:
     """Token ids of a conversation with labels on assistant tokens only, truncated to `max_length`.
 

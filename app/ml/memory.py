@@ -9,6 +9,7 @@ gradient, and 512 MiB for the CUDA context.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.ml.base_models.quantization import FOUR_BIT
 
@@ -27,7 +28,7 @@ class MemoryEstimate:
         return self.weights + self.adapter + self.activations + CUDA_CONTEXT_BYTES
 
 
-def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:
+def projection_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """(in, out) features of each projection of a Llama-style block."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     heads = config["num_attention_heads"]
@@ -44,7 +45,7 @@ def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:
     }
 
 
-def parameter_count(config: dict) -> tuple[int, int]:
+def parameter_count(config: dict[str, Any]) -> tuple[int, int]:
     """(parameters of the blocks' projections, all the others: embeddings, LM head, norms)."""
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     projections = layers * sum(i * o for i, o in projection_shapes(config).values())
@@ -54,7 +55,7 @@ def parameter_count(config: dict) -> tuple[int, int]:
 
 
 def training_memory(
-    config: dict,
+    config: dict[str, Any],
     quantization: str | None,
     batch_size: int,
     max_seq_length: int,

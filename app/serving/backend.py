@@ -5,7 +5,7 @@ process (`InferenceEngine`), replicas over HTTP, or vLLM on GPU hosts. `LORAPORT
 import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -39,33 +39,30 @@ class TokenStream(Iterator[GeneratedToken], Protocol):
     def cancel(self) -> None: ...
 
 
-_END = object()
-
-
 class QueuedTokenStream(Iterator[GeneratedToken]):
     """A `TokenStream` fed from another thread (a decode loop, an HTTP reader, an event loop) through a queue:
     tokens, then the end or one error, which the reader gets raised once."""
 
     def __init__(self) -> None:
-        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[GeneratedToken | BaseException | None] = queue.SimpleQueue()  # None: the end
         self._ended = False
 
     def __next__(self) -> GeneratedToken:
         if self._ended:
             raise StopIteration
         item = self._items.get()
-        if item is _END or isinstance(item, BaseException):
-            self._ended = True
-            if item is _END:
-                raise StopIteration
-            raise item
-        return item
+        if isinstance(item, GeneratedToken):
+            return item
+        self._ended = True
+        if item is None:
+            raise StopIteration
+        raise item
 
     def _put(self, token: GeneratedToken) -> None:
         self._items.put(token)
 
     def _end(self) -> None:
-        self._items.put(_END)
+        self._items.put(None)
 
     def _fail(self, error: BaseException) -> None:
         self._items.put(error)

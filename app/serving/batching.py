@@ -112,9 +112,8 @@ class _Batch:
     def merge(self, other: "_Batch") -> None:
         """Append the rows of `other`, left-padding whichever cache is shorter."""
         columns = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, columns, -2), _left_pad(theirs.keys, columns, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, columns, -2), _left_pad(theirs.values, columns, -2)])
+        for mine, theirs in zip(_growing_layers(self.cache), _growing_layers(other.cache), strict=True):
+            mine.append_rows(theirs, columns)
         self.mask = torch.cat([_left_pad(self.mask, columns, -1), _left_pad(other.mask, columns, -1)])
         self.rows = self.rows + other.rows  # a new list: a step keeps the one it started with
 
@@ -125,60 +124,88 @@ class _Batch:
         index = torch.tensor(indices, device=self.mask.device)
         mask = self.mask[index]
         start = mask.shape[1] - int(mask.sum(dim=1).max())
-        for layer in self.cache.layers:
+        for layer in _growing_layers(self.cache):
             layer.keep_rows(index, start)
         self.mask = mask[:, start:]
         self.rows = [self.rows[i] for i in indices]
 
 
-class _GrowingLayer(DynamicLayer):
+# transformers leaves the base class's __init_subclass__ and __init__ unannotated.
+class _GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A `DynamicLayer` whose `keys` and `values` are views of buffers with free columns after them: appending
     writes into the buffers, and only a full buffer (or tensors replaced by a merge) is copied into a new one, a
     quarter longer than needed. Cutting rows out copies the rest straight into new buffers."""
 
-    _key_buffer: torch.Tensor | None = None
-    _value_buffer: torch.Tensor | None = None
+    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # for the keys and the values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        keys, values = self._cached()
         length = self.get_seq_length()
         needed = length + key_states.shape[-2]
-        buffer = self._key_buffer
-        if buffer is None or buffer.shape[-2] < needed or (length and self.keys.data_ptr() != buffer.data_ptr()):
-            self._allocate(key_states, value_states, key_states.shape[0], needed)
+        buffers = self._buffers
+        if buffers is None or buffers[0].shape[-2] < needed or (length and keys.data_ptr() != buffers[0].data_ptr()):
+            buffers = self._allocate(key_states, value_states, key_states.shape[0], needed)
             if length:
-                self._key_buffer[..., :length, :] = self.keys
-                self._value_buffer[..., :length, :] = self.values
-        self._key_buffer[..., length:needed, :] = key_states
-        self._value_buffer[..., length:needed, :] = value_states
-        self.keys, self.values = self._key_buffer[..., :needed, :], self._value_buffer[..., :needed, :]
+                buffers[0][..., :length, :] = keys
+                buffers[1][..., :length, :] = values
+        key_buffer, value_buffer = buffers
+        key_buffer[..., length:needed, :] = key_states
+        value_buffer[..., length:needed, :] = value_states
+        self.keys, self.values = key_buffer[..., :needed, :], value_buffer[..., :needed, :]
         return self.keys, self.values
+
+    def append_rows(self, other: "_GrowingLayer", columns: int) -> None:
+        """Add the rows of `other` after these, both left-padded to `columns` columns."""
+        (keys, values), (other_keys, other_values) = self._cached(), other._cached()
+        self.keys = torch.cat([_left_pad(keys, columns, -2), _left_pad(other_keys, columns, -2)])
+        self.values = torch.cat([_left_pad(values, columns, -2), _left_pad(other_values, columns, -2)])
 
     def keep_rows(self, index: torch.Tensor, start: int) -> None:
         """Keep the rows `index`, from column `start` on."""
-        keys, values = self.keys[..., start:, :], self.values[..., start:, :]
+        keys, values = self._cached()
+        keys, values = keys[..., start:, :], values[..., start:, :]
         length = keys.shape[-2]
-        self._allocate(keys, values, len(index), length)
-        self.keys, self.values = self._key_buffer[..., :length, :], self._value_buffer[..., :length, :]
+        key_buffer, value_buffer = self._allocate(keys, values, len(index), length)
+        self.keys, self.values = key_buffer[..., :length, :], value_buffer[..., :length, :]
         torch.index_select(keys, 0, index, out=self.keys)
         torch.index_select(values, 0, index, out=self.values)
 
-    def _allocate(self, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int) -> None:
+    def _cached(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values held, which exist once the first `update` initialised the layer."""
+        if self.keys is None or self.values is None:
+            raise RuntimeError("the cache layer has not been initialised")
+        return self.keys, self.values
+
+    def _allocate(
+        self, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """New buffers for `rows` rows of `length` columns and a quarter more (at least 32) to grow into."""
         columns = length + max(length // 4, 32)
-        self._key_buffer = keys.new_empty(rows, *keys.shape[1:-2], columns, keys.shape[-1])
-        self._value_buffer = values.new_empty(rows, *values.shape[1:-2], columns, values.shape[-1])
+        self._buffers = (
+            keys.new_empty(rows, *keys.shape[1:-2], columns, keys.shape[-1]),
+            values.new_empty(rows, *values.shape[1:-2], columns, values.shape[-1]),
+        )
+        return self._buffers
 
 
 def _new_cache(config: PretrainedConfig) -> DynamicCache:
     cache = DynamicCache(config=config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
-    cache.layers = [_GrowingLayer() for _ in cache.layers]
+    cache.layers = [_GrowingLayer() for _ in cache.layers]  # type: ignore[no-untyped-call]
     return cache
+
+
+def _growing_layers(cache: DynamicCache) -> list[_GrowingLayer]:
+    """The layers of a cache `_new_cache` made."""
+    layers = [layer for layer in cache.layers if isinstance(layer, _GrowingLayer)]
+    if len(layers) != len(cache.layers):
+        raise TypeError("continuous batching needs a cache made by `_new_cache`")
+    return layers
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -331,9 +358,9 @@ class ContinuousBatcher:
     def _step(self) -> None:
         self._drop(lambda row: row.stream.cancelled)
         if self._prefill is not None:
-            self._prefill_chunk()
+            self._prefill_chunk(self._prefill)
         if self._batch is not None:
-            self._decode()
+            self._decode(self._batch)
 
     def _wait_for_work(self) -> bool:
         with self._wakeup:
@@ -359,7 +386,8 @@ class ContinuousBatcher:
     def _forward(self, rows: list[_Row], decoding: bool, **inputs: Any) -> torch.Tensor:
         """Last-position logits, each row through its own adapter (the running batch's stay staged)."""
         with self._adapters.routed([row.adapter for row in rows], staged=decoding):
-            return self._model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits: torch.Tensor = self._model(**inputs, use_cache=True, logits_to_keep=1).logits
+            return logits[:, -1]
 
     def _start_prefill(self, rows: list[_Row]) -> None:
         """Lay the newcomers out left-padded; `_prefill_chunk` feeds them to the model over the next steps."""
@@ -380,10 +408,9 @@ class ContinuousBatcher:
         cache = _new_cache(self._model.config)
         self._prefill = _Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk)
 
-    def _prefill_chunk(self) -> None:
+    def _prefill_chunk(self, prefill: _Prefill) -> None:
         """Feed the next chunk of the newcomers' prompts; after the last one, stream their first tokens and add the
         unfinished ones to the batch. A failure fails the newcomers only: the running rows are untouched."""
-        prefill = self._prefill
         end = min(prefill.done + prefill.chunk, prefill.input_ids.shape[1])
         mask = prefill.mask[:, :end]
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, prefill.done :]
@@ -408,9 +435,8 @@ class ContinuousBatcher:
             self._batch.merge(newcomers)
         self._accept(prefill.rows, logits)
 
-    def _decode(self) -> None:
+    def _decode(self, batch: _Batch) -> None:
         """Feed every row its last sampled token and sample the next."""
-        batch = self._batch
         rows = batch.rows
         input_ids = torch.tensor([[row.next_token] for row in rows], device=self._device)
         positions = torch.tensor([[row.length] for row in rows], device=self._device)

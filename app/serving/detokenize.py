@@ -53,13 +53,17 @@ class Detokenizer:
 
     def _text(self, final: bool) -> str:
         """The text so far; tokens that end inside a multi-byte character wait for the rest of it unless `final`."""
-        settled = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
-        window = self._tokenizer.decode(self._ids[self._prefix :], skip_special_tokens=True)
+        settled = self._decode(self._ids[self._prefix : self._read])
+        window = self._decode(self._ids[self._prefix :])
         new = window[len(settled) :]
         if final or (new and not new.endswith(_INCOMPLETE_CHARACTER)):
             self._decoded += new
             self._prefix, self._read = self._read, len(self._ids)
         return self._decoded
+
+    def _decode(self, ids: list[int]) -> str:
+        # One sequence of ids decodes to a str (the library's return type covers batches of sequences too).
+        return self._tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[return-value]
 
     def _release(self, text: str, final: bool) -> str:
         end = len(text) if final else self._safe_end(text)

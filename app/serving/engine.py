@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -125,7 +126,7 @@ class InferenceEngine:
         self,
         base_model_id: str,
         adapter_name: str | None,
-        messages: list[dict],
+        messages: list[dict[str, Any]],
         params: SamplingParams,
         stop: list[str] | None = None,
     ) -> Completion:

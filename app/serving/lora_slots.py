@@ -50,13 +50,24 @@ class SlotsFull(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Routing:
-    single: int | None  # the slot of every row, when they all use one adapter
-    groups: int = 0  # one group of rows per staged position in use, or per slot in `slots`
-    slots: torch.Tensor | None = None  # [groups] the slots to gather for this forward; None: read the staged stack
-    gather: torch.Tensor | None = None  # [groups × group size] row of each grouped position (padding repeats one)
-    rows: torch.Tensor | None = None  # rows with an adapter …
-    positions: torch.Tensor | None = None  # … and where their results are in the grouped layout
+class _OneAdapter:
+    """Every row uses the adapter in `slot`."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """Rows use different adapters (or none): grouped by adapter, each group padded to the largest one's size."""
+
+    groups: int  # one group of rows per staged position in use, or per slot in `slots`
+    slots: torch.Tensor | None  # [groups] the slots to gather for this forward; None: read the staged stack
+    gather: torch.Tensor  # [groups × group size] row of each grouped position (padding repeats one)
+    rows: torch.Tensor  # rows with an adapter …
+    positions: torch.Tensor  # … and where their results are in the grouped layout
+
+
+_Routing = _OneAdapter | _Grouped
 
 
 class _RoutingHolder:
@@ -72,19 +83,19 @@ class _SlottedLinear(nn.Module):
         self._routing = routing
         # A 4-bit (QLoRA) layer stores packed integers: its adapters compute in the layer's compute dtype.
         dtype = base.weight.dtype if base.weight.dtype.is_floating_point else getattr(base, "compute_dtype", None)
-        options = {"dtype": dtype or torch.bfloat16, "device": base.weight.device}
-        self.lora_a = torch.zeros(slots, rank, base.in_features, **options)
-        self.lora_b = torch.zeros(slots, base.out_features, rank, **options)
+        dtype, device = dtype or torch.bfloat16, base.weight.device
+        self.lora_a = torch.zeros(slots, rank, base.in_features, dtype=dtype, device=device)
+        self.lora_b = torch.zeros(slots, base.out_features, rank, dtype=dtype, device=device)
         self.staged_a_t = self.lora_a.new_zeros(0, base.in_features, rank)  # [positions, in, rank]
         self.staged_b_t = self.lora_b.new_zeros(0, rank, base.out_features)  # [positions, rank, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y: torch.Tensor = self.base(x)
         routing = self._routing.current
         if routing is None:
             return y
-        if routing.single is not None:
-            return y + F.linear(F.linear(x, self.lora_a[routing.single]), self.lora_b[routing.single])
+        if isinstance(routing, _OneAdapter):
+            return y + F.linear(F.linear(x, self.lora_a[routing.slot]), self.lora_b[routing.slot])
         if routing.slots is None:
             a_t, b_t = self.staged_a_t[: routing.groups], self.staged_b_t[: routing.groups]
         else:
@@ -214,11 +225,13 @@ class AdapterSlots:
         if not distinct:
             return None
         if len(distinct) == 1 and None not in slots:
-            return _Routing(single=distinct[0])
+            return _OneAdapter(distinct[0])
         members = {slot: [row for row, s in enumerate(slots) if s == slot] for slot in distinct}
         size = max(len(rows) for rows in members.values())
         groups = self._stage(distinct) if staged else distinct
-        gather, rows, positions = [], [], []
+        gather: list[int] = []
+        rows: list[int] = []
+        positions: list[int] = []
         for group, slot in enumerate(groups):
             gather += members[slot] + [members[slot][0]] * (size - len(members[slot]))
             rows += members[slot]
@@ -229,7 +242,7 @@ class AdapterSlots:
             return torch.tensor(values, device=device)
 
         gathered = None if staged else tensor(distinct)
-        return _Routing(None, len(groups), gathered, tensor(gather), tensor(rows), tensor(positions))
+        return _Grouped(len(groups), gathered, tensor(gather), tensor(rows), tensor(positions))
 
     def _stage(self, distinct: list[int]) -> list[int]:
         """Stage the batch's adapters at positions 0 … len(distinct) - 1; returns the slot at each position. An
@@ -243,7 +256,7 @@ class AdapterSlots:
             for layer in self._layers.values():
                 layer.stage(position, slot)
         self._staged = staged
-        return staged
+        return [slot for slot in staged if slot is not None]  # all of them: every free position was filled
 
     def _unstage(self, slot: int) -> None:
         """The slot's weights change: its staged copy, if any, is stale."""

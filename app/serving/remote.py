@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import structlog
@@ -40,7 +41,7 @@ def rendezvous_order(key: str, replicas: Sequence[str]) -> list[str]:
 class ReplicaError(LoraportError):
     """An error a replica reported, passed on to the client with its status, type and code."""
 
-    def __init__(self, error: dict, status: int) -> None:
+    def __init__(self, error: dict[str, Any], status: int) -> None:
         message = error.get("message") or f"An inference replica failed with status {status}"
         super().__init__(message, param=error.get("param"), code=error.get("code"))
         self.status_code = status
@@ -99,7 +100,7 @@ class RemoteTokenStream(QueuedTokenStream):
             self._response.close()
 
 
-def _token(line: dict) -> GeneratedToken:
+def _token(line: dict[str, Any]) -> GeneratedToken:
     alternatives = tuple((int(token), float(logprob)) for token, logprob in line.get("top_logprobs", ()))
     logprob = line.get("logprob")
     return GeneratedToken(int(line["token"]), None if logprob is None else float(logprob), alternatives)
@@ -211,11 +212,12 @@ class RemoteBackend:
     def close(self) -> None:
         self._client.close()
 
-    def _post(self, replica: str, path: str, body: dict) -> dict:
+    def _post(self, replica: str, path: str, body: dict[str, str]) -> dict[str, Any]:
         response = self._client.post(f"{replica}{API_PREFIX}{path}", json=body)
         if response.status_code != 200:
             raise _error_of(response, replica)
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
 
 def _error_of(response: httpx.Response, replica: str) -> LoraportError | EngineError:

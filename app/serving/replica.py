@@ -17,6 +17,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -37,7 +38,6 @@ from app.serving.remote import API_PREFIX
 from app.serving.warmup import AdapterWarmer, pin_models_in_background
 
 log = structlog.get_logger()
-_END = object()
 
 
 class GenerateBody(BaseModel):
@@ -149,7 +149,7 @@ async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
 
 async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
     try:
-        while (token := await run_in_threadpool(next, tokens, _END)) is not _END:
+        while (token := await run_in_threadpool(next, tokens, None)) is not None:
             yield json.dumps(_token_line(token)) + "\n"
     except LoraportError as error:
         yield _error_line(error.body(), error.status_code)
@@ -163,32 +163,32 @@ async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
         tokens.cancel()
 
 
-def _token_line(token: GeneratedToken) -> dict:
-    line: dict = {"token": token.id}
+def _token_line(token: GeneratedToken) -> dict[str, Any]:
+    line: dict[str, Any] = {"token": token.id}
     if token.logprob is not None:
         line |= {"logprob": token.logprob, "top_logprobs": token.top_logprobs}
     return line
 
 
-def _error_line(body: dict, status: int) -> str:
+def _error_line(body: dict[str, Any], status: int) -> str:
     body["error"]["status"] = status
     return json.dumps(body) + "\n"
 
 
 @router.post("/warm")
-async def warm(body: WarmBody, request: Request) -> dict:
+async def warm(body: WarmBody, request: Request) -> dict[str, str]:
     await run_in_threadpool(request.app.state.backend.warm, body.base_model, body.adapter)
     return {"warmed": body.adapter}
 
 
 @router.post("/evict")
-async def evict(body: EvictBody, request: Request) -> dict:
+async def evict(body: EvictBody, request: Request) -> dict[str, str]:
     await run_in_threadpool(request.app.state.backend.evict, body.adapter)
     return {"evicted": body.adapter}
 
 
 @router.get("/health")
-def health(request: Request) -> dict:
+def health(request: Request) -> dict[str, Any]:
     state = request.app.state
     return {"status": "ok", "backend": type(state.backend).__name__, "generating": state.generations.active}
 

@@ -190,7 +190,7 @@ class LoopTokenStream(QueuedTokenStream):
             self._done.set()
 
 
-def _log_failure(future: Future) -> None:
+def _log_failure(future: Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("vllm.abort_failed", exc_info=future.exception())
 

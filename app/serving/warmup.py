@@ -8,7 +8,7 @@ import redis
 import structlog
 from sqlalchemy import select
 
-from app.core.announcements import ADAPTERS_CHANNEL
+from app.core.announcements import ADAPTERS_CHANNEL, AdapterAnnouncement
 from app.core.db import session_factory
 from app.core.redis import redis_client
 from app.core.settings import Settings
@@ -46,7 +46,7 @@ class AdapterWarmer:
                 log.warning("adapters.warmer_disconnected", exc_info=True)
                 self._stop.wait(2.0)
 
-    def _warm(self, announcement: dict) -> None:
+    def _warm(self, announcement: AdapterAnnouncement) -> None:
         try:
             self._engine.warm(announcement["base_model"], announcement["adapter"])
             log.info("adapters.warmed", adapter=announcement["adapter"])

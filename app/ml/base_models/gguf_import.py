@@ -17,7 +17,7 @@ def packaged_gguf(package: str, filename: str | None = None) -> Path:
     if len(candidates) != 1:
         wanted = filename or "exactly one .gguf file"
         raise FileNotFoundError(f"package {package!r} does not contain {wanted} (found {len(candidates)})")
-    return Path(distribution.locate_file(candidates[0]))
+    return Path(str(distribution.locate_file(candidates[0])))
 
 
 def convert_gguf(gguf_path: Path, destination: Path) -> None:
@@ -26,7 +26,7 @@ def convert_gguf(gguf_path: Path, destination: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # transformers marks GGUF-loaded models as quantised and refuses to save them, although the weights
     # are already dequantised; dropping the marker makes save_pretrained write plain weights.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # an attribute transformers sets without declaring it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(destination)

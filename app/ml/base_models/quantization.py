@@ -9,7 +9,7 @@ FOUR_BIT = "4bit"
 
 def qlora_config() -> BitsAndBytesConfig:
     """The QLoRA paper's recipe: NF4 weights, double quantisation of their scales, bf16 compute."""
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,

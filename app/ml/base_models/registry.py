@@ -148,6 +148,7 @@ class BaseModelRegistry:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, quantization_config=qlora_config(), dtype=torch.bfloat16, device_map={"": device}
             )
-            return model.eval(), tokenizer
+            return model.eval(), tokenizer  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(device))
-        return model.to(device).eval(), tokenizer
+        # transformers wraps Module.to with functools.wraps, whose type makes `model.to` expect the model first.
+        return model.to(device).eval(), tokenizer  # type: ignore[arg-type]

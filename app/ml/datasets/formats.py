@@ -22,7 +22,7 @@ FORMAT_HINT = (
 )
 
 
-def detect_format(example: dict) -> str | None:
+def detect_format(example: dict[str, Any]) -> str | None:
     """The format a line's keys announce, or None when they match none."""
     if "messages" in example:
         messages = example["messages"]
@@ -46,7 +46,7 @@ def _is_assistant(message: Any) -> bool:
     return _is_from(message, "assistant")
 
 
-def parse_example(example: dict, format: str, line: int) -> Example:
+def parse_example(example: dict[str, Any], format: str, line: int) -> Example:
     """The line as an Example of `format`, or InvalidExample saying what is wrong."""
     if format == CHAT:
         return _parse_chat(example, line)
@@ -63,7 +63,7 @@ def parse_example(example: dict, format: str, line: int) -> Example:
     return _parse_pair_preference(example, line)
 
 
-def _check_keys(example: dict, allowed: tuple[str, ...], line: int, required: int = 0) -> None:
+def _check_keys(example: dict[str, Any], allowed: tuple[str, ...], line: int, required: int = 0) -> None:
     """Rejects keys outside `allowed` and missing ones among its first `required` (all when 0)."""
     for key in example:
         if key not in allowed:
@@ -83,7 +83,7 @@ def _text(value: Any, key: str, line: int) -> str:
     return value
 
 
-def _messages(value: Any, key: str, line: int) -> list[dict]:
+def _messages(value: Any, key: str, line: int) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise InvalidExample("wrong_type", f"`{key}` on line {line} must be an array, found {json_type(value)}.")
     if not value:
@@ -94,21 +94,22 @@ def _messages(value: Any, key: str, line: int) -> list[dict]:
     ]
 
 
-def _check_tools(example: dict, line: int) -> None:
+def _check_tools(example: dict[str, Any], line: int) -> None:
     if "tools" in example and not isinstance(example["tools"], list):
         raise InvalidExample("wrong_type", f"`tools` on line {line} must be an array.")
     if "parallel_tool_calls" in example and not isinstance(example["parallel_tool_calls"], bool):
         raise InvalidExample("wrong_type", f"`parallel_tool_calls` on line {line} must be true or false.")
 
 
-def _answer(message: dict) -> str:
+def _answer(message: dict[str, Any]) -> str:
     """The text an assistant turn is trained to produce; a tool call with no text is its arguments as JSON."""
-    if message["content"] or "tool_calls" not in message:
-        return message["content"]
+    content: str = message["content"]
+    if content or "tool_calls" not in message:
+        return content
     return json.dumps(message["tool_calls"], sort_keys=True, ensure_ascii=False)
 
 
-def _parse_chat(example: dict, line: int) -> Example:
+def _parse_chat(example: dict[str, Any], line: int) -> Example:
     _check_keys(example, _CHAT_KEYS, line, required=1)
     _check_tools(example, line)
     raw = example["messages"]
@@ -125,7 +126,7 @@ def _parse_chat(example: dict, line: int) -> Example:
     return Example(line, CHAT, messages[:last], [_answer(messages[last])])
 
 
-def _parse_prompt(example: dict, line: int) -> Example:
+def _parse_prompt(example: dict[str, Any], line: int) -> Example:
     """A prompt to be answered: a string, or chat messages ending with a user turn (and no answer)."""
     if "prompt" in example:
         return Example(line, PROMPTS, [{"role": "user", "content": _text(example["prompt"], "prompt", line)}], [])
@@ -134,7 +135,7 @@ def _parse_prompt(example: dict, line: int) -> Example:
     return Example(line, PROMPTS, _messages(example["messages"], "messages", line), [])
 
 
-def _prompt_messages(messages: list[dict], key: str, line: int) -> list[dict]:
+def _prompt_messages(messages: list[dict[str, Any]], key: str, line: int) -> list[dict[str, Any]]:
     if messages[-1]["role"] == "assistant":
         raise InvalidExample(
             "last_input_message_from_assistant",
@@ -157,7 +158,7 @@ def _output(value: Any, key: str, line: int) -> str:
     return _answer(messages[0])
 
 
-def _parse_openai_preference(example: dict, line: int) -> Example:
+def _parse_openai_preference(example: dict[str, Any], line: int) -> Example:
     _check_keys(example, _OPENAI_PREFERENCE_KEYS, line)
     prompt = example["input"]
     if not isinstance(prompt, dict):
@@ -170,7 +171,7 @@ def _parse_openai_preference(example: dict, line: int) -> Example:
     return Example(line, PREFERENCE, messages, [chosen], rejected)
 
 
-def _parse_pair_preference(example: dict, line: int) -> Example:
+def _parse_pair_preference(example: dict[str, Any], line: int) -> Example:
     _check_keys(example, _PAIR_PREFERENCE_KEYS, line)
     prompt = example["prompt"]
     if isinstance(prompt, str):

@@ -42,7 +42,7 @@ def is_plain_message(message: Any) -> bool:
     return plain_role and type(content) is str and bool(content) and not content.isspace()
 
 
-def check_message(message: Any, where: str, line: int) -> dict:
+def check_message(message: Any, where: str, line: int) -> dict[str, Any]:
     """The message as `{"role", "content": str}` (+ `tool_calls`), or InvalidExample saying what is wrong."""
     if not isinstance(message, dict):
         raise InvalidExample(
@@ -74,13 +74,13 @@ def check_message(message: Any, where: str, line: int) -> dict:
     content = _content_text(message, where, line, may_be_null=tool_calls is not None)
     if message.keys() == _PLAIN_KEYS and content is message["content"]:
         return message  # the common case needs no copy
-    normalised = {"role": role, "content": content}
+    normalised: dict[str, Any] = {"role": role, "content": content}
     if tool_calls is not None:
         normalised["tool_calls"] = tool_calls
     return normalised
 
 
-def _check_weight(message: dict, where: str, line: int) -> None:
+def _check_weight(message: dict[str, Any], where: str, line: int) -> None:
     weight = message["weight"]
     if message["role"] != "assistant":
         raise InvalidExample(
@@ -93,7 +93,7 @@ def _check_weight(message: dict, where: str, line: int) -> None:
         )
 
 
-def _content_text(message: dict, where: str, line: int, may_be_null: bool) -> str:
+def _content_text(message: dict[str, Any], where: str, line: int, may_be_null: bool) -> str:
     if "content" not in message and not may_be_null:
         raise InvalidExample("missing_key", f"Missing required key `content` in {where} on line {line}.")
     content = message.get("content")
@@ -113,8 +113,10 @@ def _content_text(message: dict, where: str, line: int, may_be_null: bool) -> st
 
 
 def _text_part(part: Any, where: str, line: int) -> str:
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
+    if isinstance(part, dict) and part.get("type") == "text":
+        text = part.get("text")
+        if isinstance(text, str):
+            return text
     raise InvalidExample(
         "wrong_type",
         f'Each content part in {where} on line {line} must be {{"type": "text", "text": "..."}}; '

@@ -8,6 +8,7 @@ removes whitespace, so near-duplicates that differ only in those count as the sa
 from array import array
 from collections import Counter
 from hashlib import blake2b
+from typing import Any, TypedDict
 
 from app.ml.datasets.formats import PREFERENCE
 from app.ml.datasets.results import Example
@@ -20,6 +21,29 @@ DOMINANT_SHAPE_SHARE = 0.6
 _WHITESPACE = b" \t\n\r\x0b\x0c"
 
 
+class ReportWarning(TypedDict):
+    code: str
+    message: str
+    lines: list[int]
+
+
+class Conflict(TypedDict):
+    """Examples sharing an input: all their lines, and those lines grouped by answer."""
+
+    lines: list[int]
+    answers: list[list[int]]
+
+
+class LeakedGroup(TypedDict):
+    validation_lines: list[int]
+    training_lines: list[int]
+
+
+class Leakage(TypedDict):
+    count: int
+    groups: list[LeakedGroup]
+
+
 def _normalise(text: str) -> bytes:
     # Removing ASCII whitespace (rather than collapsing it) runs at C speed, 5x faster than split/join.
     return text.casefold().encode("utf-8", "surrogatepass").translate(None, _WHITESPACE)
@@ -29,7 +53,7 @@ def _hash(key: bytes) -> int:
     return int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
 
 
-def _input_key(messages: list[dict]) -> bytes:
+def _input_key(messages: list[dict[str, Any]]) -> bytes:
     parts = [message["role"].encode() + b"\x1f" + _normalise(message["content"]) for message in messages]
     parts += [repr(message["tool_calls"]).encode() for message in messages if "tool_calls" in message]
     return b"\x1e".join(parts)
@@ -54,7 +78,7 @@ class DatasetProfiler:
         self._inputs = array("Q")
         self._answers = array("Q")
         self._shapes = array("I")
-        self._shape_ids: dict[str | None, int] = {None: 0}
+        self._shape_ids: dict[str, int] = {}  # answer shape → its id; 0 is for answers without one
         self._short_answers: list[int] = []
         self._messages = 0
         self._characters = 0
@@ -66,7 +90,7 @@ class DatasetProfiler:
         self._answers.append(_hash(_answer_key(example)))
         answer = example.targets[0] if example.targets else None  # prompts (for distillation) have none
         shape = shape_of(answer) if answer is not None else None
-        self._shapes.append(self._shape_ids.setdefault(shape, len(self._shape_ids)))
+        self._shapes.append(0 if shape is None else self._shape_ids.setdefault(shape, len(self._shape_ids) + 1))
         if answer is not None and len(answer.strip()) < SHORT_ANSWER_CHARS:
             self._short_answers.append(example.line)
         outputs = example.targets if example.rejected is None else [*example.targets, example.rejected]
@@ -80,11 +104,11 @@ class DatasetProfiler:
             found.setdefault(f"{input_hash:016x}{answer_hash:016x}", []).append(line)
         return found
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """The report as JSON-serialisable data; `warnings` sums it up as `{code, message, lines}`."""
         duplicates, conflicts = self._repeated_inputs()
         shape = self._shape()
-        report = {
+        report: dict[str, Any] = {
             "format": self._format,
             "counts": {"examples": len(self._lines), "messages": self._messages, "characters": self._characters},
             "duplicates": {"group_count": len(duplicates), "groups": duplicates[:LISTED]},
@@ -95,14 +119,15 @@ class DatasetProfiler:
         report["warnings"] = _warnings(report)
         return report
 
-    def _repeated_inputs(self) -> tuple[list[list[int]], list[dict]]:
+    def _repeated_inputs(self) -> tuple[list[list[int]], list[Conflict]]:
         """Groups of duplicate examples, and of examples sharing an input with different answers."""
         counts = Counter(self._inputs)
         answers_by_input: dict[int, dict[int, list[int]]] = {}
         for line, input_hash, answer_hash in zip(self._lines, self._inputs, self._answers, strict=True):
             if counts[input_hash] > 1:
                 answers_by_input.setdefault(input_hash, {}).setdefault(answer_hash, []).append(line)
-        duplicates, conflicts = [], []
+        duplicates: list[list[int]] = []
+        conflicts: list[Conflict] = []
         for answers in answers_by_input.values():
             duplicates += [lines for lines in answers.values() if len(lines) > 1]
             # Several preference pairs per prompt are normal; only chat and completions must answer consistently.
@@ -113,7 +138,7 @@ class DatasetProfiler:
         conflicts.sort(key=lambda conflict: conflict["lines"])
         return duplicates, conflicts
 
-    def _shape(self) -> dict | None:
+    def _shape(self) -> dict[str, Any] | None:
         """The shape most answers share and the lines that break it, when at least 60% share one."""
         counts = Counter(self._shapes)
         counts.pop(0, None)  # answers with no structure cannot be dominant
@@ -128,8 +153,8 @@ class DatasetProfiler:
         return {**describe_shape(shape), "share": round(share, 3), "count": len(breaking), "lines": breaking[:LISTED]}
 
 
-def _warnings(report: dict) -> list[dict]:
-    warnings = []
+def _warnings(report: dict[str, Any]) -> list[ReportWarning]:
+    warnings: list[ReportWarning] = []
     examples = report["counts"]["examples"]
     if examples < FEW_EXAMPLES:
         message = f"Only {examples} examples: {FEW_EXAMPLES} or more usually give a clearly better fine-tune."
@@ -163,10 +188,10 @@ def _warnings(report: dict) -> list[dict]:
     return warnings
 
 
-def leakage(training_fingerprints: dict[str, list[int]], validation_fingerprints: dict[str, list[int]]) -> dict:
+def leakage(training_fingerprints: dict[str, list[int]], validation_fingerprints: dict[str, list[int]]) -> Leakage:
     """Validation examples that also appear in the training file, which make validation loss look too good."""
     shared = validation_fingerprints.keys() & training_fingerprints.keys()
-    groups = [
+    groups: list[LeakedGroup] = [
         {"validation_lines": validation_fingerprints[key], "training_lines": training_fingerprints[key]}
         for key in sorted(shared, key=lambda key: validation_fingerprints[key][0])
     ]

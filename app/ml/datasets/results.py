@@ -1,6 +1,7 @@
 """What validation hands back: line-numbered errors, the overall result, and the examples it parsed."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 _ERRORS_IN_SUMMARY = 5
 
@@ -13,7 +14,7 @@ class LineError:
     code: str
     message: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"line": self.line, "code": self.code, "message": self.message}
 
 
@@ -28,7 +29,7 @@ class Example:
 
     line: int
     format: str
-    input_messages: list[dict]
+    input_messages: list[dict[str, Any]]
     targets: list[str]
     rejected: str | None = None
 
@@ -57,7 +58,7 @@ class ValidationResult:
         tail = f" And {more} more error(s)." if more > 0 else ""
         return f"The file has {self.error_count} error(s). {shown}{tail}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "example_count": self.example_count,

@@ -2,6 +2,7 @@
 
 import json
 import re
+from typing import Any
 
 _KEY_LINE = re.compile(r"\s*([A-Za-z][\w \-]{0,40}?)\s*:(?:\s|$)")
 
@@ -27,6 +28,6 @@ def shape_of(answer: str) -> str | None:
     return "lines:" + ",".join(keys)
 
 
-def describe_shape(shape: str) -> dict:
+def describe_shape(shape: str) -> dict[str, Any]:
     kind, _, keys = shape.partition(":")
     return {"kind": "json_object" if kind == "json" else "key_value_lines", "keys": keys.split(",") if keys else []}

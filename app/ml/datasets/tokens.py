@@ -4,6 +4,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import Any
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
@@ -12,16 +13,17 @@ from app.ml.datasets.report import LISTED, lines_text
 from app.ml.datasets.results import Example
 
 
-def _sequences(example: Example) -> list[list[dict]]:
+def _sequences(example: Example) -> list[list[dict[str, Any]]]:
     """The conversations training builds from an example: one, or chosen and rejected for a preference pair."""
     answers = [*example.targets, *([example.rejected] if example.rejected is not None else [])]
     return [[*example.input_messages, {"role": "assistant", "content": answer}] for answer in answers]
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> str:
     if tokenizer.chat_template:
         try:
-            return tokenizer.apply_chat_template(messages, tokenize=False)
+            # Untokenized, the template's output is a str (the library's return type covers every other option too).
+            return tokenizer.apply_chat_template(messages, tokenize=False)  # type: ignore[return-value]
         except (TemplateError, ValueError, TypeError):
             pass  # a template that rejects this conversation (tool calls, roles): count the plain text instead
     return "\n".join(message["content"] for message in messages)
@@ -35,7 +37,7 @@ def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
 
 def token_stats(
     tokenizer: PreTrainedTokenizerBase, examples: Iterable[Example], max_length: int, batch_size: int = 256
-) -> dict:
+) -> dict[str, Any]:
     """Tokens per example (its longest sequence), the total to train on, and the lines over `max_length`.
 
     Over-long examples are truncated in training, not rejected, so they are reported with their lines.

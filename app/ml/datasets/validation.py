@@ -12,6 +12,7 @@ a newline is checked like any other (a file cut off mid-line fails as invalid JS
 import codecs
 import json
 from collections.abc import Callable
+from typing import Any
 
 from app.core.json_depth import nests_deeper_than
 from app.ml.datasets.formats import CHAT, FORMAT_HINT, PROMPT_COMPLETION, PROMPTS, detect_format, parse_example
@@ -119,7 +120,7 @@ class DatasetValidator:
             return
         self._accept(example, line)
 
-    def _decode(self, content: bytes, line: int, ends_file: bool) -> dict | None:
+    def _decode(self, content: bytes, line: int, ends_file: bool) -> dict[str, Any] | None:
         """The line's JSON object, or None after recording why it is not one."""
         if nests_deeper_than(content, self._max_depth):
             self._fail(line, "too_deeply_nested", f"Line {line} nests JSON deeper than {self._max_depth} levels.")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sacrebleu.metrics import CHRF
+from sacrebleu.metrics.chrf import CHRF
 
 Shape = Literal["json", "fields", "text"]
 _FIELD_LINE = re.compile(r"^\s*([^:\n]+?)\s*:\s*(.*?)\s*$")
@@ -57,8 +57,9 @@ def score_answer(answer: str, target: str) -> AnswerScore:
         right = sum(1 for key, value in expected.items() if isinstance(got, dict) and key in got and got[key] == value)
         format_kept = isinstance(got, dict) and set(got) == set(expected)
         return AnswerScore(got == expected, format_kept, right, len(expected), chrf, length_ratio)
-    if shape == "fields":
-        expected_fields, got_fields = _fields(target), _fields(answer)
+    expected_fields = _fields(target) if shape == "fields" else None
+    if expected_fields is not None:  # every line of the target is a field (`target_shape` checked)
+        got_fields = _fields(answer)
         got = dict(got_fields or [])
         right = sum(1 for key, value in expected_fields if got.get(key) == value)
         format_kept = got_fields is not None and [key for key, _ in got_fields] == [key for key, _ in expected_fields]
@@ -75,10 +76,14 @@ def _json_object(text: str) -> Any:
 
 def _fields(text: str) -> list[tuple[str, str]] | None:
     """The `key: value` pairs of `text`, in order; None when a non-empty line is not one."""
-    matches = [_FIELD_LINE.match(line) for line in text.splitlines() if line.strip()]
-    if not matches or not all(matches):
-        return None
-    return [(match.group(1), match.group(2)) for match in matches]
+    pairs = []
+    for line in text.splitlines():
+        if line.strip():
+            match = _FIELD_LINE.match(line)
+            if match is None:
+                return None
+            pairs.append((match.group(1), match.group(2)))
+    return pairs or None
 
 
 @dataclass(frozen=True)

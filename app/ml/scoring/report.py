@@ -3,6 +3,7 @@ by side, with a verdict in plain words and the warnings a user should not miss."
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, TypedDict
 
 from app.ml.scoring.measures import AnswerScore, Summary, score_answer, summarize, wilson_interval, worst
 
@@ -10,16 +11,27 @@ TOO_UNCERTAIN = 0.3  # a 95 % interval of the exact-match rate wider than this i
 WORST_SHOWN = 5
 
 
+class ReportWarning(TypedDict):
+    code: str
+    message: str
+
+
+class PreferenceSummary(TypedDict):
+    preference_accuracy: float  # share of held-out pairs whose chosen answer the model finds the likelier one
+    interval: tuple[float, float]  # its 95 % Wilson interval
+    mean_margin: float
+
+
 @dataclass(frozen=True)
 class HeldOutExample:
-    prompt: list[dict]  # the conversation up to the answer
+    prompt: list[dict[str, Any]]  # the conversation up to the answer
     target: str  # the answer the example holds
 
 
-def held_out_examples(conversations: Sequence[list[dict]], max_examples: int) -> list[HeldOutExample]:
+def held_out_examples(conversations: Sequence[list[dict[str, Any]]], max_examples: int) -> list[HeldOutExample]:
     """At most `max_examples` held-out examples: each conversation's last assistant turn is the target, the turns
     before it the prompt. Conversations without an assistant turn after some other turn are skipped."""
-    examples = []
+    examples: list[HeldOutExample] = []
     for messages in conversations:
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
         if last == 0 or not isinstance(messages[last].get("content"), str):
@@ -70,7 +82,7 @@ def evaluation_report(
     leaked_examples: int = 0,
     token_metrics: tuple[TokenMetrics | None, TokenMetrics | None] = (None, None),
     sides: Sides = FINE_TUNE,
-) -> dict:
+) -> dict[str, Any]:
     """The report as the API returns it and the results file holds it; answers and `token_metrics` of the base
     model (the baseline) and of the fine-tuned one (the candidate)."""
     if not examples:
@@ -95,7 +107,7 @@ def evaluation_report(
 
 def checkpoint_summary(
     model: str, examples: Sequence[HeldOutExample], answers: Sequence[str], metrics: TokenMetrics | None
-) -> dict:
+) -> dict[str, Any]:
     """How an earlier checkpoint of the fine-tune did on the same examples, for the report's `checkpoints`."""
     scores = [score_answer(a, e.target) for a, e in zip(answers, examples, strict=True)]
     return {"model": model, **asdict(summarize(scores)), **_token_fields(metrics)}
@@ -124,15 +136,17 @@ def _epochs_part(losses: Losses | None) -> list[str]:
     return [f"validation loss lowest at epoch {lowest} of {len(losses.valid)}{kept}"]
 
 
-def warnings(tuned: Summary, losses: Losses | None, leaked_examples: int, sides: Sides = FINE_TUNE) -> list[dict]:
+def warnings(
+    tuned: Summary, losses: Losses | None, leaked_examples: int, sides: Sides = FINE_TUNE
+) -> list[ReportWarning]:
     measured = f"the {sides.candidate_word} model's {_percent(tuned.exact)} exact"
     return _warnings(tuned.examples, tuned.exact_interval, measured, losses, leaked_examples)
 
 
 def _warnings(
     examples: int, interval: tuple[float, float], measured: str, losses: Losses | None, leaked_examples: int
-) -> list[dict]:
-    found = []
+) -> list[ReportWarning]:
+    found: list[ReportWarning] = []
     low, high = interval
     if high - low > TOO_UNCERTAIN:
         found.append({
@@ -167,7 +181,7 @@ def preference_report(
     tuned_margins: Sequence[float],
     losses: Losses | None = None,
     leaked_examples: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """The report of a preference (DPO) job. A margin is how much more likely a model finds a pair's chosen answer
     than its rejected one (mean log-probability per answer token, chosen minus rejected); a pair is won when it is
     positive. Both models are measured alike, so the base model's share shows where training started."""
@@ -191,7 +205,7 @@ def preference_report(
     }
 
 
-def _preference_summary(margins: Sequence[float]) -> dict:
+def _preference_summary(margins: Sequence[float]) -> PreferenceSummary:
     won = sum(margin > 0 for margin in margins)
     return {
         "preference_accuracy": won / len(margins),
@@ -208,7 +222,7 @@ def _overfitting(losses: Losses) -> bool:
     return best < len(losses.valid) - 1 and losses.train[-1] < losses.train[best]
 
 
-def _token_fields(metrics: TokenMetrics | None) -> dict:
+def _token_fields(metrics: TokenMetrics | None) -> dict[str, float | None]:
     if metrics is None:
         return {"loss": None, "token_accuracy": None}
     return {"loss": round(metrics.loss, 4), "token_accuracy": round(metrics.token_accuracy, 4)}
@@ -216,7 +230,7 @@ def _token_fields(metrics: TokenMetrics | None) -> dict:
 
 def _side_by_side(
     example: HeldOutExample, base_answer: str, tuned_answer: str, score: AnswerScore, sides: Sides
-) -> dict:
+) -> dict[str, Any]:
     return {
         "prompt": example.prompt,
         "target": example.target,
