@@ -1,5 +1,5 @@
-"""Which training jobs have a message in the Redis broker: waiting in the queue, or delivered to a worker and
-not yet acknowledged.
+"""Which jobs and evaluations have a message in the Redis broker: waiting in the training queue, or delivered to a
+worker and not yet acknowledged.
 
 Reads kombu's Redis layout: one list per queue (plus one per priority step), and the `unacked` hash that
 holds each delivered message until its task ends (late acknowledgement). A message is a JSON object whose
@@ -9,7 +9,7 @@ holds each delivered message until its task ends (late acknowledgement). A messa
 import json
 from collections.abc import Iterable
 
-from app.core.queue import TRAINING_QUEUE, job_id_of_task
+from app.core.queue import TRAINING_QUEUE, evaluation_id_of_task, job_id_of_task
 from app.core.redis import redis_client
 
 _UNACKED = "unacked"
@@ -21,9 +21,13 @@ def _task_id(message: dict) -> str | None:
     return headers.get("id") if isinstance(headers, dict) else None
 
 
-def _job_ids(messages: Iterable[dict]) -> set[str]:
+def _work_ids(messages: Iterable[dict]) -> set[str]:
     task_ids = (_task_id(message) for message in messages)
-    return {job_id for task_id in task_ids if task_id and (job_id := job_id_of_task(task_id))}
+    return {
+        work_id
+        for task_id in task_ids
+        if task_id and (work_id := job_id_of_task(task_id) or evaluation_id_of_task(task_id))
+    }
 
 
 def _parsed(entries: Iterable[bytes]) -> list:
@@ -37,10 +41,11 @@ def _parsed(entries: Iterable[bytes]) -> list:
     return parsed
 
 
-def jobs_with_messages(redis_url: str) -> set[str]:
+def work_with_messages(redis_url: str) -> set[str]:
+    """The ids of the jobs and evaluations with a message in the broker (their prefixes tell them apart)."""
     with redis_client(redis_url) as client:
         queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
         waiting = _parsed(message for queue in queues for message in client.lrange(queue, 0, -1))
         # an unacknowledged entry is [message, exchange, routing key]
         delivered = [entry[0] for entry in _parsed(client.hvals(_UNACKED)) if isinstance(entry, list) and entry]
-    return _job_ids(m for m in waiting if isinstance(m, dict)) | _job_ids(m for m in delivered if isinstance(m, dict))
+    return _work_ids(m for m in [*waiting, *delivered] if isinstance(m, dict))

@@ -28,7 +28,7 @@ from app.ml.devices import compute_device
 from app.ml.models import UnknownModel, resolve
 from app.serving.answers import answer_text, answering
 from worker.datasets import load_examples, load_prompts
-from worker.failures import JobFailed
+from worker.failures import TaskFailed
 from worker.results import store_job_file
 
 TEACHER = "teacher"
@@ -132,7 +132,7 @@ def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTunin
             teacher = resolve(session, registry, org, options["teacher_model"])
         except UnknownModel:
             message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
-            raise JobFailed("model_not_found", message, "method.distillation.teacher_model") from None
+            raise TaskFailed("model_not_found", message, "method.distillation.teacher_model") from None
         message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
         job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
     model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))

@@ -1,19 +1,23 @@
 """One evaluation asked for through `POST /v1/evaluations`, from queued to a report or an error.
 
-A plain function that tests call directly; the Celery task only wraps `run_evaluation`. A re-delivered message
-runs an unfinished evaluation again from the start: greedy answers make the second run's report the same.
+A plain function that tests call directly; the Celery task only wraps `run_evaluation`. It has a job's lifecycle: a
+guarded claim takes an attempt, a lease kept alive while it runs lets the reaper re-queue it when its worker dies,
+a cancel stops it between answers, and an outage gives it back to the queue. Another attempt runs it again from
+the start: greedy answers make its report the same.
 """
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.core.db import transaction
-from app.core.lifecycle import FINISHED, Status
+from app.core.lifecycle import EVALUATIONS, Status
+from app.core.outages import outage_tolerated, unavailable_service
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, store_for
 from app.core.tables import Evaluation, Organization, StoredFile
@@ -23,19 +27,17 @@ from app.ml.devices import compute_device
 from app.ml.models import UnknownModel, resolve
 from app.ml.scoring.report import Sides, evaluation_report, held_out_examples
 from app.ml.training_options import resolve_training_options
+from app.serving.answers import Stopped
 from worker.datasets import load_examples
+from worker.failures import TaskFailed
 from worker.held_out import answer_and_measure
+from worker.lease import LeaseKeeper
+from worker.progress import CancelCheck
 from worker.training.trainer import TrainingConfig
 
 log = structlog.get_logger()
 COMPARISON = Sides("baseline", "model", "baseline_answer", "model_answer", "baseline", "model")
 MEASURING_BATCH = 8  # held-out examples per teacher-forced forward
-
-
-class EvaluationFailed(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "message": message}
 
 
 @dataclass(frozen=True)
@@ -52,26 +54,47 @@ class _Request:
 def run_evaluation(settings: Settings, registry: BaseModelRegistry, evaluation_id: str) -> None:
     url = settings.require("database_url")
     with transaction(url) as session:
-        row = session.get(Evaluation, evaluation_id)
-        if row is None or row.status in FINISHED:
-            log.info("evaluations.skip", evaluation_id=evaluation_id)
-            return
-        row.status = Status.RUNNING
+        attempt = EVALUATIONS.claim(session, evaluation_id, settings.job_lease_seconds)
+    if attempt is None:  # finished, cancelled, or another worker's already: a duplicate or late message
+        log.info("evaluations.skip", evaluation_id=evaluation_id)
+        return
     try:
-        report = _evaluate(settings, registry, _request(settings, registry, evaluation_id))
-    except EvaluationFailed as failure:
-        _finish(url, evaluation_id, Status.FAILED, error=failure.error)
+        with LeaseKeeper(url, EVALUATIONS, evaluation_id, attempt, settings.job_lease_seconds):
+            stop = CancelCheck(url, EVALUATIONS, evaluation_id, attempt).should_stop
+            report = _evaluate(settings, registry, _request(settings, registry, evaluation_id), stop)
+    except Stopped:
+        log.info("evaluations.stopped", evaluation_id=evaluation_id, attempt=attempt)
+    except TaskFailed as failure:
+        _finish(url, evaluation_id, attempt, Status.FAILED, error=failure.error)
     except Exception as error:
+        if (service := unavailable_service(error)) is not None:
+            log.warning("evaluations.outage", evaluation_id=evaluation_id, service=service, exc_info=True)
+            _give_back_or_fail(settings, evaluation_id, attempt, service, error)
+            return
         log.exception("evaluations.failed", evaluation_id=evaluation_id)
-        _finish(
-            url,
-            evaluation_id,
-            Status.FAILED,
-            error={"code": "evaluation_error", "message": f"Evaluation failed: {error}"},
-        )
+        error_body = {"code": "evaluation_error", "message": f"Evaluation failed: {error}", "param": None}
+        _finish(url, evaluation_id, attempt, Status.FAILED, error=error_body)
         raise
     else:
-        _finish(url, evaluation_id, Status.SUCCEEDED, report=report)
+        _finish(url, evaluation_id, attempt, Status.SUCCEEDED, report=report)
+
+
+def _give_back_or_fail(settings: Settings, evaluation_id: str, attempt: int, service: str, error: Exception) -> None:
+    """An outage is not the evaluation's fault: it goes back to the queue, to run again `outage_retry_seconds` later;
+    its last attempt fails, naming the service. With the database down too, the lease runs out and the reaper
+    re-queues it."""
+    with outage_tolerated("evaluations.outage.unrecorded", evaluation_id=evaluation_id):
+        if attempt < settings.max_job_attempts:
+            retry_at = datetime.now(UTC) + timedelta(seconds=settings.outage_retry_seconds)
+            with transaction(settings.require("database_url")) as session:
+                EVALUATIONS.give_back(session, evaluation_id, retry_at, attempt)
+            return
+        message = (
+            f"The evaluation stopped {attempt} times because {service} was unavailable (last: {error}); check that "
+            "the workers can reach it, then create the evaluation again"
+        )
+        error_body = {"code": "service_unavailable", "message": message, "param": None}
+        _finish(settings.require("database_url"), evaluation_id, attempt, Status.FAILED, error=error_body)
 
 
 def _request(settings: Settings, registry: BaseModelRegistry, evaluation_id: str) -> _Request:
@@ -84,22 +107,24 @@ def _request(settings: Settings, registry: BaseModelRegistry, evaluation_id: str
             )
         )
         if file_key is None:
-            raise EvaluationFailed("file_not_found", f"The file '{row.file_id}' was deleted before the evaluation ran")
+            raise TaskFailed("file_not_found", f"The file '{row.file_id}' was deleted before the evaluation ran")
         adapters = {}
         for side, model_id in (("model", row.model), ("baseline", row.baseline)):
             try:
                 adapters[side] = resolve(session, registry, org, model_id).adapter_prefix
             except UnknownModel:
                 message = f"The model '{model_id}' was deleted before the evaluation ran"
-                raise EvaluationFailed("model_not_found", message) from None
+                raise TaskFailed("model_not_found", message) from None
         return _Request(row.base_model, file_key, row.max_examples, row.max_tokens, adapters)
 
 
-def _evaluate(settings: Settings, registry: BaseModelRegistry, request: _Request) -> dict:
+def _evaluate(
+    settings: Settings, registry: BaseModelRegistry, request: _Request, should_stop: Callable[[], bool]
+) -> dict:
     store = store_for(settings)
     examples = held_out_examples(load_examples(store, request.file_key), request.max_examples)
     if not examples:
-        raise EvaluationFailed("invalid_file", "No example of the file ends with an assistant answer to compare with")
+        raise TaskFailed("invalid_file", "No example of the file ends with an assistant answer to compare with")
     options = resolve_training_options(registry.get(request.base_model), None)
     config = TrainingConfig(
         n_epochs=1,
@@ -114,7 +139,7 @@ def _evaluate(settings: Settings, registry: BaseModelRegistry, request: _Request
         model, tokenizer = registry.load(request.base_model, device=compute_device(settings))
         with_base = None in request.adapters.values()
         outcome = answer_and_measure(
-            model, tokenizer, adapter_dirs, examples, config, request.max_tokens, with_base=with_base
+            model, tokenizer, adapter_dirs, examples, config, request.max_tokens, with_base, should_stop
         )
 
     def name(side: str) -> str | None:
@@ -138,16 +163,12 @@ def _fetch_adapters(store: ObjectStore, prefixes: dict[str, str | None], directo
         try:
             verified_fetch(store.download_prefix)(prefix, fetched[side])
         except FileNotFoundError:
-            raise EvaluationFailed(
-                "model_not_found", f"The {side}'s adapter was deleted before the evaluation ran"
-            ) from None
+            raise TaskFailed("model_not_found", f"The {side}'s adapter was deleted before the evaluation ran") from None
     return fetched
 
 
-def _finish(url: str, evaluation_id: str, status: str, **values: object) -> None:
+def _finish(url: str, evaluation_id: str, attempt: int, status: Status, **values: object) -> None:
+    """Ends the evaluation, if this attempt still runs it (it may have been cancelled, or given to another)."""
     with transaction(url) as session:
-        session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation_id, Evaluation.status.not_in(FINISHED))
-            .values(status=status, finished_at=datetime.now(UTC), **values)
-        )
+        if not EVALUATIONS.move(session, evaluation_id, (Status.RUNNING,), status, attempt, **values):
+            log.info("evaluations.finish.lost", evaluation_id=evaluation_id, attempt=attempt, status=status)

@@ -1,8 +1,8 @@
-"""A job that cannot go on, with the error its API shows."""
+"""Work (a job or an evaluation) that cannot go on, with the error its API shows."""
 
 
-class JobFailed(Exception):
-    """Ends the job as failed with `error` ({code, message, param}), without a traceback: the cause is known."""
+class TaskFailed(Exception):
+    """Ends the work as failed with `error` ({code, message, param}), without a traceback: the cause is known."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)

@@ -1,7 +1,7 @@
 """Held-out evaluation on a worker: the base model and adapters answer the same held-out prompts (greedy, through
 the serving engine's continuous batcher) and are measured teacher-forced on the held-out answers."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from app.ml.scoring.report import (
     preference_report,
 )
 from app.ml.scoring.settings import EvaluationSettings
-from app.serving.answers import answering, greedy_answers
+from app.serving.answers import Stopped, answering, greedy_answers
 from worker.datasets import PreferenceExample
 from worker.training.preference import PreferencePair, pair_logps, tokenize_pairs
 from worker.training.trainer import TrainingConfig, held_out_metrics, pad_token_id
@@ -42,16 +42,21 @@ def answer_and_measure(
     config: TrainingConfig,
     max_tokens: int,
     with_base: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Each adapter's (name → saved directory) answers and token metrics on `examples`, and the base model's when
     `with_base`. Answers stop at `max_tokens`, or earlier at twice the longest target's tokens plus 16. `model` is
-    the plain base model; it ends up wrapped by adapter slots."""
+    the plain base model; it ends up wrapped by adapter slots. `should_stop` is asked between models' measurements
+    and between answers; `Stopped` is raised when it says so."""
+    stop = should_stop or (lambda: False)
     conversations = [[*example.prompt, {"role": "assistant", "content": example.target}] for example in examples]
     metrics: dict[str | None, TokenMetrics | None] = {}
     if with_base:
         metrics[None] = _token_metrics(held_out_metrics(model, tokenizer, conversations, config))
     peft_model: PeftModel | None = None
     for name, directory in adapters.items():
+        if stop():
+            raise Stopped
         if peft_model is None:
             peft_model = PeftModel.from_pretrained(model, directory, adapter_name=name)
         else:
@@ -60,7 +65,7 @@ def answer_and_measure(
         metrics[name] = _token_metrics(held_out_metrics(peft_model, tokenizer, conversations, config))
     plain = peft_model.unload() if peft_model is not None else model
     models = [None, *adapters] if with_base else list(adapters)
-    return Outcome(_answers(plain, tokenizer, adapters, models, examples, max_tokens), metrics)
+    return Outcome(_answers(plain, tokenizer, adapters, models, examples, max_tokens, stop), metrics)
 
 
 def evaluate_fine_tune(
@@ -133,12 +138,13 @@ def _answers(
     models: Sequence[str | None],
     examples: Sequence[HeldOutExample],
     max_tokens: int,
+    should_stop: Callable[[], bool],
 ) -> dict[str | None, list[str]]:
     longest_target = max(len(tokenizer(example.target).input_ids) for example in examples)
     with answering(model, tokenizer, adapters) as (batcher, end_ids):
         prompts = [example.prompt for example in examples]
         max_new_tokens = min(max_tokens, 2 * longest_target + 16)
-        return greedy_answers(batcher, tokenizer, end_ids, prompts, models, max_new_tokens)
+        return greedy_answers(batcher, tokenizer, end_ids, prompts, models, max_new_tokens, should_stop)
 
 
 def _token_metrics(measured: tuple[float, float] | None) -> TokenMetrics | None:

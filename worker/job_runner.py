@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.core import job_state
 from app.core.announcements import announce_adapter
 from app.core.db import transaction
-from app.core.lifecycle import ACTIVE, FINISHED, Status
+from app.core.lifecycle import ACTIVE, FINISHED, JOBS, Status
 from app.core.outages import outage_tolerated, unavailable_service
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
@@ -33,7 +33,7 @@ from app.ml.training_options import resolve_training_options
 from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples, load_pairs
 from worker.distillation import distilled_examples
-from worker.failures import JobFailed
+from worker.failures import TaskFailed
 from worker.job_evaluation import report_on_job
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress
@@ -59,7 +59,7 @@ def _dataset_key(session, job: FineTuningJob, file_id: str, param: str) -> str: 
         )
     )
     if key is None:
-        raise JobFailed("invalid_file", f"The file '{file_id}' was deleted before training started", param)
+        raise TaskFailed("invalid_file", f"The file '{file_id}' was deleted before training started", param)
     return key
 
 
@@ -84,9 +84,10 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
         return
     try:
         with transaction(url) as session:
-            if not job_state.claim(session, job_id, settings.job_lease_seconds):
-                log.info("jobs.claim.lost", job_id=job_id)
-                return
+            attempt = JOBS.claim(session, job_id, settings.job_lease_seconds)
+        if attempt is None:
+            log.info("jobs.claim.lost", job_id=job_id)
+            return
         _check_datasets(settings, job_id)
         with transaction(url) as session:
             job = session.get_one(FineTuningJob, job_id)
@@ -94,12 +95,12 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
                 "hyperparameters": job.hyperparameters,
                 "learning_rate": training_config(registry, job).learning_rate,
                 "lora": job.training_options,
-                "attempt": job.attempt,
+                "attempt": attempt,
             }
             job_state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
-        with LeaseKeeper(url, job_id, settings.job_lease_seconds):
+        with LeaseKeeper(url, JOBS, job_id, attempt, settings.job_lease_seconds):
             _train_and_publish(settings, registry, job_id)
-    except JobFailed as failure:
+    except TaskFailed as failure:
         _fail(settings, job_id, failure.error)
     except (torch.OutOfMemoryError, MemoryError):
         log.exception("jobs.out_of_memory", job_id=job_id)
@@ -126,7 +127,7 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
         with transaction(settings.require("database_url")) as session:
             attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
             if attempt < settings.max_job_attempts:
-                if job_state.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
+                if JOBS.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
                     message = (
                         f"{service.capitalize()} became unavailable ({error}); the job goes back to the queue and "
                         f"resumes from its last checkpoint in {delay:g} s (attempt {attempt + 1} of "
@@ -143,7 +144,7 @@ def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exc
 
 def _fail(settings: Settings, job_id: str, error: dict) -> None:
     with transaction(settings.require("database_url")) as session:
-        if job_state.move(session, job_id, ACTIVE, Status.FAILED, error=error):
+        if JOBS.move(session, job_id, ACTIVE, Status.FAILED, error=error):
             job_state.add_event(session, job_id, error["message"], level="error")
         job = session.execute(
             select(FineTuningJob.organization_id, FineTuningJob.status).where(FineTuningJob.id == job_id)
@@ -295,7 +296,7 @@ def _load_base_model(
     quantization = (job.training_options or {}).get("quantization")
     if quantization == FOUR_BIT and not device.startswith("cuda"):
         message = "lora.quantization '4bit' (QLoRA) needs a CUDA GPU, and the worker that took this job has none"
-        raise JobFailed("unsupported_device", message, "lora.quantization")
+        raise TaskFailed("unsupported_device", message, "lora.quantization")
     return registry.load(job.base_model, device=device, quantization=quantization)
 
 
@@ -334,7 +335,7 @@ def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path
         verified_fetch(store.download_prefix)(job.start_adapter_prefix or "", directory)
     except FileNotFoundError:
         message = f"The model '{job.model}' that this job trains further was deleted before training started"
-        raise JobFailed("model_not_found", message, "model") from None
+        raise TaskFailed("model_not_found", message, "model") from None
 
 
 def _announce_resume(url: str, job_id: str, resumed: TrainingState) -> None:
@@ -375,7 +376,7 @@ def _publish(
         results = [store_results(session, store, job)]
         if report is not None:
             results.append(store_evaluation(session, store, job, report))
-        if not job_state.move(
+        if not JOBS.move(
             session,
             job.id,
             (Status.RUNNING,),

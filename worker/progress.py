@@ -1,4 +1,5 @@
-"""What the trainer tells the database while it works: metrics events, lease renewals, cancellation."""
+"""What running work tells the database, and hears from it: a trainer's metrics events and lease renewals, and
+whether the work was cancelled meanwhile."""
 
 import time
 from datetime import UTC, datetime, timedelta
@@ -7,7 +8,7 @@ from sqlalchemy import select
 
 from app.core import job_state
 from app.core.db import transaction
-from app.core.lifecycle import Status
+from app.core.lifecycle import JOBS, Lifecycle, Status
 from app.core.tables import FineTuningJob
 from worker.training.trainer import StepReport
 
@@ -43,8 +44,8 @@ class JobProgress:
             data[f"valid_{report.accuracy_name}"] = report.valid_mean_token_accuracy
             data |= {f"valid_{name}": value for name, value in (report.valid_metrics or {}).items()}
         with transaction(self.database_url) as session:
-            self._still_running = job_state.renew_lease(
-                session, self.job_id, self.lease_seconds, self._estimated_finish(report)
+            self._still_running = JOBS.renew_lease(
+                session, self.job_id, self.lease_seconds, estimated_finish=self._estimated_finish(report)
             )
             if self._still_running:
                 job_state.add_event(session, self.job_id, message, type_="metrics", data=data)
@@ -64,3 +65,20 @@ class JobProgress:
             self._still_running = status == Status.RUNNING
             self._checked_at = time.monotonic()
         return not self._still_running
+
+
+class CancelCheck:
+    """`should_stop` for work without steps that renew its lease (an evaluation): True once `attempt` no longer runs
+    the row (it was cancelled, or re-queued for another attempt), asked of the database at most every 2 s."""
+
+    def __init__(self, database_url: str, lifecycle: Lifecycle, row_id: str, attempt: int) -> None:
+        self.database_url, self.lifecycle, self.row_id, self.attempt = database_url, lifecycle, row_id, attempt
+        self._held = True
+        self._checked_at = time.monotonic()
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self._checked_at > _STATUS_POLL_S:
+            with transaction(self.database_url) as session:
+                self._held = self.lifecycle.holds(session, self.row_id, self.attempt)
+            self._checked_at = time.monotonic()
+        return not self._held

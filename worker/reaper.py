@@ -1,104 +1,103 @@
-"""Repairs what a crash can leave behind: jobs whose worker died, jobs whose message never reached the
-broker, and queued jobs whose message the broker lost. Run every minute by the maintenance worker's beat;
-each pass is safe to run at any time and twice."""
+"""Repairs what a crash can leave behind, in jobs and evaluations alike: work whose worker died, and work waiting
+for a worker with no message in the broker. Run every minute by the maintenance worker's beat; each pass is safe to
+run at any time and twice."""
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.core import job_state
 from app.core.db import transaction
-from app.core.lifecycle import Status
-from app.core.queue import enqueue_training
+from app.core.lifecycle import EVALUATIONS, JOBS, Lifecycle, Status
+from app.core.queue import enqueue_evaluation, enqueue_training
 from app.core.settings import Settings
-from app.core.tables import FineTuningJob
-from worker.broker_messages import jobs_with_messages
+from worker.broker_messages import work_with_messages
 
 log = structlog.get_logger()
-# A job whose message reached the broker is marked queued within the create request, so one still
-# validating after this long was never enqueued.
-UNQUEUED_GRACE = timedelta(seconds=60)
+AFTER_OUTAGE = "Sent to a worker again after the outage"
+NO_MESSAGE = "The {} had no message in the broker (it was down, or lost its data); sent again"
+WORKER_LOST = {"code": "worker_lost", "message": "The training worker stopped responding", "param": None}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A kind of background work as the reaper sees it: its lifecycle, how it is sent to a worker, and where what
+    the reaper did is told to its owner (a job's events; an evaluation has none)."""
+
+    noun: str
+    lifecycle: Lifecycle
+    enqueue: Callable[[Settings, str], None]
+    add_event: Callable[..., None] | None = None
+
+    def tell(self, session: Session, row_id: str, message: str, level: str = "info") -> None:
+        if self.add_event is not None:
+            self.add_event(session, row_id, message, level=level)
+
+
+_KINDS = (
+    _Kind("job", JOBS, enqueue_training, job_state.add_event),
+    _Kind("evaluation", EVALUATIONS, enqueue_evaluation),
+)
 
 
 def reap_expired_leases(settings: Settings) -> list[str]:
-    """Handles every running job whose lease ran out; returns the ids of those re-queued."""
-    requeued: list[str] = []
+    """Re-queues every running job and evaluation whose lease ran out while attempts remain, and fails the others
+    with `worker_lost`; returns the ids of those re-queued."""
+    requeued: list[tuple[_Kind, str]] = []
     with transaction(settings.require("database_url")) as session:
-        expired = session.execute(
-            select(FineTuningJob.id, FineTuningJob.attempt).where(
-                FineTuningJob.status == Status.RUNNING, FineTuningJob.lease_expires_at < datetime.now(UTC)
-            )
-        ).all()
-        for job_id, attempt in expired:
-            if attempt < settings.max_job_attempts and job_state.move(
-                session, job_id, (Status.RUNNING,), Status.QUEUED
-            ):
-                job_state.add_event(session, job_id, f"Worker lost; restarting the job (attempt {attempt + 1})")
-                requeued.append(job_id)
-            elif job_state.move(
-                session,
-                job_id,
-                (Status.RUNNING,),
-                Status.FAILED,
-                error={
-                    "code": "worker_lost",
-                    "message": "The training worker stopped responding",
-                    "param": None,
-                },
-            ):
-                job_state.add_event(session, job_id, "Worker lost; no attempts left", level="error")
-    for job_id in requeued:
-        enqueue_training(settings, job_id)
-        log.info("jobs.reaper.requeued", job_id=job_id)
-    return requeued
+        for kind in _KINDS:
+            for row_id, attempt in kind.lifecycle.expired(session):
+                if _requeue_or_fail(session, kind, row_id, attempt, settings.max_job_attempts):
+                    requeued.append((kind, row_id))
+    for kind, row_id in requeued:
+        kind.enqueue(settings, row_id)
+        log.info("reaper.requeued", id=row_id)
+    return [row_id for _, row_id in requeued]
 
 
-def resend_unqueued(settings: Settings) -> list[str]:
-    """Enqueues jobs left in `validating_files` because the broker was down when they were created."""
-    url = settings.require("database_url")
-    with transaction(url) as session:
-        stale = session.scalars(
-            select(FineTuningJob.id).where(
-                FineTuningJob.status == Status.VALIDATING_FILES,
-                FineTuningJob.created_at < datetime.now(UTC) - UNQUEUED_GRACE,
-            )
-        ).all()
-    for job_id in stale:
-        enqueue_training(settings, job_id)
-        with transaction(url) as session:
-            job_state.mark_queued(session, job_id)
-        log.info("jobs.reaper.resent", job_id=job_id)
-    return list(stale)
+def _requeue_or_fail(session: Session, kind: _Kind, row_id: str, attempt: int, max_attempts: int) -> bool:
+    """True when re-queued; both changes are fenced on the attempt whose lease ran out."""
+    running = (Status.RUNNING,)
+    if attempt < max_attempts:
+        if not kind.lifecycle.move(session, row_id, running, Status.QUEUED, attempt, lease_expires_at=None):
+            return False
+        kind.tell(session, row_id, f"Worker lost; restarting the {kind.noun} (attempt {attempt + 1})")
+        return True
+    if kind.lifecycle.move(session, row_id, running, Status.FAILED, attempt, error=WORKER_LOST):
+        kind.tell(session, row_id, "Worker lost; no attempts left", level="error")
+        log.warning("reaper.worker_lost", id=row_id)
+    return False
 
 
 def redispatch_lost(settings: Settings) -> list[str]:
-    """Sends again the jobs marked `queued` that have no message in the broker: those whose message was lost
-    (Redis restarted without its data, or the queue was purged), and those given back after an outage once
-    their `retry_at` has passed. The broker is read first: a job queued meanwhile has its message already.
+    """Sends again the jobs and evaluations waiting for a worker that have no message in the broker: those created
+    while the broker was down, those whose message it lost (Redis restarted without its data, a purged queue), those
+    given back after an outage once their `retry_at` has passed, and jobs an older version left `validating_files`.
+    The broker is read first: work queued meanwhile has its message already.
 
-    A message taken by a worker in the instant between leaving the queue and entering `unacked` can make
-    this send a duplicate, which does nothing (the job can be claimed once).
+    A message taken by a worker in the instant between leaving the queue and entering `unacked` can make this send
+    a duplicate, which does nothing (the work can be claimed once).
     """
-    in_broker = jobs_with_messages(settings.require("redis_url"))
+    in_broker = work_with_messages(settings.require("redis_url"))
     now = datetime.now(UTC)
     with transaction(settings.require("database_url")) as session:
-        queued = session.execute(
-            select(FineTuningJob.id, FineTuningJob.retry_at).where(FineTuningJob.status == Status.QUEUED)
-        ).all()
-    due = {
-        job_id: retry_at for job_id, retry_at in queued if job_id not in in_broker and not (retry_at and retry_at > now)
-    }
-    for job_id in due:
-        enqueue_training(settings, job_id)
-        log.info("jobs.reaper.redispatched", job_id=job_id)
+        due = [
+            (kind, row)
+            for kind in _KINDS
+            for row in kind.lifecycle.waiting_rows(session)
+            if row.id not in in_broker and not (row.retry_at and row.retry_at > now)
+        ]
+    for kind, row in due:
+        kind.enqueue(settings, row.id)
+        log.info("reaper.redispatched", id=row.id)
     if due:
         with transaction(settings.require("database_url")) as session:
-            for job_id, retry_at in due.items():
-                message = (
-                    "Sent to a worker again after the outage"
-                    if retry_at
-                    else "The job's queue message was lost (broker restarted?); sent again"
-                )
-                job_state.add_event(session, job_id, message)
-    return list(due)
+            for kind, row in due:
+                if row.status == Status.VALIDATING_FILES:
+                    job_state.mark_queued(session, row.id)
+                else:
+                    kind.tell(session, row.id, AFTER_OUTAGE if row.retry_at else NO_MESSAGE.format(kind.noun))
+    return [row.id for _, row in due]

@@ -28,7 +28,10 @@ _EVALUATE_TASK_ID_PREFIX = "evaluate-"
 @lru_cache
 def producer(settings: Settings) -> Celery:
     """A Celery app that only sends (and purges, in tests); the workers build their own with the consuming settings."""
-    return Celery("loraport", broker=settings.require("redis_url"), set_as_current=False)
+    app = Celery("loraport", broker=settings.require("redis_url"), set_as_current=False)
+    # `control.purge()` empties only the default queue (Celery 5.7): make it the one the messages are in.
+    app.conf.task_default_queue = TRAINING_QUEUE
+    return app
 
 
 def enqueue_training(settings: Settings, job_id: str) -> None:

@@ -1,7 +1,7 @@
 """Greedy answers to held-out prompts, generated together by the engine that serves requests (the continuous
 batcher), with the prompt built by the same function as training's and inference's."""
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +14,10 @@ from app.serving.engine import model_end_of_turn_ids
 from app.serving.lora_slots import AdapterSlots
 
 BATCH_ROWS = 16  # rows generated together; the serving default
+
+
+class Stopped(Exception):
+    """The caller's `should_stop` said to stop before every answer was generated."""
 
 
 @contextmanager
@@ -39,18 +43,27 @@ def greedy_answers(
     prompts: Sequence[list[dict]],
     adapters: Sequence[str | None],
     max_new_tokens: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str | None, list[str]]:
     """One answer per prompt (a conversation ending before the answer) by each adapter (None: the base model).
-    Every request is queued at once, so the batcher runs as many together as its batch holds, adapters mixed."""
+    Every request is queued at once, so the batcher runs as many together as its batch holds, adapters mixed.
+    `should_stop` is asked before each answer is read; when it says so, the requests left are cancelled and
+    `Stopped` is raised."""
     prompt_ids = [render_prompt_ids(tokenizer, prompt) for prompt in prompts]
     streams = {
         adapter: [batcher.submit(ids, adapter, max_new_tokens, 0.0, 1.0, None, end_of_turn_ids) for ids in prompt_ids]
         for adapter in adapters
     }
-    return {
-        adapter: [answer_text(stream, tokenizer, end_of_turn_ids) for stream in queued]
-        for adapter, queued in streams.items()
-    }
+    answers: dict[str | None, list[str]] = {adapter: [] for adapter in adapters}
+    for adapter, queued in streams.items():
+        for stream in queued:
+            if should_stop is not None and should_stop():
+                for left in streams.values():
+                    for request in left:
+                        request.cancel()
+                raise Stopped
+            answers[adapter].append(answer_text(stream, tokenizer, end_of_turn_ids))
+    return answers
 
 
 def answer_text(stream: TokenStream, tokenizer: PreTrainedTokenizerBase, end_of_turn_ids: set[int]) -> str:

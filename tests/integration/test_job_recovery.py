@@ -1,4 +1,5 @@
-"""PostgreSQL owns job state: duplicate deliveries do nothing, dead workers' jobs are re-queued or failed."""
+"""PostgreSQL owns job state: duplicate deliveries do nothing, dead workers' jobs are re-queued or failed, jobs
+without a message in the broker are sent again."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -7,18 +8,22 @@ import openai
 import pytest
 import redis
 import torch
+from fastapi.testclient import TestClient
 from kombu import Connection
 from sqlalchemy import select
 
+from app.api.main import create_app
 from app.core.db import transaction
 from app.core.queue import producer
 from app.core.settings import Settings
 from app.core.tables import FineTuningJob, JobEvent
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import chat_jsonl
-from worker.broker_messages import jobs_with_messages
+from worker.broker_messages import work_with_messages
 from worker.job_runner import run_job
-from worker.reaper import UNQUEUED_GRACE, reap_expired_leases, redispatch_lost, resend_unqueued
+from worker.reaper import reap_expired_leases, redispatch_lost
+
+RESENT = "The job had no message in the broker (it was down, or lost its data); sent again"
 
 
 def _job_in_state(client: openai.OpenAI, settings: Settings, status: str, lease: timedelta, attempt: int) -> str:
@@ -76,18 +81,42 @@ def test_a_job_whose_training_file_was_deleted_fails_naming_it(client: openai.Op
     assert job.error.param == "training_file" and file_id in job.error.message
 
 
-def test_a_job_the_broker_never_got_is_sent_again(client: openai.OpenAI, settings: Settings) -> None:
-    """The broker was down at creation: the job stayed `validating_files` with no message anywhere."""
-    job_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
-    fresh_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
-    with transaction(settings.require("database_url")) as session:
-        session.get_one(FineTuningJob, job_id).created_at = datetime.now(UTC) - 2 * UNQUEUED_GRACE
+def test_a_job_created_while_the_broker_is_down_is_queued_and_the_reaper_sends_it(
+    settings: Settings, org_key: str, client: openai.OpenAI
+) -> None:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    broker_down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens on port 1
+    with TestClient(create_app(broker_down)) as api:
+        created = api.post(
+            "/v1/fine_tuning/jobs",
+            headers={"Authorization": f"Bearer {org_key}"},
+            json={"model": settings.default_base_model, "training_file": file_id},
+        )
+    assert created.status_code == 200 and created.json()["status"] == "queued"
+    job_id = created.json()["id"]
+    assert job_id not in work_with_messages(settings.require("redis_url"))  # stored, but never sent
+
     broker = redis.Redis.from_url(settings.require("redis_url"))
     waiting = broker.llen("training")
-    assert resend_unqueued(settings) == [job_id]
-    assert broker.llen("training") == waiting + 1
+    assert job_id in redispatch_lost(settings)
+    assert broker.llen("training") >= waiting + 1
+    assert job_id in work_with_messages(settings.require("redis_url"))
+    assert job_id not in redispatch_lost(settings)  # sent once
     assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
-    assert client.fine_tuning.jobs.retrieve(fresh_id).status == "validating_files"  # may still be on its way
+    assert RESENT in _events(settings, job_id)
+
+
+def test_a_job_an_older_version_left_validating_files_is_sent_and_queued(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """Versions that marked a job queued only once the broker took its message left it `validating_files` when
+    the broker was down."""
+    job_id = _job_in_state(client, settings, "validating_files", timedelta(0), attempt=0)
+    producer(settings).control.purge()  # no message anywhere
+    assert job_id in redispatch_lost(settings)
+    assert job_id in work_with_messages(settings.require("redis_url"))
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "queued"
+    assert _events(settings, job_id)[-1] == "Files validated; job queued for a training worker"
 
 
 def test_running_out_of_memory_fails_with_advice(
@@ -147,9 +176,9 @@ def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(client: openai
 
     producer(settings).control.purge()  # as when Redis restarts without its data
     assert job_id in redispatch_lost(settings)
-    assert job_id in jobs_with_messages(settings.require("redis_url"))
+    assert job_id in work_with_messages(settings.require("redis_url"))
     assert job_id not in redispatch_lost(settings)
-    assert "The job's queue message was lost (broker restarted?); sent again" in _events(settings, job_id)
+    assert RESENT in _events(settings, job_id)
 
 
 def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
@@ -163,7 +192,7 @@ def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
         delivered = queue.get(timeout=5)  # as a worker holds it while the task runs (late acknowledgement)
         assert delivered.headers["id"].startswith(f"train-{job_id}.")
         assert redis.Redis.from_url(settings.require("redis_url")).llen("training") == 0
-        assert job_id in jobs_with_messages(settings.require("redis_url"))
+        assert job_id in work_with_messages(settings.require("redis_url"))
         assert job_id not in redispatch_lost(settings)
         delivered.requeue()
         queue.close()

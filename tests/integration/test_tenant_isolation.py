@@ -71,6 +71,7 @@ PATH_ROUTES: dict[tuple[str, str], Body] = {
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): _no_body,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): _no_body,
     ("GET", "/v1/evaluations/{evaluation_id}"): _no_body,
+    ("POST", "/v1/evaluations/{evaluation_id}/cancel"): _no_body,
     ("GET", "/v1/models/{model_id}"): _no_body,
     ("DELETE", "/v1/models/{model_id}"): _no_body,
     ("GET", "/jobs/{job_id}"): _no_body,  # dashboard pages

@@ -1,5 +1,6 @@
 """The maintenance worker: `celery -A worker.celery.maintenance worker --queues maintenance --pool solo --beat`,
-one per deployment. Its tasks repair what crashes and broker restarts leave behind, in jobs and in storage."""
+one per deployment. Its tasks repair what crashes and broker restarts leave behind, in jobs, evaluations and
+storage."""
 
 from app.core.db import transaction
 from app.core.log_setup import configure_logging
@@ -7,7 +8,7 @@ from app.core.queue import RECONCILE_TASK, SWEEP_TASK
 from app.core.settings import get_settings
 from app.core.storage import store_for
 from worker.celery.apps import make_maintenance_celery
-from worker.reaper import reap_expired_leases, redispatch_lost, resend_unqueued
+from worker.reaper import reap_expired_leases, redispatch_lost
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
 
 configure_logging(get_settings().log_format)
@@ -18,7 +19,6 @@ app = make_maintenance_celery(get_settings())
 def reconcile_jobs() -> None:
     settings = get_settings()
     reap_expired_leases(settings)
-    resend_unqueued(settings)
     redispatch_lost(settings)
 
 

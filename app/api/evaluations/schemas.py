@@ -29,7 +29,7 @@ class EvaluationPublic(BaseModel):
     file: str
     max_examples: int
     max_tokens: int
-    status: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     report: dict[str, Any] | None
     error: dict[str, Any] | None
 

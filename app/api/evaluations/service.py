@@ -1,4 +1,4 @@
-"""Creating and reading evaluations; a worker runs them (`worker.evaluation_runner`)."""
+"""Creating, reading and cancelling evaluations; a worker runs them (`worker.evaluation_runner`)."""
 
 from sqlalchemy.orm import Session
 
@@ -8,7 +8,7 @@ from app.api.models import service as catalog
 from app.api.pagination import paginate
 from app.core import ids
 from app.core.errors import InvalidRequest, ModelNotFound, NotFound
-from app.core.lifecycle import Status
+from app.core.lifecycle import ACTIVE, EVALUATIONS, Status
 from app.core.scoped import get_owned
 from app.core.tables import Evaluation, Organization
 from app.ml.base_models.registry import BaseModelRegistry
@@ -62,3 +62,15 @@ def list_evaluations(
     session: Session, org: Organization, after: str | None, limit: int
 ) -> tuple[list[Evaluation], bool]:
     return paginate(session, Evaluation, [Evaluation.organization_id == org.id], after, limit)
+
+
+def cancel_evaluation(session: Session, org: Organization, evaluation_id: str) -> Evaluation:
+    """Queued or running → cancelled; a running one notices before its next answer and stops without a report."""
+    row = get_evaluation(session, org, evaluation_id)
+    if not EVALUATIONS.move(session, row.id, ACTIVE, Status.CANCELLED):
+        session.refresh(row)
+        raise InvalidRequest(
+            f"Evaluation '{row.id}' has already {row.status}; only queued or running evaluations can be cancelled"
+        )
+    session.refresh(row)
+    return row

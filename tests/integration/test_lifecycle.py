@@ -1,0 +1,89 @@
+"""The lifecycle jobs and evaluations share (app.core.lifecycle), on real rows: a claim takes an attempt and a lost
+claim takes none, an attempt that lost the work can no longer write, and the lease is renewed only while the attempt
+holds the work."""
+
+import time
+from datetime import UTC, datetime
+
+import openai
+import pytest
+
+from app.core.db import transaction
+from app.core.lifecycle import EVALUATIONS, JOBS, Status
+from app.core.settings import Settings
+from tests.helpers.datasets import chat_jsonl
+from tests.helpers.evaluations import create_evaluation, evaluation_row
+from tests.helpers.waiting import eventually
+from worker.lease import LeaseKeeper
+
+LEASE_S = 0.6  # renewed every 0.2 s
+
+
+@pytest.fixture
+def evaluation_id(client: openai.OpenAI, settings: Settings) -> str:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    return create_evaluation(client, model=settings.default_base_model, file=file_id)["id"]
+
+
+def _claim(settings: Settings, evaluation_id: str, lease_seconds: float = 60) -> int | None:
+    with transaction(settings.require("database_url")) as session:
+        return EVALUATIONS.claim(session, evaluation_id, lease_seconds)
+
+
+def test_a_claim_returns_the_attempt_it_took_and_a_lost_claim_none(
+    client: openai.OpenAI, settings: Settings, evaluation_id: str
+) -> None:
+    assert _claim(settings, evaluation_id) == 1
+    assert _claim(settings, evaluation_id) is None  # running already: a duplicate message claims nothing
+    with transaction(settings.require("database_url")) as session:
+        assert EVALUATIONS.give_back(session, evaluation_id, retry_at=datetime.now(UTC), attempt=1)
+    assert _claim(settings, evaluation_id) == 2
+    client.post(f"/evaluations/{evaluation_id}/cancel", cast_to=object)
+    assert _claim(settings, evaluation_id) is None
+    assert evaluation_row(settings, evaluation_id).attempt == 2
+
+
+def test_an_attempt_that_lost_the_work_can_no_longer_write(settings: Settings, evaluation_id: str) -> None:
+    assert _claim(settings, evaluation_id) == 1
+    with transaction(settings.require("database_url")) as session:  # as the reaper does when the lease runs out
+        assert EVALUATIONS.move(session, evaluation_id, (Status.RUNNING,), Status.QUEUED, attempt=1)
+    assert _claim(settings, evaluation_id) == 2
+
+    with transaction(settings.require("database_url")) as session:
+        assert not EVALUATIONS.renew_lease(session, evaluation_id, 60, attempt=1)
+        assert not EVALUATIONS.move(session, evaluation_id, (Status.RUNNING,), Status.SUCCEEDED, attempt=1)
+        assert not EVALUATIONS.holds(session, evaluation_id, attempt=1)
+        assert EVALUATIONS.holds(session, evaluation_id, attempt=2)
+        assert EVALUATIONS.move(session, evaluation_id, (Status.RUNNING,), Status.SUCCEEDED, attempt=2, report={})
+    row = evaluation_row(settings, evaluation_id)
+    assert (row.status, row.attempt) == ("succeeded", 2) and row.finished_at is not None
+
+
+def test_the_lease_is_renewed_while_running_and_no_longer_once_cancelled(
+    client: openai.OpenAI, settings: Settings, evaluation_id: str
+) -> None:
+    attempt = _claim(settings, evaluation_id, LEASE_S)
+    assert attempt == 1
+    first = evaluation_row(settings, evaluation_id).lease_expires_at
+    assert first is not None
+    keeper = LeaseKeeper(settings.require("database_url"), EVALUATIONS, evaluation_id, attempt, LEASE_S)
+    with keeper:
+        renewed = eventually(lambda: (evaluation_row(settings, evaluation_id).lease_expires_at or first) > first)
+        assert renewed and keeper.renewing
+
+        client.post(f"/evaluations/{evaluation_id}/cancel", cast_to=object)
+
+        eventually(lambda: not keeper.renewing, timeout=5, what="the lease keeper to stop")
+        last = evaluation_row(settings, evaluation_id).lease_expires_at
+        time.sleep(0.5)  # a keeper still renewing would have renewed twice by now
+        assert evaluation_row(settings, evaluation_id).lease_expires_at == last
+
+
+def test_jobs_share_the_claim(client: openai.OpenAI, settings: Settings) -> None:
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    with transaction(settings.require("database_url")) as session:
+        assert JOBS.claim(session, job_id, lease_seconds=60) == 1
+    with transaction(settings.require("database_url")) as session:
+        assert JOBS.claim(session, job_id, lease_seconds=60) is None
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "running"
