@@ -33,9 +33,10 @@ services:
 browser:
 	@bash scripts/ensure-chromium.sh
 
-# Every test, against the real PostgreSQL, Redis and SeaweedFS; tests/conftest.py spreads them over the cores.
+# Every test, against the real PostgreSQL, Redis and SeaweedFS, one file per xdist worker and one worker per core
+# (each worker has its own database, Redis database, queue and S3 server: tests/helpers/services.py).
 test: $(VENV)/.installed-dev services browser
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 # The loop to work in: unit tests only, no service, no real model.
 test-fast: $(VENV)/.installed-dev

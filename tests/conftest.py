@@ -8,7 +8,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.helpers.services", "tests.helpers.own_services"]
+pytest_plugins = ["tests.helpers.models", "tests.helpers.services", "tests.helpers.own_services"]
 TIERS = ("unit", "integration", "e2e")
 
 

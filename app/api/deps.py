@@ -1,4 +1,5 @@
-"""Typed FastAPI dependencies: settings, the request's transaction, the caller's key and organisation."""
+"""Typed FastAPI dependencies: settings, the request's transaction, the caller's key and organisation, and what
+`app.api.main` keeps in the app's state (base models, the inference backend, admission, the rate limiter)."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -7,12 +8,16 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.generation.admission import Admission
+from app.api.orgs.rate_limit import RateLimiter
 from app.core.db import run_after_commit, run_after_rollback, session_factory, transaction
 from app.core.errors import PermissionDenied
 from app.core.keys import Caller, authenticate, digest
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, store_for
 from app.core.tables import Organization
+from app.ml.base_models.registry import BaseModelRegistry
+from app.serving.backend import InferenceBackend
 
 _bearer = HTTPBearer(auto_error=False)
 # The dashboard's login (app/api/dashboard/session.py) keeps the key in this cookie, so the pages' scripts call the same
@@ -26,6 +31,35 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_registry(request: Request) -> BaseModelRegistry:
+    return request.app.state.registry
+
+
+RegistryDep = Annotated[BaseModelRegistry, Depends(get_registry)]
+
+
+def get_backend(request: Request) -> InferenceBackend:
+    """Where generation runs: the engine in this process, or the replicas."""
+    return request.app.state.engine
+
+
+BackendDep = Annotated[InferenceBackend, Depends(get_backend)]
+
+
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
@@ -58,14 +92,14 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 def current_caller(
-    request: Request,
     settings: SettingsDep,
+    rate_limiter: RateLimiterDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie_key: Annotated[str | None, Depends(_cookie)],
 ) -> Caller:
     key = credentials.credentials if credentials else cookie_key
     caller = caller_of(settings, key)
-    request.app.state.rate_limiter.charge(digest(key or ""))
+    rate_limiter.charge(digest(key or ""))
     return caller
 
 

@@ -1,14 +1,34 @@
 """Cursor pagination the openai SDK understands: `after=<id>`, `limit`, `has_more`."""
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidRequest
 
 Row = TypeVar("Row")
+Item = TypeVar("Item")
+
+
+class ListPage(BaseModel, Generic[Item]):
+    """A page of a list in OpenAI's shape; the next page is `after=last_id`."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Listed = TypeVar("Listed", bound=_Identified)
 
 
 def paginate(
@@ -32,11 +52,7 @@ def paginate(
     return rows[:limit], len(rows) > limit
 
 
-def list_body(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "has_more": has_more,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-    }
+def list_page(items: list[Listed], has_more: bool) -> "ListPage[Listed]":
+    """`items` as a page, `has_more` when more follow its last one."""
+    first_id, last_id = (items[0].id, items[-1].id) if items else (None, None)
+    return ListPage(data=items, has_more=has_more, first_id=first_id, last_id=last_id)

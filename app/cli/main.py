@@ -8,7 +8,7 @@ from app.cli.jobs import jobs_app
 from app.cli.keys import keys_app
 from app.cli.models import chat, models_app
 from app.cli.up import up
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 
 REPLICA_APP = "app.serving.replica:create_replica_app"
 app = typer.Typer(help="Loraport: self-hosted, OpenAI-compatible LoRA fine-tuning.", no_args_is_help=True)
@@ -29,8 +29,9 @@ def serve_inference(
     """Run an inference replica: the API generates on it when LORAPORT_INFERENCE_REPLICAS lists its URL."""
     import uvicorn
 
-    settings = get_settings()
-    listen = host or settings.host
+    # Read with the address it listens on, so that production refuses a reachable replica without a token.
+    settings = Settings(host=host) if host else get_settings()
+    listen = settings.host
     if not settings.inference_replica_token and listen not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(
             f"warning: {listen}:{port} takes requests without a token; set LORAPORT_INFERENCE_REPLICA_TOKEN on the "

@@ -1,16 +1,31 @@
-"""Every setting in one object, read from `LORAPORT_*` environment variables."""
+"""Every setting in one object, read from `LORAPORT_*` environment variables (or a `.env` file).
 
+A setting nobody defined is refused, not ignored: a misspelt name would otherwise leave its default in place
+without a word. In production, default secrets are refused too, by every process that reads the settings."""
+
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+_PREFIX = "LORAPORT_"
+# Ours but not settings: the CLI's client side (`--base-url`, `--api-key`) and the test suite's services.
+_OTHER_VARIABLES = ("LORAPORT_BASE_URL", "LORAPORT_API_KEY", "LORAPORT_TEST_")
+DEFAULT_S3_ACCESS_KEY, DEFAULT_S3_SECRET_KEY = "loraport", "loraport-secret"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LORAPORT_", env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value may be a secret, and errors end up in logs.
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, env_file=".env", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
+    # production: the process refuses to start with a default secret (`_no_default_secrets_in_production`).
+    environment: Literal["development", "production"] = "development"
     home: Path = Field(default=Path.home() / ".local/share/loraport", description="data, caches, embedded servers")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -21,8 +36,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_bucket: str = "loraport"
-    s3_access_key: str = "loraport"
-    s3_secret_key: str = "loraport-secret"
+    s3_access_key: str = DEFAULT_S3_ACCESS_KEY
+    s3_secret_key: str = DEFAULT_S3_SECRET_KEY
     s3_region: str = "us-east-1"
     # boto3 >= 1.36 sends CRC checksums that some S3-compatible stores reject; only AWS needs "when_supported".
     s3_checksum_mode: Literal["when_required", "when_supported"] = "when_required"
@@ -69,6 +84,30 @@ class Settings(BaseSettings):
     # A job whose database or object storage went down is given back and resumes no sooner than this later.
     outage_retry_seconds: float = Field(default=30, ge=0)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dotenv = _SettingsOnly(dotenv_settings)
+        return (
+            init_settings,
+            env_settings,
+            dotenv,
+            file_secret_settings,
+            _UnknownVariables(env_settings, dotenv_settings),
+        )
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Self:
+        if self.environment == "production" and (problems := _production_problems(self)):
+            raise ValueError(f"LORAPORT_ENVIRONMENT is production, so: {'; '.join(problems)}.")
+        return self
+
     @property
     def model_cache_dir(self) -> Path:
         return self.home / "models"
@@ -89,6 +128,75 @@ class Settings(BaseSettings):
         if not value:
             raise RuntimeError(f"LORAPORT_{name.upper()} is not set; run `loraport up` or set it in the environment")
         return value
+
+
+def _production_problems(settings: Settings) -> list[str]:
+    """What a deployment must not run with: S3 credentials anyone can read in our source, and replicas that take
+    requests from anyone who reaches them."""
+    problems = []
+    defaults = [
+        f"LORAPORT_S3_{name.upper()} is the default '{default}'"
+        for name, value, default in (
+            ("access_key", settings.s3_access_key, DEFAULT_S3_ACCESS_KEY),
+            ("secret_key", settings.s3_secret_key, DEFAULT_S3_SECRET_KEY),
+        )
+        if value == default
+    ]
+    if defaults:
+        problems.append(f"{' and '.join(defaults)}: set the key pair your S3 store accepts, the same in every process")
+    if not settings.inference_replica_token:
+        if settings.inference_replicas:
+            where = "LORAPORT_INFERENCE_REPLICAS lists replicas"
+        elif not _is_loopback(settings.host):
+            where = f"LORAPORT_HOST is {settings.host}, reachable from other machines"
+        else:
+            return problems
+        problems.append(
+            f"LORAPORT_INFERENCE_REPLICA_TOKEN is not set but {where}: set the same random token on the API and its "
+            "replicas, which refuse requests without it"
+        )
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _SettingsOnly(PydanticBaseSettingsSource):
+    """`source`'s values for settings, without the file's other variables: docker compose reads the same `.env`,
+    and its variables for other programs are none of ours."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: value for name, value in self._source().items() if name in self.settings_cls.model_fields}
+
+
+class _UnknownVariables(PydanticBaseSettingsSource):
+    """`LORAPORT_*` variables, in the environment or the `.env` file, that name no setting: handed to validation
+    under their own names, which `extra="forbid"` refuses (`LORAPORT_S3_SECRET: Extra inputs are not permitted`)."""
+
+    def __init__(self, env: PydanticBaseSettingsSource, dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        # The `.env` source is an environment source too, reading its file instead of the process's environment.
+        self._sources = [source for source in (env, dotenv) if isinstance(source, EnvSettingsSource)]
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        known = {f"{_PREFIX}{name.upper()}" for name in self.settings_cls.model_fields}
+        names = {name.upper() for source in self._sources for name in source.env_vars}
+        unknown = {name for name in names if name.startswith(_PREFIX) and name not in known}
+        return {name: "set" for name in unknown if not name.startswith(_OTHER_VARIABLES)}
 
 
 @lru_cache

@@ -15,6 +15,7 @@ import openai
 import psycopg
 import pytest
 import redis
+import torch
 import uvicorn
 from fastapi import FastAPI
 
@@ -52,12 +53,27 @@ def database_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _xdist_index(worker_id: str) -> int:
+    """0 for a run without xdist (`master`) or its first worker (`gw0`), 1 for `gw1` …"""
+    return int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0
+
+
+def threads_per_worker() -> int:
+    """The cores each xdist worker may use, so that parallel workers do not fight over the same cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_url(worker_id: str) -> str:
+    """A Redis database of this xdist worker's own (the run's base database, minus the worker's index): its queue,
+    its broker messages and its worker-devices hash are not another worker's."""
+    base, _, database = REDIS_URL.rpartition("/")
+    url = f"{base}/{int(database or 0) - _xdist_index(worker_id)}"
+    client = redis.Redis.from_url(url)
     client.ping()
     client.flushdb()
-    return REDIS_URL
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +88,12 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Iterator[Settings]:
-    """The run's settings; after the run, the consistency sweep: no row may point at an object that is not there."""
+def settings(database_url: str, redis_url: str, s3_endpoint: str, base_models_file: Path) -> Iterator[Settings]:
+    """The run's settings, with the tiny model registered beside the default one (`TINY_MODEL_ID`: tests train and
+    serve it where output quality is not what they check); after the run, the consistency sweep: no row may point
+    at an object that is not there."""
     MODEL_CACHE_HOME.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads_per_worker())
     configured = Settings(
         home=MODEL_CACHE_HOME,
         database_url=database_url,
@@ -83,7 +102,8 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str) -> Iterator[Se
         s3_bucket=f"test-{uuid.uuid4().hex[:8]}",
         s3_access_key="test-access",
         s3_secret_key="test-secret",
-        torch_threads=2,
+        torch_threads=threads_per_worker(),
+        base_models_file=base_models_file,
         rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
     )
     prepare(configured)

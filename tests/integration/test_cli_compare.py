@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from app.cli import compare
 from app.cli.main import app
 from app.cli.remote import BAD_REQUEST, NOT_FOUND
 from app.core.settings import Settings
@@ -20,8 +22,10 @@ def _held_out(tmp_path: Path, *lines: bytes) -> Path:
 
 
 def test_both_models_answer_each_prompt_beside_the_expected_answer(
-    tmp_path: Path, api_base_url: str, org_key: str, settings: Settings
+    tmp_path: Path, api_base_url: str, org_key: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The console took its width when the module was imported, from a terminal this process may not have.
+    monkeypatch.setattr(compare.out, "width", 200)
     (question, answer), (other_question, other_answer) = TICKETS[:2]
     held_out = _held_out(
         tmp_path,

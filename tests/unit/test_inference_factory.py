@@ -13,11 +13,11 @@ def test_the_torch_engine_leaves_a_core_to_the_processes_other_threads(registry,
     s3 = {"s3_endpoint_url": "http://127.0.0.1:1", "s3_access_key": "key", "s3_secret_key": "secret"}  # not reached
     before = torch.get_num_threads()
     try:
-        backend = build_local_backend(Settings(adapter_cache_dir=tmp_path, **s3), registry)
+        backend = build_local_backend(Settings(home=tmp_path, **s3), registry)
         assert isinstance(backend, InferenceEngine)
         assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
 
-        build_local_backend(Settings(adapter_cache_dir=tmp_path, inference_threads=3, **s3), registry)
+        build_local_backend(Settings(home=tmp_path, inference_threads=3, **s3), registry)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

@@ -3,15 +3,15 @@
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.chat.schemas import ChatCompletion, ChatCompletionCreate, Choice, Usage
-from app.api.deps import OrgDep, SessionDep, SettingsDep
+from app.api.deps import AdmissionDep, BackendDep, OrgDep, RegistryDep, SessionDep, SettingsDep
 from app.api.generation.choices import ChoiceRequest, choice_deltas, whole_choices
 from app.api.generation.logprobs import TokenPieces, chat_logprobs
-from app.api.generation.streaming import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
+from app.api.generation.streaming import ChunkEnvelope, checked_limits, event_stream, within_timeout
 from app.api.models.service import resolve
 from app.core import ids
 from app.core.errors import InvalidRequest
@@ -23,22 +23,27 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
-    body: ChatCompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
+    body: ChatCompletionCreate,
+    org: OrgDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    engine: BackendDep,
+    admission: AdmissionDep,
 ) -> ChatCompletion | StreamingResponse:
     """Answer with a base model, or with a fine-tuned model's adapter applied to its base."""
     max_tokens = checked_limits(settings, body.max_completion_tokens or body.max_tokens, body.n)
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-    model = resolve(session, request.app.state.registry, org, body.model)
+    model = resolve(session, registry, org, body.model)
     session.close()  # generation can take seconds; hold no database connection meanwhile
-    engine = request.app.state.engine
     tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
     prompt_ids = render_prompt_ids(tokenizer, [message.as_plain() for message in body.messages])
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, logprobs)
     work = ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
     pieces = TokenPieces(tokenizer) if body.logprobs else None
-    ticket = await admit(request, org)
+    ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope(
         "chat.completion.chunk", ids.new_id("chatcmpl"), int(time.time()), model.id, body.include_usage
     )

@@ -7,16 +7,16 @@ examples are trained, so a model fine-tuned on such examples sees at inference w
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.chat.schemas import Usage
 from app.api.completions.schemas import Completion, CompletionChoice, CompletionCreate
-from app.api.deps import OrgDep, SessionDep, SettingsDep
+from app.api.deps import AdmissionDep, BackendDep, OrgDep, RegistryDep, SessionDep, SettingsDep
 from app.api.generation.choices import ChoiceRequest, WholeChoice, choice_deltas, whole_choices
 from app.api.generation.logprobs import TokenPieces, completion_logprobs
-from app.api.generation.streaming import ChunkEnvelope, admit, checked_limits, event_stream, within_timeout
+from app.api.generation.streaming import ChunkEnvelope, checked_limits, event_stream, within_timeout
 from app.api.models.service import resolve
 from app.core import ids
 from app.ml.chat_format import render_prompt_ids
@@ -27,12 +27,17 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 
 @router.post("/completions", response_model=Completion)
 async def create_completion(
-    body: CompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
+    body: CompletionCreate,
+    org: OrgDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    engine: BackendDep,
+    admission: AdmissionDep,
 ) -> Completion | StreamingResponse:
     max_tokens = checked_limits(settings, body.max_tokens, body.n * len(body.prompts()))
-    model = resolve(session, request.app.state.registry, org, body.model)
+    model = resolve(session, registry, org, body.model)
     session.close()
-    engine: InferenceBackend = request.app.state.engine
     tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
     pieces = TokenPieces(tokenizer) if body.logprobs is not None else None
@@ -43,7 +48,7 @@ async def create_completion(
         )
         for prompt in body.prompts()
     ]  # fmt: skip
-    ticket = await admit(request, org)
+    ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
     if body.stream:
         return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n, pieces))

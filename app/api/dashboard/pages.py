@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy.exc
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, FastAPI, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -15,7 +15,7 @@ from app.api.dashboard.curves import job_curves
 from app.api.dashboard.file_lines import lines_of
 from app.api.dashboard.formats import age, measure, prompt_text
 from app.api.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, logged_in, to_login
-from app.api.deps import SessionDep, SettingsDep, StoreDep, organization_of
+from app.api.deps import RegistryDep, SessionDep, SettingsDep, StoreDep, organization_of
 from app.api.files import report as file_report
 from app.api.files import service as files
 from app.api.jobs import service as jobs
@@ -31,6 +31,15 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters |= {"age": age, "measure": measure, "prompt_text": prompt_text}
 
 
+class PageAnswer(Exception):
+    """A page's refusal, already rendered: raised through the request's transaction, which it rolls back, and
+    answered by the handler `install_page_answers` adds."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 class _PageRoute(APIRoute):
     """A page whose caller is not logged in goes to the login form; a missing object is an HTML 404 page, and
     any other refusal an HTML page too."""
@@ -42,15 +51,24 @@ class _PageRoute(APIRoute):
             try:
                 return await handler(request)
             except LoginRequired as login:
-                return to_login(login.next_path)
+                raise PageAnswer(to_login(login.next_path)) from None
             except LoraportError as error:
                 title = "Not found" if error.status_code == 404 else "Error"
-                return _error_page(request, title, error.message, error.status_code)
+                raise PageAnswer(_error_page(request, title, error.message, error.status_code)) from None
             except sqlalchemy.exc.DataError:
                 # An id PostgreSQL cannot look up (a NUL character, found by tests/test_dashboard_fuzzing.py).
-                return _error_page(request, "Error", "The address holds a value that cannot be looked up.", 400)
+                message = "The address holds a value that cannot be looked up."
+                raise PageAnswer(_error_page(request, "Error", message, 400)) from None
 
         return page
+
+
+def install_page_answers(app: FastAPI) -> None:
+    async def answer(_: Request, refusal: Exception) -> Response:
+        assert isinstance(refusal, PageAnswer)
+        return refusal.response
+
+    app.add_exception_handler(PageAnswer, answer)
 
 
 def _error_page(request: Request, title: str, message: str, status_code: int) -> Response:
@@ -122,12 +140,18 @@ def file_list(request: Request, org: DashboardOrgDep, session: SessionDep) -> Re
 
 @router.get("/files/{file_id}")
 def file_page(
-    request: Request, file_id: str, org: DashboardOrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+    request: Request,
+    file_id: str,
+    org: DashboardOrgDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
 ) -> Response:
     row = files.get_file(session, org, file_id)
+    # Computed once and kept: the request's transaction stores them.
     report = file_report.structural_report(session, store, row)
-    tokens = file_report.token_report(session, store, request.app.state.registry, row, settings.default_base_model)
-    session.commit()  # the report is computed once and kept
+    tokens = file_report.token_report(session, store, registry, row, settings.default_base_model)
     named = sorted({n for warning in report.get("warnings", []) for n in warning.get("lines", [])})[:LISTED_LINES]
     context = {
         "org": org,
@@ -140,15 +164,20 @@ def file_page(
 
 
 @router.get("/models")
-def model_list(request: Request, org: DashboardOrgDep, session: SessionDep) -> Response:
-    models = catalog.list_models(session, request.app.state.registry, org)
+def model_list(request: Request, org: DashboardOrgDep, session: SessionDep, registry: RegistryDep) -> Response:
+    models = catalog.list_models(session, registry, org)
     return templates.TemplateResponse(request, "models.html", {"org": org, "models": models})
 
 
 @router.get("/playground")
 def playground(
-    request: Request, org: DashboardOrgDep, session: SessionDep, a: str | None = None, b: str | None = None
+    request: Request,
+    org: DashboardOrgDep,
+    session: SessionDep,
+    registry: RegistryDep,
+    a: str | None = None,
+    b: str | None = None,
 ) -> Response:
-    models = [model.id for model in catalog.list_models(session, request.app.state.registry, org)]
+    models = [model.id for model in catalog.list_models(session, registry, org)]
     context = {"org": org, "models": models, "a": a or models[0], "b": b or models[-1]}
     return templates.TemplateResponse(request, "playground.html", context)

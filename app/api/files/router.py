@@ -1,21 +1,20 @@
 """/v1/files"""
 
-from typing import Annotated, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
 
 from app.api import idempotency
-from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from app.api.files import report, service
-from app.api.files.schemas import FileDeleted, FilePublic
+from app.api.files.schemas import FileDeleted, FilePublic, FileReport
 from app.api.files.upload import receive_upload
 from app.api.idempotency import IdempotencyKey
-from app.api.pagination import list_body
-from app.core.db import transaction
+from app.api.pagination import ListPage, list_page
+from app.core.db import after_commit, after_rollback, transaction
 from app.core.errors import ModelNotFound
 from app.core.settings import Settings
 from app.core.storage import store_for
@@ -42,6 +41,13 @@ _UPLOAD_FORM = {
     }
 }
 
+_FILE_BYTES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file's bytes, as uploaded",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
 
 @router.post("", response_model=FilePublic, openapi_extra=_UPLOAD_FORM)
 async def upload_file(
@@ -55,59 +61,53 @@ async def upload_file(
 ) -> FilePublic:
     """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
     received = await receive_upload(request, store, settings, org)
-    try:
-        row = service.record_file(session, org, received)
-        answer = FilePublic.of(row)
-        if idempotency_key:
-            digest = idempotency.request_hash("files.create", received.purpose, received.filename, row.sha256)
-            earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
-            if earlier is not None:
-                session.rollback()
-                await run_in_threadpool(store.delete, received.storage_key)
-                return FilePublic(**earlier)
-            idempotency.remember(session, org, idempotency_key, _CREATE, digest, answer.model_dump())
-        session.commit()
-    except BaseException as error:  # the object is only kept with the row that points at it
-        await run_in_threadpool(store.delete, received.storage_key)
-        if idempotency_key and isinstance(error, IntegrityError):
-            raise idempotency.in_flight(idempotency_key) from None
-        raise
-    background.add_task(_report_after_upload, settings, row.id)
+    forget = partial(store.delete, received.storage_key)
+    after_rollback(session, forget)  # the object is only kept with the row that points at it
+    digest = idempotency.request_hash("files.create", received.purpose, received.filename, received.ingested.sha256)
+    if idempotency_key:
+        earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
+        if earlier is not None:  # a retry: the first upload's file, and nothing kept of this one
+            after_commit(session, forget)
+            return FilePublic(**earlier)
+    row = service.record_file(session, org, received)
+    answer = FilePublic.of(row)
+    if idempotency_key:
+        idempotency.remember(session, org, idempotency_key, _CREATE, digest, answer.model_dump())
+    after_commit(session, partial(background.add_task, _report_after_upload, settings, row.id))
     return answer
 
 
 def _report_after_upload(settings: Settings, file_id: str) -> None:
-    """Computes the data report once the client has its answer, so job creation finds it ready."""
+    """Computes the data report once the row is committed and the client has its answer, so that job creation
+    finds it ready."""
     with transaction(settings.require("database_url")) as session:
         report.structural_report(session, store_for(settings), session.get_one(StoredFile, file_id))
 
 
-@router.get("/{file_id}/report")
+@router.get("/{file_id}/report", response_model=FileReport)
 def file_report(
     file_id: str,
-    request: Request,
     org: OrgDep,
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    registry: RegistryDep,
     model: str | None = None,
-) -> dict:
+) -> FileReport:
     """The data report: counts, duplicates, conflicting targets, answer shape, short targets, and token
-    counts under `model`'s tokenizer (the default base model if not given)."""
+    counts under `model`'s tokenizer (the default base model if not given); computed once and kept."""
     row = service.get_file(session, org, file_id)
-    registry = request.app.state.registry
     model_id = model or settings.default_base_model
     try:
         registry.get(model_id)
     except UnknownBaseModel:
         raise ModelNotFound(model_id) from None
-    body = {"object": "file.report", "file_id": row.id, **report.structural_report(session, store, row)}
-    body["tokens"] = report.token_report(session, store, registry, row, model_id)
-    session.commit()
-    return body
+    structure = report.structural_report(session, store, row)
+    tokens = report.token_report(session, store, registry, row, model_id)
+    return FileReport.model_validate({"file_id": row.id, **structure, "tokens": tokens})
 
 
-@router.get("")
+@router.get("", response_model=ListPage[FilePublic])
 def list_files(
     org: OrgDep,
     session: SessionDep,
@@ -115,9 +115,9 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
-) -> dict:
+) -> ListPage[FilePublic]:
     rows, has_more = service.list_files(session, org, after, limit, purpose, newest_first=order == "desc")
-    return list_body([FilePublic.of(row).model_dump() for row in rows], has_more)
+    return list_page([FilePublic.of(row) for row in rows], has_more)
 
 
 @router.get("/{file_id}", response_model=FilePublic)
@@ -125,7 +125,7 @@ def retrieve_file(file_id: str, org: OrgDep, session: SessionDep) -> FilePublic:
     return FilePublic.of(service.get_file(session, org, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=StreamingResponse, responses=_FILE_BYTES)
 def file_content(file_id: str, org: OrgDep, session: SessionDep, store: StoreDep) -> StreamingResponse:
     row = service.get_file(session, org, file_id)
     return StreamingResponse(
@@ -141,7 +141,7 @@ def file_content(file_id: str, org: OrgDep, session: SessionDep, store: StoreDep
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, org: OrgDep, session: SessionDep, store: StoreDep) -> FileDeleted:
+    """Delete a file; its object goes once the row's deletion is committed."""
     storage_key = service.delete_file(session, org, file_id)
-    session.commit()
-    store.delete(storage_key)
+    after_commit(session, partial(store.delete, storage_key))
     return FileDeleted(id=file_id)

@@ -1,8 +1,8 @@
 """File objects as OpenAI shapes them."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app.core.tables import StoredFile
 from app.core.timestamps import unix
@@ -36,3 +36,14 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool = True
+
+
+class FileReport(BaseModel):
+    """A file's data report (extension): what the structural profile found (`counts`, `format`, `warnings`,
+    duplicates, conflicting targets, answer shape) beside these fields, and `tokens`, the counts under one base
+    model's tokenizer."""
+
+    model_config = ConfigDict(extra="allow")
+    object: Literal["file.report"] = "file.report"
+    file_id: str
+    tokens: dict[str, Any]

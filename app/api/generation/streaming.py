@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -15,7 +14,6 @@ from app.api.generation.admission import Ticket
 from app.api.generation.engine_errors import http_error
 from app.core.errors import GenerationTimeout, InvalidRequest, LoraportError
 from app.core.settings import Settings
-from app.core.tables import Organization
 from app.serving.errors import EngineError
 
 log = structlog.get_logger()
@@ -34,10 +32,6 @@ def checked_limits(settings: Settings, max_tokens: int | None, n: int) -> int:
     if n > settings.max_choices:
         raise InvalidRequest(f"n is {n}; at most {settings.max_choices} choices per request", param="n")
     return tokens
-
-
-async def admit(request: Request, org: Organization) -> Ticket:
-    return await request.app.state.admission.enter(org.id)
 
 
 async def within_timeout(settings: Settings, ticket: Ticket, work: Awaitable[T]) -> T:

@@ -1,9 +1,10 @@
 """/healthz (the process answers) and /readyz (database, broker and storage answer)."""
 
 from collections.abc import Callable
+from typing import Literal
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
+from pydantic import BaseModel
 
 from app.api.deps import SettingsDep
 from app.core.db import engine_for
@@ -14,9 +15,18 @@ from app.core.storage import store_for
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]  # service → "ok" or "unavailable: <error class>"
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health()
 
 
 def _checks(settings: Settings) -> dict[str, Callable[[], object]]:
@@ -27,8 +37,9 @@ def _checks(settings: Settings) -> dict[str, Callable[[], object]]:
     }
 
 
-@router.get("/readyz")
-def readyz(settings: SettingsDep) -> JSONResponse:
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def readyz(settings: SettingsDep, response: Response) -> Readiness:
+    """Ready when every service answers; a 503 names the ones that do not."""
     results: dict[str, str] = {}
     for name, check in _checks(settings).items():
         try:
@@ -37,6 +48,5 @@ def readyz(settings: SettingsDep) -> JSONResponse:
         except Exception as error:
             results[name] = f"unavailable: {type(error).__name__}"
     ready = all(value == "ok" for value in results.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": results}, status_code=200 if ready else 503
-    )
+    response.status_code = 200 if ready else 503
+    return Readiness(status="ready" if ready else "not ready", checks=results)

@@ -2,20 +2,18 @@
 
 from typing import Annotated
 
-import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from app.api import idempotency
-from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKey
 from app.api.jobs import service
-from app.api.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobPublic
-from app.api.pagination import list_body
+from app.api.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobEvaluationReport, JobPublic
+from app.api.pagination import ListPage, list_page
 from app.core.queue import enqueue_after_commit, enqueue_training
 from app.core.worker_devices import reported
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-log = structlog.get_logger()
 Limit = Annotated[int, Query(ge=1, le=100)]
 _CREATE = "POST /v1/fine_tuning/jobs"
 
@@ -23,11 +21,11 @@ _CREATE = "POST /v1/fine_tuning/jobs"
 @router.post("", response_model=JobPublic)
 def create_job(
     body: JobCreate,
-    request: Request,
     org: OrgDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    registry: RegistryDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Create a fine-tuning job; it is queued for a training worker once stored."""
@@ -37,17 +35,17 @@ def create_job(
         if earlier is not None:
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
     workers = reported(settings.require("redis_url"))
-    job = service.create_job(session, store, org, body, request.app.state.registry, workers)
+    job = service.create_job(session, store, org, body, registry, workers)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
     enqueue_after_commit(session, settings, enqueue_training, job.id)
     return JobPublic.of(job)
 
 
-@router.get("")
-def list_jobs(org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
+@router.get("", response_model=ListPage[JobPublic])
+def list_jobs(org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> ListPage[JobPublic]:
     rows, has_more = service.list_jobs(session, org, after, limit)
-    return list_body([JobPublic.of(row).model_dump() for row in rows], has_more)
+    return list_page([JobPublic.of(row) for row in rows], has_more)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -61,22 +59,24 @@ def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> JobPublic:
     return JobPublic.of(service.cancel_job(session, org, job_id))
 
 
-@router.get("/{job_id}/evaluation")
-def retrieve_evaluation(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+@router.get("/{job_id}/evaluation", response_model=JobEvaluationReport)
+def retrieve_evaluation(job_id: str, org: OrgDep, session: SessionDep) -> JobEvaluationReport:
     """How the fine-tuned model answers held-out examples compared with its base model (extension)."""
     report = service.get_evaluation(session, org, job_id)
-    return {"object": "fine_tuning.job.evaluation", "fine_tuning_job_id": job_id, **report}
+    return JobEvaluationReport.model_validate({"fine_tuning_job_id": job_id, **report})
 
 
-@router.get("/{job_id}/events")
-def list_events(job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20) -> dict:
+@router.get("/{job_id}/events", response_model=ListPage[EventPublic])
+def list_events(
+    job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 20
+) -> ListPage[EventPublic]:
     rows, has_more = service.list_events(session, org, job_id, after, limit)
-    return list_body([EventPublic.of(row).model_dump() for row in rows], has_more)
+    return list_page([EventPublic.of(row) for row in rows], has_more)
 
 
-@router.get("/{job_id}/checkpoints")
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
 def list_checkpoints(
     job_id: str, org: OrgDep, session: SessionDep, after: str | None = None, limit: Limit = 10
-) -> dict:
+) -> ListPage[CheckpointPublic]:
     rows, has_more = service.list_checkpoints(session, org, job_id, after, limit)
-    return list_body([CheckpointPublic.of(row).model_dump() for row in rows], has_more)
+    return list_page([CheckpointPublic.of(row) for row in rows], has_more)

@@ -207,6 +207,15 @@ class EventPublic(BaseModel):
         )
 
 
+class JobEvaluationReport(BaseModel):
+    """A job's evaluation report (extension): the report the worker wrote when the job succeeded (held-out
+    examples, base and fine-tuned scores, `verdict`, `warnings`, `worst_examples`), beside these two fields."""
+
+    model_config = ConfigDict(extra="allow")
+    object: Literal["fine_tuning.job.evaluation"] = "fine_tuning.job.evaluation"
+    fine_tuning_job_id: str
+
+
 class CheckpointPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"

@@ -14,7 +14,7 @@ from app.api.models import service as catalog
 from app.api.pagination import paginate
 from app.core import ids, job_state
 from app.core.errors import InvalidRequest, ModelNotFound, NotFound
-from app.core.lifecycle import ACTIVE, Status
+from app.core.lifecycle import ACTIVE, JOBS, Status
 from app.core.scoped import get_owned
 from app.core.storage import ObjectStore
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
@@ -183,10 +183,10 @@ def create_job(
     session.add(job)
     session.flush()
     job_state.add_event(session, job.id, "Created fine-tuning job")
-    job_state.add_event(session, job.id, "Files validated; job queued for a training worker")
     _report_warnings(session, store, job, training, "training_file")
     if validation is not None:
         _report_warnings(session, store, job, validation, "validation_file")
+    job_state.add_event(session, job.id, "Files validated; job queued for a training worker")
     return job
 
 
@@ -216,7 +216,7 @@ def list_jobs(session: Session, org: Organization, after: str | None, limit: int
 
 def cancel_job(session: Session, org: Organization, job_id: str) -> FineTuningJob:
     job = get_job(session, org, job_id)
-    if not job_state.move(session, job.id, ACTIVE, Status.CANCELLED):
+    if not JOBS.move(session, job.id, ACTIVE, Status.CANCELLED):
         session.refresh(job)
         raise InvalidRequest(f"Job '{job.id}' has already {job.status}; only active jobs can be cancelled")
     job_state.add_event(session, job.id, "Fine-tuning job cancelled")

@@ -1,34 +1,35 @@
 """/v1/models"""
 
-from fastapi import APIRouter, Request
+from functools import partial
 
-from app.api.deps import OrgDep, SessionDep, StoreDep
+from fastapi import APIRouter
+
+from app.api.deps import BackendDep, OrgDep, RegistryDep, SessionDep, StoreDep
 from app.api.models import service
+from app.api.models.schemas import ModelDeleted, ModelList, ModelPublic
+from app.core.db import after_commit
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _public(ref: service.ModelRef) -> dict:
-    return {"id": ref.id, "object": "model", "created": ref.created, "owned_by": ref.owned_by}
-
-
-@router.get("")
-def list_models(request: Request, org: OrgDep, session: SessionDep) -> dict:
-    refs = service.list_models(session, request.app.state.registry, org)
-    return {"object": "list", "data": [_public(ref) for ref in refs]}
+@router.get("", response_model=ModelList)
+def list_models(org: OrgDep, session: SessionDep, registry: RegistryDep) -> ModelList:
+    return ModelList(data=[ModelPublic.of(ref) for ref in service.list_models(session, registry, org)])
 
 
 # `{model_id:path}`: the SDK sends '/' inside ids as %2F, and fine-tuned ids contain ':'.
-@router.get("/{model_id:path}")
-def retrieve_model(model_id: str, request: Request, org: OrgDep, session: SessionDep) -> dict:
-    return _public(service.resolve(session, request.app.state.registry, org, model_id))
+@router.get("/{model_id:path}", response_model=ModelPublic)
+def retrieve_model(model_id: str, org: OrgDep, session: SessionDep, registry: RegistryDep) -> ModelPublic:
+    return ModelPublic.of(service.resolve(session, registry, org, model_id))
 
 
-@router.delete("/{model_id:path}")
-def delete_model(model_id: str, request: Request, org: OrgDep, session: SessionDep, store: StoreDep) -> dict:
+@router.delete("/{model_id:path}", response_model=ModelDeleted)
+def delete_model(
+    model_id: str, org: OrgDep, session: SessionDep, store: StoreDep, registry: RegistryDep, backend: BackendDep
+) -> ModelDeleted:
     """Delete a fine-tuned model: it stops being served and its adapter is removed from storage."""
-    prefix = service.delete_model(session, request.app.state.registry, org, model_id)
-    session.commit()
-    request.app.state.engine.evict(prefix)
-    store.delete_prefix(prefix)
-    return {"id": model_id, "object": "model", "deleted": True}
+    prefix = service.delete_model(session, registry, org, model_id)
+    # Once the row says deleted, no new request resolves the model: then it leaves memory, then storage.
+    after_commit(session, partial(backend.evict, prefix))
+    after_commit(session, partial(store.delete_prefix, prefix))
+    return ModelDeleted(id=model_id)

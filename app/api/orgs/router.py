@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import AdminDep, SessionDep
-from app.api.pagination import list_body
+from app.api.pagination import ListPage, list_page
 from app.core import keys as key_service
 from app.core.tables import ApiKey
 from app.core.timestamps import unix
@@ -53,13 +53,13 @@ class ApiKeyDeleted(BaseModel):
     deleted: bool = True
 
 
-@router.get("")
+@router.get("", response_model=ListPage[ApiKeyPublic])
 def list_api_keys(
     admin: AdminDep, session: SessionDep, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
-) -> dict:
+) -> ListPage[ApiKeyPublic]:
     """The organisation's live keys, newest first."""
     rows, has_more = key_service.list_live_keys(session, admin.org, after, limit)
-    return list_body([ApiKeyPublic.of(row).model_dump() for row in rows], has_more)
+    return list_page([ApiKeyPublic.of(row) for row in rows], has_more)
 
 
 @router.post("", response_model=ApiKeyCreated)
@@ -67,9 +67,7 @@ def create_api_key(body: ApiKeyCreate, admin: AdminDep, session: SessionDep) -> 
     """A new key of the organisation; its plaintext `value` is shown in this answer only."""
     issued = key_service.issue_key(session, admin.org, name=body.name, admin=body.admin)
     session.refresh(issued.key)  # created_at comes from the database
-    answer = ApiKeyCreated(**ApiKeyPublic.of(issued.key).model_dump(), value=issued.plaintext)
-    session.commit()
-    return answer
+    return ApiKeyCreated(**ApiKeyPublic.of(issued.key).model_dump(), value=issued.plaintext)
 
 
 @router.get("/{key_id}", response_model=ApiKeyPublic)
@@ -80,6 +78,4 @@ def get_api_key(key_id: str, admin: AdminDep, session: SessionDep) -> ApiKeyPubl
 @router.delete("/{key_id}", response_model=ApiKeyDeleted)
 def revoke_api_key(key_id: str, admin: AdminDep, session: SessionDep) -> ApiKeyDeleted:
     """Revokes the key: its next request gets 401. The key making this request cannot revoke itself (409)."""
-    key = key_service.revoke_org_key(session, admin, key_id)
-    session.commit()
-    return ApiKeyDeleted(id=key.id)
+    return ApiKeyDeleted(id=key_service.revoke_org_key(session, admin, key_id).id)

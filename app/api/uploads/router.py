@@ -1,5 +1,7 @@
 """/v1/uploads"""
 
+from functools import partial
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -9,8 +11,8 @@ from app.api.files.upload import validator_for
 from app.api.uploads import service
 from app.api.uploads.schemas import UploadComplete, UploadCreate, UploadPartPublic, UploadPublic
 from app.core import ids
+from app.core.db import after_rollback
 from app.core.errors import InvalidRequest
-from app.core.tables import UploadPart
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
@@ -18,9 +20,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 @router.post("", response_model=UploadPublic)
 def create_upload(body: UploadCreate, org: OrgDep, session: SessionDep, settings: SettingsDep) -> UploadPublic:
     """Start an upload of `bytes` bytes; send its parts, then complete it to get a file."""
-    upload = service.create_upload(session, org, body, settings.max_upload_bytes)
-    session.commit()
-    return UploadPublic.of(upload)
+    return UploadPublic.of(service.create_upload(session, org, body, settings.max_upload_bytes))
 
 
 @router.post("/{upload_id}/parts", response_model=UploadPartPublic)
@@ -49,40 +49,21 @@ async def add_part(
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
-    part = UploadPart(id=part_id, upload_id=upload.id, bytes=received, storage_key=writer.key)
-    session.add(part)
-    try:
-        session.commit()
-    except Exception:
-        await run_in_threadpool(store.delete, writer.key)
-        raise
-    return UploadPartPublic.of(part)
+    after_rollback(session, partial(store.delete, writer.key))  # the part's object is only kept with its row
+    return UploadPartPublic.of(service.record_part(session, upload, part_id, received, writer.key))
 
 
 @router.post("/{upload_id}/complete", response_model=UploadPublic)
 def complete_upload(
     upload_id: str, body: UploadComplete, org: OrgDep, session: SessionDep, store: StoreDep, settings: SettingsDep
 ) -> UploadPublic:
-    """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset."""
+    """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset; the parts are deleted
+    once the file is stored."""
     upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
-    parts = service.part_keys(session, upload)
-    try:
-        session.commit()
-    except Exception:
-        store.delete(file.storage_key)
-        raise
-    for key in parts:
-        store.delete(key)
     return UploadPublic.of(upload, file)
 
 
 @router.post("/{upload_id}/cancel", response_model=UploadPublic)
 def cancel_upload(upload_id: str, org: OrgDep, session: SessionDep, store: StoreDep) -> UploadPublic:
     """Cancel a pending upload; its parts are deleted."""
-    upload = service.pending_upload(session, org, upload_id)
-    upload.status = "cancelled"
-    parts = service.part_keys(session, upload)
-    session.commit()
-    for key in parts:
-        store.delete(key)
-    return UploadPublic.of(upload)
+    return UploadPublic.of(service.cancel_upload(session, store, org, upload_id))

@@ -2,6 +2,7 @@
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from app.api.files.ingest import FileIngest, Ingested
 from app.api.files.names import safe_filename
 from app.api.uploads.schemas import UploadComplete, UploadCreate
 from app.core import ids
+from app.core.db import after_commit, after_rollback
 from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.core.scoped import get_owned
 from app.core.storage import ObjectStore, file_key
@@ -61,6 +63,14 @@ def part_key(upload: Upload, part_id: str) -> str:
     return f"orgs/{upload.organization_id}/uploads/{upload.id}/{part_id}"
 
 
+def record_part(session: Session, upload: Upload, part_id: str, received: int, key: str) -> UploadPart:
+    """The row of a part whose `received` bytes are stored under `key`."""
+    part = UploadPart(id=part_id, upload_id=upload.id, bytes=received, storage_key=key)
+    session.add(part)
+    session.flush()
+    return part
+
+
 def complete_upload(
     session: Session,
     store: ObjectStore,
@@ -81,15 +91,33 @@ def complete_upload(
             f"The parts hold {total} bytes but the upload was created for {upload.bytes}", param="part_ids"
         )
     file_id = ids.file_id()
-    keys = [parts[part_id].storage_key for part_id in body.part_ids]
-    ingested = _assemble(store, keys, file_key(org.id, file_id), body.md5, validator)
+    key = file_key(org.id, file_id)
+    ingested = _assemble(store, [parts[part_id].storage_key for part_id in body.part_ids], key, body.md5, validator)
     if not ingested.validation.ok:
         raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
-    received = files.ReceivedFile(file_id, file_key(org.id, file_id), upload.filename, upload.purpose, ingested)
+    after_rollback(session, partial(store.delete, key))  # the file's object is only kept with its row
+    received = files.ReceivedFile(file_id, key, upload.filename, upload.purpose, ingested)
     row = files.record_file(session, org, received)
     upload.status, upload.file_id = "completed", row.id
     session.flush()
+    _delete_parts_after_commit(session, store, upload)
     return upload, row
+
+
+def cancel_upload(session: Session, store: ObjectStore, org: Organization, upload_id: str) -> Upload:
+    """Cancels a pending upload; its parts' objects are deleted once that is committed."""
+    upload = pending_upload(session, org, upload_id)
+    upload.status = "cancelled"
+    session.flush()
+    _delete_parts_after_commit(session, store, upload)
+    return upload
+
+
+def _delete_parts_after_commit(session: Session, store: ObjectStore, upload: Upload) -> None:
+    """Deletes the upload's parts from S3 once its new status is committed: until then, a completion may still
+    need them."""
+    for key in session.scalars(select(UploadPart.storage_key).where(UploadPart.upload_id == upload.id)):
+        after_commit(session, partial(store.delete, key))
 
 
 def _assemble(
@@ -108,7 +136,3 @@ def _assemble(
     except BaseException:
         ingest.abort()
         raise
-
-
-def part_keys(session: Session, upload: Upload) -> list[str]:
-    return list(session.scalars(select(UploadPart.storage_key).where(UploadPart.upload_id == upload.id)))
