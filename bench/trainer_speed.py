@@ -22,7 +22,7 @@ import torch
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.chat_format import tokenize_example
 from tests.helpers.datasets import TICKETS
-from worker.training import StepReport, TrainingConfig, train_lora, trainer
+from worker.training import StepReport, TrainingConfig, TrainingHooks, logits, train_lora, trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "smollm2-135m-instruct"
@@ -58,10 +58,10 @@ def run(registry: BaseModelRegistry, path: Variant, conversations: list, epochs:
         stamps.append(time.perf_counter())
 
     padded = mock.patch.object(trainer, "collate", _counting_collate(trainer.collate))
-    head = mock.patch.object(trainer, "supports_labelled_head", lambda model: path.labelled_head)
+    head = mock.patch.object(logits, "supports_labelled_head", lambda lm: path.labelled_head)
     with padded as counter, head:
         start = time.perf_counter()
-        result = train_lora(model, tokenizer, conversations, None, config, on_step=on_step)
+        result = train_lora(model, tokenizer, conversations, None, config, hooks=TrainingHooks(on_step=on_step))
         wall = time.perf_counter() - start
     examples = [tokenize_example(tokenizer, messages, 1024) for messages in conversations]
     final_loss, final_accuracy = trainer.evaluate(result.model, examples, 4, tokenizer.pad_token_id, cpu_bf16=False)

@@ -41,7 +41,7 @@ class EpochCheckpoints:
             self.store.upload_directory(prefix, Path(directory))
         organization_id, job_id = self.job.organization_id, self.job.id
         self.store.put_bytes(training_state_key(organization_id, job_id, report.step), report.state.to_bytes())
-        metrics = {"step": report.step, "epoch": report.epoch}
+        metrics: dict[str, float | None] = {"step": report.step, "epoch": report.epoch}
         if report.valid_loss is not None:
             metrics |= {
                 "valid_loss": report.valid_loss,

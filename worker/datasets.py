@@ -3,7 +3,8 @@
 import json
 
 from app.core.storage import ObjectStore
-from app.ml.datasets.formats import PREFERENCE, detect_format, parse_example
+from app.ml.datasets.formats import FORMAT_HINT, PREFERENCE, detect_format, parse_example
+from app.ml.datasets.messages import InvalidExample
 
 PreferenceExample = tuple[list[dict], str, str]  # prompt messages, chosen answer, rejected answer
 
@@ -37,6 +38,7 @@ def load_pairs(store: ObjectStore, storage_key: str) -> list[PreferenceExample]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             example = parse_example(json.loads(line), PREFERENCE, number)
+            assert example.rejected is not None  # every preference format has a rejected answer
             pairs.append(([_plain_content(m) for m in example.input_messages], example.targets[0], example.rejected))
     return pairs
 
@@ -48,5 +50,8 @@ def load_prompts(store: ObjectStore, storage_key: str) -> list[list[dict]]:
     rows = [(number, json.loads(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not rows:
         return []
-    file_format = detect_format(rows[0][1])
+    first_line, first_example = rows[0]
+    file_format = detect_format(first_example)
+    if file_format is None:
+        raise InvalidExample("unknown_format", f"Line {first_line} matches no dataset format; expected {FORMAT_HINT}.")
     return [[_plain_content(m) for m in parse_example(row, file_format, number).input_messages] for number, row in rows]

@@ -124,7 +124,7 @@ def evaluate_preference_tune(
     return preference_report(base, tuned, losses, leaked_examples)
 
 
-def _margins(model: PreTrainedModel, pairs: Sequence[PreferencePair], batch_size: int, pad: int) -> list[float]:
+def _margins(model: PeftModel, pairs: Sequence[PreferencePair], batch_size: int, pad: int) -> list[float]:
     """Per pair: mean log-probability per token of the chosen answer minus that of the rejected one."""
     sums, counts = pair_logps(model, pairs, batch_size, pad)
     means = sums / counts

@@ -2,7 +2,9 @@
 and never a reason to lose the trained model."""
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import structlog
 from sqlalchemy import select
@@ -15,6 +17,7 @@ from app.core.tables import FineTuningJob, JobCheckpoint
 from app.ml.adapter_manifest import verified_fetch
 from app.ml.scoring.report import Losses
 from app.ml.scoring.settings import EvaluationSettings
+from worker.datasets import PreferenceExample
 from worker.held_out import evaluate_fine_tune, evaluate_preference_tune
 from worker.training.trainer import TrainingConfig, TrainingResult
 
@@ -29,12 +32,13 @@ def report_on_job(
     result: TrainingResult,
     tokenizer: PreTrainedTokenizerBase,
     adapter_dir: Path,
-    held_out: list[list[dict]],
+    held_out: Sequence[list[dict]] | Sequence[PreferenceExample],
     config: TrainingConfig,
     leaked: int,
 ) -> dict | None:
-    """The evaluation report, with events before and after. A failed evaluation is reported, and the trained
-    model is published without it rather than lost."""
+    """The evaluation report, with events before and after; `held_out` holds preference pairs for a DPO job and
+    conversations otherwise. A failed evaluation is reported, and the trained model is published without it rather
+    than lost."""
     options = EvaluationSettings.stored(job.evaluation_options)
     if options.max_examples == 0 or not held_out:
         return None
@@ -47,15 +51,17 @@ def report_on_job(
     losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
     try:
         if job.method.get("type") == "dpo":
-            report = evaluate_preference_tune(result.model, tokenizer, held_out, config, options, losses, leaked)
+            pairs = cast(Sequence[PreferenceExample], held_out)
+            report = evaluate_preference_tune(result.model, tokenizer, pairs, config, options, losses, leaked)
         else:
             with tempfile.TemporaryDirectory() as directory:
                 kept_epoch = result.best_epoch or result.epochs_run
                 checkpoints = (
                     _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
                 )
+                conversations = cast(Sequence[list[dict]], held_out)
                 report = evaluate_fine_tune(
-                    result.model, tokenizer, adapter_dir, held_out, config, options, losses, leaked, checkpoints
+                    result.model, tokenizer, adapter_dir, conversations, config, options, losses, leaked, checkpoints
                 )
                 if report is not None and job.method.get("type") == "distillation":
                     report["targets"] = f"the teacher's answers ({job.method['distillation']['teacher_model']})"

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.core import job_state
@@ -41,7 +42,14 @@ from worker.results import store_evaluation, store_results
 from worker.training.data import split_held_out
 from worker.training.preference import PreferenceSettings
 from worker.training.state import TrainingState
-from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter, train_lora, train_preference
+from worker.training.trainer import (
+    TrainingConfig,
+    TrainingHooks,
+    TrainingResult,
+    save_adapter,
+    train_lora,
+    train_preference,
+)
 
 log = structlog.get_logger()
 # DPO nudges a model that already answers well: its steps are a tenth of supervised fine-tuning's.
@@ -52,7 +60,7 @@ def fine_tuned_model_name(job: FineTuningJob, org_name: str) -> str:
     return f"ft:{job.base_model}:{org_name}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
-def _dataset_key(session, job: FineTuningJob, file_id: str, param: str) -> str:  # type: ignore[no-untyped-def]
+def _dataset_key(session: Session, job: FineTuningJob, file_id: str, param: str) -> str:
     key = session.scalar(
         select(StoredFile.storage_key).where(
             StoredFile.id == file_id, StoredFile.organization_id == job.organization_id
@@ -260,17 +268,17 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     with tempfile.TemporaryDirectory() as start_from:
         if job.start_adapter_prefix:
             _fetch_start_adapter(store, job, Path(start_from))
-        callbacks = {
-            "on_step": progress.on_step,
-            "should_stop": progress.should_stop,
-            "on_epoch_end": checkpoints.on_epoch_end,
-            "resume": resumed[1] if resumed else None,
-            "start_from": Path(start_from) if job.start_adapter_prefix else None,
-        }
+        hooks = TrainingHooks(
+            on_step=progress.on_step,
+            should_stop=progress.should_stop,
+            on_epoch_end=checkpoints.on_epoch_end,
+            resume=resumed[1] if resumed else None,
+            start_from=Path(start_from) if job.start_adapter_prefix else None,
+        )
         if preference is None:
-            result = train_lora(model, tokenizer, training, held_out, config, **callbacks)
+            result = train_lora(model, tokenizer, training, held_out, config, hooks=hooks)
         else:
-            result = train_preference(model, tokenizer, training, held_out, config, preference, **callbacks)
+            result = train_preference(model, tokenizer, training, held_out, config, preference, hooks=hooks)
     if result.stopped:
         log.info("jobs.stopped", job_id=job_id)
         _discard(store, training_states_prefix(job.organization_id, job_id))

@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import sqlalchemy.exc
 import structlog
@@ -14,6 +15,8 @@ from starlette.requests import ClientDisconnect
 from app.core.outages import OUTAGES, STORAGE_ANSWERS, unavailable_service
 
 log = structlog.get_logger()
+
+ErrorBody = dict[str, dict[str, object]]
 
 RETRY_AFTER_SECONDS = 2  # for a 503 of a service that is down: the openai SDK retries after it
 
@@ -29,7 +32,7 @@ class LoraportError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        details: dict | None = None,
+        details: dict[str, object] | None = None,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -40,7 +43,7 @@ class LoraportError(Exception):
         if code is not None:
             self.code = code
 
-    def body(self) -> dict:
+    def body(self) -> ErrorBody:
         """OpenAI's error object, as the answer's body or a stream's error chunk."""
         body = error_body(self.message, self.type, self.param, self.code)
         body["error"].update(self.details or {})
@@ -77,7 +80,7 @@ class DatasetRejected(InvalidRequest):
 
     code = "invalid_file_format"
 
-    def __init__(self, summary: str, validation: dict) -> None:
+    def __init__(self, summary: str, validation: dict[str, Any]) -> None:
         super().__init__(summary, param="file", details={"validation": validation})
 
 
@@ -131,7 +134,7 @@ class PermissionDenied(LoraportError):
     code = "insufficient_permissions"
 
 
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict:
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> ErrorBody:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

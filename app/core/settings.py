@@ -16,6 +16,7 @@ _PREFIX = "LORAPORT_"
 # Ours but not settings: the CLI's client side (`--base-url`, `--api-key`) and the test suite's services.
 _OTHER_VARIABLES = ("LORAPORT_BASE_URL", "LORAPORT_API_KEY", "LORAPORT_TEST_")
 DEFAULT_S3_ACCESS_KEY, DEFAULT_S3_SECRET_KEY = "loraport", "loraport-secret"
+UrlSetting = Literal["database_url", "redis_url", "s3_endpoint_url"]
 
 
 class Settings(BaseSettings):
@@ -122,9 +123,9 @@ class Settings(BaseSettings):
             f"LORAPORT_{name.upper()}": str(value) for name, value in self.model_dump().items() if value is not None
         }
 
-    def require(self, name: str) -> str:
+    def require(self, name: UrlSetting) -> str:
         """The value of a URL setting that this process cannot run without."""
-        value = getattr(self, name)
+        value: str | None = getattr(self, name)
         if not value:
             raise RuntimeError(f"LORAPORT_{name.upper()} is not set; run `loraport up` or set it in the environment")
         return value

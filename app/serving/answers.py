@@ -4,6 +4,7 @@ batcher), with the prompt built by the same function as training's and inference
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -40,7 +41,7 @@ def greedy_answers(
     batcher: ContinuousBatcher,
     tokenizer: PreTrainedTokenizerBase,
     end_of_turn_ids: set[int],
-    prompts: Sequence[list[dict]],
+    prompts: Sequence[list[dict[str, Any]]],
     adapters: Sequence[str | None],
     max_new_tokens: int,
     should_stop: Callable[[], bool] | None = None,

@@ -24,7 +24,7 @@ from app.core.settings import Settings
 from app.core.storage import store_for, training_states_prefix
 from app.core.tables import FineTunedModel, Organization
 from app.ml.adapter_manifest import verified_fetch
-from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.jobs import event_messages, first_checkpoint_step, start_long_tiny_job, wait_for_event, wait_for_job
 from tests.helpers.own_services import OwnRedis
 from tests.helpers.services import new_org_key, sdk_client, serving
 from tests.helpers.workers import start_maintenance_worker, start_training_worker, stop
@@ -32,7 +32,6 @@ from worker.storage_sweep import leftovers_of_ended_jobs
 
 TIMEOUT_S = 300
 FAST_RECOVERY = {"LORAPORT_JOB_LEASE_SECONDS": "6", "LORAPORT_RECONCILE_INTERVAL_SECONDS": "2"}
-ENDED = {"succeeded", "failed", "cancelled"}
 
 
 @contextmanager
@@ -55,33 +54,12 @@ def _service(settings: Settings, schedule: Path, **worker_environment: str) -> I
             session.execute(delete(Organization).where(Organization.name == name))
 
 
-def _start_job(client: openai.OpenAI, settings: Settings) -> str:
-    """12 examples, 2 held out: 5 steps per epoch, 20 in all, a checkpoint at every epoch's end."""
-    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(
-        model=settings.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 4, "batch_size": 2}
-    ).id
-
-
-def _messages(client: openai.OpenAI, job_id: str) -> list[str]:
-    """The job's event messages, oldest first."""
-    return [event.message for event in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
-
-
-def _wait_for_event(client: openai.OpenAI, job_id: str, start: str) -> str:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not (found := [m for m in _messages(client, job_id) if m.startswith(start)]):
-        assert time.monotonic() < deadline, f"no event {start!r} for {job_id}"
-        time.sleep(0.2)
-    return found[0]
+# The tiny model, trained long enough (about 1.5 s an epoch) for the fault to come while it trains.
+EPOCHS = 12
 
 
 def _wait_until_ended(client: openai.OpenAI, job_id: str) -> str:
-    deadline = time.monotonic() + TIMEOUT_S
-    while (status := client.fine_tuning.jobs.retrieve(job_id).status) not in ENDED:
-        assert time.monotonic() < deadline, f"{job_id} stayed {status}"
-        time.sleep(0.5)
-    return status
+    return wait_for_job(client, job_id, TIMEOUT_S).status
 
 
 def _model_rows(settings: Settings, job_id: str) -> int:
@@ -101,13 +79,13 @@ def test_storage_down_for_a_moment_sends_the_job_back_to_resume_from_its_checkpo
     own = _own_storage(settings, own_s3, own_redis)
     # Long enough for the S3 server to be back before the next attempt.
     with _service(own, tmp_path / "beat", LORAPORT_OUTAGE_RETRY_SECONDS="15") as client:
-        job_id = _start_job(client, own)
-        _wait_for_event(client, job_id, "Checkpoint saved at step 5 ")
+        job_id = start_long_tiny_job(client, EPOCHS)
+        first_checkpoint_step(client, job_id)
         own_s3.stop()
-        gave_back = _wait_for_event(client, job_id, "Object storage became unavailable")
+        gave_back = wait_for_event(client, job_id, "Object storage became unavailable")
         own_s3.start()
         status = _wait_until_ended(client, job_id)
-        messages = _messages(client, job_id)
+        messages = event_messages(client, job_id)
         job = client.fine_tuning.jobs.retrieve(job_id)
         assert status == "succeeded", job.error
         assert "resumes from its last checkpoint in 15 s (attempt 2 of 3)" in gave_back
@@ -126,8 +104,8 @@ def test_storage_down_for_good_fails_the_job_naming_it_and_its_leftovers_go_once
     own = _own_storage(settings, own_s3, own_redis)
     environment = {"LORAPORT_OUTAGE_RETRY_SECONDS": "1", "LORAPORT_MAX_JOB_ATTEMPTS": "2"}
     with _service(own, tmp_path / "beat", **environment) as client:
-        job_id = _start_job(client, own)
-        _wait_for_event(client, job_id, "Checkpoint saved at step 5 ")
+        job_id = start_long_tiny_job(client, EPOCHS)
+        first_checkpoint_step(client, job_id)
         own_s3.stop()
         status = _wait_until_ended(client, job_id)
         job = client.fine_tuning.jobs.retrieve(job_id)
@@ -150,13 +128,13 @@ def test_a_postgres_restart_while_a_job_trains_still_ends_it_in_one_model(
 ) -> None:
     own = settings.model_copy(update={"database_url": own_postgres.url, "redis_url": own_redis.url})
     with _service(own, tmp_path / "beat") as client:
-        job_id = _start_job(client, own)
-        _wait_for_event(client, job_id, "Step 2/20")
+        job_id = start_long_tiny_job(client, EPOCHS)
+        wait_for_event(client, job_id, "Step 2/")
         own_postgres.stop()
-        time.sleep(5)  # a few training steps' worth: the worker's next metrics write fails
+        time.sleep(2)  # the outage: the worker's next metrics write fails, and its lease cannot be renewed
         own_postgres.start()
         status = _wait_until_ended(client, job_id)
-        messages = _messages(client, job_id)
+        messages = event_messages(client, job_id)
         job = client.fine_tuning.jobs.retrieve(job_id)
         assert status == "succeeded", job.error
         assert any(message.startswith("Worker lost; restarting the job (attempt 2)") for message in messages)

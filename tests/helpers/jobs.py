@@ -1,16 +1,54 @@
-"""Waiting on fine-tuning jobs through the SDK, as a client would."""
-
-import time
+"""Fine-tuning jobs as the service tiers use them: created through the SDK, waited on as a client would."""
 
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.tiny_models import TINY_MODEL_ID
+from tests.helpers.waiting import eventually
+
+ENDED = ("succeeded", "failed", "cancelled")
+NO_EVALUATION = {"evaluation": {"max_examples": 0}}  # for tests that do not read the end-of-job report
+
 
 def wait_for_job(client: openai.OpenAI, job_id: str, timeout_s: float = 600) -> FineTuningJob:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-    raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+    """The job once it has ended."""
+    return eventually(
+        lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in ENDED and job,
+        timeout=timeout_s,
+        interval=0.5,
+        what=f"job {job_id} to end",
+    )
+
+
+def wait_for_event(client: openai.OpenAI, job_id: str, prefix: str, timeout_s: float = 300) -> str:
+    """The first event message of the job that starts with `prefix`, once there is one."""
+    return eventually(
+        lambda: next((m for m in event_messages(client, job_id) if m.startswith(prefix)), None),
+        timeout=timeout_s,
+        what=f"an event {prefix!r} of {job_id}",
+    )
+
+
+def event_messages(client: openai.OpenAI, job_id: str) -> list[str]:
+    """The job's event messages, oldest first."""
+    return [event.message for event in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
+
+
+def start_long_tiny_job(client: openai.OpenAI, n_epochs: int, **create: object) -> str:
+    """A job on the tiny model that trains long enough for a fault to hit it mid-way (120 examples, 12 held out:
+    54 steps of about 25 ms per epoch, a checkpoint at each epoch's end), with no end-of-job evaluation."""
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS * 10)), purpose="fine-tune")
+    return client.fine_tuning.jobs.create(
+        model=TINY_MODEL_ID,
+        training_file=training.id,
+        hyperparameters={"n_epochs": n_epochs, "batch_size": 2},
+        extra_body=NO_EVALUATION,
+        **create,  # type: ignore[arg-type]
+    ).id
+
+
+def first_checkpoint_step(client: openai.OpenAI, job_id: str) -> int:
+    """The step of the job's first checkpoint, once saved: the steps in one epoch."""
+    message = wait_for_event(client, job_id, "Checkpoint saved at step ")
+    return int(message.removeprefix("Checkpoint saved at step ").split()[0])

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.unit.test_trainer import config
-from worker.training import EpochReport, StepReport
+from worker.training import EpochReport, StepReport, TrainingHooks
 from worker.training.preference import PreferenceSettings
 from worker.training.state import TrainingState
 from worker.training.trainer import train_preference
@@ -28,7 +28,7 @@ def test_it_learns_the_preferred_answers_and_reports_dpo_metrics(make_model, tok
     steps: list[StepReport] = []
     result = train_preference(
         make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=4, lora_dropout=0.0, precision=precision),
-        PreferenceSettings(beta=0.5), on_step=steps.append,
+        PreferenceSettings(beta=0.5), hooks=TrainingHooks(on_step=steps.append),
     )  # fmt: skip
 
     first, last = steps[0], steps[-1]
@@ -50,7 +50,9 @@ def test_a_policy_that_has_not_moved_is_exactly_its_reference_in_every_batch(mak
     # the same batch, still gives exactly zero log-ratios: every loss log 2, every margin 0.
     steps: list[StepReport] = []
     still = config(n_epochs=3, learning_rate=0.0, precision=precision)
-    train_preference(make_model(), tokenizer, TRAIN, HELD_OUT, still, PreferenceSettings(beta=0.5), steps.append)
+    train_preference(
+        make_model(), tokenizer, TRAIN, HELD_OUT, still, PreferenceSettings(beta=0.5), hooks=TrainingHooks(steps.append)
+    )
 
     assert len(steps) == 9 and [step.train_metrics["reward_margin"] for step in steps] == [0.0] * 9
     assert [step.train_loss for step in steps] == pytest.approx([math.log(2)] * 9, abs=1e-7)
@@ -68,12 +70,24 @@ def test_a_resumed_preference_run_ends_like_an_uninterrupted_one(make_model, tok
 
     steps: list[StepReport] = []
     whole = train_preference(
-        make_model(), tokenizer, TRAIN, HELD_OUT, settings, preference, steps.append, on_epoch_end=checkpoint
+        make_model(),
+        tokenizer,
+        TRAIN,
+        HELD_OUT,
+        settings,
+        preference,
+        hooks=TrainingHooks(steps.append, on_epoch_end=checkpoint),
     )
     resumed_steps: list[StepReport] = []
     state = TrainingState.from_bytes(saved[1])
     resumed = train_preference(
-        make_model(), tokenizer, TRAIN, HELD_OUT, settings, preference, resumed_steps.append, resume=state
+        make_model(),
+        tokenizer,
+        TRAIN,
+        HELD_OUT,
+        settings,
+        preference,
+        hooks=TrainingHooks(resumed_steps.append, resume=state),
     )
 
     assert resumed_steps == steps[state.step :]
@@ -88,7 +102,7 @@ def test_training_a_fine_tune_further_takes_that_fine_tune_as_the_reference(make
 
     train_preference(
         make_model(), tokenizer, TRAIN, HELD_OUT, config(n_epochs=1, lora_dropout=0.0), PreferenceSettings(),
-        on_step=steps.append, start_from=tmp_path,
+        hooks=TrainingHooks(on_step=steps.append, start_from=tmp_path),
     )  # fmt: skip
 
     # log-ratios against the starting adapter are zero at the first step; against the base model they would not be

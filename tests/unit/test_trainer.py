@@ -3,7 +3,7 @@ import torch
 
 from app.ml.chat_format import tokenize_example
 from tests.helpers.tiny_models import conversation
-from worker.training import EpochReport, StepReport, TrainingConfig, save_adapter, train_lora
+from worker.training import EpochReport, StepReport, TrainingConfig, TrainingHooks, save_adapter, train_lora
 from worker.training.data import collate
 from worker.training.trainer import (
     best_epoch,
@@ -30,7 +30,9 @@ def config(**overrides) -> TrainingConfig:
 
 def run(make_model, tokenizer, **overrides) -> tuple[list[StepReport], object]:
     reports: list[StepReport] = []
-    result = train_lora(make_model(), tokenizer, TRAIN, VALID, config(**overrides), on_step=reports.append)
+    result = train_lora(
+        make_model(), tokenizer, TRAIN, VALID, config(**overrides), hooks=TrainingHooks(on_step=reports.append)
+    )
     return reports, result
 
 
@@ -78,7 +80,12 @@ def test_should_stop_ends_training_early(make_model, tokenizer):
     checks = iter([False, False, True])
     reports: list[StepReport] = []
     result = train_lora(
-        make_model(), tokenizer, TRAIN, None, config(), on_step=reports.append, should_stop=checks.__next__
+        make_model(),
+        tokenizer,
+        TRAIN,
+        None,
+        config(),
+        hooks=TrainingHooks(on_step=reports.append, should_stop=checks.__next__),
     )
 
     assert (result.steps, result.stopped, len(reports)) == (2, True, 2)
@@ -148,7 +155,12 @@ def test_keeps_the_best_epoch_when_validation_loss_rises(make_model, tokenizer):
     contradicted = [conversation("What is the capital of France?", "Hello! How are you?")]  # TRAIN says Paris
     epochs: list[EpochReport] = []
     result = train_lora(
-        make_model(), tokenizer, TRAIN, contradicted, config(n_epochs=5, cpu_bf16=False), on_epoch_end=epochs.append
+        make_model(),
+        tokenizer,
+        TRAIN,
+        contradicted,
+        config(n_epochs=5, cpu_bf16=False),
+        hooks=TrainingHooks(on_epoch_end=epochs.append),
     )
 
     assert (result.epochs_run, len(result.epoch_losses)) == (5, 5)
@@ -167,7 +179,7 @@ def test_keeps_the_best_epoch_when_validation_loss_rises(make_model, tokenizer):
 
 def test_without_validation_examples_the_last_epoch_is_kept(make_model, tokenizer):
     epochs: list[EpochReport] = []
-    result = train_lora(make_model(), tokenizer, TRAIN, None, config(), on_epoch_end=epochs.append)
+    result = train_lora(make_model(), tokenizer, TRAIN, None, config(), hooks=TrainingHooks(on_epoch_end=epochs.append))
 
     assert (result.best_epoch, result.epochs_run, result.epoch_losses, result.valid_loss) == (None, 3, [], None)
     assert [(e.epoch, e.step, e.valid_loss, e.is_best) for e in epochs] == [
@@ -179,7 +191,7 @@ def test_bf16_on_cpu_stays_close_to_fp32_and_gives_the_model_back_as_it_was(make
     model = make_model()
     attention, frozen = model.config._attn_implementation, {n: p.clone() for n, p in model.named_parameters()}
     bf16: list[StepReport] = []
-    result = train_lora(model, tokenizer, TRAIN, VALID, config(cpu_bf16=True), on_step=bf16.append)
+    result = train_lora(model, tokenizer, TRAIN, VALID, config(cpu_bf16=True), hooks=TrainingHooks(on_step=bf16.append))
     fp32, _ = run(make_model, tokenizer, cpu_bf16=False)
 
     for low, full in zip(bf16, fp32, strict=True):

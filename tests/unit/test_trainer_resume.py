@@ -7,7 +7,7 @@ import torch
 from app.ml.chat_format import IGNORE_INDEX, tokenize_example
 from tests.helpers.tiny_models import conversation
 from tests.unit.test_trainer import TRAIN, VALID, config
-from worker.training import EpochReport, StepReport, save_adapter, train_lora
+from worker.training import EpochReport, StepReport, TrainingHooks, save_adapter, train_lora
 from worker.training.state import TrainingState
 from worker.training.trainer import lr_factor
 
@@ -27,11 +27,15 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(make_model, tokeni
         saved[report.epoch] = report.state.to_bytes()
 
     steps: list[StepReport] = []
-    whole = train_lora(make_model(), tokenizer, TRAIN, validation, settings, steps.append, on_epoch_end=checkpoint)
+    whole = train_lora(
+        make_model(), tokenizer, TRAIN, validation, settings, hooks=TrainingHooks(steps.append, on_epoch_end=checkpoint)
+    )
 
     state = TrainingState.from_bytes(saved[crash_after_epoch])
     resumed_steps: list[StepReport] = []
-    resumed = train_lora(make_model(), tokenizer, TRAIN, validation, settings, resumed_steps.append, resume=state)
+    resumed = train_lora(
+        make_model(), tokenizer, TRAIN, validation, settings, hooks=TrainingHooks(resumed_steps.append, resume=state)
+    )
 
     assert resumed_steps == steps[state.step :]
     assert (resumed.steps, resumed.trained_tokens, resumed.train_loss) == (
@@ -58,12 +62,17 @@ def test_resuming_with_a_state_from_other_data_is_refused(make_model, tokenizer)
         TRAIN,
         None,
         config(n_epochs=2),
-        on_epoch_end=lambda r: saved.append(r.state.to_bytes()),
+        hooks=TrainingHooks(on_epoch_end=lambda r: saved.append(r.state.to_bytes())),
     )
 
     with pytest.raises(ValueError, match="cannot resume"):
         train_lora(
-            make_model(), tokenizer, TRAIN * 2, None, config(n_epochs=2), resume=TrainingState.from_bytes(saved[0])
+            make_model(),
+            tokenizer,
+            TRAIN * 2,
+            None,
+            config(n_epochs=2),
+            hooks=TrainingHooks(resume=TrainingState.from_bytes(saved[0])),
         )
 
 
@@ -72,13 +81,20 @@ def test_training_starts_from_a_saved_adapter(make_model, tokenizer, tmp_path):
     save_adapter(first.model, tmp_path / "parent")
 
     unchanged = train_lora(
-        make_model(), tokenizer, TRAIN, None, config(n_epochs=1, learning_rate=0.0), start_from=tmp_path / "parent"
+        make_model(),
+        tokenizer,
+        TRAIN,
+        None,
+        config(n_epochs=1, learning_rate=0.0),
+        hooks=TrainingHooks(start_from=tmp_path / "parent"),
     )
     parent = _adapter(first.model)
     assert _adapter(unchanged.model).keys() == parent.keys()  # the parent's LoRA settings (r=4), not the config's
     assert all(torch.equal(parent[name], tensor) for name, tensor in _adapter(unchanged.model).items())
 
-    further = train_lora(make_model(), tokenizer, TRAIN, None, config(n_epochs=1), start_from=tmp_path / "parent")
+    further = train_lora(
+        make_model(), tokenizer, TRAIN, None, config(n_epochs=1), hooks=TrainingHooks(start_from=tmp_path / "parent")
+    )
     assert any(not torch.equal(parent[name], tensor) for name, tensor in _adapter(further.model).items())
 
 
@@ -94,9 +110,16 @@ def test_train_on_inputs_labels_every_token(tokenizer):
 
 def test_train_on_inputs_trains_on_more_tokens(make_model, tokenizer):
     steps: list[StepReport] = []
-    train_lora(make_model(), tokenizer, TRAIN, None, config(n_epochs=1, train_on_inputs=True), steps.append)
+    train_lora(
+        make_model(),
+        tokenizer,
+        TRAIN,
+        None,
+        config(n_epochs=1, train_on_inputs=True),
+        hooks=TrainingHooks(steps.append),
+    )
     masked: list[StepReport] = []
-    train_lora(make_model(), tokenizer, TRAIN, None, config(n_epochs=1), masked.append)
+    train_lora(make_model(), tokenizer, TRAIN, None, config(n_epochs=1), hooks=TrainingHooks(masked.append))
 
     assert [step.train_loss for step in steps] != [step.train_loss for step in masked]
 
@@ -118,8 +141,22 @@ def test_learning_rate_schedules_after_warmup(schedule, expected):
 def test_gradient_clipping_can_be_turned_off(make_model, tokenizer):
     clipped, unclipped = [], []
     big_steps = {"learning_rate": 0.5, "n_epochs": 1, "cpu_bf16": False}
-    train_lora(make_model(), tokenizer, TRAIN, None, config(max_grad_norm=1e-3, **big_steps), clipped.append)
-    train_lora(make_model(), tokenizer, TRAIN, None, config(max_grad_norm=0, **big_steps), unclipped.append)
+    train_lora(
+        make_model(),
+        tokenizer,
+        TRAIN,
+        None,
+        config(max_grad_norm=1e-3, **big_steps),
+        hooks=TrainingHooks(clipped.append),
+    )
+    train_lora(
+        make_model(),
+        tokenizer,
+        TRAIN,
+        None,
+        config(max_grad_norm=0, **big_steps),
+        hooks=TrainingHooks(unclipped.append),
+    )
 
     assert clipped[0].train_loss == unclipped[0].train_loss  # same first batch, before any update
     assert clipped[1].train_loss != unclipped[1].train_loss

@@ -4,9 +4,18 @@ from worker.training.trainer import (
     EpochReport,
     StepReport,
     TrainingConfig,
+    TrainingHooks,
     TrainingResult,
     save_adapter,
     train_lora,
 )
 
-__all__ = ["EpochReport", "StepReport", "TrainingConfig", "TrainingResult", "save_adapter", "train_lora"]
+__all__ = [
+    "EpochReport",
+    "StepReport",
+    "TrainingConfig",
+    "TrainingHooks",
+    "TrainingResult",
+    "save_adapter",
+    "train_lora",
+]

@@ -104,6 +104,17 @@ class TrainingResult:
 
 
 @dataclass(frozen=True)
+class TrainingHooks:
+    """What a caller plugs into a training run: callbacks, and where the run starts (see `train_lora`)."""
+
+    on_step: Callable[[StepReport], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_epoch_end: Callable[[EpochReport], None] | None = None
+    resume: TrainingState | None = None
+    start_from: Path | None = None
+
+
+@dataclass(frozen=True)
 class BatchStats:
     """Sums over a batch, so that batches add up: the loss, the units it averages over (answer tokens, or pairs),
     how many of them the model got right, and the objective's other sums."""
@@ -117,7 +128,8 @@ class BatchStats:
 class Objective(Protocol):
     """What training minimises, over items of one kind (tokenized examples, or preference pairs)."""
 
-    accuracy_name: str
+    @property
+    def accuracy_name(self) -> str: ...
 
     def stats(self, model: torch.nn.Module, items: Sequence[Any]) -> BatchStats: ...
 
@@ -241,20 +253,21 @@ def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     Embeddings and the LM head (often tied to them) stay as they are.
     """
     lm = causal_lm(model)
+    if not enabled or not isinstance(lm, PreTrainedModel):
+        yield
+        return
     embeddings = (lm.get_input_embeddings(), lm.get_output_embeddings())
     shared = {id(layer.weight) for layer in embeddings if layer is not None}
     frozen = [
         module
         for module in model.modules()
-        if enabled
-        and isinstance(module, torch.nn.Linear)
+        if isinstance(module, torch.nn.Linear)
         and not module.weight.requires_grad
         and module.weight.dtype == torch.float32
         and id(module.weight) not in shared
     ]
     originals = [module.weight.data for module in frozen]
-    attention = getattr(getattr(lm, "config", None), "_attn_implementation", None)
-    swap_attention = enabled and attention == "sdpa" and isinstance(lm, PreTrainedModel)
+    swap_attention = getattr(lm.config, "_attn_implementation", None) == "sdpa"
     for module in frozen:
         module.weight.data = module.weight.data.to(torch.bfloat16)
     if swap_attention:
@@ -265,7 +278,7 @@ def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         for module, original in zip(frozen, originals, strict=True):
             module.weight.data = original
         if swap_attention:
-            lm.set_attn_implementation(attention)
+            lm.set_attn_implementation("sdpa")
 
 
 @dataclass(frozen=True)
@@ -338,7 +351,8 @@ def evaluate_items(
     when `should_stop` said so between batches (a large validation file must not delay a cancel)."""
     device = next(model.parameters()).device
     model.eval()
-    total, correct, count, extras = 0.0, 0, 0, {}
+    total, correct, count = 0.0, 0, 0
+    extras: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
@@ -423,7 +437,7 @@ def _train_step(
     if max_grad_norm > 0:
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, max_norm=max_grad_norm)
-    learning_rate = scheduler.get_last_lr()[0]
+    learning_rate = float(scheduler.get_last_lr()[0])
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -454,27 +468,24 @@ def train_lora(
     train_examples: list[Messages],
     validation_examples: list[Messages] | None,
     config: TrainingConfig,
-    on_step: Callable[[StepReport], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_epoch_end: Callable[[EpochReport], None] | None = None,
-    resume: TrainingState | None = None,
-    start_from: Path | None = None,
+    *,
+    hooks: TrainingHooks = TrainingHooks(),
 ) -> TrainingResult:
     """Fine-tune a LoRA adapter on `model` (modified in place) and return it wrapped as a PeftModel.
 
     With validation examples, the adapter of the epoch with the lowest validation loss is the one returned.
-    `resume` continues a run from the state an earlier run's `on_epoch_end` reported, giving the same result as
-    a run that never stopped; `start_from` trains further an adapter saved by `save_adapter` (its LoRA settings
-    win over the config's).
+    `hooks.resume` continues a run from the state an earlier run's `on_epoch_end` reported, giving the same result
+    as a run that never stopped; `hooks.start_from` trains further an adapter saved by `save_adapter` (its LoRA
+    settings win over the config's).
     """
     torch.manual_seed(config.seed)
     train_set = _tokenize(tokenizer, train_examples, config.max_seq_length, config.train_on_inputs)
     held_out = _tokenize(tokenizer, validation_examples or [], config.max_seq_length, config.train_on_inputs)
     if not train_set:
         raise ValueError("no training example has an assistant token within max_seq_length")
-    peft_model = _lora_model(model, config, start_from)
+    peft_model = _lora_model(model, config, hooks.start_from)
     objective = SupervisedObjective(pad_token_id(tokenizer))
-    return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
+    return _train(peft_model, train_set, held_out, objective, config, hooks)
 
 
 def train_preference(
@@ -484,15 +495,12 @@ def train_preference(
     validation_pairs: list[tuple[Messages, str, str]] | None,
     config: TrainingConfig,
     settings: PreferenceSettings,
-    on_step: Callable[[StepReport], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_epoch_end: Callable[[EpochReport], None] | None = None,
-    resume: TrainingState | None = None,
-    start_from: Path | None = None,
+    *,
+    hooks: TrainingHooks = TrainingHooks(),
 ) -> TrainingResult:
     """Preference-train a LoRA adapter on (prompt, chosen, rejected) pairs, as `train_lora` trains on examples.
 
-    The reference is the model before the first step (the base model, or the adapter in `start_from`): its
+    The reference is the model before the first step (the base model, or the adapter in `hooks.start_from`): its
     log-probabilities are computed on each batch by the policy's own forward, with the starting adapter's weights.
     """
     torch.manual_seed(config.seed)
@@ -500,9 +508,9 @@ def train_preference(
     held_out = tokenize_pairs(tokenizer, validation_pairs or [], config.max_seq_length)
     if not train_set:
         raise ValueError("no preference pair has an answer token within max_seq_length")
-    peft_model = _lora_model(model, config, start_from)
+    peft_model = _lora_model(model, config, hooks.start_from)
     objective = PreferenceObjective(pad_token_id(tokenizer), settings, _adapter_weights(peft_model))
-    return _train(peft_model, train_set, held_out, objective, config, on_step, should_stop, on_epoch_end, resume)
+    return _train(peft_model, train_set, held_out, objective, config, hooks)
 
 
 def _train(
@@ -511,10 +519,7 @@ def _train(
     held_out: Sequence[Any],
     objective: Objective,
     config: TrainingConfig,
-    on_step: Callable[[StepReport], None] | None,
-    should_stop: Callable[[], bool] | None,
-    on_epoch_end: Callable[[EpochReport], None] | None,
-    resume: TrainingState | None,
+    hooks: TrainingHooks,
 ) -> TrainingResult:
     """The training loop shared by every objective: AdamW with warmup and decay, held-out metrics at each epoch's
     end, the best epoch kept, and the state to resume from."""
@@ -534,7 +539,7 @@ def _train(
         epochs_done=0, step=0, trained_tokens=0, train_loss=None, adapter={}, optimizer={}, scheduler={}, rng={},
         valid_losses=[], valid_accuracies=[], best_epoch=None, best_adapter=None,
     )  # fmt: skip
-    if resume is not None:
+    if (resume := hooks.resume) is not None:
         run = replace(
             resume,
             valid_losses=list(resume.valid_losses),
@@ -571,7 +576,7 @@ def _train(
         step_losses: list[float] = []
         with _cpu_bf16_training(peft_model, enabled=device.type == "cpu" and bf16):
             for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
-                if should_stop is not None and should_stop():
+                if hooks.should_stop is not None and hooks.should_stop():
                     return result(stopped=True)
                 loss, accuracy, learning_rate, metrics = _train_step(
                     peft_model, items, objective, optimizer, scheduler, bf16, config.max_grad_norm
@@ -584,7 +589,9 @@ def _train(
                     accuracy_name=objective.accuracy_name, train_metrics=metrics,
                 )  # fmt: skip
                 if run.step % steps_per_epoch == 0 and held_out:
-                    evaluated = evaluate_items(peft_model, held_out, objective, config.batch_size, bf16, should_stop)
+                    evaluated = evaluate_items(
+                        peft_model, held_out, objective, config.batch_size, bf16, hooks.should_stop
+                    )
                     if evaluated is None:
                         return result(stopped=True)
                     run.valid_losses.append(evaluated.loss)
@@ -595,8 +602,8 @@ def _train(
                         valid_mean_token_accuracy=evaluated.accuracy,
                         valid_metrics=evaluated.metrics,
                     )
-                if on_step is not None:
-                    on_step(report)
+                if hooks.on_step is not None:
+                    hooks.on_step(report)
         run.epochs_done, run.train_loss = epoch + 1, sum(step_losses) / len(step_losses)
         run.train_losses.append(run.train_loss)
         is_best = True
@@ -605,20 +612,20 @@ def _train(
             if is_best:
                 run.best_epoch, best_weights = epoch + 1, _adapter_weights(peft_model)
             run.best_adapter = None if is_best else best_weights
-        if on_epoch_end is not None:
+        if hooks.on_epoch_end is not None:
             run.adapter = {name: p.detach() for name, p in peft_model.named_parameters() if p.requires_grad}
             run.optimizer, run.scheduler, run.rng = optimizer.state_dict(), scheduler.state_dict(), rng_state()
-            latest = (run.valid_losses[-1], run.valid_accuracies[-1]) if run.valid_losses else (None, None)
-            on_epoch_end(
+            hooks.on_epoch_end(
                 EpochReport(
-                    epoch + 1,
-                    run.step,
-                    *latest,
+                    epoch=epoch + 1,
+                    step=run.step,
+                    valid_loss=run.valid_losses[-1] if run.valid_losses else None,
+                    valid_mean_token_accuracy=run.valid_accuracies[-1] if run.valid_losses else None,
                     is_best=is_best,
                     model=peft_model,
                     state=run,
                     accuracy_name=objective.accuracy_name,
-                )  # fmt: skip
+                )
             )
     return result(stopped=False)
 
@@ -626,6 +633,6 @@ def _train(
 def save_adapter(peft_model: PeftModel, directory: Path) -> list[Path]:
     """Write the adapter weights and config (not the base model) with their checksum manifest, and return the
     files written."""
-    peft_model.save_pretrained(directory)
+    peft_model.save_pretrained(str(directory))
     write_manifest(directory)
     return sorted(path for path in directory.rglob("*") if path.is_file())

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 from app.core.errors import PayloadTooLarge
 from app.core.storage import ObjectWriter
-from app.ml.datasets.validation import DatasetValidator, ValidationResult
+from app.ml.datasets.results import ValidationResult
+from app.ml.datasets.validation import DatasetValidator
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
 """Receiving a multipart upload: streamed from the socket through `FileIngest` into S3 in one pass."""
 
-from functools import partial
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -31,7 +29,7 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
     validator = validator_for(settings)
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
-        form = await stream_form(request, "file", partial(run_in_threadpool, ingest.feed))
+        form = await stream_form(request, "file", lambda chunk: run_in_threadpool(ingest.feed, chunk))
         if not form.file_seen:
             raise InvalidRequest("Missing the multipart field 'file'", param="file")
         purpose = check_purpose(form.fields.get("purpose"))

@@ -9,8 +9,6 @@ from starlette.concurrency import run_in_threadpool
 from app.serving.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.serving.detokenize import Detokenizer, FinishReason
 
-_END = object()
-
 
 @dataclass(frozen=True)
 class ChoiceDelta:
@@ -88,7 +86,7 @@ async def _read(
     text = Detokenizer(engine.tokenizer(request.base_model_id), end_ids, request.stop)
     pending: list[GeneratedToken] = []  # tokens whose text has not been sent with a delta yet
     try:
-        while not text.finished and (token := await run_in_threadpool(next, tokens, _END)) is not _END:
+        while not text.finished and (token := await run_in_threadpool(next, tokens, None)) is not None:
             if token.id not in end_ids:
                 pending.append(token)
             if delta := text.feed(token.id):

@@ -33,9 +33,11 @@ class TokenPieces:
         return self(token_id)[0]
 
     def _describe(self, token_id: int) -> tuple[str, list[int]]:
-        text = self._tokenizer.decode([token_id])
+        # One sequence of ids decodes to a str, and one id converts to one token (the library's return types cover
+        # batches too).
+        text: str = self._tokenizer.decode([token_id])  # type: ignore[assignment]
         if _INCOMPLETE_CHARACTER in text:
-            raw = _raw_bytes(self._tokenizer.convert_ids_to_tokens(token_id))
+            raw = _raw_bytes(self._tokenizer.convert_ids_to_tokens(token_id))  # type: ignore[arg-type]
             if raw is not None:
                 return raw.decode("utf-8", errors="backslashreplace"), list(raw)
         return text, list(text.encode())

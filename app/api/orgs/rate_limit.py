@@ -31,7 +31,9 @@ class RateLimiter:
         counter = f"loraport:rate:{key_digest[:32]}:{int(now // WINDOW_SECONDS)}"
         try:
             with self._redis.pipeline() as pipe:
-                used, _ = pipe.incr(counter).expire(counter, 2 * WINDOW_SECONDS).execute()
+                pipe.incr(counter)
+                pipe.expire(counter, 2 * WINDOW_SECONDS)
+                used, _ = pipe.execute()
         except redis.RedisError as error:
             log.warning("api.rate_limit.unavailable", error=type(error).__name__)
             return

@@ -56,7 +56,8 @@ def pending_upload(session: Session, org: Organization, upload_id: str) -> Uploa
 
 
 def stored_bytes(session: Session, upload: Upload) -> int:
-    return session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(UploadPart.upload_id == upload.id))
+    total = select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(UploadPart.upload_id == upload.id)
+    return session.execute(total).scalar_one()
 
 
 def part_key(upload: Upload, part_id: str) -> str:
