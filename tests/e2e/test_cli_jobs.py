@@ -21,6 +21,8 @@ from app.core.settings import Settings
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import ROOT, sdk_client
+from tests.helpers.tiny_models import TINY_MODEL_ID
+from tests.helpers.waiting import eventually
 from worker.job_runner import run_job
 
 runner = CliRunner()
@@ -34,17 +36,14 @@ def test_create_uploads_then_follows_the_job_to_its_model(
     client = sdk_client(api_base_url, org_key)
 
     def train_when_created() -> None:
-        deadline = time.monotonic() + 60
-        while not client.fine_tuning.jobs.list().data:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        run_job(settings, registry_from_settings(settings), client.fine_tuning.jobs.list().data[0].id)
+        [job] = eventually(lambda: client.fine_tuning.jobs.list().data, what="the job the CLI creates")
+        run_job(settings, registry_from_settings(settings), job.id)
 
     worker = threading.Thread(target=train_when_created)
     worker.start()
     followed = runner.invoke(
         app,
-        ["jobs", "create", "--file", str(dataset), "--model", settings.default_base_model, "--epochs", "1",
+        ["jobs", "create", "--file", str(dataset), "--model", TINY_MODEL_ID, "--epochs", "1",
          "--base-url", api_base_url, "--api-key", org_key],
     )  # fmt: skip
     worker.join()

@@ -3,26 +3,28 @@ worker resumes it from the last epoch's checkpoint, and the job succeeds. One ki
 publishes nothing half-written: the model appears only once another attempt has stored the adapter whole."""
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
 import pytest
-from openai.types.fine_tuning import FineTuningJob
+from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from sqlalchemy import select
 
 from app.core.db import transaction
 from app.core.settings import Settings
-from app.core.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
+from app.core.storage import adapter_prefix, store_for, training_states_prefix
 from app.core.tables import FineTunedModel
 from app.ml.adapter_manifest import MANIFEST
 from tests.helpers.datasets import TICKETS, chat_jsonl
-from tests.helpers.jobs import wait_for_job
+from tests.helpers.jobs import NO_EVALUATION, first_checkpoint_step, start_long_tiny_job, wait_for_job
 from tests.helpers.slow_link import SlowLink
+from tests.helpers.tiny_models import TINY_MODEL_ID
+from tests.helpers.waiting import eventually
 from tests.helpers.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
 
+EPOCHS = 6  # of the tiny model: about 1.5 s each, so the kill comes while it trains
 LEASE = {"LORAPORT_JOB_LEASE_SECONDS": "6"}  # renewed every 2 s while the worker lives
 
 
@@ -36,15 +38,6 @@ def maintenance(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen
     stop(process)
 
 
-def _wait_for_event(client: openai.OpenAI, job_id: str, prefix: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(e.message.startswith(prefix) for e in client.fine_tuning.jobs.list_events(job_id, limit=100)):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no event {prefix!r} for job {job_id}")
-
-
 def _finished_by_another_worker(client: openai.OpenAI, settings: Settings, job_id: str) -> FineTuningJob:
     worker = start_training_worker(settings, **LEASE)
     try:
@@ -56,51 +49,43 @@ def _finished_by_another_worker(client: openai.OpenAI, settings: Settings, job_i
 def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     client: openai.OpenAI, settings: Settings, maintenance: subprocess.Popen
 ) -> None:
-    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
-    # 12 examples, 2 held out: 5 steps per epoch, 20 in all
-    job = client.fine_tuning.jobs.create(
-        model=settings.default_base_model,
-        training_file=training.id,
-        hyperparameters={"n_epochs": 4, "batch_size": 2},
-    )
+    job_id = start_long_tiny_job(client, EPOCHS)
     first = start_training_worker(settings, **LEASE)
     try:
-        _wait_for_event(client, job.id, "Checkpoint saved at step 5 ")
+        per_epoch = first_checkpoint_step(client, job_id)
     finally:
         first.kill()  # SIGKILL: no cleanup, the message stays unacknowledged, the lease stops being renewed
         first.wait()
-    finished = _finished_by_another_worker(client, settings, job.id)
+    finished = _finished_by_another_worker(client, settings, job_id)
 
     assert finished.status == "succeeded", finished.error
-    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))  # oldest first
+    events = _all_events(client, job_id)  # oldest first
     messages = [event.message for event in events]
     assert any(message.startswith("Worker lost; restarting the job (attempt 2)") for message in messages)
     resumed_at = next(i for i, event in enumerate(events) if event.message.startswith("Resumed from step"))
     resumed_step = events[resumed_at].data["resumed_from_step"]
-    assert resumed_step in (5, 10, 15)  # an epoch's end, not step 0
+    total = EPOCHS * per_epoch
+    assert resumed_step in range(per_epoch, total, per_epoch)  # an epoch's end, not step 0
     steps_after = [event.data["step"] for event in events[resumed_at:] if event.type == "metrics"]
-    assert steps_after == list(range(resumed_step + 1, 21))  # picked up where the checkpoint was, ran to the end
+    assert steps_after == list(range(resumed_step + 1, total + 1))  # picked up where the checkpoint was, to the end
     assert messages.count("The job has successfully completed") == 1  # exactly once, despite two workers
     with transaction(settings.require("database_url")) as session:
-        models = select(FineTunedModel.id).where(FineTunedModel.job_id == job.id)
+        models = select(FineTunedModel.id).where(FineTunedModel.job_id == job_id)
         assert session.scalars(models).all() == [finished.fine_tuned_model]  # one model row
-    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
-    assert sorted(c.step_number for c in checkpoints.data) == [5, 10, 15, 20]
-    states = list(store_for(settings).list_keys(training_states_prefix(finished.organization_id, job.id)))
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id, limit=100)
+    assert sorted(c.step_number for c in checkpoints.data) == list(range(per_epoch, total + 1, per_epoch))
+    states = list(store_for(settings).list_keys(training_states_prefix(finished.organization_id, job_id)))
     assert states == []  # optimizer states are only kept while the job may still resume
 
     reply = client.chat.completions.create(
-        model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}]
+        model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": "Ticket: hi"}], max_tokens=4
     )
     assert reply.choices[0].message.content
 
 
-def _wait_for_objects(store: ObjectStore, prefix: str, timeout_s: float = 300) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while not (keys := list(store.list_keys(prefix + "/"))):
-        assert time.monotonic() < deadline, f"nothing stored under {prefix}"
-        time.sleep(0.1)
-    return keys
+def _all_events(client: openai.OpenAI, job_id: str) -> list[FineTuningJobEvent]:
+    """Every event of the job, oldest first (iterating a page fetches the next ones)."""
+    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))
 
 
 def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_written(
@@ -108,7 +93,10 @@ def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_wr
 ) -> None:
     training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model=settings.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 1, "batch_size": 2}
+        model=TINY_MODEL_ID,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 2},
+        extra_body=NO_EVALUATION,
     )
     store, adapter = store_for(settings), adapter_prefix(job.organization_id, job.id)
     # The worker reaches S3 through a link that crawls once a request names the adapter: the small files go
@@ -117,7 +105,7 @@ def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_wr
     with SlowLink(s3_port, slow_after=f"/{adapter}/".encode(), bytes_per_second=20_000) as link:
         first = start_training_worker(settings, LORAPORT_S3_ENDPOINT_URL=link.url, **LEASE)
         try:
-            stored_before_kill = _wait_for_objects(store, adapter)
+            stored_before_kill = eventually(lambda: list(store.list_keys(adapter + "/")), timeout=300, interval=0.1)
         finally:
             first.kill()
             first.wait()
@@ -133,6 +121,8 @@ def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_wr
         models = select(FineTunedModel.adapter_prefix).where(FineTunedModel.job_id == job.id)
         assert session.scalars(models).all() == [adapter]  # one model, on the adapter uploaded whole the second time
     reply = client.chat.completions.create(
-        model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}]
+        model=finished.fine_tuned_model or "",
+        messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}],
+        max_tokens=4,
     )
     assert reply.choices[0].message.content

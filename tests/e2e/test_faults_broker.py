@@ -2,7 +2,6 @@
 test's own (so the suite's stays up), a real training worker and a real maintenance worker (the reaper on a 2 s
 beat). Every job still ends, each trained once: one model, one start, no step run twice."""
 
-import time
 from pathlib import Path
 
 import openai
@@ -12,20 +11,22 @@ from app.api.main import create_app
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.tables import FineTunedModel, JobEvent
-from tests.helpers.datasets import chat_jsonl
+from tests.helpers.jobs import start_long_tiny_job
 from tests.helpers.own_services import OwnRedis
 from tests.helpers.services import new_org_key, sdk_client, serving
+from tests.helpers.waiting import eventually
 from tests.helpers.workers import start_maintenance_worker, start_training_worker, stop
 
 JOB_TIMEOUT_S = 600
 
 
 def _wait(client: openai.OpenAI, job_id: str, statuses: set[str]) -> str:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (status := client.fine_tuning.jobs.retrieve(job_id).status) not in statuses:
-        assert time.monotonic() < deadline, f"{job_id} stayed {status}"
-        time.sleep(0.5)
-    return status
+    return eventually(
+        lambda: (status := client.fine_tuning.jobs.retrieve(job_id).status) in statuses and status,
+        timeout=JOB_TIMEOUT_S,
+        interval=0.5,
+        what=f"{job_id} to be {' or '.join(sorted(statuses))}",
+    )
 
 
 def test_a_redis_restart_loses_queued_messages_and_every_job_still_ends_once(
@@ -37,13 +38,8 @@ def test_a_redis_restart_loses_queued_messages_and_every_job_still_ends_once(
     try:
         with serving(create_app(own)) as url:
             client = sdk_client(url, new_org_key(own, "broker-faults"))
-            training = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
-            jobs = [
-                client.fine_tuning.jobs.create(
-                    model=own.default_base_model, training_file=training.id, hyperparameters={"n_epochs": 1}
-                ).id
-                for _ in range(2)
-            ]
+            # the tiny model, long enough (a few seconds) that the first job still trains when Redis restarts
+            jobs = [start_long_tiny_job(client, n_epochs=4) for _ in range(2)]
             _wait(client, jobs[0], {"running"})  # the solo worker trains one; the other's message waits in Redis
 
             own_redis.restart_empty()

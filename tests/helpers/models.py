@@ -27,5 +27,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrain
 def base_models_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A `LORAPORT_BASE_MODELS_FILE` that adds the tiny model to the default one."""
     path = tmp_path_factory.mktemp("settings") / "base_models.json"
-    path.write_text(json.dumps([{"id": TINY_MODEL_ID, "source": "local", "location": str(tiny_model_dir)}]))
+    # Random weights learn slowly at the 2e-4 of a large model; 2e-2 makes a few steps show.
+    entry = {"id": TINY_MODEL_ID, "source": "local", "location": str(tiny_model_dir), "learning_rate": 2e-2}
+    path.write_text(json.dumps([entry]))
     return path
