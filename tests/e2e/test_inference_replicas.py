@@ -20,6 +20,7 @@ from app.core.settings import Settings
 from app.serving.engine import adapter_directory_name
 from app.serving.remote import RemoteBackend, rendezvous_order
 from tests.helpers.services import ROOT, sdk_client, serving, settings_env
+from tests.helpers.waiting import eventually
 from tests.helpers.workers import stop
 
 TOKEN = "replica-test-token"
@@ -162,10 +163,7 @@ def test_a_client_that_hangs_up_frees_the_replica_s_generation(
         next(response.iter_lines())
         assert generating(replica) == 1
     # minutes of tokens at this CPU's pace, unless the hang-up reached the replica and cancelled them
-    deadline = time.monotonic() + 15
-    while generating(replica) != 0:
-        assert time.monotonic() < deadline, "the replica kept generating for a client that left"
-        time.sleep(0.1)
+    eventually(lambda: generating(replica) == 0, timeout=15, interval=0.1, what="the replica to stop generating")
 
 
 def test_evict_reaches_every_replica_and_warm_errors_come_back(

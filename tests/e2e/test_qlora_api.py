@@ -1,6 +1,5 @@
 """QLoRA and GPU memory at job creation: what the training workers reported decides what is refused, and why."""
 
-import time
 from collections.abc import Iterator
 
 import openai
@@ -10,6 +9,7 @@ import redis
 from app.core.settings import Settings
 from app.core.worker_devices import KEY, Gpu, report, reported
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.waiting import eventually
 from tests.helpers.workers import forget_other_jobs, start_training_worker, stop
 
 BASE = "smollm2-135m-instruct"
@@ -77,10 +77,12 @@ def test_a_training_worker_reports_its_devices_while_it_runs(settings: Settings,
     forget_other_jobs(settings)  # a job to train would hold the worker past its stop
     process = start_training_worker(settings, name="reporting-worker@test")
     try:
-        deadline = time.monotonic() + 120
-        while "reporting-worker@test" not in reported(workers):
-            assert process.poll() is None and time.monotonic() < deadline, "the worker never reported"
-            time.sleep(0.5)
+
+        def has_reported() -> bool:
+            assert process.poll() is None, "the worker exited before it reported"
+            return "reporting-worker@test" in reported(workers)
+
+        eventually(has_reported, timeout=120, interval=0.5, what="the worker's device report")
         assert reported(workers)["reporting-worker@test"] == []  # this machine has no GPU: it trains on the CPU
     finally:
         stop(process)

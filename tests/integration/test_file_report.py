@@ -1,13 +1,13 @@
 """The data report catches what makes fine-tunes fail quietly, naming the lines, through the API."""
 
 import json
-import time
 
 import openai
 import pytest
 
 from app.core.settings import Settings
 from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.waiting import eventually
 
 
 def line(question: str, answer: str) -> bytes:
@@ -63,10 +63,11 @@ def test_report_counts_tokens_with_the_base_models_tokenizer(
 def test_file_status_details_sum_up_the_report(client: openai.OpenAI) -> None:
     content = chat_jsonl() + chat_jsonl(TICKETS[:1])  # line 13 repeats line 1
     file_id = client.files.create(file=("dup.jsonl", content), purpose="fine-tune").id
-    deadline = time.monotonic() + 30
-    while "warning" not in (details := client.files.retrieve(file_id).status_details or ""):
-        assert time.monotonic() < deadline, details  # computed right after the upload answered
-        time.sleep(0.2)
+    details = eventually(  # computed right after the upload answered
+        lambda: "warning" in (text := client.files.retrieve(file_id).status_details or "") and text,
+        timeout=30,
+        what="the report's warnings in status_details",
+    )
     assert details.startswith("13 chat examples") and "duplicate" in details.lower()
 
 

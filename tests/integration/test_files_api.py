@@ -1,7 +1,6 @@
 """Uploading datasets through the openai SDK and curl-style HTTP; bad files leave nothing behind."""
 
 import json
-import time
 from urllib.parse import unquote
 
 import openai
@@ -15,6 +14,7 @@ from app.core.settings import Settings
 from app.core.tables import StoredFile
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.storage import stored_state
+from tests.helpers.waiting import eventually
 
 
 def test_upload_is_processed_listed_downloaded_and_deleted(client: openai.OpenAI) -> None:
@@ -158,10 +158,13 @@ def test_a_download_holds_no_database_connection_while_it_streams(http, settings
     """So that more downloads (and streamed answers) can run at once than the pool has connections."""
     data = chat_jsonl(TICKETS * 4000)  # ~8 MB: more than loopback buffers hold, so the body is still streaming
     file_id = http.post("/v1/files", files={"file": ("big.jsonl", data)}, data={"purpose": "fine-tune"}).json()["id"]
-    pool, deadline = engine_for(settings.require("database_url")).pool, time.monotonic() + 60
-    while _report_pending(settings, file_id) or pool.checkedout():  # the upload's data report is being written
-        assert time.monotonic() < deadline, "the upload's data report was never written"
-        time.sleep(0.1)
+    pool = engine_for(settings.require("database_url")).pool
+    eventually(  # the upload's data report is written in the background first
+        lambda: not _report_pending(settings, file_id) and not pool.checkedout(),
+        timeout=60,
+        interval=0.1,
+        what="the upload's data report written",
+    )
     with http.stream("GET", f"/v1/files/{file_id}/content") as download:
         chunks = download.iter_bytes()
         first = next(chunks)

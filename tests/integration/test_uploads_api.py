@@ -1,7 +1,6 @@
 """Large files: OpenAI's Uploads API (the SDK's chunked helper), streaming limits and interrupted uploads."""
 
 import socket
-import time
 
 import httpx
 import openai
@@ -12,6 +11,7 @@ from app.api.main import create_app
 from app.core.settings import Settings
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.storage import stored_state
+from tests.helpers.waiting import eventually
 
 
 def test_sdk_chunked_upload_becomes_a_processed_file(client: openai.OpenAI, settings: Settings) -> None:
@@ -111,10 +111,11 @@ def test_a_client_that_disconnects_half_way_leaves_nothing(api_base_url: str, or
             + head
             + payload[: len(payload) * 3 // 4]
         )
-    deadline = time.monotonic() + 20
-    while stored_state(settings) != before or pending_multipart_uploads(settings):
-        assert time.monotonic() < deadline, "the interrupted upload left an object, a row or a multipart upload"
-        time.sleep(0.2)
+    eventually(
+        lambda: stored_state(settings) == before and not pending_multipart_uploads(settings),
+        timeout=20,
+        what="the interrupted upload to leave no object, row or multipart upload",
+    )
     assert httpx.get(f"{api_base_url}/healthz").status_code == 200
 
 
