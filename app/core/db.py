@@ -4,8 +4,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
+import structlog
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = structlog.get_logger()
 
 
 class Base(DeclarativeBase):
@@ -52,14 +55,22 @@ def after_rollback(session: Session, action: Callable[[], None]) -> None:
 
 
 def run_after_commit(session: Session) -> None:
-    """What the boundary that committed calls: the actions `after_commit` collected, in order."""
+    """What the boundary that committed calls: the actions `after_commit` collected, in order. Every one runs: the
+    change is stored, so one that fails (an object not deleted while storage is down) is logged, costs only space,
+    and neither stops the others nor turns the caller's answer into an error."""
     session.info.pop(_AFTER_ROLLBACK, None)
-    for action in session.info.pop(_AFTER_COMMIT, []):
-        action()
+    _run_each(session.info.pop(_AFTER_COMMIT, []), "db.after_commit.failed")
 
 
 def run_after_rollback(session: Session) -> None:
     """What the boundary that rolled back calls: the actions `after_rollback` collected, in order."""
     session.info.pop(_AFTER_COMMIT, None)
-    for action in session.info.pop(_AFTER_ROLLBACK, []):
-        action()
+    _run_each(session.info.pop(_AFTER_ROLLBACK, []), "db.after_rollback.failed")
+
+
+def _run_each(actions: list[Callable[[], None]], event: str) -> None:
+    for action in actions:
+        try:
+            action()
+        except Exception:
+            log.warning(event, action=getattr(action, "__qualname__", repr(action)), exc_info=True)
