@@ -33,17 +33,17 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"  # json: one object per line, for log collectors
 
     # None means "start an embedded server" under `loraport up`; the API and worker need them set.
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)  # may hold a password: kept out of reprs
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_bucket: str = "loraport"
     s3_access_key: str = DEFAULT_S3_ACCESS_KEY
-    s3_secret_key: str = DEFAULT_S3_SECRET_KEY
+    s3_secret_key: str = Field(default=DEFAULT_S3_SECRET_KEY, repr=False)
     s3_region: str = "us-east-1"
     # boto3 >= 1.36 sends CRC checksums that some S3-compatible stores reject; only AWS needs "when_supported".
     s3_checksum_mode: Literal["when_required", "when_supported"] = "when_required"
 
-    bootstrap_key: str | None = None
+    bootstrap_key: str | None = Field(default=None, repr=False)
     bootstrap_org: str = "default"
 
     default_base_model: str = "smollm2-135m-instruct"
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     inference_backend: Literal["torch", "vllm"] = "torch"
     # Comma-separated base URLs of `loraport serve-inference` replicas; empty: generate in the API process.
     inference_replicas: str = ""
-    inference_replica_token: str | None = None  # shared secret between the API and its replicas
+    inference_replica_token: str | None = Field(default=None, repr=False)  # shared by the API and its replicas
     # Fine-tuned model ids loaded at start and never evicted (comma-separated).
     pinned_models: str = ""
     # A long prompt is prefilled this many tokens at a time, with a decode step of the running rows in between.

@@ -99,3 +99,16 @@ def test_production_needs_a_replica_token_for_replicas_or_a_reachable_host(where
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
 def test_production_on_loopback_needs_no_replica_token(host: str) -> None:
     assert Settings(environment="production", host=host, **REAL_S3_KEYS).host == host
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    """A traceback or a log line that shows the settings must not show the secrets in them."""
+    shown = repr(
+        Settings(
+            s3_secret_key="s3-secret-value",
+            database_url="postgresql+psycopg://loraport:db-password@db/loraport",
+            bootstrap_key="lp_bootstrap-value",
+            inference_replica_token="replica-token-value",
+        )
+    )
+    assert not any(secret in shown for secret in ("s3-secret-value", "db-password", "bootstrap-value", "replica-token"))
