@@ -8,7 +8,12 @@
 
 import pytest
 
-pytest_plugins = ["tests.helpers.models", "tests.helpers.services", "tests.helpers.own_services"]
+pytest_plugins = [
+    "tests.helpers.models",
+    "tests.helpers.services",
+    "tests.helpers.own_services",
+    "tests.helpers.workers",
+]
 TIERS = ("unit", "integration", "e2e")
 
 

@@ -3,12 +3,9 @@ worker resumes it from the last epoch's checkpoint, and the job succeeds. One ki
 publishes nothing half-written: the model appears only once another attempt has stored the adapter whole."""
 
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
-import pytest
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from sqlalchemy import select
 
@@ -22,24 +19,19 @@ from tests.helpers.jobs import NO_EVALUATION, first_checkpoint_step, start_long_
 from tests.helpers.slow_link import SlowLink
 from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
-from tests.helpers.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
+from tests.helpers.workers import (  # noqa: F401  (a fixture)
+    FAST_LEASE,
+    forget_other_jobs,
+    start_maintenance_worker,
+    start_training_worker,
+    stop,
+)
 
 EPOCHS = 6  # of the tiny model: about 1.5 s each, so the kill comes while it trains
-LEASE = {"LORAPORT_JOB_LEASE_SECONDS": "6"}  # renewed every 2 s while the worker lives
-
-
-@pytest.fixture
-def maintenance(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    forget_other_jobs(settings)
-    process = start_maintenance_worker(
-        settings, tmp_path / "beat-schedule", LORAPORT_RECONCILE_INTERVAL_SECONDS="2", **LEASE
-    )
-    yield process
-    stop(process)
 
 
 def _finished_by_another_worker(client: openai.OpenAI, settings: Settings, job_id: str) -> FineTuningJob:
-    worker = start_training_worker(settings, **LEASE)
+    worker = start_training_worker(settings, **FAST_LEASE)
     try:
         return wait_for_job(client, job_id, timeout_s=300)
     finally:
@@ -50,7 +42,7 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     client: openai.OpenAI, settings: Settings, maintenance: subprocess.Popen
 ) -> None:
     job_id = start_long_tiny_job(client, EPOCHS)
-    first = start_training_worker(settings, **LEASE)
+    first = start_training_worker(settings, **FAST_LEASE)
     try:
         per_epoch = first_checkpoint_step(client, job_id)
     finally:
@@ -103,7 +95,7 @@ def test_a_worker_killed_while_uploading_the_adapter_never_has_it_served_half_wr
     # through, the weights take minutes, and the worker is killed between the two.
     s3_port = urlsplit(settings.s3_endpoint_url or "").port or 0
     with SlowLink(s3_port, slow_after=f"/{adapter}/".encode(), bytes_per_second=20_000) as link:
-        first = start_training_worker(settings, LORAPORT_S3_ENDPOINT_URL=link.url, **LEASE)
+        first = start_training_worker(settings, LORAPORT_S3_ENDPOINT_URL=link.url, **FAST_LEASE)
         try:
             stored_before_kill = eventually(lambda: list(store.list_keys(adapter + "/")), timeout=300, interval=0.1)
         finally:

@@ -2,10 +2,7 @@
 lease, the reaper re-queues the evaluation once the lease runs out, and a second worker runs it to one report."""
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from app.core.settings import Settings
 from tests.helpers.evaluations import (
@@ -18,19 +15,13 @@ from tests.helpers.evaluations import (
 )
 from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
-from tests.helpers.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
-
-LEASE = {"LORAPORT_JOB_LEASE_SECONDS": "6"}  # renewed every 2 s while the worker lives
-
-
-@pytest.fixture
-def maintenance(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    forget_other_jobs(settings)
-    process = start_maintenance_worker(
-        settings, tmp_path / "beat-schedule", LORAPORT_RECONCILE_INTERVAL_SECONDS="2", **LEASE
-    )
-    yield process
-    stop(process)
+from tests.helpers.workers import (  # noqa: F401  (a fixture)
+    FAST_LEASE,
+    forget_other_jobs,
+    start_maintenance_worker,
+    start_training_worker,
+    stop,
+)
 
 
 def test_a_killed_worker_s_evaluation_is_finished_once_by_another(
@@ -40,7 +31,7 @@ def test_a_killed_worker_s_evaluation_is_finished_once_by_another(
         file_id = client.files.create(file=("busy.jsonl", busy_file(300)), purpose="fine-tune").id
         # A few seconds of answers: long enough to be killed in the middle of them, short enough to run twice.
         evaluation = create_evaluation(client, model=TINY_MODEL_ID, file=file_id, max_examples=300, max_tokens=64)
-        first = start_training_worker(tiny, **LEASE)  # `tiny` hands the worker the tiny model's base-models file
+        first = start_training_worker(tiny, **FAST_LEASE)  # `tiny` hands the worker the tiny model's base-models file
         try:
             eventually(
                 lambda: evaluation_row(settings, evaluation["id"]).status == "running",
@@ -54,7 +45,7 @@ def test_a_killed_worker_s_evaluation_is_finished_once_by_another(
         killed = evaluation_row(settings, evaluation["id"])
         assert (killed.status, killed.attempt, killed.report) == ("running", 1, None)  # killed in the middle
 
-        second = start_training_worker(tiny, **LEASE)
+        second = start_training_worker(tiny, **FAST_LEASE)
         try:
             done = eventually(
                 lambda: (found := retrieve_evaluation(client, evaluation["id"]))["status"] in FINISHED and found,

@@ -3,6 +3,11 @@
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.core.tables import FineTunedModel
+from app.core.tables import FineTuningJob as FineTuningJobRow
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
@@ -52,3 +57,27 @@ def first_checkpoint_step(client: openai.OpenAI, job_id: str) -> int:
     """The step of the job's first checkpoint, once saved: the steps in one epoch."""
     message = wait_for_event(client, job_id, "Checkpoint saved at step ")
     return int(message.removeprefix("Checkpoint saved at step ").split()[0])
+
+
+def finished_job_with_model(settings: Settings, client: openai.OpenAI) -> tuple[str, str, str]:
+    """(job id, model id, adapter prefix) of a job of the client's organisation that succeeded with a fine-tuned
+    model. The rows are written directly, as the worker that finished it would, and the adapter prefix holds one
+    object (what the end-of-run consistency sweep looks for): tests of the rows need no training run."""
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file_id)
+    model_id = f"ft:{TINY_MODEL_ID}:owner::{job.id}"
+    with transaction(settings.require("database_url")) as session:
+        row = session.get_one(FineTuningJobRow, job.id)
+        row.status, row.fine_tuned_model = "succeeded", model_id
+        prefix = f"orgs/{row.organization_id}/adapters/{job.id}"
+        session.add(
+            FineTunedModel(
+                id=model_id,
+                organization_id=row.organization_id,
+                job_id=job.id,
+                base_model=TINY_MODEL_ID,
+                adapter_prefix=prefix,
+            )
+        )
+    store_for(settings).put_bytes(f"{prefix}/adapter_config.json", b"{}")
+    return job.id, model_id, prefix

@@ -2,8 +2,10 @@
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from app.core.db import transaction
@@ -50,3 +52,18 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# Short leases, renewed every 2 s while a worker lives: a killed worker's work is re-queued within seconds.
+FAST_LEASE = {"LORAPORT_JOB_LEASE_SECONDS": "6"}
+
+
+@pytest.fixture
+def maintenance(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """The maintenance worker, its reaper every 2 s on `FAST_LEASE` leases, once other modules' work is cancelled."""
+    forget_other_jobs(settings)
+    process = start_maintenance_worker(
+        settings, tmp_path / "beat-schedule", LORAPORT_RECONCILE_INTERVAL_SECONDS="2", **FAST_LEASE
+    )
+    yield process
+    stop(process)

@@ -17,8 +17,9 @@ from app.api.main import create_app
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.storage import store_for
-from app.core.tables import FileTokenStats, FineTunedModel, FineTuningJob, UploadPart
+from app.core.tables import FileTokenStats, FineTunedModel, UploadPart
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.storage import stored_state
 
 
@@ -57,23 +58,8 @@ def commits_failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _model(settings: Settings, client: openai.OpenAI) -> tuple[str, str]:
-    """A fine-tuned model of the client's organisation and its adapter prefix, holding one object; the rows are
-    written directly, as the worker that finished its job would."""
-    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
-    job = client.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=file_id)
-    model_id = f"ft:smollm2-135m-instruct:owner::{job.id}"
-    with transaction(settings.require("database_url")) as session:
-        row = session.get_one(FineTuningJob, job.id)
-        row.status, row.fine_tuned_model = "succeeded", model_id
-        prefix = f"orgs/{row.organization_id}/adapters/{job.id}"
-        session.add(
-            FineTunedModel(
-                id=model_id, organization_id=row.organization_id, job_id=job.id,
-                base_model="smollm2-135m-instruct", adapter_prefix=prefix,
-            )
-        )  # fmt: skip
-    store = store_for(settings)
-    store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/adapter_config.json", Body=b"{}")
+    """A fine-tuned model of the client's organisation and its adapter prefix, holding one object."""
+    _, model_id, prefix = finished_job_with_model(settings, client)
     return model_id, prefix
 
 

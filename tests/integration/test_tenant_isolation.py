@@ -21,9 +21,9 @@ from app.api.main import create_app
 from app.core.db import transaction
 from app.core.keys import find_key
 from app.core.settings import Settings
-from app.core.storage import store_for
-from app.core.tables import FineTunedModel, FineTuningJob, JobCheckpoint
+from app.core.tables import FineTunedModel, JobCheckpoint
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.services import new_org_key
 
 
@@ -119,30 +119,18 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
     not a training run."""
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     upload = client.uploads.create(bytes=100, filename="t.jsonl", mime_type="application/jsonl", purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=file_id)
-    model_id = f"ft:smollm2-135m-instruct:owner::{job.id}"
+    job_id, model_id, prefix = finished_job_with_model(settings, client)
     with transaction(settings.require("database_url")) as session:
-        row = session.get_one(FineTuningJob, job.id)
-        row.status, row.fine_tuned_model = "succeeded", model_id
-        prefix = f"orgs/{row.organization_id}/adapters/{job.id}"
-        session.add(
-            FineTunedModel(
-                id=model_id, organization_id=row.organization_id, job_id=job.id,
-                base_model="smollm2-135m-instruct", adapter_prefix=prefix,
-            )
-        )  # fmt: skip
         session.add(
             JobCheckpoint(
-                id=f"ftckpt-{job.id}", job_id=job.id, step_number=5, metrics={},
+                id=f"ftckpt-{job_id}", job_id=job_id, step_number=5, metrics={},
                 fine_tuned_model_checkpoint=f"{model_id}:ckpt-step-5", storage_prefix=f"{prefix}/step-5",
             )
         )  # fmt: skip
-    store = store_for(settings)  # the model's adapter, as far as the end-of-run consistency sweep looks
-    store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/adapter_config.json", Body=b"{}")
     evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=dict)
     with transaction(settings.require("database_url")) as session:
         key_id = find_key(session, client.api_key).id  # type: ignore[union-attr]
-    return Objects(file_id, upload.id, job.id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"], key_id)
+    return Objects(file_id, upload.id, job_id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"], key_id)
 
 
 @pytest.fixture
