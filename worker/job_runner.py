@@ -107,7 +107,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
             }
             job_state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
         with LeaseKeeper(url, JOBS, job_id, attempt, settings.job_lease_seconds):
-            _train_and_publish(settings, registry, job_id)
+            _train_and_publish(settings, registry, job_id, attempt)
     except TaskFailed as failure:
         _fail(settings, job_id, failure.error)
     except (torch.OutOfMemoryError, MemoryError):
@@ -236,7 +236,7 @@ def config_for(hyper: Resolved, options: dict, seed: int) -> TrainingConfig:
     )
 
 
-def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
+def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: str, attempt: int) -> None:
     url = settings.require("database_url")
     store = store_for(settings)
     with transaction(url) as session:
@@ -260,7 +260,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     model, tokenizer = _load_base_model(settings, registry, job)
     config = training_config(registry, job)
     preference = preference_settings(job)
-    progress = JobProgress(url, job_id, settings.job_lease_seconds)
+    progress = JobProgress(url, job_id, attempt, settings.job_lease_seconds)
     checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
     if resumed is not None:
         checkpoints.resuming_from(resumed[0].step_number)

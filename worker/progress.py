@@ -4,26 +4,23 @@ whether the work was cancelled meanwhile."""
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-
 from app.core import job_state
 from app.core.db import transaction
-from app.core.lifecycle import JOBS, Lifecycle, Status
-from app.core.tables import FineTuningJob
+from app.core.lifecycle import JOBS, Lifecycle
 from worker.training.trainer import StepReport
 
 _STATUS_POLL_S = 2.0
 
 
 class JobProgress:
-    """Callbacks for `train_lora`: `on_step` records metrics and renews the lease, `should_stop` sees cancels."""
+    """Callbacks for `train_lora`: `on_step` records metrics and renews the lease of this attempt, `should_stop` sees
+    cancels (and re-queues for another attempt); a renewal is also the freshest answer to that."""
 
-    def __init__(self, database_url: str, job_id: str, lease_seconds: int) -> None:
+    def __init__(self, database_url: str, job_id: str, attempt: int, lease_seconds: int) -> None:
         self.database_url = database_url
-        self.job_id = job_id
+        self.job_id, self.attempt = job_id, attempt
         self.lease_seconds = lease_seconds
-        self._still_running = True
-        self._checked_at = 0.0
+        self._cancel = CancelCheck(database_url, JOBS, job_id, attempt)
         self._started_at = time.monotonic()
         self._steps_before: int | None = None  # steps done by an earlier attempt this one resumed from
 
@@ -44,12 +41,12 @@ class JobProgress:
             data[f"valid_{report.accuracy_name}"] = report.valid_mean_token_accuracy
             data |= {f"valid_{name}": value for name, value in (report.valid_metrics or {}).items()}
         with transaction(self.database_url) as session:
-            self._still_running = JOBS.renew_lease(
-                session, self.job_id, self.lease_seconds, estimated_finish=self._estimated_finish(report)
+            held = JOBS.renew_lease(
+                session, self.job_id, self.lease_seconds, self.attempt, estimated_finish=self._estimated_finish(report)
             )
-            if self._still_running:
+            if held:
                 job_state.add_event(session, self.job_id, message, type_="metrics", data=data)
-        self._checked_at = time.monotonic()
+        self._cancel.saw(held)
 
     def _estimated_finish(self, report: StepReport) -> datetime:
         """Now plus the remaining steps at this attempt's average pace so far."""
@@ -59,12 +56,8 @@ class JobProgress:
         return datetime.now(UTC) + timedelta(seconds=per_step * (report.total_steps - report.step))
 
     def should_stop(self) -> bool:
-        if time.monotonic() - self._checked_at > _STATUS_POLL_S:
-            with transaction(self.database_url) as session:
-                status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.id == self.job_id))
-            self._still_running = status == Status.RUNNING
-            self._checked_at = time.monotonic()
-        return not self._still_running
+        """True once the job was cancelled, or is no longer this attempt's."""
+        return self._cancel.should_stop()
 
 
 class CancelCheck:
@@ -79,6 +72,9 @@ class CancelCheck:
     def should_stop(self) -> bool:
         if time.monotonic() - self._checked_at > _STATUS_POLL_S:
             with transaction(self.database_url) as session:
-                self._held = self.lifecycle.holds(session, self.row_id, self.attempt)
-            self._checked_at = time.monotonic()
+                self.saw(self.lifecycle.holds(session, self.row_id, self.attempt))
         return not self._held
+
+    def saw(self, held: bool) -> None:
+        """What a write fenced on the attempt just learnt: whether the attempt still runs the row."""
+        self._held, self._checked_at = held, time.monotonic()

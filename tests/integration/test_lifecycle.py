@@ -3,6 +3,7 @@ claim takes none, an attempt that lost the work can no longer write, and the lea
 holds the work."""
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import openai
@@ -13,8 +14,11 @@ from app.core.lifecycle import EVALUATIONS, JOBS, Status
 from app.core.settings import Settings
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.evaluations import create_evaluation, evaluation_row
+from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
 from worker.lease import LeaseKeeper
+from worker.progress import JobProgress
+from worker.training.trainer import StepReport
 
 LEASE_S = 0.6  # renewed every 0.2 s
 
@@ -87,3 +91,29 @@ def test_jobs_share_the_claim(client: openai.OpenAI, settings: Settings) -> None
     with transaction(settings.require("database_url")) as session:
         assert JOBS.claim(session, job_id, lease_seconds=60) is None
     assert client.fine_tuning.jobs.retrieve(job_id).status == "running"
+
+
+def test_a_training_attempt_the_reaper_replaced_writes_no_more_steps_and_stops(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """The first attempt of a job goes on training after its lease lapsed and another attempt took the job: its
+    steps must not write metrics into the new attempt's job, and it must stop."""
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    job_id = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file_id).id
+    url = settings.require("database_url")
+    with transaction(url) as session:
+        first = JOBS.claim(session, job_id, 60)
+    assert first == 1
+    progress = JobProgress(url, job_id, first, lease_seconds=60)
+    step = StepReport(step=1, total_steps=10, epoch=1, train_loss=1.0, learning_rate=1e-3, valid_loss=None)
+    progress.on_step(step)
+    assert not progress.should_stop()
+
+    with transaction(url) as session:  # the reaper re-queues it, and another worker claims it
+        assert JOBS.move(session, job_id, (Status.RUNNING,), Status.QUEUED, first, lease_expires_at=None)
+        assert JOBS.claim(session, job_id, 60) == 2
+    progress.on_step(replace(step, step=2))
+
+    assert progress.should_stop()
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id) if e.type == "metrics"]
+    assert steps == [1]
