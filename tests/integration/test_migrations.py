@@ -1,5 +1,6 @@
 """The schema the migrations build is the schema the code declares, and an installed wheel can build it."""
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -36,8 +37,14 @@ def empty_database() -> Iterator[str]:
 
 def test_a_built_wheel_migrates_a_database_without_the_repository(tmp_path: Path, empty_database: str) -> None:
     """The wheel, not the checkout, must carry the migrations: unpacked away from the repository, it migrates."""
+    source = tmp_path / "source"  # a copy: building leaves build/ and *.egg-info beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("app", "worker", "migrations"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
