@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
+from app.api.files import report_runs
 from app.api.files.form_stream import stream_form
 from app.api.files.upload import validator_for
 from app.api.uploads import service
@@ -60,6 +61,7 @@ def complete_upload(
     """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset; the parts are deleted
     once the file is stored."""
     upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
+    report_runs.after_recording(session, settings, file)
     return UploadPublic.of(upload, file)
 
 
