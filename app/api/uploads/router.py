@@ -51,7 +51,9 @@ async def add_part(
         await run_in_threadpool(writer.abort)
         raise
     after_rollback(session, partial(store.delete, writer.key))  # the part's object is only kept with its row
-    return UploadPartPublic.of(service.record_part(session, upload, part_id, received, writer.key))
+    # In a thread: recording waits for the upload's row lock, which a completion holds while it assembles the file.
+    part = await run_in_threadpool(service.record_part, session, upload, part_id, received, writer.key)
+    return UploadPartPublic.of(part)
 
 
 @router.post("/{upload_id}/complete", response_model=UploadPublic)
