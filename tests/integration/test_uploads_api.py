@@ -1,5 +1,6 @@
 """Large files: OpenAI's Uploads API (the SDK's chunked helper), streaming limits and interrupted uploads."""
 
+import contextlib
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -138,8 +139,10 @@ def _objects_of(settings: Settings, upload_id: str) -> list[str]:
 
 def _waiting_on_a_lock(settings: Settings) -> int:
     with transaction(settings.require("database_url")) as session:
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        return session.execute(sqlalchemy.text(waiting)).scalar_one()
+        waiting = sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return session.execute(waiting).scalar_one()
 
 
 def test_two_concurrent_completions_make_one_file(
@@ -223,10 +226,8 @@ def test_concurrent_parts_cannot_exceed_the_declared_size(
     record = uploads_service.record_part
 
     def together(*args: Any) -> Any:
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             both_streamed.wait(timeout=30)  # each has passed the first check of the room left
-        except threading.BrokenBarrierError:
-            pass
         return record(*args)
 
     monkeypatch.setattr(uploads_service, "record_part", together)
