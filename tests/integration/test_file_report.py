@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app.api.files import report_runs
+from app.api.files.report_threads import report_threads
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.tables import FileTokenStats
@@ -147,3 +148,28 @@ def test_a_report_that_cannot_be_computed_says_so(client: openai.OpenAI, monkeyp
     failed = finished_report(client, file_id)
     assert failed["status"] == "failed" and failed["error"]["code"] == "report_failed"
     assert "ValueError" in failed["error"]["message"]
+
+
+def test_a_stopping_api_gives_back_the_reports_it_was_computing(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its report threads do not hold up its exit; what they held is claimed again by the next request at once,
+    not after `report_stale_after_seconds`."""
+    computing, release, calls = threading.Event(), threading.Event(), []
+
+    def first_never_ends(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            computing.set()
+            release.wait(timeout=120)
+        return profile(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_runs, "profile", first_never_ends)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    assert computing.wait(timeout=60)
+
+    report_threads(settings.report_workers).release_unfinished()  # what the API process does at exit
+
+    assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
+    assert len(calls) == 2
+    release.set()

@@ -1,4 +1,4 @@
-"""Computing claimed data reports in the API process, on a small pool of threads.
+"""Computing claimed data reports in the API process, on its report threads (`report_threads`).
 
 In the API process rather than a Celery worker because the API alone (tests, `loraport up` without workers) must
 still produce reports, and it already holds the tokenizers. Each computation opens two short transactions of its
@@ -7,18 +7,17 @@ stored only under the claim that scheduled it (`report_claimed_at`/`claimed_at` 
 claim was taken over as stale, or whose file was deleted, stores nothing.
 """
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Executable, delete, select, update
+from sqlalchemy import ColumnElement, Executable, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.api.files import report
 from app.api.files.report import FAILED, PENDING, READY, ReportPart, status_details
+from app.api.files.report_threads import Computation, report_threads
 from app.core.db import after_commit, transaction
 from app.core.outages import unavailable_service
 from app.core.settings import Settings
@@ -32,26 +31,50 @@ from app.ml.hyperparameters import auto_epochs
 log = structlog.get_logger()
 
 
-@lru_cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="file-report")
+def schedule(session: Session, settings: Settings, computation: Computation) -> None:
+    """Runs the computation on the report threads once the session's claim is committed."""
+    threads = report_threads(settings.report_workers)
+    after_commit(session, partial(threads.submit, computation))
 
 
-def schedule(session: Session, settings: Settings, run: Callable[[], None]) -> None:
-    """Runs `run` on the report threads once the session's claim is committed."""
-    pool = _pool(settings.report_workers)
+def _structure(settings: Settings, file_id: str, claim: datetime) -> Computation:
+    def release() -> None:
+        with transaction(settings.require("database_url")) as session:
+            session.execute(
+                update(StoredFile)
+                .where(_structure_claimed(file_id, claim))
+                .values(report_status=None)
+                .execution_options(synchronize_session=False)
+            )
 
-    def submit() -> None:
-        pool.submit(_logged, run)
+    return Computation(partial(compute_structure, settings, file_id, claim), release)
 
-    after_commit(session, submit)
+
+def _tokens(
+    settings: Settings, registry: BaseModelRegistry, file_id: str, model_id: str, claim: datetime
+) -> Computation:
+    def release() -> None:
+        with transaction(settings.require("database_url")) as session:
+            session.execute(delete(FileTokenStats).where(_tokens_claimed(file_id, model_id, claim)))
+
+    return Computation(partial(compute_tokens, settings, registry, file_id, model_id, claim), release)
+
+
+def _structure_claimed(file_id: str, claim: datetime) -> ColumnElement[bool]:
+    """The file's row while it is still pending under `claim`: a claim taken over, or a deleted file, matches none."""
+    return (StoredFile.id == file_id) & (StoredFile.report_status == PENDING) & (StoredFile.report_claimed_at == claim)
+
+
+def _tokens_claimed(file_id: str, model_id: str, claim: datetime) -> ColumnElement[bool]:
+    same = (FileTokenStats.file_id == file_id) & (FileTokenStats.model == model_id)
+    return same & (FileTokenStats.status == PENDING) & (FileTokenStats.claimed_at == claim)
 
 
 def structure(session: Session, settings: Settings, row: StoredFile) -> ReportPart:
     """The structural report or its state, its computation scheduled if this request claimed it."""
     part = report.structure(session, settings, row)
     if part.claim is not None:
-        schedule(session, settings, partial(compute_structure, settings, row.id, part.claim))
+        schedule(session, settings, _structure(settings, row.id, part.claim))
     return part
 
 
@@ -61,7 +84,7 @@ def tokens(
     """Token counts under `model_id` or their state, their computation scheduled if this request claimed it."""
     part = report.tokens(session, settings, row, model_id)
     if part.claim is not None:
-        schedule(session, settings, partial(compute_tokens, settings, registry, row.id, model_id, part.claim))
+        schedule(session, settings, _tokens(settings, registry, row.id, model_id, part.claim))
     return part
 
 
@@ -69,14 +92,7 @@ def after_recording(session: Session, settings: Settings, row: StoredFile) -> No
     """Computes the report of a file just recorded (claimed by `record_file`) once its row is committed, so that
     job creation usually finds it ready."""
     if row.report_claimed_at is not None:
-        schedule(session, settings, partial(compute_structure, settings, row.id, row.report_claimed_at))
-
-
-def _logged(run: Callable[[], None]) -> None:
-    try:
-        run()
-    except Exception:  # nobody waits on the future: say it here
-        log.exception("files.report.unexpected_error")
+        schedule(session, settings, _structure(settings, row.id, row.report_claimed_at))
 
 
 def compute_structure(settings: Settings, file_id: str, claim: datetime) -> None:
@@ -89,8 +105,7 @@ def compute_structure(settings: Settings, file_id: str, claim: datetime) -> None
     if found is None:
         return  # deleted meanwhile
     storage_key, example_count = found
-    claimed = (StoredFile.id == file_id) & (StoredFile.report_status == PENDING)
-    claimed &= StoredFile.report_claimed_at == claim
+    claimed = _structure_claimed(file_id, claim)
     try:
         report = profile(store_for(settings), storage_key).report()
         report["n_epochs_auto"] = auto_epochs(report["counts"]["examples"])
@@ -116,8 +131,7 @@ def compute_tokens(
         storage_key = session.scalar(select(StoredFile.storage_key).where(StoredFile.id == file_id))
     if storage_key is None:
         return
-    claimed = (FileTokenStats.file_id == file_id) & (FileTokenStats.model == model_id)
-    claimed &= (FileTokenStats.status == PENDING) & (FileTokenStats.claimed_at == claim)
+    claimed = _tokens_claimed(file_id, model_id, claim)
     stored = update(FileTokenStats).where(claimed).execution_options(synchronize_session=False)
     try:
         spec = registry.get(model_id)
