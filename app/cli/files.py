@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +32,8 @@ DATASET = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="
 OUTPUT = typer.Option(None, "--output", "-o", dir_okay=False, help="a file to write (default: stdout)")
 TRANSFER = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
 out = Console()
+REPORT_WAIT_SECONDS = 60  # after an upload: a small file's report takes a second or two
+REPORT_POLL_SECONDS = 2
 
 
 class _Counted:
@@ -64,7 +67,7 @@ def upload(
         print_json(stored)
         return
     out.print(f"[bold]{stored['id']}[/bold]  {stored['filename']}  {stored['bytes']} bytes, processed")
-    _print_report(remote.get(f"/files/{stored['id']}/report"))
+    _print_report(finished_report(remote, stored["id"], REPORT_WAIT_SECONDS))
 
 
 def upload_file(remote: Remote, path: Path, purpose: str) -> dict[str, Any]:
@@ -99,7 +102,23 @@ def _print_refusal(path: Path, error: dict[str, Any]) -> None:
     Console(stderr=True).print(table)
 
 
+def finished_report(remote: Remote, file_id: str, wait: float) -> dict[str, Any]:
+    """The file's report, asked again every few seconds while the server says it is computing, for up to `wait`
+    seconds; then what it has (status `pending`)."""
+    deadline = time.monotonic() + wait
+    with Console(stderr=True).status("Computing the data report…"):
+        while (body := remote.get(f"/files/{file_id}/report"))["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(min(REPORT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return body
+
+
 def _print_report(report: dict[str, Any]) -> None:
+    if report.get("status") == "pending":
+        out.print(f"The data report is still computing; see it later with `loraport files report {report['file_id']}`.")
+        return
+    if report.get("status") == "failed":
+        out.print(f"[red]The data report could not be computed:[/red] {(report.get('error') or {}).get('message')}")
+        return
     counts = report.get("counts", {})
     out.print(f"{counts.get('examples', 0)} examples, format {report.get('format')}")
     for warning in report.get("warnings", []):
@@ -183,9 +202,16 @@ def _save(response: httpx.Response, path: Path, file_id: str) -> None:
 
 
 @files_app.command("report")
-def report(file_id: str, base_url: str = BaseUrl, api_key: str = ApiKey, as_json: bool = Json) -> None:
-    """A file's data report: duplicates, conflicting answers, answer shape, token counts."""
-    body = Remote(base_url, api_key).get(f"/files/{file_id}/report")
+def report(
+    file_id: str,
+    wait: float = typer.Option(600, "--wait", min=0, help="seconds to wait for a report still being computed"),
+    base_url: str = BaseUrl,
+    api_key: str = ApiKey,
+    as_json: bool = Json,
+) -> None:
+    """A file's data report: duplicates, conflicting answers, answer shape, token counts; computed on the server in
+    the background, so this waits for it (up to --wait seconds)."""
+    body = finished_report(Remote(base_url, api_key), file_id, wait)
     if as_json:
         print_json(body)
     else:

@@ -18,6 +18,7 @@ log = structlog.get_logger()
 OUTAGES: dict[type[Exception], str] = {
     sqlalchemy.exc.OperationalError: "the database",
     sqlalchemy.exc.InterfaceError: "the database",
+    sqlalchemy.exc.TimeoutError: "the database",  # no pooled connection free in time: busy, not the request's fault
     botocore.exceptions.ConnectionError: "object storage",
     botocore.exceptions.HTTPClientError: "object storage",
     boto3.exceptions.RetriesExceededError: "object storage",  # a download whose stream broke on every retry

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # A job whose database or object storage went down is given back and resumes no sooner than this later.
     outage_retry_seconds: float = Field(default=30, ge=0)
+    # Data reports (files): computed in the API process by this many background threads, one per file and tokenizer
+    # at a time; a claim older than the stale time (its process died?) is taken over. 1 GiB takes about 40 min.
+    report_workers: int = Field(default=2, ge=1)
+    report_stale_after_seconds: float = Field(default=2 * 3600, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -202,8 +202,13 @@ def adapter_prefix(organization_id: str, job_id: str) -> str:
     return f"orgs/{organization_id}/adapters/{job_id}"
 
 
+def checkpoints_prefix(organization_id: str, job_id: str) -> str:
+    """A job's epoch checkpoints: kept while its model is, deleted with it (or by the sweep if the job failed)."""
+    return f"orgs/{organization_id}/checkpoints/{job_id}"
+
+
 def checkpoint_prefix(organization_id: str, job_id: str, step: int) -> str:
-    return f"orgs/{organization_id}/checkpoints/{job_id}/step-{step}"
+    return f"{checkpoints_prefix(organization_id, job_id)}/step-{step}"
 
 
 def training_states_prefix(organization_id: str, job_id: str) -> str:

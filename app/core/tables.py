@@ -51,18 +51,25 @@ class StoredFile(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     example_count: Mapped[int] = mapped_column(Integer, default=0)
     format: Mapped[str | None] = mapped_column(String(32))  # app.ml.datasets formats: chat, prompt_completion, ...
-    # The data report (app.api.files.report), computed once after upload; None until then.
-    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The data report (app.api.files.report), computed once in the background; None until then. Deferred: it can
+    # be tens of kilobytes, and lists, retrieves, deletes and job creation never need it.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
+    # None (never asked for), pending (claimed at `report_claimed_at` by the process computing it), ready or failed.
+    report_status: Mapped[str | None] = mapped_column(String(16))
+    report_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
 
 
 class FileTokenStats(Base):
-    """Token counts of a file under one base model's tokenizer, computed on first request and kept."""
+    """Token counts of a file under one base model's tokenizer, computed in the background after the first request
+    and kept. The row is inserted `pending` as the claim: whoever inserts it computes them."""
 
     __tablename__ = "file_token_stats"
     file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
-    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None while pending
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default=text("'ready'"))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
 
 

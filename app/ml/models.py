@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.lifecycle import Status
 from app.core.tables import FineTunedModel, FineTuningJob, JobCheckpoint, Organization
 from app.ml.base_models.registry import BaseModelRegistry, UnknownBaseModel
 
@@ -44,11 +45,18 @@ def fine_tuned_ref(row: FineTunedModel) -> ModelRef:
 
 
 def _checkpoint(session: Session, org: Organization, model_id: str) -> ModelRef:
-    """An epoch checkpoint of one of this organisation's jobs, served like a fine-tuned model."""
+    """An epoch checkpoint of one of this organisation's jobs, served like a fine-tuned model while that job's model
+    is: only once the job succeeded, and no more once its model is deleted (its checkpoints go with it)."""
     found = session.execute(
         select(JobCheckpoint, FineTuningJob.base_model)
         .join(FineTuningJob, JobCheckpoint.job_id == FineTuningJob.id)
-        .where(JobCheckpoint.fine_tuned_model_checkpoint == model_id, FineTuningJob.organization_id == org.id)
+        .join(FineTunedModel, FineTunedModel.job_id == FineTuningJob.id)
+        .where(
+            JobCheckpoint.fine_tuned_model_checkpoint == model_id,
+            FineTuningJob.organization_id == org.id,
+            FineTuningJob.status == Status.SUCCEEDED,
+            FineTunedModel.deleted.is_(False),
+        )
     ).first()
     if found is None:
         raise UnknownModel(model_id)

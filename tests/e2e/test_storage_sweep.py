@@ -19,7 +19,7 @@ from app.cli.embedded.process import free_ports
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.storage import adapter_prefix, store_for, training_states_prefix
-from app.core.tables import FineTuningJob, Organization, StoredFile, Upload
+from app.core.tables import FineTuningJob, Organization, StoredFile, Upload, UploadPart
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import ROOT, new_org_key, settings_env
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
@@ -119,6 +119,36 @@ def test_expired_uploads_lose_their_parts(client: openai.OpenAI, settings: Setti
     assert not store_for(settings).exists(part_key)
     with pytest.raises(openai.BadRequestError, match="expired"):
         client.uploads.parts.create(upload.id, data=b'{"a": 1}\n')
+
+
+def test_parts_of_ended_uploads_that_the_api_could_not_delete_are_swept(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """Audit #18: `expire_uploads` looked only at pending uploads, so a completed or cancelled upload's part whose
+    deletion failed after the commit (storage down then) stayed forever."""
+    data = chat_jsonl()
+    store, left = store_for(settings), []
+    for ending in ("complete", "cancel"):
+        upload = client.uploads.create(bytes=len(data), filename="t.jsonl", mime_type="text/plain", purpose="fine-tune")
+        part = client.uploads.parts.create(upload.id, data=data)
+        if ending == "complete":
+            client.uploads.complete(upload.id, part_ids=[part.id])
+        else:
+            client.uploads.cancel(upload.id)
+        with transaction(settings.require("database_url")) as session:
+            key = session.get_one(UploadPart, part.id).storage_key
+        store.put_bytes(key, data)  # as if the deletion after the commit had failed
+        left.append(key)
+    pending = client.uploads.create(bytes=100, filename="t.jsonl", mime_type="text/plain", purpose="fine-tune")
+    client.uploads.parts.create(pending.id, data=b'{"a": 1}\n')
+
+    with transaction(settings.require("database_url")) as session:
+        expire_uploads(session, store)
+
+    assert not any(store.exists(key) for key in left)
+    with transaction(settings.require("database_url")) as session:
+        kept = session.scalars(select(UploadPart.storage_key).where(UploadPart.upload_id == pending.id)).all()
+    assert len(kept) == 1 and store.exists(kept[0])  # a pending upload keeps its parts
 
 
 def test_the_sweep_deletes_what_ended_jobs_left_and_keeps_what_live_ones_need(

@@ -19,6 +19,7 @@ from app.core.keys import find_key, revoke_key
 from app.core.settings import Settings
 from app.core.tables import FileTokenStats
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.waiting import eventually
 
 
 @pytest.fixture
@@ -131,7 +132,10 @@ def test_file_page_shows_the_conflicting_lines_themselves(browser: httpx.Client,
     uploaded = client.files.create(file=("conflicts.jsonl", training), purpose="fine-tune")
     first = chat_jsonl().count(b"\n") + 1
 
-    page = browser.get(f"/files/{uploaded.id}").text
+    page = eventually(  # the report is computed in the background; until then the page says so
+        lambda: "Computing the data report" not in (text := browser.get(f"/files/{uploaded.id}").text) and text,
+        what="the file page with its report",
+    )
 
     assert f"lines {first}, {first + 1}" in page
     assert f"<td>{first}</td>" in page and "ANSWER one" in page and "ANSWER two" in page

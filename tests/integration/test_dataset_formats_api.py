@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.core.settings import Settings
 from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.reports import finished_report
 from tests.helpers.storage import stored_state
 
 BASE = "smollm2-135m-instruct"
@@ -44,8 +45,8 @@ OPENAI_PREFERENCE = jsonl(
 def test_each_format_is_accepted_and_recognised(client: openai.OpenAI, content: bytes, format: str) -> None:
     uploaded = client.files.create(file=("data.jsonl", content), purpose="fine-tune")
     assert uploaded.status == "processed"
-    body = client.get(f"/files/{uploaded.id}/report", cast_to=object)
-    assert body["format"] == format and body["counts"]["examples"] == len(TICKETS)  # type: ignore[index]
+    body = finished_report(client, uploaded.id)
+    assert body["format"] == format and body["counts"]["examples"] == len(TICKETS)
 
 
 def test_supervised_jobs_take_prompt_completion_but_not_preference_pairs(client: openai.OpenAI) -> None:

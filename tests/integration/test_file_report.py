@@ -1,12 +1,24 @@
 """The data report catches what makes fine-tunes fail quietly, naming the lines, through the API."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
+from sqlalchemy import select
 
+from app.api.files import report_runs
+from app.api.files.report_threads import report_threads
+from app.core.db import transaction
 from app.core.settings import Settings
+from app.core.tables import FileTokenStats
+from app.ml.datasets.stored import profile
+from app.ml.datasets.tokens import token_stats
 from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.reports import finished_report, report_now
+from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
 
 
@@ -16,7 +28,7 @@ def line(question: str, answer: str) -> bytes:
 
 
 def report(client: openai.OpenAI, file_id: str, **query: str) -> dict:
-    return client.get(f"/files/{file_id}/report", cast_to=object, options={"params": query})  # type: ignore[return-value]
+    return finished_report(client, file_id, **query)
 
 
 @pytest.fixture
@@ -76,3 +88,88 @@ def test_another_organisation_cannot_read_the_report(
 ) -> None:
     with pytest.raises(openai.NotFoundError):
         report(other_client, messy_file)
+
+
+def test_concurrent_first_requests_compute_the_token_counts_once(
+    http: httpx.Client, client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit #5: each first request computed the report inline, holding its connection; the losers got a 500."""
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    finished_report(client, file_id)  # the default model's counts, and the structure, out of the way
+    other_model = TINY_MODEL_ID
+    computing, release, calls = threading.Event(), threading.Event(), []
+
+    def held_token_stats(*args: object, **kwargs: object) -> dict:
+        calls.append(args)
+        computing.set()
+        release.wait(timeout=120)  # every request answers while the counts are still being computed
+        return token_stats(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_runs, "token_stats", held_token_stats)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: http.get(f"/v1/files/{file_id}/report?model={other_model}"), range(16)))
+    computing.wait(timeout=60)
+    release.set()
+
+    assert sorted({answer.status_code for answer in answers}) == [202]
+    assert {answer.json()["status"] for answer in answers} == {"pending"}
+    reports = [finished_report(client, file_id, model=other_model) for _ in range(16)]
+    assert len(calls) == 1
+    assert all(body == reports[0] for body in reports) and reports[0]["status"] == "ready"
+    assert reports[0]["tokens"]["model"] == other_model
+    with transaction(settings.require("database_url")) as session:
+        rows = session.scalars(select(FileTokenStats.model).where(FileTokenStats.file_id == file_id))
+        assert sorted(rows) == sorted([settings.default_base_model, other_model])
+
+
+def test_a_report_computed_after_the_upload_answers_pending_until_then(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def held_profile(*args: object) -> object:
+        release.wait(timeout=120)
+        return profile(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_runs, "profile", held_profile)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    pending = report_now(client, file_id)
+    assert pending["status"] == "pending" and "counts" not in pending
+    release.set()
+    assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
+
+
+def test_a_report_that_cannot_be_computed_says_so(client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> object:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(report_runs, "profile", broken)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    failed = finished_report(client, file_id)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "report_failed"
+    assert "ValueError" in failed["error"]["message"]
+
+
+def test_a_stopping_api_gives_back_the_reports_it_was_computing(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its report threads do not hold up its exit; what they held is claimed again by the next request at once,
+    not after `report_stale_after_seconds`."""
+    computing, release, calls = threading.Event(), threading.Event(), []
+
+    def first_never_ends(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            computing.set()
+            release.wait(timeout=120)
+        return profile(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_runs, "profile", first_never_ends)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    assert computing.wait(timeout=60)
+
+    report_threads(settings.report_workers).release_unfinished()  # what the API process does at exit
+
+    assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
+    assert len(calls) == 2
+    release.set()

@@ -1,18 +1,24 @@
 """Uploading datasets through the openai SDK and curl-style HTTP; bad files leave nothing behind."""
 
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import unquote
 
+import httpx
 import openai
 import pytest
+import sqlalchemy.exc
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.api.main import create_app
 from app.core.db import engine_for, transaction
 from app.core.settings import Settings
 from app.core.tables import StoredFile
 from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.reports import finished_report
 from tests.helpers.storage import stored_state
 from tests.helpers.waiting import eventually
 
@@ -170,3 +176,52 @@ def test_a_download_holds_no_database_connection_while_it_streams(http, settings
         first = next(chunks)
         assert pool.checkedout() == 0
         assert first + b"".join(chunks) == data
+
+
+@contextmanager
+def statements(settings: Settings) -> Iterator[list[str]]:
+    """The SQL the API process sends meanwhile (the API runs in this process, on the same engine)."""
+    engine, sent = engine_for(settings.require("database_url")), []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_listing_retrieving_and_deleting_files_never_load_their_reports(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """Audit #8: every `select(StoredFile)` loaded the whole data report, up to megabytes per file."""
+    ids = [client.files.create(file=(f"f{i}.jsonl", chat_jsonl()), purpose="fine-tune").id for i in range(2)]
+    finished_report(client, ids[0])
+    with statements(settings) as sent:
+        assert len(client.files.list().data) == 2
+        client.files.retrieve(ids[0])
+        client.files.delete(ids[0])
+    file_queries = [statement for statement in sent if "FROM files" in statement]
+    assert file_queries and not [q for q in file_queries if re.search(r"files\.report\b(?!_)", q)], file_queries
+
+
+def test_a_database_pool_without_a_free_connection_is_a_503(
+    http: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit #5: the pool's TimeoutError (every connection held, e.g. by slow requests) was a 500."""
+    engine = engine_for(settings.require("database_url"))
+    monkeypatch.setattr(engine.pool, "_timeout", 0.2)  # instead of 30 s: the request gives up at once
+    held = []
+    try:
+        with pytest.raises(sqlalchemy.exc.TimeoutError):
+            while True:  # take every connection the pool will give
+                held.append(engine.connect())
+        answer = http.get("/v1/files")
+    finally:
+        for connection in held:
+            connection.close()
+    assert answer.status_code == 503 and "Retry-After" in answer.headers
+    assert "database" in answer.json()["error"]["message"]
+    assert http.get("/v1/files").status_code == 200

@@ -20,6 +20,7 @@ from app.core.storage import store_for
 from app.core.tables import FileTokenStats, FineTunedModel, UploadPart
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.jobs import finished_job_with_model
+from tests.helpers.reports import finished_report
 from tests.helpers.storage import stored_state
 
 
@@ -176,8 +177,8 @@ def test_a_cancelled_upload_loses_its_parts_once_the_cancel_is_committed(
 
 def test_token_counts_computed_for_a_report_are_stored(settings: Settings, client: openai.OpenAI) -> None:
     uploaded = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
-    report = client.get(f"/files/{uploaded.id}/report", cast_to=object)
-    assert report["object"] == "file.report" and report["file_id"] == uploaded.id  # type: ignore[index]
+    report = finished_report(client, uploaded.id)
+    assert report["object"] == "file.report" and report["file_id"] == uploaded.id
     with transaction(settings.require("database_url")) as session:
         stored = session.scalars(select(FileTokenStats.model).where(FileTokenStats.file_id == uploaded.id))
         assert list(stored) == [settings.default_base_model]

@@ -1,13 +1,20 @@
 """Large files: OpenAI's Uploads API (the SDK's chunked helper), streaming limits and interrupted uploads."""
 
+import contextlib
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import sqlalchemy
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
+from app.api.uploads import service as uploads_service
+from app.core.db import transaction
 from app.core.settings import Settings
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.storage import stored_state
@@ -124,3 +131,116 @@ def pending_multipart_uploads(settings: Settings) -> list[dict]:
 
     store = store_for(settings)
     return store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+
+
+def _objects_of(settings: Settings, upload_id: str) -> list[str]:
+    return [key for key in store_keys(settings, "orgs/") if f"/uploads/{upload_id}/" in key]
+
+
+def _waiting_on_a_lock(settings: Settings) -> int:
+    with transaction(settings.require("database_url")) as session:
+        waiting = sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return session.execute(waiting).scalar_one()
+
+
+def test_two_concurrent_completions_make_one_file(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit #18: the upload row was not locked, so two completions each assembled a file."""
+    data = chat_jsonl()
+    upload = client.uploads.create(bytes=len(data), filename="t.jsonl", mime_type="text/plain", purpose="fine-tune")
+    part = client.uploads.parts.create(upload.id, data=data)
+    assembling, release, entered = threading.Event(), threading.Event(), []
+    assemble = uploads_service._assemble
+
+    def held_assemble(*args: Any) -> Any:
+        entered.append(args)
+        assembling.set()
+        release.wait(timeout=60)
+        return assemble(*args)
+
+    monkeypatch.setattr(uploads_service, "_assemble", held_assemble)
+
+    def complete() -> object:
+        try:
+            return client.uploads.complete(upload.id, part_ids=[part.id])
+        except openai.BadRequestError as error:
+            return error
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(complete)
+        assert assembling.wait(timeout=60)
+        second = pool.submit(complete)
+        # The second completion waits for the first's lock on the upload (or, unlocked, assembles a file of its own).
+        eventually(lambda: len(entered) == 2 or _waiting_on_a_lock(settings) > 0, what="the second completion")
+        release.set()
+        answers = [first.result(), second.result()]
+
+    completed = [answer for answer in answers if not isinstance(answer, Exception)]
+    refused = [answer for answer in answers if isinstance(answer, openai.BadRequestError)]
+    assert len(completed) == 1 and len(refused) == 1, answers
+    assert "is completed" in refused[0].message
+    assert [file.id for file in client.files.list()] == [completed[0].file.id]  # type: ignore[attr-defined]
+
+
+def test_a_part_recorded_after_its_upload_was_cancelled_is_refused_and_deleted(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit #18: cancel listed the parts before a part streaming meanwhile was recorded, which then stayed forever."""
+    upload = client.uploads.create(bytes=100, filename="t.jsonl", mime_type="text/plain", purpose="fine-tune")
+    streamed, cancelled = threading.Event(), threading.Event()
+    record = uploads_service.record_part
+
+    def after_cancel(*args: Any) -> Any:
+        streamed.set()
+        cancelled.wait(timeout=60)
+        return record(*args)
+
+    monkeypatch.setattr(uploads_service, "record_part", after_cancel)
+
+    def add_part() -> object:
+        try:
+            return client.uploads.parts.create(upload.id, data=b'{"a": 1}\n')
+        except openai.BadRequestError as error:
+            return error
+
+    with ThreadPoolExecutor(1) as pool:
+        part = pool.submit(add_part)
+        assert streamed.wait(timeout=60)  # its bytes are in S3; its row is not recorded yet
+        assert client.uploads.cancel(upload.id).status == "cancelled"
+        cancelled.set()
+        refused = part.result()
+
+    assert isinstance(refused, openai.BadRequestError) and "is cancelled" in refused.message
+    assert _objects_of(settings, upload.id) == []
+
+
+def test_concurrent_parts_cannot_exceed_the_declared_size(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit #18: each part checked the room left before it streamed, so two parts at once could both fit."""
+    upload = client.uploads.create(bytes=100, filename="t.jsonl", mime_type="text/plain", purpose="fine-tune")
+    both_streamed = threading.Barrier(2)
+    record = uploads_service.record_part
+
+    def together(*args: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_streamed.wait(timeout=30)  # each has passed the first check of the room left
+        return record(*args)
+
+    monkeypatch.setattr(uploads_service, "record_part", together)
+
+    def add_part() -> object:
+        try:
+            return client.uploads.parts.create(upload.id, data=b"x" * 60)
+        except openai.BadRequestError as error:
+            return error
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: add_part(), range(2)))
+
+    refused = [answer for answer in answers if isinstance(answer, openai.BadRequestError)]
+    assert len(refused) == 1 and "exceed the upload's declared 100 bytes" in refused[0].message, answers
+    assert len(_objects_of(settings, upload.id)) == 1

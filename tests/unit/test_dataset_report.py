@@ -5,6 +5,7 @@ import json
 from transformers import PreTrainedTokenizerFast
 
 from app.ml.datasets import DatasetProfiler, DatasetValidator, Example, leakage
+from app.ml.datasets.report import CONFLICT_ANSWERS, GROUP_LINES
 from app.ml.datasets.tokens import token_stats
 
 
@@ -36,7 +37,7 @@ def test_a_clean_file_has_no_warnings_beyond_its_size() -> None:
         "messages": 120,
         "characters": sum(len(q) + len(a) for q, a in distinct(60)),
     }
-    assert report["duplicates"] == {"group_count": 0, "groups": []}
+    assert report["duplicates"] == {"group_count": 0, "groups": [], "group_sizes": []}
     assert report["conflicts"] == {"group_count": 0, "groups": []}
     assert report["shape"] is None
     assert report["warnings"] == []
@@ -55,9 +56,27 @@ def test_duplicates_include_near_duplicates_differing_in_whitespace_or_case() ->
     pairs[29] = ("Question number 2?", "A different answer.")  # same input, other answer: a conflict, not a duplicate
     report = profile(*pairs).report()
     assert report["duplicates"]["groups"] == [[3, 10, 20]]
-    assert report["conflicts"]["groups"] == [{"lines": [3, 10, 20, 30], "answers": [[3, 10, 20], [30]]}]
+    assert report["conflicts"]["groups"] == [
+        {"lines": [3, 10, 20, 30], "line_count": 4, "answers": [[3, 10, 20], [30]], "answer_count": 2}
+    ]
     assert codes(report) == ["duplicate_examples", "conflicting_targets"]
     assert "on lines 3, 10, 20, 30" in report["warnings"][1]["message"]
+
+
+def test_one_prompt_with_100k_answers_gives_a_report_of_a_few_kilobytes() -> None:
+    """Audit #8: the groups were capped in number, not in size, so this report held every line (6.5 MB at 400k)."""
+    profiler = DatasetProfiler()
+    for line in range(1, 100_001):
+        profiler.add(chat("The one prompt", f"answer {line % 50_000}", line))  # 50k answers, each twice
+    report = profiler.report()
+    size = len(json.dumps(report))
+    assert size < 20_000, size
+    conflict = report["conflicts"]["groups"][0]
+    assert conflict["line_count"] == 100_000 and conflict["answer_count"] == 50_000
+    assert len(conflict["lines"]) == GROUP_LINES and len(conflict["answers"]) == CONFLICT_ANSWERS
+    assert report["duplicates"]["group_count"] == 50_000 and report["duplicates"]["group_sizes"][0] == 2
+    message = next(w["message"] for w in report["warnings"] if w["code"] == "conflicting_targets")
+    assert "and 99990 more" in message
 
 
 def test_conflicts_compare_the_whole_input_before_the_answer() -> None:
@@ -65,7 +84,9 @@ def test_conflicts_compare_the_whole_input_before_the_answer() -> None:
     profiler.add(chat("Classify: refund please", "billing", 1, system="Triage"))
     profiler.add(chat("classify:  REFUND please", "shipping", 2, system="triage"))
     profiler.add(chat("Classify: refund please", "spam", 3, system="Another system prompt"))
-    assert profiler.report()["conflicts"]["groups"] == [{"lines": [1, 2], "answers": [[1], [2]]}]
+    assert profiler.report()["conflicts"]["groups"] == [
+        {"lines": [1, 2], "line_count": 2, "answers": [[1], [2]], "answer_count": 2}
+    ]
 
 
 def test_several_preference_pairs_for_one_prompt_are_not_conflicts() -> None:

@@ -16,7 +16,7 @@ from app.api.dashboard.file_lines import lines_of
 from app.api.dashboard.formats import age, measure, prompt_text
 from app.api.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, logged_in, to_login
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, StoreDep, organization_of
-from app.api.files import report as file_report
+from app.api.files import report_runs
 from app.api.files import service as files
 from app.api.jobs import service as jobs
 from app.api.models import service as catalog
@@ -149,15 +149,18 @@ def file_page(
     registry: RegistryDep,
 ) -> Response:
     row = files.get_file(session, org, file_id)
-    # Computed once and kept: the request's transaction stores them.
-    report = file_report.structural_report(session, store, row)
-    tokens = file_report.token_report(session, store, registry, row, settings.default_base_model)
+    # Computed once, in the background: until then the page says so and reloads itself.
+    structure = report_runs.structure(session, settings, row)
+    tokens = report_runs.tokens(session, settings, registry, row, settings.default_base_model)
+    report = (structure.body or {}) if structure.status == "ready" else {}
     named = sorted({n for warning in report.get("warnings", []) for n in warning.get("lines", [])})[:LISTED_LINES]
     context = {
         "org": org,
         "file": row,
+        "report_status": structure.status,
         "report": report,
-        "tokens": tokens,
+        "tokens_status": tokens.status,
+        "tokens": (tokens.body or {}) if tokens.status == "ready" else {},
         "lines": lines_of(store, row.storage_key, named),
     }
     return templates.TemplateResponse(request, "file.html", context)

@@ -4,21 +4,18 @@ from functools import partial
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api import idempotency
 from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
-from app.api.files import report, service
+from app.api.files import report_runs, service
 from app.api.files.schemas import FileDeleted, FilePublic, FileReport
 from app.api.files.upload import receive_upload
 from app.api.idempotency import IdempotencyKey
 from app.api.pagination import ListPage, list_page
-from app.core.db import after_commit, after_rollback, transaction
+from app.core.db import after_commit, after_rollback
 from app.core.errors import ModelNotFound
-from app.core.settings import Settings
-from app.core.storage import store_for
-from app.core.tables import StoredFile
 from app.ml.base_models.registry import UnknownBaseModel
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -56,7 +53,6 @@ async def upload_file(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
 ) -> FilePublic:
     """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
@@ -73,38 +69,35 @@ async def upload_file(
     answer = FilePublic.of(row)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, answer.model_dump())
-    after_commit(session, partial(background.add_task, _report_after_upload, settings, row.id))
+    report_runs.after_recording(session, settings, row)
     return answer
 
 
-def _report_after_upload(settings: Settings, file_id: str) -> None:
-    """Computes the data report once the row is committed and the client has its answer, so that job creation
-    finds it ready."""
-    with transaction(settings.require("database_url")) as session:
-        report.structural_report(session, store_for(settings), session.get_one(StoredFile, file_id))
-
-
-@router.get("/{file_id}/report", response_model=FileReport)
+@router.get("/{file_id}/report", response_model=FileReport, responses={202: {"description": "Not computed yet"}})
 def file_report(
     file_id: str,
+    response: Response,
     org: OrgDep,
     session: SessionDep,
-    store: StoreDep,
     settings: SettingsDep,
     registry: RegistryDep,
     model: str | None = None,
 ) -> FileReport:
     """The data report: counts, duplicates, conflicting targets, answer shape, short targets, and token
-    counts under `model`'s tokenizer (the default base model if not given); computed once and kept."""
+    counts under `model`'s tokenizer (the default base model if not given). Computed once, in the background:
+    202 with `status` `pending` until it is ready; ask again."""
     row = service.get_file(session, org, file_id)
     model_id = model or settings.default_base_model
     try:
         registry.get(model_id)
     except UnknownBaseModel:
         raise ModelNotFound(model_id) from None
-    structure = report.structural_report(session, store, row)
-    tokens = report.token_report(session, store, registry, row, model_id)
-    return FileReport.model_validate({"file_id": row.id, **structure, "tokens": tokens})
+    structure = report_runs.structure(session, settings, row)
+    tokens = report_runs.tokens(session, settings, registry, row, model_id)
+    answer = FileReport.of(row.id, structure, tokens)
+    if answer.status == "pending":
+        response.status_code = 202
+    return answer
 
 
 @router.get("", response_model=ListPage[FilePublic])

@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from app.api.files.report import FAILED, PENDING, READY, ReportPart
 from app.core.tables import StoredFile
 from app.core.timestamps import unix
 
@@ -41,9 +42,23 @@ class FileDeleted(BaseModel):
 class FileReport(BaseModel):
     """A file's data report (extension): what the structural profile found (`counts`, `format`, `warnings`,
     duplicates, conflicting targets, answer shape) beside these fields, and `tokens`, the counts under one base
-    model's tokenizer."""
+    model's tokenizer. Reports are computed in the background: until both parts are, `status` is `pending` (HTTP
+    202) and only the parts ready so far are present; ask again in a few seconds. `failed` comes with `error`."""
 
     model_config = ConfigDict(extra="allow")
     object: Literal["file.report"] = "file.report"
     file_id: str
-    tokens: dict[str, Any]
+    status: Literal["pending", "ready", "failed"]
+    tokens: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, file_id: str, structure: ReportPart, tokens: ReportPart) -> "FileReport":
+        parts = (structure, tokens)
+        failed = next((part for part in parts if part.status == FAILED), None)
+        status = FAILED if failed else PENDING if any(part.status == PENDING for part in parts) else READY
+        body: dict[str, Any] = dict(structure.body or {}) if structure.status == READY else {}
+        body["tokens"] = tokens.body if tokens.status == READY else None
+        if failed is not None and failed.body:
+            body["error"] = failed.body.get("error")
+        return cls.model_validate({**body, "file_id": file_id, "status": status})

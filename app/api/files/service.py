@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from app.api.files.ingest import Ingested
 from app.api.files.names import safe_filename
+from app.api.files.report import PENDING, new_claim
 from app.api.pagination import paginate
 from app.core.errors import InvalidRequest
 from app.core.scoped import get_owned
@@ -36,7 +37,7 @@ def check_purpose(purpose: str | None) -> str:
 
 
 def record_file(session: Session, org: Organization, received: ReceivedFile) -> StoredFile:
-    """The row for a file whose bytes passed validation and are stored in S3."""
+    """The row for a file whose bytes passed validation and are stored in S3, its data report claimed."""
     ingested = received.ingested
     row = StoredFile(
         id=received.file_id,
@@ -49,6 +50,8 @@ def record_file(session: Session, org: Organization, received: ReceivedFile) -> 
         sha256=ingested.sha256,
         example_count=ingested.validation.example_count,
         format=ingested.validation.format,
+        report_status=PENDING,  # claimed from the start: `report_runs.after_recording` computes it once committed
+        report_claimed_at=new_claim(),
     )
     session.add(row)
     session.flush()

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.api.files.report import structural_report
+from app.api.files.report import ready_report
 from app.api.files.service import get_file
 from app.api.jobs.capacity import check_trainable
 from app.api.jobs.schemas import DpoOptions, EvaluationOptions, Hyperparameters, JobCreate
@@ -59,8 +59,9 @@ def dataset(
 
 
 def _report_warnings(session: Session, store: ObjectStore, job: FineTuningJob, row: StoredFile, param: str) -> None:
-    """Copies the file's data-report warnings into the job's events, where people watching the job see them."""
-    for warning in structural_report(session, store, row).get("warnings", []):
+    """Copies the file's data-report warnings into the job's events, where people watching the job see them; a
+    report still being computed is not waited for (`GET /v1/files/{id}/report` shows it once ready)."""
+    for warning in (ready_report(session, row) or {}).get("warnings", []):
         job_state.add_event(session, job.id, f"{param} {row.id}: {warning['message']}", level="warn", data=warning)
 
 

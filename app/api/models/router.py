@@ -27,9 +27,13 @@ def retrieve_model(model_id: str, org: OrgDep, session: SessionDep, registry: Re
 def delete_model(
     model_id: str, org: OrgDep, session: SessionDep, store: StoreDep, registry: RegistryDep, backend: BackendDep
 ) -> ModelDeleted:
-    """Delete a fine-tuned model: it stops being served and its adapter is removed from storage."""
-    prefix = service.delete_model(session, registry, org, model_id)
-    # Once the row says deleted, no new request resolves the model: then it leaves memory, then storage.
-    after_commit(session, partial(backend.evict, prefix))
-    after_commit(session, partial(store.delete_prefix, prefix))
+    """Delete a fine-tuned model: it and its job's checkpoints stop being served, and their adapters are removed
+    from storage."""
+    deleted = service.delete_model(session, registry, org, model_id)
+    # Once the row says deleted, no new request resolves the model or its checkpoints: then they leave memory, then
+    # storage.
+    for prefix in (deleted.adapter_prefix, *deleted.checkpoint_prefixes):
+        after_commit(session, partial(backend.evict, prefix))
+    after_commit(session, partial(store.delete_prefix, deleted.adapter_prefix))
+    after_commit(session, partial(store.delete_prefix, deleted.checkpoints_folder))
     return ModelDeleted(id=model_id)

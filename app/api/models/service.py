@@ -1,10 +1,13 @@
 """The models an organisation may use: listing, resolving with a 404 for the rest, and deleting fine-tunes."""
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidRequest, ModelNotFound
-from app.core.tables import FineTunedModel, Organization
+from app.core.storage import checkpoints_prefix
+from app.core.tables import FineTunedModel, JobCheckpoint, Organization
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.models import ModelRef, UnknownModel, fine_tuned_ref, live_fine_tuned
 from app.ml.models import resolve as resolve_model
@@ -28,8 +31,18 @@ def list_models(session: Session, registry: BaseModelRegistry, org: Organization
     return refs + [fine_tuned_ref(row) for row in rows]
 
 
-def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> str:
-    """Marks a fine-tuned model deleted and returns its adapter prefix, to remove once committed."""
+@dataclass(frozen=True)
+class DeletedModel:
+    """What to remove once a model's deletion is committed: its adapter, and its job's epoch checkpoints (each
+    servable as `…:ckpt-step-N` until then), from memory and from storage."""
+
+    adapter_prefix: str
+    checkpoint_prefixes: list[str]
+    checkpoints_folder: str
+
+
+def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> DeletedModel:
+    """Marks a fine-tuned model deleted; returns what to remove once that is committed."""
     if model_id in registry.ids():
         raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted", param="model")
     try:
@@ -38,4 +51,5 @@ def delete_model(session: Session, registry: BaseModelRegistry, org: Organizatio
         raise ModelNotFound(model_id) from None
     row.deleted = True
     session.flush()
-    return row.adapter_prefix
+    checkpoints = session.scalars(select(JobCheckpoint.storage_prefix).where(JobCheckpoint.job_id == row.job_id))
+    return DeletedModel(row.adapter_prefix, list(checkpoints), checkpoints_prefix(org.id, row.job_id))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
+from app.api.files import report_runs
 from app.api.files.form_stream import stream_form
 from app.api.files.upload import validator_for
 from app.api.uploads import service
@@ -50,7 +51,9 @@ async def add_part(
         await run_in_threadpool(writer.abort)
         raise
     after_rollback(session, partial(store.delete, writer.key))  # the part's object is only kept with its row
-    return UploadPartPublic.of(service.record_part(session, upload, part_id, received, writer.key))
+    # In a thread: recording waits for the upload's row lock, which a completion holds while it assembles the file.
+    part = await run_in_threadpool(service.record_part, session, upload, part_id, received, writer.key)
+    return UploadPartPublic.of(part)
 
 
 @router.post("/{upload_id}/complete", response_model=UploadPublic)
@@ -60,6 +63,7 @@ def complete_upload(
     """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset; the parts are deleted
     once the file is stored."""
     upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
+    report_runs.after_recording(session, settings, file)
     return UploadPublic.of(upload, file)
 
 

@@ -46,13 +46,22 @@ def get_upload(session: Session, org: Organization, upload_id: str) -> Upload:
     return get_owned(session, Upload, org.id, upload_id, "upload")
 
 
-def pending_upload(session: Session, org: Organization, upload_id: str) -> Upload:
+def pending_upload(session: Session, org: Organization, upload_id: str, lock: bool = False) -> Upload:
+    """The upload if it is still pending. With `lock`, its row stays locked (SELECT … FOR UPDATE) until the
+    transaction ends: completing, cancelling and recording a part of one upload then take turns, so none of them
+    decides on a list of parts or a status that another is about to change."""
     upload = get_upload(session, org, upload_id)
+    if lock:
+        session.refresh(upload, with_for_update=True)
+    _check_pending(upload)
+    return upload
+
+
+def _check_pending(upload: Upload) -> None:
     if upload.status == "pending" and upload.expires_at <= datetime.now(UTC):
         upload.status = "expired"
     if upload.status != "pending":
-        raise InvalidRequest(f"Upload '{upload_id}' is {upload.status}; only a pending upload takes parts")
-    return upload
+        raise InvalidRequest(f"Upload '{upload.id}' is {upload.status}; only a pending upload takes parts")
 
 
 def stored_bytes(session: Session, upload: Upload) -> int:
@@ -65,7 +74,12 @@ def part_key(upload: Upload, part_id: str) -> str:
 
 
 def record_part(session: Session, upload: Upload, part_id: str, received: int, key: str) -> UploadPart:
-    """The row of a part whose `received` bytes are stored under `key`."""
+    """The row of a part whose `received` bytes are stored under `key`, checked again with the upload locked: while
+    the part streamed, the upload may have been completed or cancelled, or other parts may have filled it."""
+    session.refresh(upload, with_for_update=True)
+    _check_pending(upload)
+    if stored_bytes(session, upload) + received > upload.bytes:
+        raise InvalidRequest(f"The parts would exceed the upload's declared {upload.bytes} bytes", param="data")
     part = UploadPart(id=part_id, upload_id=upload.id, bytes=received, storage_key=key)
     session.add(part)
     session.flush()
@@ -81,7 +95,7 @@ def complete_upload(
     validator: DatasetValidator,
 ) -> tuple[Upload, StoredFile]:
     """Streams the parts, in the order given, through validation into one file."""
-    upload = pending_upload(session, org, upload_id)
+    upload = pending_upload(session, org, upload_id, lock=True)
     parts = {part.id: part for part in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload.id))}
     unknown = [part_id for part_id in body.part_ids if part_id not in parts]
     if unknown or len(set(body.part_ids)) != len(body.part_ids):
@@ -107,7 +121,7 @@ def complete_upload(
 
 def cancel_upload(session: Session, store: ObjectStore, org: Organization, upload_id: str) -> Upload:
     """Cancels a pending upload; its parts' objects are deleted once that is committed."""
-    upload = pending_upload(session, org, upload_id)
+    upload = pending_upload(session, org, upload_id, lock=True)
     upload.status = "cancelled"
     session.flush()
     _delete_parts_after_commit(session, store, upload)

@@ -15,6 +15,10 @@ from app.ml.datasets.results import Example
 from app.ml.datasets.shape import describe_shape, shape_of
 
 LISTED = 100  # groups and lines listed per problem; the counts cover all of them
+# Lines listed per group and answers per conflict: one prompt with 100k answers must not make a report of megabytes
+# (audit #8: 400k answers gave 6.5 MB); `line_count`, `answer_count` and `group_sizes` say how many there are.
+GROUP_LINES = 20
+CONFLICT_ANSWERS = 10
 SHORT_ANSWER_CHARS = 2
 FEW_EXAMPLES = 50
 DOMINANT_SHAPE_SHARE = 0.6
@@ -28,10 +32,13 @@ class ReportWarning(TypedDict):
 
 
 class Conflict(TypedDict):
-    """Examples sharing an input: all their lines, and those lines grouped by answer."""
+    """Examples sharing an input: their first lines, and the first of those grouped by answer, with how many of
+    each there are in all."""
 
     lines: list[int]
+    line_count: int
     answers: list[list[int]]
+    answer_count: int
 
 
 class LeakedGroup(TypedDict):
@@ -64,9 +71,11 @@ def _answer_key(example: Example) -> bytes:
     return key if example.rejected is None else key + b"\x1d" + _normalise(example.rejected)
 
 
-def lines_text(lines: list[int]) -> str:
+def lines_text(lines: list[int], total: int | None = None) -> str:
+    """The first ten lines, and how many more there are of `total` (all of them, when `lines` is a sample)."""
+    total = len(lines) if total is None else total
     shown = ", ".join(map(str, lines[:10]))
-    return shown + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+    return shown + (f" and {total - min(10, len(lines))} more" if total > min(10, len(lines)) else "")
 
 
 class DatasetProfiler:
@@ -111,7 +120,11 @@ class DatasetProfiler:
         report: dict[str, Any] = {
             "format": self._format,
             "counts": {"examples": len(self._lines), "messages": self._messages, "characters": self._characters},
-            "duplicates": {"group_count": len(duplicates), "groups": duplicates[:LISTED]},
+            "duplicates": {
+                "group_count": len(duplicates),
+                "groups": [group[:GROUP_LINES] for group in duplicates[:LISTED]],
+                "group_sizes": [len(group) for group in duplicates[:LISTED]],
+            },
             "conflicts": {"group_count": len(conflicts), "groups": conflicts[:LISTED]},
             "shape": shape,
             "short_targets": {"count": len(self._short_answers), "lines": self._short_answers[:LISTED]},
@@ -132,8 +145,7 @@ class DatasetProfiler:
             duplicates += [lines for lines in answers.values() if len(lines) > 1]
             # Several preference pairs per prompt are normal; only chat and completions must answer consistently.
             if len(answers) > 1 and self._format != PREFERENCE:
-                groups = sorted(answers.values())
-                conflicts.append({"lines": sorted(line for lines in groups for line in lines), "answers": groups})
+                conflicts.append(_conflict(sorted(answers.values())))
         duplicates.sort()
         conflicts.sort(key=lambda conflict: conflict["lines"])
         return duplicates, conflicts
@@ -153,6 +165,16 @@ class DatasetProfiler:
         return {**describe_shape(shape), "share": round(share, 3), "count": len(breaking), "lines": breaking[:LISTED]}
 
 
+def _conflict(groups: list[list[int]]) -> Conflict:
+    lines = sorted(line for lines in groups for line in lines)
+    return {
+        "lines": lines[:GROUP_LINES],
+        "line_count": len(lines),
+        "answers": [group[:GROUP_LINES] for group in groups[:CONFLICT_ANSWERS]],
+        "answer_count": len(groups),
+    }
+
+
 def _warnings(report: dict[str, Any]) -> list[ReportWarning]:
     warnings: list[ReportWarning] = []
     examples = report["counts"]["examples"]
@@ -161,28 +183,31 @@ def _warnings(report: dict[str, Any]) -> list[ReportWarning]:
         warnings.append({"code": "few_examples", "message": message, "lines": []})
     if groups := report["duplicates"]["groups"]:
         lines = sorted(line for group in groups for line in group)
+        total = sum(report["duplicates"]["group_sizes"])
         message = (
             f"{report['duplicates']['group_count']} group(s) of duplicate examples (same input and answer, ignoring "
-            f"case and whitespace), on lines {lines_text(lines)}. Duplicates weigh more in training."
+            f"case and whitespace), on lines {lines_text(lines, total)}. Duplicates weigh more in training."
         )
         warnings.append({"code": "duplicate_examples", "message": message, "lines": lines[:LISTED]})
     if groups := report["conflicts"]["groups"]:
         lines = sorted(line for group in groups for line in group["lines"])
+        total = sum(group["line_count"] for group in groups)
         message = (
             f"{report['conflicts']['group_count']} input(s) appear with different answers, on lines "
-            f"{lines_text(lines)}. The model learns the contradiction: make each input's answer consistent."
+            f"{lines_text(lines, total)}. The model learns the contradiction: make each input's answer consistent."
         )
         warnings.append({"code": "conflicting_targets", "message": message, "lines": lines[:LISTED]})
     if shape := report["shape"]:
         message = (
             f"{shape['share']:.0%} of answers are {shape['kind'].replace('_', ' ')} with keys "
-            f"{', '.join(shape['keys'])}; {shape['count']} break that shape, on lines {lines_text(shape['lines'])}."
+            f"{', '.join(shape['keys'])}; {shape['count']} break that shape, on lines "
+            f"{lines_text(shape['lines'], shape['count'])}."
         )
         warnings.append({"code": "inconsistent_output_shape", "message": message, "lines": shape["lines"]})
     if lines := report["short_targets"]["lines"]:
         message = (
             f"{report['short_targets']['count']} answer(s) are empty or shorter than {SHORT_ANSWER_CHARS} "
-            f"characters, on lines {lines_text(lines)}."
+            f"characters, on lines {lines_text(lines, report['short_targets']['count'])}."
         )
         warnings.append({"code": "short_targets", "message": message, "lines": lines})
     return warnings
