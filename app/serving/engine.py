@@ -78,6 +78,7 @@ class InferenceEngine:
         max_batch_size: int = 16,
         max_adapter_bytes: int | None = None,
         prefill_chunk_tokens: int = 512,
+        max_lora_rank: int = 64,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -89,6 +90,7 @@ class InferenceEngine:
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
         self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._max_lora_rank = max_lora_rank
         self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
@@ -185,7 +187,7 @@ class InferenceEngine:
                 if base is None:
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
                     # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
-                    slots = AdapterSlots(model, max_slots=self._max_adapters + self._max_batch_size)
+                    slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
                     batcher = ContinuousBatcher(
                         model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens
                     )

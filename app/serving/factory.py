@@ -49,6 +49,7 @@ def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> Infe
         max_batch_size=settings.inference_concurrency,
         device=compute_device(settings),
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        max_lora_rank=settings.max_serving_lora_rank,
     )
 
 
