@@ -79,6 +79,7 @@ class InferenceEngine:
         max_adapter_bytes: int | None = None,
         prefill_chunk_tokens: int = 512,
         max_lora_rank: int = 64,
+        request_timeout_s: float | None = None,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -91,6 +92,7 @@ class InferenceEngine:
         self._max_batch_size = max_batch_size
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._max_lora_rank = max_lora_rank
+        self._request_timeout_s = request_timeout_s  # a request still generating then fails, even mid-prefill
         self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
@@ -189,8 +191,9 @@ class InferenceEngine:
                     # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
                     slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
                     batcher = ContinuousBatcher(
-                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens
-                    )
+                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens,
+                        self._request_timeout_s,
+                    )  # fmt: skip
                     base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
         return base
 

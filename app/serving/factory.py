@@ -50,6 +50,7 @@ def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> Infe
         device=compute_device(settings),
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
         max_lora_rank=settings.max_serving_lora_rank,
+        request_timeout_s=settings.inference_timeout_seconds,
     )
 
 
