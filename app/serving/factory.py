@@ -51,6 +51,7 @@ def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> Infe
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
         max_lora_rank=settings.max_serving_lora_rank,
         request_timeout_s=settings.inference_timeout_seconds,
+        max_adapter_disk_bytes=settings.adapter_disk_cache_megabytes * 1024**2,
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 from app.api.generation.engine_errors import http_error
 from app.ml.chat_format import render_prompt_ids
 from app.serving import InferenceEngine
+from app.serving.adapter_files import adapter_directory_name
 from app.serving.backend import SamplingParams
 from app.serving.errors import SlotsBusy
 from tests.helpers.tiny_models import TINY_MODEL_ID, conversation
@@ -168,3 +169,19 @@ def test_a_pinned_adapter_is_never_evicted(engine):
 
     assert engine.loaded_adapters(TINY_MODEL_ID)[0] == "ft:hot"  # least recently used, and still here
     assert "ft:a" not in engine.loaded_adapters(TINY_MODEL_ID)  # the others took turns in the remaining room
+
+
+def test_adapter_files_past_the_disk_budget_are_deleted_unless_the_adapter_is_in_memory(
+    registry, store, trained_adapter, tmp_path
+):
+    size = sum(path.stat().st_size for path in trained_adapter.rglob("*") if path.is_file())
+    cache = tmp_path / "adapters"
+    engine = InferenceEngine(registry, store, cache_dir=cache, max_adapters=1, max_adapter_disk_bytes=int(1.5 * size))
+    for name in ["ft:a", "ft:b", "ft:c"]:
+        ask(engine, name)
+
+    kept = {entry.name for entry in cache.iterdir() if entry.is_dir() and not entry.name.startswith(".")}
+    # "ft:a" left memory when "ft:b" came; "ft:b" was still in memory when "ft:c" was fetched
+    assert kept == {adapter_directory_name("ft:b"), adapter_directory_name("ft:c")}
+    assert ask(engine, "ft:a").text == "Paris"
+    assert store.fetches == ["ft:a", "ft:b", "ft:c", "ft:a"]
