@@ -8,6 +8,7 @@ import anyio.to_thread
 
 from app.api.generation.choices import ChoiceRequest, choice_deltas
 from app.serving.backend import GeneratedToken, QueuedTokenStream, SamplingParams
+from app.serving.replica import _Generations, _lines
 
 
 class FakeStream(QueuedTokenStream):
@@ -66,3 +67,22 @@ def test_open_streams_borrow_no_thread_of_the_shared_pool_and_still_get_their_to
     borrowed, texts = asyncio.run(scenario())
     assert borrowed == 0
     assert texts == [tokenizer.decode(words)] * 6
+
+
+def test_a_replica_streams_token_lines_without_a_pool_thread_per_stream():
+    streams = [FakeStream() for _ in range(4)]
+
+    async def scenario() -> tuple[int, list[list[str]]]:
+        generations = _Generations()
+        readers = [asyncio.create_task(collect(_lines(generations.track(stream)))) for stream in streams]
+        await asyncio.sleep(0.05)  # every reader is now waiting for its first token
+        borrowed = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+        threading.Thread(target=lambda: [(s._put(GeneratedToken(7)), s._end()) for s in streams]).start()
+        return borrowed, [await reader for reader in readers]
+
+    async def collect(lines) -> list[str]:
+        return [line async for line in lines]
+
+    borrowed, lines = asyncio.run(scenario())
+    assert borrowed == 0
+    assert lines == [['{"token": 7}\n']] * 4

@@ -1,12 +1,12 @@
 """The `n` choices of one completion request as text deltas, for the chat and completions endpoints alike."""
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
+from app.serving.arriving import arriving
 from app.serving.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.serving.detokenize import Detokenizer, FinishReason
 
@@ -86,21 +86,15 @@ async def _read(
     end_ids = engine.end_of_turn_ids(request.base_model_id)
     text = Detokenizer(engine.tokenizer(request.base_model_id), end_ids, request.stop)
     pending: list[GeneratedToken] = []  # tokens whose text has not been sent with a delta yet
-    arrived = asyncio.Event()
-    tokens.on_item(_threadsafe_setter(arrived))
     try:
-        while not text.finished:
-            arrived.clear()  # before polling: a token that comes after the poll sets it again
-            if (token := _poll(tokens)) is None:
-                await arrived.wait()
-                continue
-            if token is _ENDED:
-                break
+        async for token in arriving(tokens):  # on this loop: no thread of the shared pool waits for tokens
             if token.id not in end_ids:
                 pending.append(token)
             if delta := text.feed(token.id):
                 deltas.put_nowait(ChoiceDelta(index, delta, None, tuple(pending)))
                 pending.clear()
+            if text.finished:
+                break
     except Exception as error:
         deltas.put_nowait(error)
         return
@@ -108,30 +102,6 @@ async def _read(
         tokens.cancel()
     deltas.put_nowait(ChoiceDelta(index, text.close(), text.finish_reason, tuple(pending)))
     request.completion_tokens += text.completion_tokens
-
-
-_ENDED = GeneratedToken(-1)
-
-
-def _poll(tokens: TokenStream) -> GeneratedToken | None:
-    """The next token, None when none has come yet, `_ENDED` at the end."""
-    try:
-        return tokens.poll()
-    except StopIteration:
-        return _ENDED
-
-
-def _threadsafe_setter(event: asyncio.Event) -> Callable[[], None]:
-    """A callback for the engine's thread that sets `event` on this loop. Tokens are read on the loop when they
-    come, not by a thread of the pool that sync routes and dependencies (authentication) need: a slowed batch
-    with many streams open would hold one such thread per stream."""
-    loop = asyncio.get_running_loop()
-
-    def set_event() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
-            loop.call_soon_threadsafe(event.set)
-
-    return set_event
 
 
 async def whole_choices(engine: InferenceBackend, request: ChoiceRequest) -> list[WholeChoice]:
