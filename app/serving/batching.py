@@ -123,19 +123,14 @@ class _Prefill:
     done: int = 0  # columns already in the cache
 
     def keep(self, indices: list[int], fresh_cache: Callable[[], DynamicCache]) -> None:
-        """Keep only these rows, without the leading columns that are padding in all of them; a cache that holds
-        nothing else is started afresh."""
+        """Keep only these rows, without the leading columns that are padding in all of them, and prefill them
+        from the start again. Rows leave a prefill before its first chunk only: a prompt that takes several
+        chunks is prefilled alone, so nothing computed is lost."""
         rows = [self.rows[i] for i in indices]
         index = torch.tensor(indices, device=self.mask.device)
         start = self.mask.shape[1] - max(len(row.prompt_ids) for row in rows)
-        if self.done > start:
-            for layer in growing_layers(self.cache):
-                layer.keep_rows(index, start)
-            self.done -= start
-        else:
-            self.cache, self.done = fresh_cache(), 0
         self.input_ids, self.mask = self.input_ids[index, start:], self.mask[index, start:]
-        self.rows = rows
+        self.rows, self.cache, self.done = rows, fresh_cache(), 0
 
 
 @dataclass

@@ -413,3 +413,27 @@ def test_short_requests_finish_beside_a_long_prefill_and_are_not_padded_to_its_w
         assert wide_decodes and set(wide_decodes) == {1}  # no short row is padded to the long prompt's width
     finally:
         batcher.close()
+
+
+def test_a_row_that_expires_as_its_prefill_starts_leaves_its_neighbours_generating_as_alone(
+    served, prompts, eos, reference
+):
+    batcher = make_batcher(served, request_timeout_s=60)
+    now = [0.0]
+    batcher._clock = lambda: now[0]
+    try:
+
+        def submit() -> tuple[TokenStream, TokenStream]:
+            late = greedy(batcher, prompts[1], "first", eos)  # the longer prompt: the survivor's is re-laid out
+            now[0] = 30.0
+            survivor = greedy(batcher, prompts[0], "second", eos)
+            now[0] = 61.0  # past the first request's deadline only
+            return late, survivor
+
+        late, survivor = batcher.run_between_steps(submit)
+
+        with pytest.raises(EngineError, match="time limit"):
+            ids(late)
+        assert ids(survivor) == reference(0, "second")
+    finally:
+        batcher.close()
