@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = build_inference_backend(settings, app.state.registry)
     app.state.rate_limiter = RateLimiter(settings.require("redis_url"), settings.rate_limit_per_minute)
     app.state.admission = Admission(
-        settings.inference_concurrency, settings.inference_queue_size, settings.inference_per_organization
+        settings.inference_concurrency,
+        settings.inference_queue_size,
+        settings.inference_per_organization,
+        settings.inference_share_per_organization,
     )
     install_error_handlers(app)
     install_engine_error_handler(app)

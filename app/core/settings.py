@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # CPU threads of the torch engine; unset: every core but one (see `generation_threads`).
     inference_threads: int | None = Field(default=None, ge=1)
 
+    # Engine and admission limits (issue 19): one tenant's requests cannot take the whole engine.
+    inference_share_per_organization: float = Field(default=0.5, gt=0, le=1)  # of the running generation slots
+    max_serving_lora_rank: int = Field(default=64, ge=1)  # adapters of a higher LoRA rank are refused for serving
+    adapter_disk_cache_megabytes: int = Field(default=10240, ge=1)  # adapter files kept on disk, LRU evicted
+
     # A running job whose worker has been silent this long is re-queued; its worker renews every third of it.
     job_lease_seconds: int = Field(default=90, ge=3)
     reconcile_interval_seconds: float = Field(default=60, gt=0)  # how often the reaper looks for stuck jobs

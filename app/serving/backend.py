@@ -3,7 +3,7 @@ process (`InferenceEngine`), replicas over HTTP, or vLLM on GPU hosts. `LORAPORT
 `LORAPORT_INFERENCE_REPLICAS` choose one."""
 
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +38,16 @@ class TokenStream(Iterator[GeneratedToken], Protocol):
 
     def cancel(self) -> None: ...
 
+    def poll(self) -> GeneratedToken | None:
+        """The next token if one is there (None: none yet), without blocking; StopIteration or the error at the end."""
+        ...
+
+    def on_item(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the producing thread) whenever a token, the end or an error arrives, and once now.
+
+        An event loop reads with `poll` when called back, so no thread waits for tokens on its behalf."""
+        ...
+
 
 class QueuedTokenStream(Iterator[GeneratedToken]):
     """A `TokenStream` fed from another thread (a decode loop, an HTTP reader, an event loop) through a queue:
@@ -46,11 +56,27 @@ class QueuedTokenStream(Iterator[GeneratedToken]):
     def __init__(self) -> None:
         self._items: queue.SimpleQueue[GeneratedToken | BaseException | None] = queue.SimpleQueue()  # None: the end
         self._ended = False
+        self._listener: Callable[[], None] | None = None
 
     def __next__(self) -> GeneratedToken:
         if self._ended:
             raise StopIteration
-        item = self._items.get()
+        return self._taken(self._items.get())
+
+    def poll(self) -> GeneratedToken | None:
+        if self._ended:
+            raise StopIteration
+        try:
+            item = self._items.get_nowait()
+        except queue.Empty:
+            return None
+        return self._taken(item)
+
+    def on_item(self, callback: Callable[[], None]) -> None:
+        self._listener = callback
+        callback()
+
+    def _taken(self, item: GeneratedToken | BaseException | None) -> GeneratedToken:
         if isinstance(item, GeneratedToken):
             return item
         self._ended = True
@@ -60,12 +86,19 @@ class QueuedTokenStream(Iterator[GeneratedToken]):
 
     def _put(self, token: GeneratedToken) -> None:
         self._items.put(token)
+        self._notify_listener()
 
     def _end(self) -> None:
         self._items.put(None)
+        self._notify_listener()
 
     def _fail(self, error: BaseException) -> None:
         self._items.put(error)
+        self._notify_listener()
+
+    def _notify_listener(self) -> None:
+        if (listener := self._listener) is not None:
+            listener()
 
 
 class InferenceBackend(Protocol):

@@ -1,6 +1,6 @@
 """Continuous batching: requests for different LoRA adapters (or none) decoded together, one token per step.
 
-One background thread owns the running batch. Between two decode steps it drops finished and cancelled rows,
+One background thread owns the running rows. Between two decode steps it drops finished and cancelled rows,
 prefills waiting rows and merges them in, so a request never waits for another to finish.
 
 Design:
@@ -11,7 +11,7 @@ Design:
   to the other's length and both are concatenated along the batch dimension. Leaving rows are removed with an
   index-select, and the leading columns that became padding in every remaining row are cut off. Only
   `DynamicLayer`s (full attention) can be merged this way: sliding-window layers are refused. Each layer keeps its
-  keys and values in a buffer with room to grow (`_GrowingLayer`): a decode step writes one column in place instead
+  keys and values in a buffer with room to grow (`GrowingLayer`): a decode step writes one column in place instead
   of copying the whole cache, as `DynamicLayer`'s concatenation does (with 16 rows of 400 tokens, a decode step
   took 162-175 ms instead of 215-231 ms). A row leaving copies the others once, straight into new buffers (one of
   32 rows of 80 tokens leaving, and the next append, over 30 layers: 19 ms instead of 44 ms).
@@ -19,7 +19,16 @@ Design:
   computation (`lora_slots.py`): the cost of a step hardly depends on how many distinct adapters the batch holds.
 - Chunked prefill. Newcomers are prefilled together, at most `max_prefill_tokens` padded prompt tokens per step:
   as many rows as fit (at least one), and a prompt longer than that in chunks of columns over several steps, each
-  followed by a decode step of the running rows, so a long prompt never stalls the others for long.
+  followed by a decode step of the running rows, so a long prompt never stalls the others for long. While such a
+  prompt is prefilled, prompts that fit in one chunk are prefilled beside it (a second chunk in the same step) and
+  start decoding: short requests queued behind a long one do not wait for it. A row cancelled (its client left) or
+  past its deadline leaves before the next chunk, so an abandoned long prompt stops being prefilled at once.
+- Decode groups. Prefilled rows join the decode group (its own cache) where they add the least padding, if the
+  padding stays bounded (no more cells than real tokens, or widths within `_MERGE_SLACK_COLUMNS`); otherwise they
+  form a group of their own, decoded in its own forward pass of the same step. One long prompt therefore never pads
+  the other rows to its width: with one 4,000-token prompt among 16 short rows, 92% of the decode steps' attention
+  cells were padding, and 0.3% now; the short rows that came during its prefill got their first token after 0.4 s
+  instead of 5.5 s (`bench/padding_share.py`, tiny model on CPU).
 - Sampling is per row, on float32 logits: greedy at temperature 0, else temperature and top-p (no top-k) with a
   `torch.Generator` of the row's own, so a seed gives the same tokens whatever else shares the batch. Rows that ask
   for log-probabilities get them from the same logits (a log-softmax of the row, and its top k).
@@ -28,6 +37,7 @@ Design:
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +45,17 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers import DynamicCache, PreTrainedModel
 
 from app.serving.backend import GeneratedToken, QueuedTokenStream
+from app.serving.errors import EngineError
+from app.serving.kv_cache import growing_layers, left_pad, new_cache
 from app.serving.lora_slots import AdapterSlots
 
 T = TypeVar("T")
+# Rows whose widths differ by this much share a decode batch whatever the padding share: one forward pass for a
+# few columns of padding costs less than one more pass.
+_MERGE_SLACK_COLUMNS = 32
 
 
 class TokenStream(QueuedTokenStream):
@@ -65,6 +79,11 @@ class TokenStream(QueuedTokenStream):
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def _expire(self, error: BaseException) -> None:
+        """The request ran past its deadline: the reader gets `error`, and the row leaves like a cancelled one."""
+        self._cancelled.set()
+        self._fail(error)
+
 
 @dataclass(eq=False)  # rows are compared and hashed by identity
 class _Row:
@@ -77,6 +96,7 @@ class _Row:
     eos_token_ids: frozenset[int]
     logprobs: int | None  # None: none; k: the token's log-probability and the k most likely alternatives
     stream: TokenStream
+    deadline: float | None = None  # on the batcher's clock; a row still running then fails
     length: int = 0  # real tokens in the cache, which is also the position of the next one
     generated: int = 0
     next_token: int = -1  # sampled and streamed, not yet in the cache
@@ -102,6 +122,16 @@ class _Prefill:
     chunk: int
     done: int = 0  # columns already in the cache
 
+    def keep(self, indices: list[int], fresh_cache: Callable[[], DynamicCache]) -> None:
+        """Keep only these rows, without the leading columns that are padding in all of them, and prefill them
+        from the start again. Rows leave a prefill before its first chunk only: a prompt that takes several
+        chunks is prefilled alone, so nothing computed is lost."""
+        rows = [self.rows[i] for i in indices]
+        index = torch.tensor(indices, device=self.mask.device)
+        start = self.mask.shape[1] - max(len(row.prompt_ids) for row in rows)
+        self.input_ids, self.mask = self.input_ids[index, start:], self.mask[index, start:]
+        self.rows, self.cache, self.done = rows, fresh_cache(), 0
+
 
 @dataclass
 class _Batch:
@@ -112,10 +142,18 @@ class _Batch:
     def merge(self, other: "_Batch") -> None:
         """Append the rows of `other`, left-padding whichever cache is shorter."""
         columns = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(_growing_layers(self.cache), _growing_layers(other.cache), strict=True):
+        for mine, theirs in zip(growing_layers(self.cache), growing_layers(other.cache), strict=True):
             mine.append_rows(theirs, columns)
-        self.mask = torch.cat([_left_pad(self.mask, columns, -1), _left_pad(other.mask, columns, -1)])
+        self.mask = torch.cat([left_pad(self.mask, columns, -1), left_pad(other.mask, columns, -1)])
         self.rows = self.rows + other.rows  # a new list: a step keeps the one it started with
+
+    def merged_padding(self, other: "_Batch") -> tuple[int, bool]:
+        """The padding cells the two batches would hold merged, and whether that waste stays bounded: padding at
+        most as many cells as real tokens, or rows of nearly the same width (`_MERGE_SLACK_COLUMNS`)."""
+        mine, theirs = self.mask.shape[1], other.mask.shape[1]
+        real = sum(row.length for row in self.rows) + sum(row.length for row in other.rows)
+        padding = (len(self.rows) + len(other.rows)) * max(mine, theirs) - real
+        return padding, padding <= real or abs(mine - theirs) <= _MERGE_SLACK_COLUMNS
 
     def keep(self, indices: list[int]) -> None:
         """Keep only these rows, and cut off the columns that are padding in all of them."""
@@ -124,96 +162,10 @@ class _Batch:
         index = torch.tensor(indices, device=self.mask.device)
         mask = self.mask[index]
         start = mask.shape[1] - int(mask.sum(dim=1).max())
-        for layer in _growing_layers(self.cache):
+        for layer in growing_layers(self.cache):
             layer.keep_rows(index, start)
         self.mask = mask[:, start:]
         self.rows = [self.rows[i] for i in indices]
-
-
-# transformers leaves the base class's __init_subclass__ and __init__ unannotated.
-class _GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """A `DynamicLayer` whose `keys` and `values` are views of buffers with free columns after them: appending
-    writes into the buffers, and only a full buffer (or tensors replaced by a merge) is copied into a new one, a
-    quarter longer than needed. Cutting rows out copies the rest straight into new buffers."""
-
-    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # for the keys and the values
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        keys, values = self._cached()
-        length = self.get_seq_length()
-        needed = length + key_states.shape[-2]
-        buffers = self._buffers
-        if buffers is None or buffers[0].shape[-2] < needed or (length and keys.data_ptr() != buffers[0].data_ptr()):
-            buffers = self._allocate(key_states, value_states, key_states.shape[0], needed)
-            if length:
-                buffers[0][..., :length, :] = keys
-                buffers[1][..., :length, :] = values
-        key_buffer, value_buffer = buffers
-        key_buffer[..., length:needed, :] = key_states
-        value_buffer[..., length:needed, :] = value_states
-        self.keys, self.values = key_buffer[..., :needed, :], value_buffer[..., :needed, :]
-        return self.keys, self.values
-
-    def append_rows(self, other: "_GrowingLayer", columns: int) -> None:
-        """Add the rows of `other` after these, both left-padded to `columns` columns."""
-        (keys, values), (other_keys, other_values) = self._cached(), other._cached()
-        self.keys = torch.cat([_left_pad(keys, columns, -2), _left_pad(other_keys, columns, -2)])
-        self.values = torch.cat([_left_pad(values, columns, -2), _left_pad(other_values, columns, -2)])
-
-    def keep_rows(self, index: torch.Tensor, start: int) -> None:
-        """Keep the rows `index`, from column `start` on."""
-        keys, values = self._cached()
-        keys, values = keys[..., start:, :], values[..., start:, :]
-        length = keys.shape[-2]
-        key_buffer, value_buffer = self._allocate(keys, values, len(index), length)
-        self.keys, self.values = key_buffer[..., :length, :], value_buffer[..., :length, :]
-        torch.index_select(keys, 0, index, out=self.keys)
-        torch.index_select(values, 0, index, out=self.values)
-
-    def _cached(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values held, which exist once the first `update` initialised the layer."""
-        if self.keys is None or self.values is None:
-            raise RuntimeError("the cache layer has not been initialised")
-        return self.keys, self.values
-
-    def _allocate(
-        self, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """New buffers for `rows` rows of `length` columns and a quarter more (at least 32) to grow into."""
-        columns = length + max(length // 4, 32)
-        self._buffers = (
-            keys.new_empty(rows, *keys.shape[1:-2], columns, keys.shape[-1]),
-            values.new_empty(rows, *values.shape[1:-2], columns, values.shape[-1]),
-        )
-        return self._buffers
-
-
-def _new_cache(config: PretrainedConfig) -> DynamicCache:
-    cache = DynamicCache(config=config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
-    cache.layers = [_GrowingLayer() for _ in cache.layers]  # type: ignore[no-untyped-call]
-    return cache
-
-
-def _growing_layers(cache: DynamicCache) -> list[_GrowingLayer]:
-    """The layers of a cache `_new_cache` made."""
-    layers = [layer for layer in cache.layers if isinstance(layer, _GrowingLayer)]
-    if len(layers) != len(cache.layers):
-        raise TypeError("continuous batching needs a cache made by `_new_cache`")
-    return layers
-
-
-def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    padding = [0, 0] * (-dim - 1) + [missing, 0]  # F.pad lists (left, right) pairs from the last dimension back
-    return F.pad(tensor, padding)
 
 
 def _next_tokens(rows: list[_Row], logits: torch.Tensor) -> list[GeneratedToken]:
@@ -255,6 +207,7 @@ class ContinuousBatcher:
         device: torch.device | str,
         max_batch_size: int = 16,
         max_prefill_tokens: int = 512,
+        request_timeout_s: float | None = None,
     ) -> None:
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError("max_batch_size and max_prefill_tokens must be at least 1")
@@ -263,9 +216,12 @@ class ContinuousBatcher:
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
+        self._request_timeout_s = request_timeout_s
+        self._clock: Callable[[], float] = time.monotonic
         self._waiting: deque[_Row] = deque()
-        self._batch: _Batch | None = None  # only the decode thread changes it and `_prefill`
-        self._prefill: _Prefill | None = None
+        # Only the decode thread changes these (and `run_between_steps`' callers read them under the model lock).
+        self._batches: list[_Batch] = []  # decode groups of rows of similar widths
+        self._prefills: list[_Prefill] = []  # at most one that takes several steps, then short ones of one step
         self._wakeup = threading.Condition()
         self._model_lock = threading.Lock()  # held by every step, and by `run_between_steps`
         self._thread: threading.Thread | None = None
@@ -287,9 +243,10 @@ class ContinuousBatcher:
         if not prompt_ids or max_new_tokens < 1:
             raise ValueError("a request needs a prompt and max_new_tokens of at least 1")
         stream = TokenStream(on_cancel=self._notify)
+        timeout = self._request_timeout_s
         row = _Row(
             prompt_ids, adapter, max_new_tokens, temperature, top_p, self._generator(temperature, seed),
-            frozenset(eos_token_ids), logprobs, stream,
+            frozenset(eos_token_ids), logprobs, stream, None if timeout is None else self._clock() + timeout,
         )  # fmt: skip
         with self._wakeup:
             if self._closed:
@@ -338,53 +295,65 @@ class ContinuousBatcher:
             self._thread.start()
 
     def _running_rows(self) -> list[_Row]:
-        batch, prefill = self._batch, self._prefill
-        return [*(batch.rows if batch else []), *(prefill.rows if prefill else [])]
+        batches, prefills = self._batches, self._prefills
+        return [row for batch in batches for row in batch.rows] + [row for prefill in prefills for row in prefill.rows]
 
     def _run(self) -> None:
         while self._wait_for_work():
             with self._model_lock, torch.inference_mode():
-                if self._prefill is None:
-                    self._start_prefill(self._take_waiting())
+                # A prefill in progress takes the long prompts one at a time; prompts that fit in one chunk are
+                # prefilled beside it, so a long prompt never holds back the short ones queued behind it.
+                self._start_prefill(self._take_waiting(one_chunk_only=bool(self._prefills)))
                 rows = self._running_rows()
                 try:
                     self._step()
                 except Exception as error:  # the batch may be half-updated: every row of the step fails
-                    self._batch = self._prefill = None
+                    self._batches, self._prefills = [], []
                     for row in rows:
                         row.stream._fail(error)
         self._fail_all(RuntimeError("the batcher is closed"))
 
     def _step(self) -> None:
+        """Drop rows that were cancelled or ran out of time, prefill one chunk of each prefill in progress (a row
+        cancelled while its long prompt is prefilled leaves before the next chunk), then decode every group."""
+        self._expire_overdue()
         self._drop(lambda row: row.stream.cancelled)
-        if self._prefill is not None:
-            self._prefill_chunk(self._prefill)
-        if self._batch is not None:
-            self._decode(self._batch)
+        for prefill in list(self._prefills):
+            self._prefill_chunk(prefill)
+        for batch in list(self._batches):
+            if batch in self._batches:  # not merged into another group by a row leaving earlier in this step
+                self._decode(batch)
 
     def _wait_for_work(self) -> bool:
         with self._wakeup:
-            while not self._closed and not self._waiting and self._batch is None and self._prefill is None:
+            while not self._closed and not self._waiting and not self._batches and not self._prefills:
                 self._wakeup.wait()
             return not self._closed
 
-    def _take_waiting(self) -> list[_Row]:
-        """The waiting rows to prefill now: as many as fit in the batch and in the prefill budget, at least one."""
+    def _take_waiting(self, one_chunk_only: bool) -> list[_Row]:
+        """The waiting rows to prefill now: as many as fit in the batch and in the prefill budget, at least one
+        unless `one_chunk_only`, which leaves the prompts that take several chunks waiting, in order."""
         room = self._max_batch_size - len(self._running_rows())
         taken: list[_Row] = []
         with self._wakeup:
+            skipped: list[_Row] = []
             while self._waiting and len(taken) < room:
-                row = self._waiting[0]
+                row = self._waiting.popleft()
+                if row.stream.cancelled:
+                    continue
                 longest = max([len(row.prompt_ids), *(len(r.prompt_ids) for r in taken)])
-                if taken and longest * (len(taken) + 1) > self._max_prefill_tokens:
-                    break
-                self._waiting.popleft()
-                if not row.stream.cancelled:
+                if longest * (len(taken) + 1) <= self._max_prefill_tokens or not (taken or one_chunk_only):
                     taken.append(row)
+                elif one_chunk_only and len(row.prompt_ids) > self._max_prefill_tokens:
+                    skipped.append(row)
+                else:
+                    self._waiting.appendleft(row)
+                    break
+            self._waiting.extendleft(reversed(skipped))
         return taken
 
     def _forward(self, rows: list[_Row], decoding: bool, **inputs: Any) -> torch.Tensor:
-        """Last-position logits, each row through its own adapter (the running batch's stay staged)."""
+        """Last-position logits, each row through its own adapter (the largest group's stay staged)."""
         with self._adapters.routed([row.adapter for row in rows], staged=decoding):
             logits: torch.Tensor = self._model(**inputs, use_cache=True, logits_to_keep=1).logits
             return logits[:, -1]
@@ -405,12 +374,12 @@ class ContinuousBatcher:
             mask[i, columns - len(row.prompt_ids) :] = 1
             row.length = len(row.prompt_ids)
         chunk = max(1, self._max_prefill_tokens // len(rows))
-        cache = _new_cache(self._model.config)
-        self._prefill = _Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk)
+        cache = new_cache(self._model.config)
+        self._prefills.append(_Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk))
 
     def _prefill_chunk(self, prefill: _Prefill) -> None:
         """Feed the next chunk of the newcomers' prompts; after the last one, stream their first tokens and add the
-        unfinished ones to the batch. A failure fails the newcomers only: the running rows are untouched."""
+        unfinished ones to a decode group. A failure fails the newcomers only: the running rows are untouched."""
         end = min(prefill.done + prefill.chunk, prefill.input_ids.shape[1])
         mask = prefill.mask[:, :end]
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, prefill.done :]
@@ -420,29 +389,46 @@ class ContinuousBatcher:
                 position_ids=positions, cache=prefill.cache,
             )  # fmt: skip
         except Exception as error:
-            self._prefill = None
+            self._prefills.remove(prefill)
             for row in prefill.rows:
                 row.stream._fail(error)
             return
         prefill.done = end
         if end < prefill.input_ids.shape[1]:
             return
-        self._prefill = None
-        newcomers = _Batch(prefill.rows, prefill.cache, prefill.mask)
-        if self._batch is None:
-            self._batch = newcomers
-        else:
-            self._batch.merge(newcomers)
+        self._prefills.remove(prefill)
+        self._join(_Batch(prefill.rows, prefill.cache, prefill.mask))
         self._accept(prefill.rows, logits)
 
+    def _join(self, newcomers: _Batch) -> None:
+        """Merge the newcomers into the decode group where they add the least padding, if that stays bounded, else
+        start a group of their own: a long prompt never pads the other rows to its width."""
+        fits = [(padding, batch) for batch in self._batches for padding, bounded in [batch.merged_padding(newcomers)]
+                if bounded]  # fmt: skip
+        if fits:
+            min(fits, key=lambda fit: fit[0])[1].merge(newcomers)
+        else:
+            self._batches.append(newcomers)
+
+    def _regroup(self) -> None:
+        """Merge decode groups whose widths came close (a long row left): fewer forward passes per step."""
+        for batch in list(self._batches):
+            for other in self._batches:
+                if other is not batch and batch in self._batches and other.merged_padding(batch)[1]:
+                    other.merge(batch)
+                    self._batches.remove(batch)
+                    break
+
     def _decode(self, batch: _Batch) -> None:
-        """Feed every row its last sampled token and sample the next."""
+        """Feed every row of the group its last sampled token and sample the next."""
         rows = batch.rows
         input_ids = torch.tensor([[row.next_token] for row in rows], device=self._device)
         positions = torch.tensor([[row.length] for row in rows], device=self._device)
         mask = F.pad(batch.mask, (0, 1), value=1)
+        # The staged adapter stack serves one group: the largest. The others gather their adapters per step.
+        staged = batch is max(self._batches, key=lambda group: len(group.rows))
         logits = self._forward(
-            rows, decoding=True, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache
+            rows, decoding=staged, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache
         )
         batch.mask = mask
         for row in rows:
@@ -458,18 +444,36 @@ class ContinuousBatcher:
         if done:
             self._drop(lambda row: row in done)
 
+    def _expire_overdue(self) -> None:
+        """Fail the rows past their deadline (the client's own timeout has given up on them)."""
+        now = self._clock()
+        with self._wakeup:
+            waiting = list(self._waiting)
+        for row in [*self._running_rows(), *waiting]:
+            if row.deadline is not None and now >= row.deadline and not row.stream.cancelled:
+                row.stream._expire(
+                    EngineError(f"The generation ran past its time limit of {self._request_timeout_s:g} s")
+                )
+
     def _drop(self, leaves: Callable[[_Row], bool]) -> None:
-        if self._batch is None:
-            return
-        kept = [i for i, row in enumerate(self._batch.rows) if not leaves(row)]
-        if kept:
-            self._batch.keep(kept)
-        else:
-            self._batch = None
+        for prefill in list(self._prefills):
+            kept = [i for i, row in enumerate(prefill.rows) if not leaves(row)]
+            if not kept:
+                self._prefills.remove(prefill)
+            elif len(kept) < len(prefill.rows):
+                prefill.keep(kept, lambda: new_cache(self._model.config))
+        for batch in list(self._batches):
+            kept = [i for i, row in enumerate(batch.rows) if not leaves(row)]
+            if kept:
+                batch.keep(kept)
+            else:
+                self._batches.remove(batch)
+        if len(self._batches) > 1:
+            self._regroup()
 
     def _fail_all(self, error: BaseException) -> None:
         with self._wakeup:
             rows = [*self._running_rows(), *self._waiting]
-            self._batch, self._prefill, self._waiting = None, None, deque()
+            self._batches, self._prefills, self._waiting = [], [], deque()
         for row in rows:
             row.stream._fail(error)

@@ -72,11 +72,21 @@ class Detokenizer:
         return delta
 
     def _safe_end(self, text: str) -> int:
-        """How much of `text` can be sent: not a tail that a stop sequence may begin with."""
-        end = len(text)
-        held = 0
-        for stop in self._stop:
-            held = max(
-                held, next((n for n in range(min(len(stop) - 1, end), 0, -1) if text.endswith(stop[:n], 0, end)), 0)
-            )
-        return end - held
+        """How much of `text` can be sent: not a tail that a stop sequence may begin with. Only the last
+        characters, fewer than the longest stop's, can be such a tail: the work per token does not grow with the
+        text, and is about the stops' total length."""
+        longest = max((len(stop) for stop in self._stop), default=1)
+        window = text[len(text) - min(len(text), longest - 1) :]
+        return len(text) - max((_held(window, stop) for stop in self._stop), default=0)
+
+
+def _held(window: str, stop: str) -> int:
+    """The length of the longest tail of `window` that `stop` begins with, shorter than `stop`."""
+    tail = window[len(window) - min(len(window), len(stop) - 1) :]
+    first = stop[0]
+    start = tail.find(first)
+    while start >= 0:  # the first start whose tail `stop` begins with is the longest such tail
+        if stop.startswith(tail[start:]):
+            return len(tail) - start
+        start = tail.find(first, start + 1)
+    return 0

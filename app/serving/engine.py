@@ -4,16 +4,13 @@ different adapters (or none) decoded together by a continuous batcher per base m
 Adapters of a base model live in its `AdapterSlots` (preallocated tensors: loading one is a copy, milliseconds),
 at most `max_adapters` of them and at most `max_adapter_bytes` of their slots, least recently used evicted first
 (never one that a running request uses, nor a pinned one). Their files are fetched once into `cache_dir` and kept
-there, so an evicted adapter comes back from disk. Adapters are loaded and evicted only between decode steps
+there, so an evicted adapter comes back from disk; beyond `max_adapter_disk_bytes` the least recently used files
+of adapters not in memory are deleted (`AdapterFiles`). Adapters are loaded and evicted only between decode steps
 (`ContinuousBatcher.run_between_steps`).
 """
 
-import hashlib
-import re
-import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +18,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.ml.base_models.disk_cache import build_once
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.chat_format import render_prompt_ids
+from app.serving.adapter_files import AdapterFiles, FetchAdapter
+from app.serving.adapter_files import adapter_directory_name as adapter_directory_name  # where callers look for it
 from app.serving.backend import SamplingParams
 from app.serving.batching import ContinuousBatcher, TokenStream
 from app.serving.detokenize import Detokenizer, FinishReason
 from app.serving.errors import SlotsBusy
 from app.serving.lora_slots import AdapterSlots, SlotsFull
-
-FetchAdapter = Callable[[str, Path], None]
 
 
 @dataclass(frozen=True)
@@ -48,15 +44,6 @@ class _LoadedBase:
     slots: AdapterSlots
     batcher: ContinuousBatcher
     recency: OrderedDict[str, None] = field(default_factory=OrderedDict)  # loaded adapters, least recently used first
-
-
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def adapter_directory_name(adapter_name: str) -> str:
-    """A file name for the adapter that stays readable and cannot collide (names may contain ':' or '/')."""
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', adapter_name)[:80]}-{_digest(adapter_name)[:12]}"
 
 
 def model_end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -78,17 +65,21 @@ class InferenceEngine:
         max_batch_size: int = 16,
         max_adapter_bytes: int | None = None,
         prefill_chunk_tokens: int = 512,
+        max_lora_rank: int = 64,
+        request_timeout_s: float | None = None,
+        max_adapter_disk_bytes: int | None = None,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         self._registry = registry
-        self._fetch_adapter = fetch_adapter
-        self._cache_dir = cache_dir
+        self._files = AdapterFiles(cache_dir, fetch_adapter, max_adapter_disk_bytes, self._resident_adapters)
         self._max_adapters = max_adapters
         self._max_adapter_bytes = max_adapter_bytes
         self._device = torch.device(device)
         self._max_batch_size = max_batch_size
         self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._max_lora_rank = max_lora_rank
+        self._request_timeout_s = request_timeout_s  # a request still generating then fails, even mid-prefill
         self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
@@ -175,7 +166,7 @@ class InferenceEngine:
                     base.slots.unload(adapter_name)
 
             base.batcher.run_between_steps(unload)
-        shutil.rmtree(self._cache_dir / adapter_directory_name(adapter_name), ignore_errors=True)
+        self._files.remove(adapter_name)
 
     def _base(self, base_model_id: str) -> _LoadedBase:
         base = self._bases.get(base_model_id)
@@ -185,18 +176,28 @@ class InferenceEngine:
                 if base is None:
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
                     # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
-                    slots = AdapterSlots(model, max_slots=self._max_adapters + self._max_batch_size)
+                    slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
                     batcher = ContinuousBatcher(
-                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens
-                    )
+                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens,
+                        self._request_timeout_s,
+                    )  # fmt: skip
                     base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
         return base
 
     def _adapter_files(self, adapter_name: str) -> Path:
-        # build_once's flock serialises threads as well as processes, so a cold adapter is fetched once.
-        directory = self._cache_dir / adapter_directory_name(adapter_name)
-        build_once(directory, lambda staging: self._fetch_adapter(adapter_name, staging))
-        return directory
+        return self._files.path(adapter_name)
+
+    def _resident_adapters(self) -> set[str]:
+        """Adapters in memory (their files stay on disk), read from other threads than the steps that change them."""
+        names = set(self._pinned)
+        for base in list(self._bases.values()):
+            while True:
+                try:
+                    names.update(list(base.recency))
+                    break
+                except RuntimeError:  # changed while being copied: copy again
+                    continue
+        return names
 
     def _load(self, base: _LoadedBase, adapter_name: str, adapter_dir: Path) -> None:
         """Make the adapter resident (the most recently used), evicting least recently used idle ones to stay

@@ -49,6 +49,9 @@ def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> Infe
         max_batch_size=settings.inference_concurrency,
         device=compute_device(settings),
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        max_lora_rank=settings.max_serving_lora_rank,
+        request_timeout_s=settings.inference_timeout_seconds,
+        max_adapter_disk_bytes=settings.adapter_disk_cache_megabytes * 1024**2,
     )
 
 

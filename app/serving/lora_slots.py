@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from app.serving.errors import AdapterRankUnsupported
+
 _PEFT_PREFIX = "base_model.model."
 _A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -162,11 +164,14 @@ def _scaled_pairs(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tens
 class AdapterSlots:
     """The adapters loaded into one base model, by name; at most `max_slots` at once."""
 
-    def __init__(self, model: nn.Module, max_slots: int) -> None:
-        if max_slots < 1:
-            raise ValueError("max_slots must be at least 1")
+    def __init__(self, model: nn.Module, max_slots: int, max_rank: int = 64) -> None:
+        if max_slots < 1 or max_rank < 1:
+            raise ValueError("max_slots and max_rank must be at least 1")
         self._model = model
         self._max_slots = max_slots
+        # Every slot takes the largest rank loaded, and every row's LoRA computation runs at it: one adapter of
+        # rank 256 would grow each slot 16-fold over rank 16 (19 MB → 313 MB for SmolLM2-135M), so it is refused.
+        self._max_rank = max_rank
         self._layers: dict[str, _SlottedLinear] = {}
         self._slot_of: dict[str, int] = {}
         self._capacity = 0
@@ -181,15 +186,22 @@ class AdapterSlots:
         return set(self._slot_of)
 
     def load(self, name: str, adapter_dir: Path) -> None:
-        """Copy the adapter's matrices into a free slot (or its own slot again, when reloaded)."""
+        """Copy the adapter's matrices into a free slot (or its own slot again, when reloaded); an adapter of a rank
+        above `max_rank` is refused with `AdapterRankUnsupported`."""
         pairs = _scaled_pairs(adapter_dir)
+        rank = max((a.shape[0] for a, _ in pairs.values()), default=0)
+        if rank > self._max_rank:
+            raise AdapterRankUnsupported(
+                f"This model's adapter has LoRA rank {rank}; this server serves ranks up to {self._max_rank} "
+                "(LORAPORT_MAX_SERVING_LORA_RANK). Fine-tune it again with a lower rank, or raise that limit."
+            )
         slot = self._slot_of.get(name)
         if slot is None:
             used = set(self._slot_of.values())
             slot = next((s for s in range(self._capacity) if s not in used), self._capacity)
             if slot >= self._max_slots:
                 raise SlotsFull(f"all {self._max_slots} adapter slots are in use: unload one first")
-        self._fit(slot + 1, max(a.shape[0] for a, _ in pairs.values()))
+        self._fit(slot + 1, rank)
         for path in pairs:
             self._layer(path)
         self._unstage(slot)

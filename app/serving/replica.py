@@ -15,7 +15,7 @@ With `LORAPORT_INFERENCE_REPLICA_TOKEN` set, every request needs `Authorization:
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from app.core.log_setup import configure_logging
 from app.core.settings import Settings, get_settings
 from app.ml.base_models.from_settings import registry_from_settings
 from app.ml.base_models.registry import UnknownBaseModel
+from app.serving.arriving import arriving
 from app.serving.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.serving.errors import EngineError
 from app.serving.factory import build_local_backend
@@ -108,6 +109,16 @@ class _TrackedStream:
             self._end()
             raise
 
+    def poll(self) -> GeneratedToken | None:
+        try:
+            return self._tokens.poll()
+        except BaseException:
+            self._end()
+            raise
+
+    def on_item(self, callback: Callable[[], None]) -> None:
+        self._tokens.on_item(callback)
+
     def cancel(self) -> None:
         self._tokens.cancel()
         self._end()
@@ -149,7 +160,7 @@ async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
 
 async def _lines(tokens: TokenStream) -> AsyncIterator[str]:
     try:
-        while (token := await run_in_threadpool(next, tokens, None)) is not None:
+        async for token in arriving(tokens):  # on the loop: no pool thread waits for tokens
             yield json.dumps(_token_line(token)) + "\n"
     except LoraportError as error:
         yield _error_line(error.body(), error.status_code)

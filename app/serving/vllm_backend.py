@@ -13,7 +13,6 @@ Nothing here imports vLLM at module level, so the pure helpers can be tested on 
 import asyncio
 import hashlib
 import json
-import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,10 +25,9 @@ import structlog
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from app.core.settings import Settings
-from app.ml.base_models.disk_cache import build_once
 from app.ml.base_models.registry import BaseModelRegistry
+from app.serving.adapter_files import AdapterFiles, FetchAdapter
 from app.serving.backend import GeneratedToken, QueuedTokenStream, SamplingParams
-from app.serving.engine import FetchAdapter, adapter_directory_name
 from app.serving.errors import AdapterRankUnsupported
 
 log = structlog.get_logger()
@@ -243,8 +241,10 @@ class VllmEngine:
         self._vllm = _import_vllm()
         self._settings = settings
         self._registry = registry
-        self._fetch_adapter = fetch_adapter
-        self._cache_dir = settings.adapter_cache_dir
+        # vLLM keeps the adapters it loaded in memory; their files are fetched again if the disk cache dropped them.
+        self._files = AdapterFiles(
+            settings.adapter_cache_dir, fetch_adapter, settings.adapter_disk_cache_megabytes * 1024**2
+        )
         self._lora_ids = LoraIds()
         self._bases: dict[str, _Base] = {}
         self._end_ids: dict[str, frozenset[int]] = {}
@@ -293,12 +293,10 @@ class VllmEngine:
         """Delete the adapter's local files. vLLM drops it from its own caches as least recently used; it is not
         removed there now, since a request still generating with it would fail, and a deleted model's requests are
         refused before they get here."""
-        shutil.rmtree(self._cache_dir / adapter_directory_name(adapter_name), ignore_errors=True)
+        self._files.remove(adapter_name)
 
     def _lora_request(self, adapter_name: str) -> Any:
-        # build_once's flock serialises threads as well as processes, so a cold adapter is fetched once.
-        directory = self._cache_dir / adapter_directory_name(adapter_name)
-        build_once(directory, lambda staging: self._fetch_adapter(adapter_name, staging))
+        directory = self._files.path(adapter_name)
         rank = adapter_rank(directory)
         if rank > MAX_LORA_RANK:
             raise AdapterRankUnsupported(

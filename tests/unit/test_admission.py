@@ -54,3 +54,47 @@ def test_a_waiter_that_gives_up_leaves_no_trace():
         (await admission.enter("b")).release()  # neither its place in the queue nor its organisation's share leaked
 
     asyncio.run(scenario())
+
+
+def test_one_organisation_fills_at_most_its_share_of_the_running_slots():
+    async def scenario():
+        admission = Admission(concurrency=4, queue_size=8, per_organization=10, share_per_organization=0.5)
+        greedy = [await admission.enter("greedy") for _ in range(2)]
+        queued = asyncio.create_task(admission.enter("greedy"))  # a third would exceed half of the 4 slots
+        await asyncio.sleep(0)
+        assert not queued.done()
+        polite = await admission.enter("polite")  # another tenant gets in while the first one waits
+        greedy[0].release()
+        third = await queued  # a slot of its own share freed: now it runs
+        for ticket in (greedy[1], third, polite):
+            ticket.release()
+        return admission
+
+    admission = asyncio.run(scenario())
+    assert admission.running_per_organization == 2
+
+
+def test_a_waiter_over_its_share_lets_another_organisations_waiter_pass():
+    async def scenario():
+        admission = Admission(concurrency=2, queue_size=8, per_organization=10, share_per_organization=0.5)
+        greedy = await admission.enter("greedy")
+        blocker = await admission.enter("other")
+        greedy_waiting = asyncio.create_task(admission.enter("greedy"))
+        polite_waiting = asyncio.create_task(admission.enter("polite"))
+        await asyncio.sleep(0)
+        blocker.release()  # one slot frees: "greedy" already fills its share, so "polite" (queued later) gets it
+        await asyncio.sleep(0)
+        admitted = (greedy_waiting.done(), polite_waiting.done())
+        greedy.release()
+        for task in (greedy_waiting, polite_waiting):
+            (await task).release()
+        return admitted
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_the_share_is_at_least_one_slot():
+    assert (
+        Admission(concurrency=1, queue_size=1, per_organization=1, share_per_organization=0.1).running_per_organization
+        == 1
+    )

@@ -13,7 +13,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from app.ml.chat_format import render_prompt_ids
 from app.serving.batching import ContinuousBatcher, TokenStream
+from app.serving.errors import EngineError
 from app.serving.lora_slots import AdapterSlots
+from tests.helpers.waiting import eventually
 
 QUESTIONS = ["Hello!", "What is the capital of France? Tell me a joke.", "How are you today?"]
 ADAPTERS = ["first", "second"]
@@ -329,3 +331,109 @@ def test_log_probabilities_are_the_models_own_for_each_row_of_a_mixed_batch(serv
             best = expected[position].topk(3)
             assert [alternative for alternative, _ in token.top_logprobs] == best.indices.tolist()
             assert [value for _, value in token.top_logprobs] == pytest.approx(best.values.tolist(), abs=1e-4)
+
+
+@pytest.fixture
+def recorded(served) -> Iterator[list[tuple[int, int, int, bool]]]:
+    """Every forward pass as (rows, input columns, attention mask width, holds the token `FILLER`)."""
+    passes: list[tuple[int, int, int, bool]] = []
+
+    def record(module, args, kwargs) -> None:
+        input_ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        passes.append((*input_ids.shape, mask.shape[1], bool((input_ids == FILLER).any())))
+
+    hook = served[0].register_forward_pre_hook(record, with_kwargs=True)
+    yield passes
+    hook.remove()
+
+
+FILLER = 42  # the one token of the long prompts below, found in none of `prompts`
+
+
+def test_a_long_prompt_cancelled_after_its_first_chunk_is_prefilled_no_further(
+    served, stepper, recorded, prompts, eos, reference
+):
+    assert not any(FILLER in prompt for prompt in prompts)
+    batcher = make_batcher(served, max_prefill_tokens=16)
+    try:
+        doomed = greedy(batcher, [FILLER] * 320, "first", eos)  # 20 chunks
+        stepper.allow(1)
+        eventually(lambda: len(recorded) == 1, what="the first chunk")
+
+        doomed.cancel()
+        small = greedy(batcher, prompts[0], None, eos)
+        stepper.allow()
+
+        assert ids(small) == reference(0, None)
+        # The chunk that was waiting for its permit when the client left may run; no later one.
+        assert sum(filler for *_, filler in recorded) <= 2
+    finally:
+        batcher.close()
+
+
+def test_a_long_prefill_stops_at_the_request_deadline(served, stepper, recorded, eos):
+    batcher = make_batcher(served, max_prefill_tokens=16, request_timeout_s=60)
+    now = [0.0]
+    batcher._clock = lambda: now[0]
+    try:
+        late = greedy(batcher, [FILLER] * 320, None, eos)
+        stepper.allow(1)
+        eventually(lambda: len(recorded) == 1, what="the first chunk")
+
+        now[0] = 61.0
+        stepper.allow()
+
+        with pytest.raises(EngineError, match="time limit of 60 s"):
+            ids(late)
+        assert sum(filler for *_, filler in recorded) <= 2
+    finally:
+        batcher.close()
+
+
+def test_short_requests_finish_beside_a_long_prefill_and_are_not_padded_to_its_width(
+    served, stepper, recorded, prompts, eos, reference
+):
+    long_prompt = [FILLER] * 400  # 10 chunks of 40
+    expected = [reference(0, "first", 4), reference(1, "second", 4), reference(2, None, 4)]
+    batcher = make_batcher(served, max_prefill_tokens=40)
+    try:
+        long = greedy(batcher, long_prompt, "first", eos, 3)
+        stepper.allow(1)
+        eventually(lambda: len(recorded) == 1, what="the first chunk")
+
+        shorts = [greedy(batcher, prompts[i], adapter, eos, 4) for i, adapter in enumerate(["first", "second", None])]
+        stepper.allow()
+
+        assert [ids(short) for short in shorts] == expected
+        assert len(ids(long)) == 3
+        last_long_chunk = recorded.index((1, 400 % 40 or 40, len(long_prompt), True))
+        short_decodes = [i for i, (_, columns, width, _) in enumerate(recorded) if columns == 1 and width < 400]
+        assert max(short_decodes) < last_long_chunk  # the short requests were done before the long one began
+        wide_decodes = [rows for rows, columns, width, _ in recorded if columns == 1 and width >= 400]
+        assert wide_decodes and set(wide_decodes) == {1}  # no short row is padded to the long prompt's width
+    finally:
+        batcher.close()
+
+
+def test_a_row_that_expires_as_its_prefill_starts_leaves_its_neighbours_generating_as_alone(
+    served, prompts, eos, reference
+):
+    batcher = make_batcher(served, request_timeout_s=60)
+    now = [0.0]
+    batcher._clock = lambda: now[0]
+    try:
+
+        def submit() -> tuple[TokenStream, TokenStream]:
+            late = greedy(batcher, prompts[1], "first", eos)  # the longer prompt: the survivor's is re-laid out
+            now[0] = 30.0
+            survivor = greedy(batcher, prompts[0], "second", eos)
+            now[0] = 61.0  # past the first request's deadline only
+            return late, survivor
+
+        late, survivor = batcher.run_between_steps(submit)
+
+        with pytest.raises(EngineError, match="time limit"):
+            ids(late)
+        assert ids(survivor) == reference(0, "second")
+    finally:
+        batcher.close()

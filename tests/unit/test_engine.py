@@ -8,8 +8,9 @@ import pytest
 from app.api.generation.engine_errors import http_error
 from app.ml.chat_format import render_prompt_ids
 from app.serving import InferenceEngine
+from app.serving.adapter_files import adapter_directory_name
 from app.serving.backend import SamplingParams
-from app.serving.errors import SlotsBusy
+from app.serving.errors import AdapterRankUnsupported, SlotsBusy
 from tests.helpers.tiny_models import TINY_MODEL_ID, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
@@ -168,3 +169,30 @@ def test_a_pinned_adapter_is_never_evicted(engine):
 
     assert engine.loaded_adapters(TINY_MODEL_ID)[0] == "ft:hot"  # least recently used, and still here
     assert "ft:a" not in engine.loaded_adapters(TINY_MODEL_ID)  # the others took turns in the remaining room
+
+
+def test_adapter_files_past_the_disk_budget_are_deleted_unless_the_adapter_is_in_memory(
+    registry, store, trained_adapter, tmp_path
+):
+    size = sum(path.stat().st_size for path in trained_adapter.rglob("*") if path.is_file())
+    cache = tmp_path / "adapters"
+    engine = InferenceEngine(registry, store, cache_dir=cache, max_adapters=1, max_adapter_disk_bytes=int(1.5 * size))
+    for name in ["ft:a", "ft:b", "ft:c"]:
+        ask(engine, name)
+
+    kept = {entry.name for entry in cache.iterdir() if entry.is_dir() and not entry.name.startswith(".")}
+    # "ft:a" left memory when "ft:b" came; "ft:b" was still in memory when "ft:c" was fetched
+    assert kept == {adapter_directory_name("ft:b"), adapter_directory_name("ft:c")}
+    assert ask(engine, "ft:a").text == "Paris"
+    assert store.fetches == ["ft:a", "ft:b", "ft:c", "ft:a"]
+
+
+def test_an_adapter_above_the_serving_rank_is_refused_with_a_422_naming_the_limit(registry, store, tmp_path):
+    engine = InferenceEngine(registry, store, cache_dir=tmp_path / "adapters", max_lora_rank=8)
+    with pytest.raises(AdapterRankUnsupported) as refused:
+        ask(engine, "ft:rank16")
+
+    error = http_error(refused.value)
+    assert error.status_code == 422 and error.code == "adapter_rank_unsupported"
+    assert "LoRA rank 16; this server serves ranks up to 8" in error.message
+    assert engine.loaded_adapters(TINY_MODEL_ID) == []

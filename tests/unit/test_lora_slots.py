@@ -7,6 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from app.serving.errors import AdapterRankUnsupported
 from app.serving.lora_slots import AdapterSlots, UnsupportedAdapter
 
 CONFIGS = {
@@ -110,3 +111,15 @@ def test_dora_adapters_are_refused(make_model, tmp_path):
     get_peft_model(make_model(), config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedAdapter, match="DoRA"):
         AdapterSlots(make_model().eval(), max_slots=1).load("dora", tmp_path)
+
+
+def test_an_adapter_above_the_serving_rank_is_refused_and_leaves_the_slots_as_they_were(adapter_dirs, make_model):
+    slots = AdapterSlots(make_model().eval(), max_slots=4, max_rank=4)
+    slots.load("narrow", adapter_dirs["narrow"])  # rank 2
+    before = slots.slot_bytes()
+
+    with pytest.raises(AdapterRankUnsupported, match="LoRA rank 8; this server serves ranks up to 4"):
+        slots.load("wide", adapter_dirs["wide"])
+
+    assert slots.slot_bytes() == before  # the rank-2 adapter's slots did not grow to rank 8
+    assert slots.names() == {"narrow"}

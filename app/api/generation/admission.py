@@ -1,9 +1,13 @@
 """Who may use the inference engine now: a bounded number of generations at once, a bounded queue behind
-them, and a cap per organisation. Beyond a bound the request is refused at once with a 429 and a
-`Retry-After`, rather than left to wait without limit (the SDK retries 429s by itself)."""
+them, and caps per organisation. Beyond a bound the request is refused at once with a 429 and a
+`Retry-After`, rather than left to wait without limit (the SDK retries 429s by itself).
+
+Two caps per organisation: the requests it may hold (running and waiting, `per_organization`), and the share of
+the running slots it may fill (`share_per_organization`). The second keeps one tenant from holding every slot:
+its further requests wait while another organisation's request, queued behind them, is admitted first."""
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 
 from app.core.errors import Overloaded
 
@@ -25,11 +29,14 @@ class Ticket:
 class Admission:
     """Used from the event loop only, so its counters need no lock."""
 
-    def __init__(self, concurrency: int, queue_size: int, per_organization: int) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
-        self._queue_size, self._per_organization = queue_size, per_organization
-        self._waiting = 0
+    def __init__(
+        self, concurrency: int, queue_size: int, per_organization: int, share_per_organization: float = 1.0
+    ) -> None:
+        self._concurrency, self._queue_size, self._per_organization = concurrency, queue_size, per_organization
+        self.running_per_organization = max(1, round(share_per_organization * concurrency))
+        self._running: Counter[str] = Counter()  # generations running, per organisation
         self._held: Counter[str] = Counter()  # requests running or waiting, per organisation
+        self._queue: deque[tuple[str, asyncio.Future[None]]] = deque()  # waiters, first come first
 
     async def enter(self, organization_id: str) -> Ticket:
         if self._held[organization_id] >= self._per_organization:
@@ -38,19 +45,45 @@ class Admission:
                 "retry when one has finished",
                 _RETRY_AFTER_S,
             )
-        if self._slots.locked() and self._waiting >= self._queue_size:
+        if self._may_run(organization_id):  # then none of its requests waits: `_dispatch` would have let it in
+            self._start(organization_id)
+            return Ticket(self, organization_id)
+        if len(self._queue) >= self._queue_size:
             raise Overloaded("The server is busy: too many completion requests are waiting", _RETRY_AFTER_S)
         self._held[organization_id] += 1
-        self._waiting += 1
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((organization_id, admitted))
         try:
-            await self._slots.acquire()
+            await admitted
         except BaseException:  # cancelled while waiting: the client went away
-            self._held[organization_id] -= 1
+            if admitted.done() and not admitted.cancelled():  # admitted just before: give the slot back
+                self._leave(organization_id)
+            else:
+                self._queue.remove((organization_id, admitted))
+                self._held[organization_id] -= 1
             raise
-        finally:
-            self._waiting -= 1
         return Ticket(self, organization_id)
+
+    def _may_run(self, organization_id: str) -> bool:
+        return (
+            self._running.total() < self._concurrency and self._running[organization_id] < self.running_per_organization
+        )
+
+    def _start(self, organization_id: str) -> None:
+        self._running[organization_id] += 1
+        self._held[organization_id] += 1
 
     def _leave(self, organization_id: str) -> None:
         self._held[organization_id] -= 1
-        self._slots.release()
+        self._running[organization_id] -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Admit waiters in order, skipping those whose organisation already fills its share."""
+        for organization_id, admitted in list(self._queue):
+            if self._running.total() >= self._concurrency:
+                return
+            if self._running[organization_id] < self.running_per_organization:
+                self._queue.remove((organization_id, admitted))
+                self._running[organization_id] += 1  # its `held` was counted when it began to wait
+                admitted.set_result(None)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
+from app.serving.arriving import arriving
 from app.serving.backend import GeneratedToken, InferenceBackend, SamplingParams, TokenStream
 from app.serving.detokenize import Detokenizer, FinishReason
 
@@ -86,12 +87,14 @@ async def _read(
     text = Detokenizer(engine.tokenizer(request.base_model_id), end_ids, request.stop)
     pending: list[GeneratedToken] = []  # tokens whose text has not been sent with a delta yet
     try:
-        while not text.finished and (token := await run_in_threadpool(next, tokens, None)) is not None:
+        async for token in arriving(tokens):  # on this loop: no thread of the shared pool waits for tokens
             if token.id not in end_ids:
                 pending.append(token)
             if delta := text.feed(token.id):
                 deltas.put_nowait(ChoiceDelta(index, delta, None, tuple(pending)))
                 pending.clear()
+            if text.finished:
+                break
     except Exception as error:
         deltas.put_nowait(error)
         return
