@@ -23,6 +23,7 @@ the end. Loopback only; the API process is found by its command line to read its
 
 import argparse
 import asyncio
+import io
 import json
 import re
 import statistics
@@ -115,7 +116,7 @@ def _client(base_url: str, key: str | None, timeout: float = 120) -> httpx.Async
     )
 
 
-async def _upload(client: httpx.AsyncClient, content: bytes | AsyncIterator[bytes], name: str) -> httpx.Response:
+async def _upload(client: httpx.AsyncClient, content: bytes | io.RawIOBase, name: str) -> httpx.Response:
     files = {"file": (name, content, "application/jsonl")}
     return await client.post("/v1/files", files=files, data={"purpose": "fine-tune"}, timeout=600)
 
@@ -163,10 +164,22 @@ async def _zeros(total: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _jsonl_stream(total_bytes: int) -> AsyncIterator[bytes]:
-    block = _dataset(2000, words=4)
-    for _ in range(max(1, total_bytes // len(block))):
-        yield block
+class _RepeatedJsonl(io.RawIOBase):
+    """`total_bytes` of valid examples, made as they are read: a 1 GB upload without 1 GB in memory or on disk."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.block = _dataset(2000, words=4)
+        self.left = max(1, total_bytes // len(self.block)) * len(self.block)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        offset = (len(self.block) - self.left % len(self.block)) % len(self.block)
+        size = len(self.block) - offset if size < 0 else min(size, len(self.block) - offset)
+        chunk = self.block[offset : offset + min(size, self.left)]
+        self.left -= len(chunk)
+        return chunk
 
 
 async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, upload_mb: int) -> list[str]:
@@ -203,7 +216,7 @@ async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, u
     if large.status_code == 200:
         evaluation = await a.post("/v1/evaluations", json={"model": MODEL, "file": large.json()["id"]})
         phase.abuse["evaluation of the large file"][evaluation.status_code] += 1
-    gigabyte = await _upload(a, _jsonl_stream(upload_mb * 1_000_000), "gigabyte.jsonl")
+    gigabyte = await _upload(a, _RepeatedJsonl(upload_mb * 1_000_000), "gigabyte.jsonl")
     phase.abuse[f"{upload_mb} MB upload"][gigabyte.status_code] += 1
     await stop.wait()
     await asyncio.gather(*running)
