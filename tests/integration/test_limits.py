@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.files.form_stream import MAX_FORM_BYTES
 from app.api.main import create_app
 from app.api.orgs.rate_limit import WINDOW_SECONDS, RateLimiter
 from app.core.db import transaction
@@ -256,6 +257,26 @@ def test_a_multipart_upload_whose_boundary_holds_json_is_not_a_json_body(setting
         answer = api.post("/v1/files", content=body, headers=headers)
 
     assert answer.status_code == 200, answer.text
+
+
+def test_an_upload_with_hundreds_of_large_form_fields_is_refused_naming_the_limit(
+    http: httpx.Client, settings: Settings
+) -> None:
+    padding = {f"field{i}": "x" * 60_000 for i in range(300)}  # the audit's 18 MB of fields, once all kept
+
+    direct = http.post("/v1/files", files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune", **padding})
+    upload = http.post(
+        "/v1/uploads",
+        json={"filename": "t.jsonl", "purpose": "fine-tune", "bytes": len(chat_jsonl()), "mime_type": "text/plain"},
+    ).json()
+    part = http.post(f"/v1/uploads/{upload['id']}/parts", files={"data": ("part", chat_jsonl())}, data=padding)
+    http.post(f"/v1/uploads/{upload['id']}/cancel")
+
+    for answer in (direct, part):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"]["code"] == "form_too_large"
+        assert f"larger than {MAX_FORM_BYTES} bytes" in answer.json()["error"]["message"]
+    assert http.get("/v1/files").json()["data"] == []
 
 
 def test_a_dataset_line_nested_past_the_limit_is_refused_by_line_on_both_upload_paths(http: httpx.Client) -> None:
