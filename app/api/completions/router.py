@@ -41,8 +41,8 @@ async def create_completion(
     params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
     pieces = TokenPieces(prompts.tokenizer) if body.logprobs is not None else None
     works = [
-        ChoiceRequest(model.base_model, model.adapter_prefix, ids, params, body.stop_list(), body.n)
-        for ids in prompts.ids
+        ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
+        for prompt_ids in prompts.ids
     ]
     ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
