@@ -1,10 +1,21 @@
-"""Ceilings on JSON request bodies (chat, completions, jobs, evaluations): they are small and shallow, so one of
-many megabytes is a mistake or an attack, refused with 413 before it is held in memory, and one nested deeper than
-`max_depth` is refused with 400 before the parser recurses into it (Python's would raise RecursionError near 1000
-levels, and code walking the parsed value recursively sooner). Files stream in as multipart and are bounded by their
-own limits (`max_upload_bytes`, `max_line_bytes`, and the same depth per line)."""
+"""Ceilings on request bodies, applied before any route or authentication reads one.
+
+FastAPI reads a route's whole body before it resolves the route's dependencies, authentication included, and a
+body that is not JSON is refused only after that: an unauthenticated 8 GiB `text/plain` POST would be held in memory
+whole before its 401. So every body is read here, whatever its content type, up to `max_bytes` (a declared
+Content-Length over it is refused with 0 bytes read), and one larger is a 413. The bodies the API parses are small
+(chat, completions, jobs, evaluations, keys, the dashboard's login form), so one of many megabytes is a mistake or an
+attack. A JSON body nested deeper than `max_depth` is refused with 400 before the parser recurses into it (Python's
+would raise RecursionError near 1000 levels, and code walking the parsed value recursively sooner).
+
+Only the multipart uploads (`streamed`: `POST /v1/files`, `POST /v1/uploads/{id}/parts`) pass untouched: their routes
+authenticate before reading, stream the file part to storage and bound it by their own limits (`max_upload_bytes`,
+`max_line_bytes`, the same depth per line, and a cap on the form's other fields). Any other body sent to them, or a
+multipart body sent elsewhere, is bounded like the rest."""
 
 import json
+import re
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,20 +23,26 @@ from app.core.errors import InvalidRequest, LoraportError, PayloadTooLarge
 from app.core.json_depth import nests_deeper_than
 
 
-class JsonBodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int) -> None:
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int, streamed: Sequence[str] = ()) -> None:
+        """`streamed`: regular expressions of the paths whose POSTed multipart bodies their routes stream."""
         self.app = app
         self.max_bytes = max_bytes
         self.max_depth = max_depth
+        self.streamed = [re.compile(path) for path in streamed]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", ())) if scope["type"] == "http" else {}
-        if not _is_json(headers.get(b"content-type", b"")):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        content_type = headers.get(b"content-type", b"")
+        if self._streams(scope, content_type):
             await self.app(scope, receive, send)
             return
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(self._too_large(), scope, receive, send)
+            await self._refuse_unread(scope, receive, send)
             return
         # The body is read here, up to the ceiling (a chunked one never says its length), then handed on whole:
         # the route would hold it whole to parse it anyway.
@@ -39,10 +56,10 @@ class JsonBodyLimit:
             received += len(chunks[-1])
             more = message.get("more_body", False)
             if received > self.max_bytes:
-                await self._refuse(self._too_large(), scope, receive, send)
+                await self._refuse_unread(scope, receive, send)
                 return
         body = b"".join(chunks)
-        if nests_deeper_than(_as_utf8(body), self.max_depth):
+        if _is_json(content_type) and nests_deeper_than(_as_utf8(body), self.max_depth):
             await self._refuse(self._too_deep(), scope, receive, send)
             return
         replayed = False
@@ -56,11 +73,23 @@ class JsonBodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> LoraportError:
-        return PayloadTooLarge(
-            f"The JSON body is larger than {self.max_bytes} bytes, the most this server reads; send less",
+    def _streams(self, scope: Scope, content_type: bytes) -> bool:
+        """Whether this is a multipart upload that its route streams under its own limits."""
+        if scope.get("method") != "POST" or _media_type(content_type) != b"multipart/form-data":
+            return False
+        return any(path.fullmatch(scope.get("path", "")) for path in self.streamed)
+
+    async def _refuse_unread(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A 413 that closes the connection: the rest of the body is never read, so the client stops sending it
+        (a kept-alive connection would have the server read and discard it all)."""
+        error = PayloadTooLarge(
+            f"The request body is larger than {self.max_bytes} bytes, the most this server reads here; send less "
+            "(datasets go to /v1/files or /v1/uploads as multipart/form-data)",
             code="request_too_large",
         )
+        response = error.response()
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
     def _too_deep(self) -> LoraportError:
         return InvalidRequest(
@@ -74,10 +103,14 @@ class JsonBodyLimit:
         await error.response()(scope, receive, send)
 
 
+def _media_type(content_type: bytes) -> bytes:
+    return content_type.partition(b";")[0].strip().lower()
+
+
 def _is_json(content_type: bytes) -> bool:
-    """Whether the route will parse the body as JSON: FastAPI's own test, so that `Application/JSON` is bounded too
+    """Whether the route will parse the body as JSON: FastAPI's own test, so that `Application/JSON` is checked too
     and a multipart upload whose boundary happens to hold "json" is not."""
-    media_type = content_type.partition(b";")[0].strip().lower()
+    media_type = _media_type(content_type)
     return media_type.startswith(b"application/") and media_type.endswith((b"/json", b"+json"))
 
 

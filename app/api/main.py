@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.body_limit import JsonBodyLimit
+from app.api.body_limit import BodyLimit
 from app.api.chat.router import router as chat_router
 from app.api.completions.router import router as completions_router
 from app.api.dashboard import install_dashboard
@@ -26,6 +26,9 @@ from app.core.settings import Settings, get_settings
 from app.ml.base_models.from_settings import registry_from_settings
 from app.serving.factory import build_inference_backend, replica_urls
 from app.serving.warmup import AdapterWarmer, pin_models_in_background
+
+# The routes that stream a multipart body under their own limits; every other body is bounded by `BodyLimit`.
+_STREAMED_UPLOADS = (r"/v1/files/?", r"/v1/uploads/[^/]+/parts/?")
 
 
 @asynccontextmanager
@@ -67,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_engine_error_handler(app)
-    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth, streamed=_STREAMED_UPLOADS
+    )
     routers = (
         health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
         completions_router, api_keys_router,

@@ -11,7 +11,9 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.files.form_stream import MAX_FORM_BYTES
 from app.api.main import create_app
 from app.api.orgs.rate_limit import WINDOW_SECONDS, RateLimiter
 from app.core.db import transaction
@@ -77,6 +79,101 @@ def test_a_json_body_over_the_ceiling_is_413_whether_or_not_it_says_its_length(
     for answer in (declared, chunked):
         assert answer.status_code == 413, answer.text
         assert answer.json()["error"]["code"] == "request_too_large"
+
+
+class BodyMeter:
+    """The app, counting the body bytes it reads of each request: what the server pulled off the socket."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.read: list[int] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.read.append(0)
+        index = len(self.read) - 1
+
+        async def counted() -> Message:
+            message = await receive()
+            self.read[index] += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+@pytest.fixture(scope="module")
+def metered(settings: Settings) -> Iterator[tuple[str, BodyMeter]]:
+    meter = BodyMeter(create_app(settings))
+    with serving(meter) as url:
+        yield url, meter
+
+
+class Zeros:
+    """A request body of `size` zero bytes, made as it is sent, counting how much of it the client had to send."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunk = bytes(65536)
+        while self.pulled < self.size:
+            self.pulled += len(chunk)
+            yield chunk
+
+
+HUGE = 64 * 1024**2
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
+def test_an_unauthenticated_huge_text_body_is_refused_after_reading_at_most_the_ceiling(
+    metered: tuple[str, BodyMeter], settings: Settings, declared: bool
+) -> None:
+    url, meter = metered
+    body = Zeros(HUGE)
+    headers = {"Content-Type": "text/plain"} | ({"Content-Length": str(HUGE)} if declared else {})
+
+    answer = httpx.post(f"{url}/v1/chat/completions", content=iter(body), headers=headers, timeout=60)
+
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "request_too_large"
+    ceiling = settings.max_json_body_bytes
+    # The server reads the ceiling and the network chunk that crossed it (uvicorn hands on up to 64 KiB and what one
+    # socket read brings on top), or nothing when the declared length is over it.
+    assert meter.read[-1] == 0 if declared else ceiling < meter.read[-1] <= ceiling + 2**20
+    # What the client sent beyond the server's reads sat in socket buffers; it never had to send it all.
+    assert body.pulled < HUGE / 2
+
+
+def test_a_non_multipart_body_to_an_upload_route_is_bounded_too(
+    metered: tuple[str, BodyMeter], settings: Settings, org_key: str
+) -> None:
+    url, meter = metered
+    headers = {"Authorization": f"Bearer {org_key}", "Content-Type": "application/octet-stream"}
+
+    answer = httpx.post(f"{url}/v1/files", content=iter(Zeros(HUGE)), headers=headers, timeout=60)
+
+    assert answer.status_code == 413, answer.text
+    assert meter.read[-1] <= settings.max_json_body_bytes + 2**20
+
+
+def test_a_multipart_upload_past_the_body_ceiling_streams_to_its_route(settings: Settings, org_key: str) -> None:
+    data = chat_jsonl() * 20
+    headers = {"Authorization": f"Bearer {org_key}"}
+
+    with TestClient(create_app(settings.model_copy(update={"max_json_body_bytes": 150})), headers=headers) as api:
+        upload = api.post(
+            "/v1/uploads",
+            json={"filename": "t.jsonl", "purpose": "fine-tune", "bytes": len(data), "mime_type": "text/plain"},
+        )
+        part = api.post(f"/v1/uploads/{upload.json()['id']}/parts", files={"data": ("part", data)})
+        login = api.post("/login", data={"api_key": "x" * 200})
+        api.post(f"/v1/uploads/{upload.json()['id']}/cancel")
+
+    assert upload.status_code == 200 and part.status_code == 200, part.text
+    assert login.status_code == 413, login.text  # a form that is not an upload is bounded like any body
 
 
 JSON = {"Content-Type": "application/json"}
@@ -160,6 +257,26 @@ def test_a_multipart_upload_whose_boundary_holds_json_is_not_a_json_body(setting
         answer = api.post("/v1/files", content=body, headers=headers)
 
     assert answer.status_code == 200, answer.text
+
+
+def test_an_upload_with_hundreds_of_large_form_fields_is_refused_naming_the_limit(
+    http: httpx.Client, settings: Settings
+) -> None:
+    padding = {f"field{i}": "x" * 60_000 for i in range(300)}  # the audit's 18 MB of fields, once all kept
+
+    direct = http.post("/v1/files", files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune", **padding})
+    upload = http.post(
+        "/v1/uploads",
+        json={"filename": "t.jsonl", "purpose": "fine-tune", "bytes": len(chat_jsonl()), "mime_type": "text/plain"},
+    ).json()
+    part = http.post(f"/v1/uploads/{upload['id']}/parts", files={"data": ("part", chat_jsonl())}, data=padding)
+    http.post(f"/v1/uploads/{upload['id']}/cancel")
+
+    for answer in (direct, part):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"]["code"] == "form_too_large"
+        assert f"larger than {MAX_FORM_BYTES} bytes" in answer.json()["error"]["message"]
+    assert http.get("/v1/files").json()["data"] == []
 
 
 def test_a_dataset_line_nested_past_the_limit_is_refused_by_line_on_both_upload_paths(http: httpx.Client) -> None:

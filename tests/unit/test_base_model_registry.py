@@ -82,3 +82,9 @@ def test_failed_s3_fetch_leaves_no_half_written_model(tmp_path):
     with pytest.raises(ConnectionError):
         registry.materialize("remote")
     assert not any(entry.is_dir() for entry in os.scandir(tmp_path / "cache"))
+
+
+def test_the_context_length_is_the_model_s_position_count(tmp_path, base_models_file):
+    registry = BaseModelRegistry(cache_dir=tmp_path, extra_models_file=base_models_file)
+
+    assert registry.context_length(TINY_MODEL_ID) == 512  # max_position_embeddings of tests/helpers/tiny_models.py

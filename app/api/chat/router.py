@@ -5,17 +5,15 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.api.chat.schemas import ChatCompletion, ChatCompletionCreate, Choice, Usage
 from app.api.deps import AdmissionDep, BackendDep, OrgDep, RegistryDep, SessionDep, SettingsDep
 from app.api.generation.choices import ChoiceRequest, choice_deltas, whole_choices
 from app.api.generation.logprobs import TokenPieces, chat_logprobs
-from app.api.generation.streaming import ChunkEnvelope, checked_limits, event_stream, within_timeout
-from app.api.models.service import resolve
+from app.api.generation.prompts import PromptAsk, prepare_prompts
+from app.api.generation.streaming import ChunkEnvelope, event_stream, within_timeout
 from app.core import ids
 from app.core.errors import InvalidRequest
-from app.ml.chat_format import render_prompt_ids
 from app.serving.backend import InferenceBackend, SamplingParams
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -32,17 +30,16 @@ async def create_chat_completion(
     admission: AdmissionDep,
 ) -> ChatCompletion | StreamingResponse:
     """Answer with a base model, or with a fine-tuned model's adapter applied to its base."""
-    max_tokens = checked_limits(settings, body.max_completion_tokens or body.max_tokens, body.n)
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-    model = resolve(session, registry, org, body.model)
-    session.close()  # generation can take seconds; hold no database connection meanwhile
-    tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
-    prompt_ids = render_prompt_ids(tokenizer, [message.as_plain() for message in body.messages])
+    conversation = [message.as_plain() for message in body.messages]
+    ask = PromptAsk(body.model, [conversation], body.max_completion_tokens or body.max_tokens, body.n, "chat")
+    prompts = await prepare_prompts(ask, org, session, settings, registry, engine)
+    model = prompts.model
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, logprobs)
-    work = ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
-    pieces = TokenPieces(tokenizer) if body.logprobs else None
+    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, logprobs)
+    work = ChoiceRequest(model.base_model, model.adapter_prefix, prompts.ids[0], params, body.stop_list(), body.n)
+    pieces = TokenPieces(prompts.tokenizer) if body.logprobs else None
     ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope(
         "chat.completion.chunk", ids.new_id("chatcmpl"), int(time.time()), model.id, body.include_usage

@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TextPart(BaseModel):
@@ -22,6 +22,12 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+# OpenAI documents no bound on a stop sequence's length; stop sequences are words or markers, and each one is compared
+# with the end of every choice's text at every token, so megabytes of them would stall generation.
+MAX_STOP_CHARACTERS = 256
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -35,11 +41,24 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = Field(default=None, max_length=4)
+    stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _bounded_stop(cls, stop: object) -> object:
+        """A clear refusal naming the limit, before the union's type checks would say less."""
+        if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences; {len(stop)} were sent")
+        for sequence in [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []:
+            if isinstance(sequence, str) and len(sequence) > MAX_STOP_CHARACTERS:
+                raise ValueError(
+                    f"a stop sequence may be at most {MAX_STOP_CHARACTERS} characters long; one is {len(sequence)}"
+                )
+        return stop
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -9,17 +9,15 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.api.chat.schemas import Usage
 from app.api.completions.schemas import Completion, CompletionChoice, CompletionCreate
 from app.api.deps import AdmissionDep, BackendDep, OrgDep, RegistryDep, SessionDep, SettingsDep
 from app.api.generation.choices import ChoiceRequest, WholeChoice, choice_deltas, whole_choices
 from app.api.generation.logprobs import TokenPieces, completion_logprobs
-from app.api.generation.streaming import ChunkEnvelope, checked_limits, event_stream, within_timeout
-from app.api.models.service import resolve
+from app.api.generation.prompts import PromptAsk, prepare_prompts
+from app.api.generation.streaming import ChunkEnvelope, event_stream, within_timeout
 from app.core import ids
-from app.ml.chat_format import render_prompt_ids
 from app.serving.backend import InferenceBackend, SamplingParams
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -35,19 +33,17 @@ async def create_completion(
     engine: BackendDep,
     admission: AdmissionDep,
 ) -> Completion | StreamingResponse:
-    max_tokens = checked_limits(settings, body.max_tokens, body.n * len(body.prompts()))
-    model = resolve(session, registry, org, body.model)
-    session.close()
-    tokenizer = await run_in_threadpool(engine.tokenizer, model.base_model)
-    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
-    pieces = TokenPieces(tokenizer) if body.logprobs is not None else None
+    """Complete each prompt, sent as one user turn, with a base or fine-tuned model."""
+    conversations = [[{"role": "user", "content": prompt}] for prompt in body.prompts()]
+    ask = PromptAsk(body.model, conversations, body.max_tokens, body.n * len(conversations), "completions")
+    prompts = await prepare_prompts(ask, org, session, settings, registry, engine)
+    model = prompts.model
+    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
+    pieces = TokenPieces(prompts.tokenizer) if body.logprobs is not None else None
     works = [
-        ChoiceRequest(
-            model.base_model, model.adapter_prefix, render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]),
-            params, body.stop_list(), body.n,
-        )
-        for prompt in body.prompts()
-    ]  # fmt: skip
+        ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
+        for prompt_ids in prompts.ids
+    ]
     ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
     if body.stream:

@@ -1,5 +1,10 @@
 """Reading a multipart/form-data upload as it arrives: the file part goes to a sink chunk by chunk,
-so no upload is ever held whole in memory or spooled to disk first."""
+so no upload is ever held whole in memory or spooled to disk first.
+
+Everything else in the form is small: the route's few fields (`purpose`) and each part's headers. Only the fields the
+route names are kept, and all of it together is capped (`MAX_FORM_BYTES`, `MAX_FORM_PARTS`), so that a form of
+thousands of fields, or of one endless header, is refused rather than held (the file part is bounded by the sink).
+"""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -8,9 +13,10 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.core.errors import InvalidRequest
+from app.core.errors import InvalidRequest, PayloadTooLarge
 
-_MAX_FIELD_BYTES = 64 * 1024
+MAX_FORM_BYTES = 64 * 1024  # the parts' headers and every field but the file, together
+MAX_FORM_PARTS = 16  # OpenAI's SDK sends `file`, `purpose` and at most a few optional fields
 _HANDOFF_BYTES = 1024 * 1024  # batch network chunks before handing them to the (blocking) sink
 
 FileSink = Callable[[bytes], Awaitable[None]]
@@ -40,20 +46,43 @@ def _boundary(request: Request) -> bytes:
     return params[b"boundary"]
 
 
-async def stream_form(request: Request, file_field: str, sink: FileSink) -> StreamedForm:
-    """Parses the body, passing the bytes of `file_field` to `sink` and collecting the other fields."""
+async def stream_form(request: Request, file_field: str, sink: FileSink, fields: tuple[str, ...] = ()) -> StreamedForm:
+    """Parses the body, passing the bytes of `file_field` to `sink` and keeping the `fields` the route reads; other
+    parts are read past and dropped."""
     form = StreamedForm()
     part = _Part()
     pending: list[bytes] = []
+    parts = small_bytes = 0
+    ended = False  # past the closing boundary, where the parser skips whatever else comes
+
+    def count(size: int) -> None:
+        nonlocal small_bytes
+        small_bytes += size
+        if small_bytes > MAX_FORM_BYTES:
+            raise PayloadTooLarge(
+                f"The form's fields and part headers, all but the '{file_field}' part's content, are larger than "
+                f"{MAX_FORM_BYTES} bytes, the most this server reads; send only '{file_field}'"
+                + "".join(f" and '{name}'" for name in fields),
+                code="form_too_large",
+            )
 
     def on_part_begin() -> None:
-        nonlocal part
+        nonlocal part, parts
         part = _Part()
+        parts += 1
+        if parts > MAX_FORM_PARTS:
+            raise InvalidRequest(
+                f"The form has more than {MAX_FORM_PARTS} parts, the most this server reads; send only "
+                f"'{file_field}'" + "".join(f" and '{name}'" for name in fields),
+                code="too_many_form_parts",
+            )
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count(end - start)
         part.header_field += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count(end - start)
         part.header_value += data[start:end]
 
     def on_header_end() -> None:
@@ -75,13 +104,17 @@ async def stream_form(request: Request, file_field: str, sink: FileSink) -> Stre
         if part.is_file:
             pending.append(data[start:end])
             return
-        part.value += data[start:end]
-        if len(part.value) > _MAX_FIELD_BYTES:
-            raise InvalidRequest(f"The form field '{part.name}' is too long", param=part.name)
+        count(end - start)
+        if part.name in fields:
+            part.value += data[start:end]
 
     def on_part_end() -> None:
-        if not part.is_file and part.name:
+        if part.name in fields:
             form.fields[part.name] = part.value.decode("utf-8", "replace")
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
 
     parser = MultipartParser(
         _boundary(request),
@@ -93,6 +126,7 @@ async def stream_form(request: Request, file_field: str, sink: FileSink) -> Stre
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
 
@@ -104,6 +138,8 @@ async def stream_form(request: Request, file_field: str, sink: FileSink) -> Stre
 
     try:
         async for chunk in request.stream():
+            if ended:
+                count(len(chunk))
             parser.write(chunk)
             await hand_off(_HANDOFF_BYTES)
         parser.finalize()

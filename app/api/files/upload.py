@@ -29,7 +29,9 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
     validator = validator_for(settings)
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
-        form = await stream_form(request, "file", lambda chunk: run_in_threadpool(ingest.feed, chunk))
+        form = await stream_form(
+            request, "file", lambda chunk: run_in_threadpool(ingest.feed, chunk), fields=("purpose",)
+        )
         if not form.file_seen:
             raise InvalidRequest("Missing the multipart field 'file'", param="file")
         purpose = check_purpose(form.fields.get("purpose"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.base_models.disk_cache import build_once
 from app.ml.base_models.gguf_import import convert_gguf, packaged_gguf
@@ -103,6 +103,7 @@ class BaseModelRegistry:
         extras = read_extra_models(extra_models_file) if extra_models_file else []
         self._specs = {spec.id: spec for spec in [SMOLLM2_135M_INSTRUCT, *extras]}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._contexts: dict[str, int] = {}
 
     def ids(self) -> list[str]:
         return list(self._specs)
@@ -134,6 +135,15 @@ class BaseModelRegistry:
         if model_id not in self._tokenizers:
             self._tokenizers[model_id] = AutoTokenizer.from_pretrained(self.materialize(model_id))
         return self._tokenizers[model_id]
+
+    def context_length(self, model_id: str) -> int:
+        """The tokens the model attends to, prompt and completion together: its config's `max_position_embeddings`
+        (what vLLM serves as `max_model_len`), else the spec's `max_seq_length`; kept once read."""
+        if model_id not in self._contexts:
+            config = AutoConfig.from_pretrained(self.materialize(model_id)).get_text_config()
+            positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+            self._contexts[model_id] = int(positions or self.get(model_id).max_seq_length)
+        return self._contexts[model_id]
 
     def load(
         self, model_id: str, device: str = "cpu", dtype: torch.dtype | None = None, quantization: str | None = None
