@@ -6,6 +6,7 @@ from starlette.requests import Request
 from app.api.files.form_stream import stream_form
 from app.api.files.ingest import FileIngest
 from app.api.files.service import ReceivedFile, check_purpose
+from app.api.quotas import StorageRoom
 from app.core import ids
 from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.core.settings import Settings
@@ -27,9 +28,10 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
     file_id = ids.file_id()
     storage_key = file_key(org.id, file_id)
     validator = validator_for(settings)
+    room = StorageRoom(settings, org.id)
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
-        form = await stream_form(request, "file", lambda chunk: run_in_threadpool(ingest.feed, chunk))
+        form = await stream_form(request, "file", lambda chunk: run_in_threadpool(ingest.feed, room.take(chunk)))
         if not form.file_seen:
             raise InvalidRequest("Missing the multipart field 'file'", param="file")
         purpose = check_purpose(form.fields.get("purpose"))
