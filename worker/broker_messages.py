@@ -41,11 +41,22 @@ def _parsed(entries: Iterable[bytes]) -> list:
     return parsed
 
 
+_QUEUES = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+
+
 def work_with_messages(redis_url: str) -> set[str]:
     """The ids of the jobs and evaluations with a message in the broker (their prefixes tell them apart)."""
     with redis_client(redis_url) as client:
-        queues = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
-        waiting = _parsed(message for queue in queues for message in client.lrange(queue, 0, -1))
+        waiting = _parsed(message for queue in _QUEUES for message in client.lrange(queue, 0, -1))
         # an unacknowledged entry is [message, exchange, routing key]
         delivered = [entry[0] for entry in _parsed(client.hvals(_UNACKED)) if isinstance(entry, list) and entry]
     return _work_ids(m for m in [*waiting, *delivered] if isinstance(m, dict))
+
+
+def waiting_doorbells(redis_url: str) -> list[str]:
+    """The job ids of the training messages not yet delivered, once per message: each will wake a worker that
+    claims the next job in fair order (`app.core.fair_queue`), whichever job it names."""
+    with redis_client(redis_url) as client:
+        waiting = _parsed(message for queue in _QUEUES for message in client.lrange(queue, 0, -1))
+    task_ids = (_task_id(message) for message in waiting if isinstance(message, dict))
+    return [job_id for task_id in task_ids if task_id and (job_id := job_id_of_task(task_id))]

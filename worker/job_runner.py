@@ -82,7 +82,8 @@ def _check_datasets(settings: Settings, job_id: str) -> None:
         store_for(settings).head(key)
 
 
-def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> None:
+def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str, claimed: int | None = None) -> None:
+    """Runs the job, claiming it first unless the fair queue claimed it already (`claimed`: that attempt)."""
     url = settings.require("database_url")
     with transaction(url) as session:
         job = session.get(FineTuningJob, job_id)
@@ -92,7 +93,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str) -> Non
         return
     try:
         with transaction(url) as session:
-            attempt = JOBS.claim(session, job_id, settings.job_lease_seconds)
+            attempt = claimed or JOBS.claim(session, job_id, settings.job_lease_seconds)
         if attempt is None:
             log.info("jobs.claim.lost", job_id=job_id)
             return

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from app.core import job_state
@@ -14,7 +15,7 @@ from app.core.db import transaction
 from app.core.lifecycle import EVALUATIONS, JOBS, Lifecycle, Status
 from app.core.queue import enqueue_evaluation, enqueue_training
 from app.core.settings import Settings
-from worker.broker_messages import work_with_messages
+from worker.broker_messages import waiting_doorbells, work_with_messages
 
 log = structlog.get_logger()
 AFTER_OUTAGE = "Sent to a worker again after the outage"
@@ -78,18 +79,24 @@ def redispatch_lost(settings: Settings) -> list[str]:
     given back after an outage once their `retry_at` has passed, and jobs an older version left `validating_files`.
     The broker is read first: work queued meanwhile has its message already.
 
+    A training message is a doorbell (`app.core.fair_queue`): a job whose own message woke a worker that ran another
+    job is served by that job's message, still waiting in the queue; so jobs are sent again only beyond the queue's
+    spare doorbells, those whose own job no longer waits.
+
     A message taken by a worker in the instant between leaving the queue and entering `unacked` can make this send
     a duplicate, which does nothing (the work can be claimed once).
     """
     in_broker = work_with_messages(settings.require("redis_url"))
+    doorbells = waiting_doorbells(settings.require("redis_url"))
     now = datetime.now(UTC)
     with transaction(settings.require("database_url")) as session:
-        due = [
+        waiting = [
             (kind, row)
             for kind in _KINDS
             for row in kind.lifecycle.waiting_rows(session)
-            if row.id not in in_broker and not (row.retry_at and row.retry_at > now)
+            if not (row.retry_at and row.retry_at > now)
         ]
+    due = _beyond_spare_doorbells([(kind, row) for kind, row in waiting if row.id not in in_broker], waiting, doorbells)
     for kind, row in due:
         kind.enqueue(settings, row.id)
         log.info("reaper.redispatched", id=row.id)
@@ -101,3 +108,14 @@ def redispatch_lost(settings: Settings) -> list[str]:
                 else:
                     kind.tell(session, row.id, AFTER_OUTAGE if row.retry_at else NO_MESSAGE.format(kind.noun))
     return [row.id for _, row in due]
+
+
+_Waiting = list[tuple[_Kind, Row[tuple[str, str, datetime | None]]]]
+
+
+def _beyond_spare_doorbells(lost: _Waiting, waiting: _Waiting, doorbells: list[str]) -> _Waiting:
+    """`lost` less as many jobs as there are doorbells in the queue whose own job no longer waits."""
+    waiting_jobs = {row.id for kind, row in waiting if kind.lifecycle is JOBS}
+    spare = sum(1 for job_id in doorbells if job_id not in waiting_jobs)
+    lost_jobs = [(kind, row) for kind, row in lost if kind.lifecycle is JOBS]
+    return [(kind, row) for kind, row in lost if kind.lifecycle is not JOBS] + lost_jobs[spare:]

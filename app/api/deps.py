@@ -9,7 +9,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.orm import Session
 
 from app.api.generation.admission import Admission
-from app.api.orgs.rate_limit import RateLimiter
+from app.api.orgs.rate_limit import RateLimiter, charge_organization
 from app.core.db import run_after_commit, run_after_rollback, session_factory, transaction
 from app.core.errors import PermissionDenied
 from app.core.keys import Caller, authenticate, digest
@@ -100,6 +100,7 @@ def current_caller(
     key = credentials.credentials if credentials else cookie_key
     caller = caller_of(settings, key)
     rate_limiter.charge(digest(key or ""))
+    charge_organization(rate_limiter, caller.org.id, settings.rate_limit_per_minute_per_organization)
     return caller
 
 

@@ -2,7 +2,8 @@
 
 The openai SDK retries 408/409/429/5xx on its own, so a create that committed but whose answer was
 lost would otherwise run twice. Keys are per organisation; the same key with another request is a 422.
-A replayed file is the stored answer; a replayed job is that job as it is now (its status moves on).
+A replayed file is the stored answer; a replayed job is that job as it is now (its status moves on). Answers are
+kept `idempotency_ttl_hours` (24 h, as OpenAI), then the maintenance worker deletes them (worker.idempotency_sweep).
 """
 
 import hashlib

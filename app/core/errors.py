@@ -109,6 +109,15 @@ class Overloaded(LoraportError):
         super().__init__(message, retry_after=retry_after)
 
 
+class QuotaExceeded(LoraportError):
+    """An organisation holds as much of something as the deployment allows (app.api.quotas); it clears when the
+    organisation finishes, cancels or deletes something, not after a wait."""
+
+    status_code = 429
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class AdapterCorrupted(LoraportError):
     status_code = 502
     type = "server_error"

@@ -21,6 +21,7 @@ TRAIN_TASK = "loraport.train_job"
 EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
 RECONCILE_TASK = "loraport.reconcile_jobs"
 SWEEP_TASK = "loraport.sweep_storage"
+EXPIRE_IDEMPOTENCY_TASK = "loraport.expire_idempotency_keys"
 _TRAIN_TASK_ID_PREFIX = "train-"
 _EVALUATE_TASK_ID_PREFIX = "evaluate-"
 

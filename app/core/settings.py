@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     report_workers: int = Field(default=2, ge=1)
     report_stale_after_seconds: float = Field(default=2 * 3600, gt=0)
 
+    # Fair shares and quotas: what one organisation may hold at once, so that one tenant cannot crowd out the
+    # others (README "Limits per organisation"); 0: no limit.
+    max_active_jobs_per_organization: int = Field(default=10, ge=0)  # fine-tuning jobs queued or running
+    max_active_evaluations_per_organization: int = Field(default=5, ge=0)  # evaluations queued or running
+    max_stored_bytes_per_organization: int = Field(default=50 * 1024**3, ge=0)  # files plus open uploads' bytes
+    max_open_uploads_per_organization: int = Field(default=20, ge=0)  # uploads pending completion
+    rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
+    idempotency_ttl_hours: float = Field(default=24, gt=0)  # how long an Idempotency-Key answer is kept (as OpenAI)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -22,6 +22,8 @@ class Organization(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _now()
+    # When a worker last claimed one of its jobs: the fair queue (app.core.fair_queue) serves the longest-waiting first.
+    last_job_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):
@@ -176,7 +178,8 @@ class IdempotencyRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(128))
     request_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = _now()
+    # indexed for the sweep that deletes answers older than `idempotency_ttl_hours` (worker.idempotency_sweep)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class Upload(Base):

@@ -27,7 +27,7 @@ from app.ml.adapter_manifest import verified_fetch
 from tests.helpers.jobs import event_messages, first_checkpoint_step, start_long_tiny_job, wait_for_event, wait_for_job
 from tests.helpers.own_services import OwnRedis
 from tests.helpers.services import new_org_key, sdk_client, serving
-from tests.helpers.workers import start_maintenance_worker, start_training_worker, stop
+from tests.helpers.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
 from worker.storage_sweep import leftovers_of_ended_jobs
 
 TIMEOUT_S = 300
@@ -40,6 +40,7 @@ def _service(settings: Settings, schedule: Path, **worker_environment: str) -> I
     that retries 503s (the API's answer while a service is down). The organisation goes afterwards, so the
     suite's database keeps no row pointing into a server that is gone."""
     prepare(settings)
+    forget_other_jobs(settings)  # the fair queue would take other modules' older queued jobs first
     environment = FAST_RECOVERY | worker_environment
     worker = start_training_worker(settings, **environment)
     maintenance = start_maintenance_worker(settings, schedule, **environment)

@@ -19,6 +19,7 @@ from app.core.settings import Settings
 from app.core.tables import FineTuningJob, JobEvent
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.workers import forget_other_jobs
 from worker.broker_messages import work_with_messages
 from worker.job_runner import run_job
 from worker.reaper import reap_expired_leases, redispatch_lost
@@ -84,6 +85,7 @@ def test_a_job_whose_training_file_was_deleted_fails_naming_it(client: openai.Op
 def test_a_job_created_while_the_broker_is_down_is_queued_and_the_reaper_sends_it(
     settings: Settings, org_key: str, client: openai.OpenAI
 ) -> None:
+    producer(settings).control.purge()  # no other job's message that a worker would serve it with
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     broker_down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens on port 1
     with TestClient(create_app(broker_down)) as api:
@@ -196,3 +198,30 @@ def test_a_message_delivered_but_not_yet_acknowledged_counts_as_in_the_broker(
         assert job_id not in redispatch_lost(settings)
         delivered.requeue()
         queue.close()
+
+
+def test_a_job_whose_message_woke_a_worker_for_another_job_is_served_by_that_job_s_message(
+    client: openai.OpenAI, settings: Settings
+) -> None:
+    """Training messages are doorbells (app.core.fair_queue): the one left in the queue serves the waiting job, so
+    the reaper sends nothing; only when that one is lost too is the job sent again."""
+    forget_other_jobs(settings)  # other jobs without a message would share the doorbell
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    waiting = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    ran = client.fine_tuning.jobs.create(model=settings.default_base_model, training_file=file_id).id
+    with Connection(settings.require("redis_url")) as connection:
+        queue = connection.SimpleQueue("training")
+        taken = queue.get(timeout=5)  # the first job's message, taken by a worker that claimed the other job
+        assert taken.headers["id"].startswith(f"train-{waiting}.")
+        taken.ack()
+        queue.close()
+    with transaction(settings.require("database_url")) as session:
+        job = session.get_one(FineTuningJob, ran)
+        job.status, job.attempt, job.lease_expires_at = "running", 1, datetime.now(UTC) + timedelta(minutes=5)
+
+    assert waiting not in redispatch_lost(settings)
+    assert RESENT not in _events(settings, waiting)
+
+    producer(settings).control.purge()  # the other job's message is lost as well
+    assert waiting in redispatch_lost(settings)
+    assert RESENT in _events(settings, waiting)

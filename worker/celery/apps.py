@@ -3,10 +3,11 @@
 
 from celery import Celery
 
-from app.core.queue import MAINTENANCE_QUEUE, RECONCILE_TASK, SWEEP_TASK, TRAINING_QUEUE
+from app.core.queue import EXPIRE_IDEMPOTENCY_TASK, MAINTENANCE_QUEUE, RECONCILE_TASK, SWEEP_TASK, TRAINING_QUEUE
 from app.core.settings import Settings
 
 _SWEEP_INTERVAL_S = 900  # what it clears costs space, not correctness: a quarter of an hour is soon enough
+_IDEMPOTENCY_INTERVAL_S = 3600  # answers live 24 h: an hour late is 4 % longer
 # Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
 # against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.
 _VISIBILITY_TIMEOUT_S = 12 * 3600
@@ -45,6 +46,11 @@ def make_maintenance_celery(settings: Settings) -> Celery:
                 "task": SWEEP_TASK,
                 "schedule": _SWEEP_INTERVAL_S,
                 "options": {"expires": _SWEEP_INTERVAL_S},
+            },
+            "expire-idempotency-keys": {
+                "task": EXPIRE_IDEMPOTENCY_TASK,
+                "schedule": _IDEMPOTENCY_INTERVAL_S,
+                "options": {"expires": _IDEMPOTENCY_INTERVAL_S},
             },
         },
     )

@@ -4,10 +4,11 @@ storage."""
 
 from app.core.db import transaction
 from app.core.log_setup import configure_logging
-from app.core.queue import RECONCILE_TASK, SWEEP_TASK
+from app.core.queue import EXPIRE_IDEMPOTENCY_TASK, RECONCILE_TASK, SWEEP_TASK
 from app.core.settings import get_settings
 from app.core.storage import store_for
 from worker.celery.apps import make_maintenance_celery
+from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
 
@@ -30,3 +31,10 @@ def sweep_storage() -> None:
     with transaction(settings.require("database_url")) as session:
         expire_uploads(session, store)
         leftovers_of_ended_jobs(session, store)
+
+
+@app.task(name=EXPIRE_IDEMPOTENCY_TASK)
+def expire_idempotency() -> None:
+    settings = get_settings()
+    with transaction(settings.require("database_url")) as session:
+        expire_idempotency_keys(session, settings.idempotency_ttl_hours)

@@ -15,7 +15,7 @@ from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.devices import compute_device, training_gpus
 from worker.celery.apps import make_training_celery
 from worker.evaluation_runner import run_evaluation
-from worker.job_runner import run_job
+from worker.next_job import run_next_job
 
 configure_logging(get_settings().log_format)
 app = make_training_celery(get_settings())
@@ -48,7 +48,8 @@ def _withdraw_devices(sender: object, **_: object) -> None:
 
 @app.task(name=TRAIN_TASK)
 def train_job(job_id: str) -> None:
-    run_job(get_settings(), _registry(), job_id)
+    """`job_id` is a doorbell: the worker runs the next job in fair order, which may be another one."""
+    run_next_job(get_settings(), _registry(), job_id)
 
 
 @app.task(name=EVALUATE_TASK)

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.api import quotas
 from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep
 from app.api.evaluations import service
 from app.api.evaluations.schemas import EvaluationCreate, EvaluationPublic
@@ -20,6 +21,7 @@ def create_evaluation(
 ) -> EvaluationPublic:
     """Queue a held-out evaluation of `model` against `baseline` on `file`; poll it until it is finished. It is
     stored queued and sent to a worker once committed; with the broker down, the reaper sends it later."""
+    quotas.check_active_evaluations(session, org.id, settings)
     row = service.create_evaluation(session, registry, org, body)
     enqueue_after_commit(session, settings, enqueue_evaluation, row.id)
     return EvaluationPublic.of(row)

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api import idempotency
+from app.api import idempotency, quotas
 from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from app.api.files import report_runs, service
 from app.api.files.schemas import FileDeleted, FilePublic, FileReport
@@ -65,6 +65,7 @@ async def upload_file(
         if earlier is not None:  # a retry: the first upload's file, and nothing kept of this one
             after_commit(session, forget)
             return FilePublic(**earlier)
+    quotas.check_stored_bytes(session, org.id, settings, received.ingested.bytes)
     row = service.record_file(session, org, received)
     answer = FilePublic.of(row)
     if idempotency_key:

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from app.api.files.form_stream import stream_form
 from app.api.files.ingest import FileIngest
 from app.api.files.service import ReceivedFile, check_purpose
+from app.api.quotas import StorageRoom
 from app.core import ids
 from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.core.settings import Settings
@@ -27,10 +28,11 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
     file_id = ids.file_id()
     storage_key = file_key(org.id, file_id)
     validator = validator_for(settings)
+    room = await run_in_threadpool(StorageRoom, settings, org.id)  # a database query: off the event loop
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
         form = await stream_form(
-            request, "file", lambda chunk: run_in_threadpool(ingest.feed, chunk), fields=("purpose",)
+            request, "file", lambda chunk: run_in_threadpool(ingest.feed, room.take(chunk)), fields=("purpose",)
         )
         if not form.file_seen:
             raise InvalidRequest("Missing the multipart field 'file'", param="file")

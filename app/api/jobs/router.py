@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api import idempotency
+from app.api import idempotency, quotas
 from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKey
 from app.api.jobs import service
@@ -34,6 +34,7 @@ def create_job(
         earlier = idempotency.replay(session, org, idempotency_key, _CREATE, digest)
         if earlier is not None:
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
+    quotas.check_active_jobs(session, org.id, settings)
     workers = reported(settings.require("redis_url"))
     job = service.create_job(session, store, org, body, registry, workers)
     if idempotency_key:

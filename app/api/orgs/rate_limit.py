@@ -44,3 +44,27 @@ class RateLimiter:
                 f"Please try again in {wait}s.",
                 retry_after=wait,
             )
+
+
+def charge_organization(limiter: RateLimiter, org_id: str, per_minute: int) -> None:
+    """Counts one request of the organisation, whichever of its keys sent it: more keys do not buy more requests
+    (`rate_limit_per_minute_per_organization`; 0: no limit). Redis down lets requests through, as for keys."""
+    if not per_minute:
+        return
+    now = time.time()
+    counter = f"loraport:rate:org:{org_id}:{int(now // WINDOW_SECONDS)}"
+    try:
+        with limiter._redis.pipeline() as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, 2 * WINDOW_SECONDS)
+            used, _ = pipe.execute()
+    except redis.RedisError as error:
+        log.warning("api.rate_limit.unavailable", error=type(error).__name__)
+        return
+    if used > per_minute:
+        wait = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+        raise Overloaded(
+            f"Rate limit reached for your organization on requests per min (RPM), shared by all its API keys: "
+            f"Limit {per_minute} (LORAPORT_RATE_LIMIT_PER_MINUTE_PER_ORGANIZATION). Please try again in {wait}s.",
+            retry_after=wait,
+        )

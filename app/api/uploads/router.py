@@ -5,6 +5,7 @@ from functools import partial
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.api import quotas
 from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
 from app.api.files import report_runs
 from app.api.files.form_stream import stream_form
@@ -21,6 +22,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 @router.post("", response_model=UploadPublic)
 def create_upload(body: UploadCreate, org: OrgDep, session: SessionDep, settings: SettingsDep) -> UploadPublic:
     """Start an upload of `bytes` bytes; send its parts, then complete it to get a file."""
+    quotas.check_new_upload(session, org.id, settings, body.bytes)
     return UploadPublic.of(service.create_upload(session, org, body, settings.max_upload_bytes))
 
 
