@@ -26,7 +26,7 @@ from app.ml.chat_format import render_prompt_ids
 from app.ml.datasets import CHAT
 from app.ml.devices import compute_device
 from app.ml.models import UnknownModel, resolve
-from app.serving.answers import answer_text, answering
+from app.serving.answers import Stopped, answer_text, answering
 from worker.datasets import load_examples, load_prompts
 from worker.failures import TaskFailed
 from worker.results import store_job_file
@@ -43,10 +43,13 @@ def teacher_answers(
     temperature: float,
     seed: int,
     on_answer: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
     """The teacher's answer to each prompt (a conversation ending before the answer): the base `model`, or it with
     the adapter in `adapter_dir`. Sampled at `temperature` (0: greedy) with a seed per prompt, so a rerun gives the
-    same answers; `on_answer(done)` after each one, in order."""
+    same answers; `on_answer(done)` after each one, in order. `should_stop` is asked before each answer is read (a
+    cancelled job must not keep its worker answering thousands of prompts): when it says so, the requests left are
+    cancelled and `Stopped` is raised."""
     adapters = {TEACHER: adapter_dir} if adapter_dir is not None else {}
     with answering(model, tokenizer, adapters) as (batcher, end_ids):
         adapter = TEACHER if adapter_dir is not None else None
@@ -56,8 +59,12 @@ def teacher_answers(
             )
             for i, prompt in enumerate(prompts)
         ]
-        answers = []
+        answers: list[str] = []
         for stream in streams:
+            if should_stop is not None and should_stop():
+                for request in streams[len(answers) :]:
+                    request.cancel()
+                raise Stopped
             answers.append(answer_text(stream, tokenizer, end_ids).strip())
             if on_answer is not None:
                 on_answer(len(answers))
@@ -87,16 +94,18 @@ def distilled_examples(
     job: FineTuningJob,
     training_key: str,
     validation_key: str | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[list[dict]], list[list[dict]] | None]:
     """The phase itself: the training conversations (the teacher's answers to the training prompts, asked once: a
     resumed job reads them back from their file), and the validation prompts answered when there is a validation
-    file (None otherwise: the job holds out a share of the training conversations)."""
+    file (None otherwise: the job holds out a share of the training conversations). Raises `Stopped` when
+    `should_stop` says so while the teacher answers."""
     url, store = settings.require("database_url"), store_for(settings)
     training_prompts = load_prompts(store, training_key)
     validation_prompts = load_prompts(store, validation_key) if validation_key else []
     distilled = _distilled_file_conversations(url, store, job)
     asked = (training_prompts if distilled is None else []) + validation_prompts
-    answers = _ask_teacher(settings, registry, job, asked) if asked else []
+    answers = _ask_teacher(settings, registry, job, asked, should_stop) if asked else []
     if distilled is None:
         distilled = _conversations(training_prompts, answers[: len(training_prompts)])
         _record_distilled_file(url, store, job, distilled)
@@ -124,7 +133,13 @@ def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJ
     return load_examples(store, key) if key else None
 
 
-def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTuningJob, prompts: list) -> list[str]:
+def _ask_teacher(
+    settings: Settings,
+    registry: BaseModelRegistry,
+    job: FineTuningJob,
+    prompts: list,
+    should_stop: Callable[[], bool] | None,
+) -> list[str]:
     url, options = settings.require("database_url"), job.method["distillation"]
     with transaction(url) as session:
         org = session.get_one(Organization, job.organization_id)
@@ -143,7 +158,15 @@ def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTunin
             adapter_dir = Path(directory)
             verified_fetch(store_for(settings).download_prefix)(teacher.adapter_prefix, adapter_dir)
         return teacher_answers(
-            model, tokenizer, adapter_dir, prompts, options["max_tokens"], options["temperature"], job.seed, progress
+            model,
+            tokenizer,
+            adapter_dir,
+            prompts,
+            options["max_tokens"],
+            options["temperature"],
+            job.seed,
+            progress,
+            should_stop,
         )
 
 

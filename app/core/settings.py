@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # A job whose database or object storage went down is given back and resumes no sooner than this later.
     outage_retry_seconds: float = Field(default=30, ge=0)
+    # Training worker (issue 19): bounds on what one job may hold a worker for and write.
+    # A job or evaluation running longer fails: a runaway one must not hold a worker for ever (a day fits any sane job).
+    job_time_limit_seconds: float = Field(default=24 * 3600, gt=0)
+    # Metrics events kept per job: every step up to this many, then thinned to about this many (the last always kept).
+    max_metrics_events: int = Field(default=2000, ge=10)
 
     @classmethod
     def settings_customise_sources(
