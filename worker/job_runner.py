@@ -461,8 +461,9 @@ def _publish(
             evaluation=report,
         ):
             log.info("jobs.publish.lost", job_id=job.id)
+            session.flush()  # the move's statement may have flushed the rows already: delete them either way
             for file in results:
-                session.expunge(file)
+                session.delete(file)
                 store.delete(file.storage_key)
             return False
         session.add(
