@@ -175,7 +175,8 @@ def _fail(settings: Settings, job_id: str, error: dict, attempt: int | None) -> 
     nothing, and leaves the objects of the one that holds it alone."""
     url = settings.require("database_url")
     with transaction(url) as session:
-        if JOBS.move(session, job_id, ACTIVE, Status.FAILED, attempt, error=error):
+        held = ACTIVE if attempt is None else (Status.RUNNING,)  # re-queued, it is no longer this attempt's
+        if JOBS.move(session, job_id, held, Status.FAILED, attempt, error=error):
             job_state.add_event(session, job_id, error["message"], level="error")
         else:
             log.info("jobs.fail.superseded", job_id=job_id, attempt=attempt, code=error["code"])

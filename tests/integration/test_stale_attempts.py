@@ -102,3 +102,42 @@ def test_an_attempt_whose_job_another_attempt_published_deletes_nothing_and_the_
         model=job.fine_tuned_model, messages=[{"role": "user", "content": f"Ticket: {TICKETS[0][0]}"}], max_tokens=4
     )
     assert reply.choices[0].message.content is not None
+
+
+def test_a_job_training_a_model_further_resumes_after_that_model_was_deleted(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = registry_from_settings(settings)
+    parent_job = _job(client, settings)
+    run_job(settings, registry, parent_job)
+    parent = client.fine_tuning.jobs.retrieve(parent_job).fine_tuned_model
+    assert parent
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    child_job = client.fine_tuning.jobs.create(
+        model=parent,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 2},
+        extra_body=NO_EVALUATION,
+    ).id
+    producer(settings).control.purge()
+
+    class LostAfterFirstCheckpoint(EpochCheckpoints):
+        """Attempt 1's worker is lost once its first checkpoint is saved (the reaper re-queues the job)."""
+
+        def on_epoch_end(self, report: Any) -> None:
+            super().on_epoch_end(report)
+            if self.attempt == 1:
+                _requeue(settings, child_job, attempt=1)
+                raise ConnectionResetError("worker lost")
+
+    monkeypatch.setattr(job_runner, "EpochCheckpoints", LostAfterFirstCheckpoint)
+    with pytest.raises(ConnectionResetError):
+        run_job(settings, registry, child_job)
+    client.models.delete(parent)
+
+    run_job(settings, registry, child_job)
+
+    finished = client.fine_tuning.jobs.retrieve(child_job)
+    assert finished.status == "succeeded", finished.error
+    messages = [event.message for event in client.fine_tuning.jobs.list_events(child_job, limit=100)]
+    assert any(message.startswith("Resumed from step") for message in messages)
