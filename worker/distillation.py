@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.core import job_state
 from app.core.db import transaction
+from app.core.lifecycle import JOBS
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, file_key, store_for
 from app.core.tables import FineTuningJob, Organization, StoredFile
@@ -149,9 +150,10 @@ def _ask_teacher(
             message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
             raise TaskFailed("model_not_found", message, "method.distillation.teacher_model") from None
         message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
-        job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
+        if JOBS.holds(session, job.id, job.attempt):
+            job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
     model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
-    progress = _TeacherProgress(url, job.id, len(prompts))
+    progress = _TeacherProgress(url, job.id, job.attempt, len(prompts))
     with tempfile.TemporaryDirectory() as directory:
         adapter_dir = None
         if teacher.adapter_prefix:
@@ -171,15 +173,17 @@ def _ask_teacher(
 
 
 class _TeacherProgress:
-    """An event each time another tenth of the prompts has its answer."""
+    """An event each time another tenth of the prompts has its answer (while `attempt` still runs the job)."""
 
-    def __init__(self, url: str, job_id: str, total: int) -> None:
-        self.url, self.job_id, self.total, self._reported = url, job_id, total, 0
+    def __init__(self, url: str, job_id: str, attempt: int, total: int) -> None:
+        self.url, self.job_id, self.attempt, self.total, self._reported = url, job_id, attempt, total, 0
 
     def __call__(self, done: int) -> None:
         if done * 10 // self.total > self._reported * 10 // self.total or done == self.total:
             self._reported = done
             with transaction(self.url) as session:
+                if not JOBS.holds(session, self.job_id, self.attempt):
+                    return
                 message = f"The teacher answered {done} of {self.total} prompts"
                 job_state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
 
@@ -188,6 +192,8 @@ def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, con
     prompts = [conversation[:-1] for conversation in conversations]
     content = distilled_jsonl(prompts, [conversation[-1]["content"] for conversation in conversations])
     with transaction(url) as session:
+        if not JOBS.holds(session, job.id, job.attempt):
+            raise Stopped  # another attempt runs the job now, and writes its own file
         row = store_distilled_file(session, store, job, content)
         stored = session.get_one(FineTuningJob, job.id)
         stored.method = job.method = {
