@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.core import ids, job_state
 from app.core.db import transaction
+from app.core.lifecycle import JOBS
 from app.core.storage import ObjectStore, checkpoint_prefix, training_state_key
 from app.core.tables import FineTuningJob, JobCheckpoint
 from worker.training.state import TrainingState
@@ -24,17 +25,28 @@ def checkpoint_model_name(model_name: str, step: int) -> str:
 
 
 class EpochCheckpoints:
-    """`on_epoch_end` for `train_lora`."""
+    """`on_epoch_end` for `train_lora`, writing for the job's attempt `job.attempt` only: once the reaper has given
+    the job to another attempt, this one uploads, records and deletes nothing (its steps stop it soon after)."""
 
-    def __init__(self, database_url: str, store: ObjectStore, job: FineTuningJob, model_name: str) -> None:
+    def __init__(
+        self, database_url: str, store: ObjectStore, job: FineTuningJob, model_name: str, lease_seconds: int = 90
+    ) -> None:
         self.database_url, self.store, self.job, self.model_name = database_url, store, job, model_name
+        self.attempt, self.lease_seconds = job.attempt, lease_seconds
         self._state_step: int | None = None  # the step of the state this run saved last
 
     def resuming_from(self, step: int) -> None:
         """The state of `step` exists already (this run resumed from it); it goes once a newer one is saved."""
         self._state_step = step
 
+    def _holds(self) -> bool:
+        """Whether the job is still this attempt's (renewing its lease on the way): a stale attempt uploads nothing."""
+        with transaction(self.database_url) as session:
+            return JOBS.renew_lease(session, self.job.id, self.lease_seconds, self.attempt)
+
     def on_epoch_end(self, report: EpochReport) -> None:
+        if not self._holds():
+            return
         prefix = checkpoint_prefix(self.job.organization_id, self.job.id, report.step)
         with tempfile.TemporaryDirectory() as directory:
             save_adapter(report.model, Path(directory))
@@ -48,6 +60,8 @@ class EpochCheckpoints:
                 f"valid_{report.accuracy_name}": report.valid_mean_token_accuracy,
             }
         with transaction(self.database_url) as session:
+            if not JOBS.renew_lease(session, self.job.id, self.lease_seconds, self.attempt):
+                return
             session.add(
                 JobCheckpoint(
                     id=ids.checkpoint_id(),

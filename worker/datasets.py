@@ -1,6 +1,12 @@
-"""Reading a stored JSONL dataset back as conversations (or preference pairs) to train on."""
+"""Reading a stored JSONL dataset back as conversations (or preference pairs) to train on.
 
+Files are streamed line by line: reading, decoding and parsing a whole object at once costs about ten times its size
+in memory, and an evaluation reads only as many examples as it uses.
+"""
+
+import codecs
 import json
+from collections.abc import Iterator
 
 from app.core.storage import ObjectStore
 from app.ml.datasets.formats import FORMAT_HINT, PREFERENCE, detect_format, parse_example
@@ -25,33 +31,55 @@ def as_conversation(example: dict) -> list[dict]:
     return [{"role": "user", "content": example["prompt"]}, {"role": "assistant", "content": example["completion"]}]
 
 
+def numbered_lines(store: ObjectStore, storage_key: str) -> Iterator[tuple[int, str]]:
+    """(1-based number, text) of each non-blank line of a stored UTF-8 file (BOM skipped), read a chunk at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    number, partial = 0, ""
+    for chunk in store.open(storage_key):
+        lines = (partial + decoder.decode(chunk)).split("\n")
+        partial = lines.pop()
+        for line in lines:
+            number += 1
+            if line.strip():
+                yield number, line
+    partial += decoder.decode(b"", final=True)
+    if partial.strip():
+        yield number + 1, partial
+
+
+def stream_examples(store: ObjectStore, storage_key: str) -> Iterator[list[dict]]:
+    """The conversations in a file that passed upload validation, one at a time: a reader that stops early reads
+    no further."""
+    for _, line in numbered_lines(store, storage_key):
+        yield as_conversation(json.loads(line))
+
+
 def load_examples(store: ObjectStore, storage_key: str) -> list[list[dict]]:
     """The conversations in a file that passed upload validation (blank lines skipped)."""
-    text = store.read_bytes(storage_key).decode("utf-8-sig")
-    return [as_conversation(json.loads(line)) for line in text.splitlines() if line.strip()]
+    return list(stream_examples(store, storage_key))
 
 
 def load_pairs(store: ObjectStore, storage_key: str) -> list[PreferenceExample]:
     """The preference pairs in a file that passed upload validation, in either preference format."""
-    text = store.read_bytes(storage_key).decode("utf-8-sig")
     pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            example = parse_example(json.loads(line), PREFERENCE, number)
-            assert example.rejected is not None  # every preference format has a rejected answer
-            pairs.append(([_plain_content(m) for m in example.input_messages], example.targets[0], example.rejected))
+    for number, line in numbered_lines(store, storage_key):
+        example = parse_example(json.loads(line), PREFERENCE, number)
+        assert example.rejected is not None  # every preference format has a rejected answer
+        pairs.append(([_plain_content(m) for m in example.input_messages], example.targets[0], example.rejected))
     return pairs
 
 
 def load_prompts(store: ObjectStore, storage_key: str) -> list[list[dict]]:
     """The prompt of each example of a file that passed upload validation (prompts, or the conversation before
     the answer of chat and prompt/completion examples), in file order."""
-    text = store.read_bytes(storage_key).decode("utf-8-sig")
-    rows = [(number, json.loads(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not rows:
-        return []
-    first_line, first_example = rows[0]
-    file_format = detect_format(first_example)
-    if file_format is None:
-        raise InvalidExample("unknown_format", f"Line {first_line} matches no dataset format; expected {FORMAT_HINT}.")
-    return [[_plain_content(m) for m in parse_example(row, file_format, number).input_messages] for number, row in rows]
+    prompts: list[list[dict]] = []
+    file_format = None
+    for number, line in numbered_lines(store, storage_key):
+        row = json.loads(line)
+        if file_format is None:
+            file_format = detect_format(row)
+            if file_format is None:
+                message = f"Line {number} matches no dataset format; expected {FORMAT_HINT}."
+                raise InvalidExample("unknown_format", message)
+        prompts.append([_plain_content(m) for m in parse_example(row, file_format, number).input_messages])
+    return prompts

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.core import job_state
 from app.core.db import transaction
+from app.core.lifecycle import JOBS
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, file_key, store_for
 from app.core.tables import FineTuningJob, Organization, StoredFile
@@ -26,7 +27,7 @@ from app.ml.chat_format import render_prompt_ids
 from app.ml.datasets import CHAT
 from app.ml.devices import compute_device
 from app.ml.models import UnknownModel, resolve
-from app.serving.answers import answer_text, answering
+from app.serving.answers import Stopped, answer_text, answering
 from worker.datasets import load_examples, load_prompts
 from worker.failures import TaskFailed
 from worker.results import store_job_file
@@ -43,10 +44,13 @@ def teacher_answers(
     temperature: float,
     seed: int,
     on_answer: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
     """The teacher's answer to each prompt (a conversation ending before the answer): the base `model`, or it with
     the adapter in `adapter_dir`. Sampled at `temperature` (0: greedy) with a seed per prompt, so a rerun gives the
-    same answers; `on_answer(done)` after each one, in order."""
+    same answers; `on_answer(done)` after each one, in order. `should_stop` is asked before each answer is read (a
+    cancelled job must not keep its worker answering thousands of prompts): when it says so, the requests left are
+    cancelled and `Stopped` is raised."""
     adapters = {TEACHER: adapter_dir} if adapter_dir is not None else {}
     with answering(model, tokenizer, adapters) as (batcher, end_ids):
         adapter = TEACHER if adapter_dir is not None else None
@@ -56,8 +60,12 @@ def teacher_answers(
             )
             for i, prompt in enumerate(prompts)
         ]
-        answers = []
+        answers: list[str] = []
         for stream in streams:
+            if should_stop is not None and should_stop():
+                for request in streams[len(answers) :]:
+                    request.cancel()
+                raise Stopped
             answers.append(answer_text(stream, tokenizer, end_ids).strip())
             if on_answer is not None:
                 on_answer(len(answers))
@@ -87,16 +95,18 @@ def distilled_examples(
     job: FineTuningJob,
     training_key: str,
     validation_key: str | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[list[dict]], list[list[dict]] | None]:
     """The phase itself: the training conversations (the teacher's answers to the training prompts, asked once: a
     resumed job reads them back from their file), and the validation prompts answered when there is a validation
-    file (None otherwise: the job holds out a share of the training conversations)."""
+    file (None otherwise: the job holds out a share of the training conversations). Raises `Stopped` when
+    `should_stop` says so while the teacher answers."""
     url, store = settings.require("database_url"), store_for(settings)
     training_prompts = load_prompts(store, training_key)
     validation_prompts = load_prompts(store, validation_key) if validation_key else []
     distilled = _distilled_file_conversations(url, store, job)
     asked = (training_prompts if distilled is None else []) + validation_prompts
-    answers = _ask_teacher(settings, registry, job, asked) if asked else []
+    answers = _ask_teacher(settings, registry, job, asked, should_stop) if asked else []
     if distilled is None:
         distilled = _conversations(training_prompts, answers[: len(training_prompts)])
         _record_distilled_file(url, store, job, distilled)
@@ -124,7 +134,13 @@ def _distilled_file_conversations(url: str, store: ObjectStore, job: FineTuningJ
     return load_examples(store, key) if key else None
 
 
-def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTuningJob, prompts: list) -> list[str]:
+def _ask_teacher(
+    settings: Settings,
+    registry: BaseModelRegistry,
+    job: FineTuningJob,
+    prompts: list,
+    should_stop: Callable[[], bool] | None,
+) -> list[str]:
     url, options = settings.require("database_url"), job.method["distillation"]
     with transaction(url) as session:
         org = session.get_one(Organization, job.organization_id)
@@ -134,29 +150,40 @@ def _ask_teacher(settings: Settings, registry: BaseModelRegistry, job: FineTunin
             message = f"The teacher model '{options['teacher_model']}' was deleted before the job ran"
             raise TaskFailed("model_not_found", message, "method.distillation.teacher_model") from None
         message = f"Generating the teacher's answers ({options['teacher_model']}) to {len(prompts)} prompts"
-        job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
+        if JOBS.holds(session, job.id, job.attempt):
+            job_state.add_event(session, job.id, message, data={"prompts": len(prompts)})
     model, tokenizer = registry.load(teacher.base_model, device=compute_device(settings))
-    progress = _TeacherProgress(url, job.id, len(prompts))
+    progress = _TeacherProgress(url, job.id, job.attempt, len(prompts))
     with tempfile.TemporaryDirectory() as directory:
         adapter_dir = None
         if teacher.adapter_prefix:
             adapter_dir = Path(directory)
             verified_fetch(store_for(settings).download_prefix)(teacher.adapter_prefix, adapter_dir)
         return teacher_answers(
-            model, tokenizer, adapter_dir, prompts, options["max_tokens"], options["temperature"], job.seed, progress
+            model,
+            tokenizer,
+            adapter_dir,
+            prompts,
+            options["max_tokens"],
+            options["temperature"],
+            job.seed,
+            progress,
+            should_stop,
         )
 
 
 class _TeacherProgress:
-    """An event each time another tenth of the prompts has its answer."""
+    """An event each time another tenth of the prompts has its answer (while `attempt` still runs the job)."""
 
-    def __init__(self, url: str, job_id: str, total: int) -> None:
-        self.url, self.job_id, self.total, self._reported = url, job_id, total, 0
+    def __init__(self, url: str, job_id: str, attempt: int, total: int) -> None:
+        self.url, self.job_id, self.attempt, self.total, self._reported = url, job_id, attempt, total, 0
 
     def __call__(self, done: int) -> None:
         if done * 10 // self.total > self._reported * 10 // self.total or done == self.total:
             self._reported = done
             with transaction(self.url) as session:
+                if not JOBS.holds(session, self.job_id, self.attempt):
+                    return
                 message = f"The teacher answered {done} of {self.total} prompts"
                 job_state.add_event(session, self.job_id, message, data={"answered": done, "prompts": self.total})
 
@@ -165,6 +192,8 @@ def _record_distilled_file(url: str, store: ObjectStore, job: FineTuningJob, con
     prompts = [conversation[:-1] for conversation in conversations]
     content = distilled_jsonl(prompts, [conversation[-1]["content"] for conversation in conversations])
     with transaction(url) as session:
+        if not JOBS.holds(session, job.id, job.attempt):
+            raise Stopped  # another attempt runs the job now, and writes its own file
         row = store_distilled_file(session, store, job, content)
         stored = session.get_one(FineTuningJob, job.id)
         stored.method = job.method = {

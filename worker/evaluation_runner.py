@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
 from app.core.db import transaction
@@ -28,11 +29,11 @@ from app.ml.models import UnknownModel, resolve
 from app.ml.scoring.report import Sides, evaluation_report, held_out_examples
 from app.ml.training_options import resolve_training_options
 from app.serving.answers import Stopped
-from worker.datasets import load_examples
-from worker.failures import TaskFailed
+from worker.datasets import stream_examples
+from worker.failures import TaskFailed, internal_error, time_limit_error
 from worker.held_out import answer_and_measure
 from worker.lease import LeaseKeeper
-from worker.progress import CancelCheck
+from worker.progress import CancelCheck, time_limit
 from worker.training.trainer import TrainingConfig
 
 log = structlog.get_logger()
@@ -60,29 +61,31 @@ def run_evaluation(settings: Settings, registry: BaseModelRegistry, evaluation_i
         return
     try:
         with LeaseKeeper(url, EVALUATIONS, evaluation_id, attempt, settings.job_lease_seconds):
-            stop = CancelCheck(url, EVALUATIONS, evaluation_id, attempt).should_stop
+            stop = CancelCheck(url, EVALUATIONS, evaluation_id, attempt, time_limit(settings)).should_stop
             report = _evaluate(settings, registry, _request(settings, registry, evaluation_id), stop)
     except Stopped:
         log.info("evaluations.stopped", evaluation_id=evaluation_id, attempt=attempt)
     except TaskFailed as failure:
         _finish(url, evaluation_id, attempt, Status.FAILED, error=failure.error)
+    except SoftTimeLimitExceeded:
+        log.warning("evaluations.time_limit", evaluation_id=evaluation_id, limit_s=settings.job_time_limit_seconds)
+        _finish(url, evaluation_id, attempt, Status.FAILED, error=time_limit_error(settings, "Evaluation"))
     except Exception as error:
         if (service := unavailable_service(error)) is not None:
             log.warning("evaluations.outage", evaluation_id=evaluation_id, service=service, exc_info=True)
-            _give_back_or_fail(settings, evaluation_id, attempt, service, error)
+            _give_back_or_fail(settings, evaluation_id, attempt, service)
             return
         log.exception("evaluations.failed", evaluation_id=evaluation_id)
-        error_body = {"code": "evaluation_error", "message": f"Evaluation failed: {error}", "param": None}
-        _finish(url, evaluation_id, attempt, Status.FAILED, error=error_body)
+        _finish(url, evaluation_id, attempt, Status.FAILED, error=internal_error("Evaluation", error))
         raise
     else:
         _finish(url, evaluation_id, attempt, Status.SUCCEEDED, report=report)
 
 
-def _give_back_or_fail(settings: Settings, evaluation_id: str, attempt: int, service: str, error: Exception) -> None:
+def _give_back_or_fail(settings: Settings, evaluation_id: str, attempt: int, service: str) -> None:
     """An outage is not the evaluation's fault: it goes back to the queue, to run again `outage_retry_seconds` later;
-    its last attempt fails, naming the service. With the database down too, the lease runs out and the reaper
-    re-queues it."""
+    its last attempt fails, naming the service (the error's text, in the log, names hosts tenants need not see).
+    With the database down too, the lease runs out and the reaper re-queues it."""
     with outage_tolerated("evaluations.outage.unrecorded", evaluation_id=evaluation_id):
         if attempt < settings.max_job_attempts:
             retry_at = datetime.now(UTC) + timedelta(seconds=settings.outage_retry_seconds)
@@ -90,8 +93,8 @@ def _give_back_or_fail(settings: Settings, evaluation_id: str, attempt: int, ser
                 EVALUATIONS.give_back(session, evaluation_id, retry_at, attempt)
             return
         message = (
-            f"The evaluation stopped {attempt} times because {service} was unavailable (last: {error}); check that "
-            "the workers can reach it, then create the evaluation again"
+            f"The evaluation stopped {attempt} times because {service} was unavailable; check that the "
+            "workers can reach it, then create the evaluation again"
         )
         error_body = {"code": "service_unavailable", "message": message, "param": None}
         _finish(settings.require("database_url"), evaluation_id, attempt, Status.FAILED, error=error_body)
@@ -122,7 +125,8 @@ def _evaluate(
     settings: Settings, registry: BaseModelRegistry, request: _Request, should_stop: Callable[[], bool]
 ) -> dict:
     store = store_for(settings)
-    examples = held_out_examples(load_examples(store, request.file_key), request.max_examples)
+    # Streamed: reading stops at the last example used, however large the file.
+    examples = held_out_examples(stream_examples(store, request.file_key), request.max_examples)
     if not examples:
         raise TaskFailed("invalid_file", "No example of the file ends with an assistant answer to compare with")
     options = resolve_training_options(registry.get(request.base_model), None)

@@ -7,9 +7,11 @@ import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,13 +33,14 @@ from app.ml.datasets.stored import profile
 from app.ml.devices import compute_device
 from app.ml.hyperparameters import Resolved, learning_rate
 from app.ml.training_options import resolve_training_options
+from app.serving.answers import Stopped
 from worker.checkpoints import EpochCheckpoints, latest_training_state
 from worker.datasets import load_examples, load_pairs
 from worker.distillation import distilled_examples
-from worker.failures import TaskFailed
+from worker.failures import TaskFailed, internal_error, time_limit_error
 from worker.job_evaluation import report_on_job
 from worker.lease import LeaseKeeper
-from worker.progress import JobProgress
+from worker.progress import JobProgress, time_limit
 from worker.results import store_evaluation, store_results
 from worker.training.data import split_held_out
 from worker.training.preference import PreferenceSettings
@@ -91,6 +94,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str, claime
     if status is None or status in FINISHED:
         log.info("jobs.skip", job_id=job_id, status=status)
         return
+    attempt: int | None = None
     try:
         with transaction(url) as session:
             attempt = claimed or JOBS.claim(session, job_id, settings.job_lease_seconds)
@@ -106,64 +110,94 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str, claime
                 "lora": job.training_options,
                 "attempt": attempt,
             }
-            job_state.add_event(session, job_id, "Fine-tuning job started", data=settings_used)
+        _event(url, job_id, attempt, "Fine-tuning job started", data=settings_used)
         with LeaseKeeper(url, JOBS, job_id, attempt, settings.job_lease_seconds):
             _train_and_publish(settings, registry, job_id, attempt)
     except TaskFailed as failure:
-        _fail(settings, job_id, failure.error)
+        _fail(settings, job_id, failure.error, attempt)
     except (torch.OutOfMemoryError, MemoryError):
         log.exception("jobs.out_of_memory", job_id=job_id)
         message = "Training ran out of memory; retry with a smaller batch_size or a smaller lora.max_seq_length"
-        _fail(settings, job_id, {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"})
+        error = {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"}
+        _fail(settings, job_id, error, attempt)
+    except SoftTimeLimitExceeded:
+        log.warning("jobs.time_limit", job_id=job_id, limit_s=settings.job_time_limit_seconds)
+        _fail(settings, job_id, time_limit_error(settings, "Training"), attempt)
     except Exception as error:
         if (service := unavailable_service(error)) is not None:
             log.warning("jobs.outage", job_id=job_id, service=service, exc_info=True)
-            _give_back_or_fail(settings, job_id, service, error)
+            _give_back_or_fail(settings, job_id, service, attempt)
             return
         log.exception("jobs.failed", job_id=job_id)
-        _fail(settings, job_id, {"code": "training_error", "message": f"Training failed: {error}", "param": None})
+        _fail(settings, job_id, internal_error("Training", error), attempt)
         raise
 
 
-def _give_back_or_fail(settings: Settings, job_id: str, service: str, error: Exception) -> None:
+def _event(url: str, job_id: str, attempt: int, message: str, **fields: Any) -> None:
+    """An event of `attempt`, written only while it still runs the job: one the reaper replaced says nothing more."""
+    with transaction(url) as session:
+        if JOBS.holds(session, job_id, attempt):
+            job_state.add_event(session, job_id, message, **fields)
+
+
+def _give_back_or_fail(settings: Settings, job_id: str, service: str, attempt: int | None) -> None:
     """An outage is not the job's fault: the job goes back to the queue, keeping its training states, and
     resumes from its last checkpoint `outage_retry_seconds` later; its last attempt fails, naming the service.
 
+    The events name the service only: the error's text (in the log) names hosts and ports tenants need not see.
     With the database down too, nothing can be recorded: the job's lease runs out and the reaper re-queues it.
     """
     delay = settings.outage_retry_seconds
     with outage_tolerated("jobs.outage.unrecorded", job_id=job_id):
         with transaction(settings.require("database_url")) as session:
-            attempt = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
-            if attempt < settings.max_job_attempts:
-                if JOBS.give_back(session, job_id, datetime.now(UTC) + timedelta(seconds=delay)):
+            current = session.scalar(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)) or 0
+            if attempt is not None and attempt != current:
+                log.info("jobs.outage.superseded", job_id=job_id, attempt=attempt, current=current)
+                return  # another attempt runs the job now: this one has nothing to give back
+            if current < settings.max_job_attempts:
+                retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                if JOBS.give_back(session, job_id, retry_at, attempt):
                     message = (
-                        f"{service.capitalize()} became unavailable ({error}); the job goes back to the queue and "
-                        f"resumes from its last checkpoint in {delay:g} s (attempt {attempt + 1} of "
+                        f"{service.capitalize()} became unavailable; the job goes back to the queue and resumes "
+                        f"from its last checkpoint in {delay:g} s (attempt {current + 1} of "
                         f"{settings.max_job_attempts})"
                     )
-                    job_state.add_event(session, job_id, message, level="warn")
+                    job_state.add_event(session, job_id, message, level="warn", data={"service": service})
                 return
         message = (
-            f"Training stopped {attempt} times because {service} was unavailable (last: {error}); check that the "
-            "workers can reach it, then create the job again"
+            f"Training stopped {current} times because {service} was unavailable; check that the workers can reach "
+            "it, then create the job again"
         )
-        _fail(settings, job_id, {"code": "service_unavailable", "message": message, "param": None})
+        _fail(settings, job_id, {"code": "service_unavailable", "message": message, "param": None}, attempt)
 
 
-def _fail(settings: Settings, job_id: str, error: dict) -> None:
-    with transaction(settings.require("database_url")) as session:
-        if JOBS.move(session, job_id, ACTIVE, Status.FAILED, error=error):
+def _fail(settings: Settings, job_id: str, error: dict, attempt: int | None) -> None:
+    """Running (as `attempt`, when given) → failed with `error`; an attempt the job is no longer with fails
+    nothing, and leaves the objects of the one that holds it alone."""
+    url = settings.require("database_url")
+    with transaction(url) as session:
+        held = ACTIVE if attempt is None else (Status.RUNNING,)  # re-queued, it is no longer this attempt's
+        if JOBS.move(session, job_id, held, Status.FAILED, attempt, error=error):
             job_state.add_event(session, job_id, error["message"], level="error")
+        else:
+            log.info("jobs.fail.superseded", job_id=job_id, attempt=attempt, code=error["code"])
+    _discard_if_ended(url, store_for(settings), job_id)
+
+
+def _discard_if_ended(url: str, store: ObjectStore, job_id: str) -> None:
+    """Deletes what an ended job leaves and no one will read: its training states once it is finished (it will not
+    resume), its adapter once it failed or was cancelled. While the job runs or waits, they may be another
+    attempt's, and a succeeded job's adapter is its model's."""
+    with transaction(url) as session:
         job = session.execute(
             select(FineTuningJob.organization_id, FineTuningJob.status).where(FineTuningJob.id == job_id)
         ).first()
-    if job is None:
+    if job is None or job.status not in FINISHED:
         return
     leftovers = [training_states_prefix(job.organization_id, job_id)]
-    if job.status != Status.SUCCEEDED:  # an error after publishing must not take the model's adapter with it
+    if job.status != Status.SUCCEEDED:
         leftovers.append(adapter_prefix(job.organization_id, job_id))
-    _discard(store_for(settings), *leftovers)
+    _discard(store, *leftovers)
 
 
 def _discard(store: ObjectStore, *prefixes: str) -> None:
@@ -175,7 +209,7 @@ def _discard(store: ObjectStore, *prefixes: str) -> None:
 
 
 def _leaked_examples(
-    url: str, store: ObjectStore, job_id: str, training_key: str, validation_key: str, announce: bool
+    url: str, store: ObjectStore, job: FineTuningJob, training_key: str, validation_key: str, announce: bool
 ) -> int:
     """How many validation examples also appear in training (they make held-out scores look better than they
     are); when `announce`, an event says which."""
@@ -186,8 +220,7 @@ def _leaked_examples(
             f"{shared['count']} validation example(s) also appear in the training file (validation lines "
             f"{lines_text(lines)}); the validation loss will look better than it is"
         )
-        with transaction(url) as session:
-            job_state.add_event(session, job_id, message, level="warn", data={"code": "validation_leakage", **shared})
+        _event(url, job.id, job.attempt, message, level="warn", data={"code": "validation_leakage", **shared})
     return shared["count"]
 
 
@@ -203,8 +236,7 @@ def _hold_out(url: str, job: FineTuningJob, examples: list, announce: bool) -> t
         )
     else:
         message = f"No validation file, and {len(examples)} examples are too few to hold any out"
-    with transaction(url) as session:
-        job_state.add_event(session, job.id, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
+    _event(url, job.id, job.attempt, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
     return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
 
 
@@ -247,28 +279,44 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         validation_key = (
             _dataset_key(session, job, job.validation_file, "validation_file") if job.validation_file else None
         )
-    resumed = latest_training_state(url, store, job) if job.attempt > 1 else None
+    if job.attempt != attempt:
+        return  # the reaper gave the job to another attempt while this one started
+    resumed = latest_training_state(url, store, job) if attempt > 1 else None
     leaked = (
-        _leaked_examples(url, store, job_id, training_key, validation_key, announce=resumed is None)
+        _leaked_examples(url, store, job, training_key, validation_key, announce=resumed is None)
         if validation_key
         else 0
     )
+    progress = JobProgress(
+        url,
+        job_id,
+        attempt,
+        settings.job_lease_seconds,
+        deadline=time_limit(settings),
+        max_metrics_events=settings.max_metrics_events,
+    )
     if job.method.get("type") == "distillation":  # the teacher first, so that it is not in memory beside the student
-        distilled, held_out_given = distilled_examples(settings, registry, job, training_key, validation_key)
+        try:
+            distilled, held_out_given = distilled_examples(
+                settings, registry, job, training_key, validation_key, should_stop=progress.should_stop
+            )
+        except Stopped:
+            return _stopped(url, store, job_id)
         training, held_out = _split(url, job, distilled, held_out_given, announce=resumed is None)
     else:
         training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     model, tokenizer = _load_base_model(settings, registry, job)
     config = training_config(registry, job)
     preference = preference_settings(job)
-    progress = JobProgress(url, job_id, attempt, settings.job_lease_seconds)
-    checkpoints = EpochCheckpoints(url, store, job, fine_tuned_model_name(job, org_name or ""))
+    checkpoints = EpochCheckpoints(
+        url, store, job, fine_tuned_model_name(job, org_name or ""), settings.job_lease_seconds
+    )
     if resumed is not None:
         checkpoints.resuming_from(resumed[0].step_number)
-        _announce_resume(url, job_id, resumed[1])
+        _announce_resume(url, job, resumed[1])
     with tempfile.TemporaryDirectory() as start_from:
         if job.start_adapter_prefix:
-            _fetch_start_adapter(store, job, Path(start_from))
+            _start_adapter(store, job, Path(start_from), resumed=resumed is not None)
         hooks = TrainingHooks(
             on_step=progress.on_step,
             should_stop=progress.should_stop,
@@ -276,25 +324,38 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             resume=resumed[1] if resumed else None,
             start_from=Path(start_from) if job.start_adapter_prefix else None,
         )
-        if preference is None:
-            result = train_lora(model, tokenizer, training, held_out, config, hooks=hooks)
-        else:
-            result = train_preference(model, tokenizer, training, held_out, config, preference, hooks=hooks)
-    if result.stopped:
-        log.info("jobs.stopped", job_id=job_id)
-        _discard(store, training_states_prefix(job.organization_id, job_id))
-        return
-    _report_best_epoch(url, job_id, result)
+        try:
+            if preference is None:
+                result = train_lora(model, tokenizer, training, held_out, config, hooks=hooks)
+            else:
+                result = train_preference(model, tokenizer, training, held_out, config, preference, hooks=hooks)
+        except Stopped:  # while tokenizing
+            return _stopped(url, store, job_id)
+    if result.stopped or progress.should_stop():
+        return _stopped(url, store, job_id)
+    _report_best_epoch(url, job, result)
     prefix = adapter_prefix(job.organization_id, job.id)
     with tempfile.TemporaryDirectory() as directory:
         save_adapter(result.model, Path(directory))
+        if not _still_holds(url, job_id, attempt):  # never overwrite what a newer attempt uploaded, or published
+            return _stopped(url, store, job_id)
         store.upload_directory(prefix, Path(directory))
         report = report_on_job(url, store, job, result, tokenizer, Path(directory), held_out, config, leaked)
-    if _publish(url, store, job, org_name or "", prefix, result, report):
+    if _publish(url, store, job, attempt, org_name or "", prefix, result, report):
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
-    else:
-        store.delete_prefix(prefix)
-    _discard(store, training_states_prefix(job.organization_id, job_id))
+    _discard_if_ended(url, store, job_id)
+
+
+def _still_holds(url: str, job_id: str, attempt: int) -> bool:
+    with transaction(url) as session:
+        return JOBS.holds(session, job_id, attempt)
+
+
+def _stopped(url: str, store: ObjectStore, job_id: str) -> None:
+    """Training stopped before publishing: the job was cancelled (its leftovers go), or another attempt runs it
+    now (they are that attempt's)."""
+    log.info("jobs.stopped", job_id=job_id)
+    _discard_if_ended(url, store, job_id)
 
 
 def _load_base_model(
@@ -332,31 +393,36 @@ def _split(url: str, job: FineTuningJob, training: list, held_out: list | None, 
         training, held_out = _hold_out(url, job, training, announce)
     if announce:
         message = f"Training on {len(training)} examples; {len(held_out)} held out for validation"
-        with transaction(url) as session:
-            data = {"training_examples": len(training), "validation_examples": len(held_out)}
-            job_state.add_event(session, job.id, message, data=data)
+        data = {"training_examples": len(training), "validation_examples": len(held_out)}
+        _event(url, job.id, job.attempt, message, data=data)
     return training, held_out
 
 
-def _fetch_start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path) -> None:
-    """The adapter of the fine-tuned model this job trains further."""
+def _start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path, resumed: bool) -> None:
+    """The adapter of the fine-tuned model this job trains further. The first attempt fetches it from that model
+    and keeps a copy beside the training states, which a resumed attempt reads: deleting the parent model once the
+    job started must not fail its resume."""
+    kept = f"{training_states_prefix(job.organization_id, job.id)}/start-adapter"
+    if resumed and next(iter(store.list_keys(kept + "/")), None) is not None:
+        verified_fetch(store.download_prefix)(kept, directory)
+        return
     try:
         verified_fetch(store.download_prefix)(job.start_adapter_prefix or "", directory)
     except FileNotFoundError:
         message = f"The model '{job.model}' that this job trains further was deleted before training started"
         raise TaskFailed("model_not_found", message, "model") from None
+    store.upload_directory(kept, directory)
 
 
-def _announce_resume(url: str, job_id: str, resumed: TrainingState) -> None:
+def _announce_resume(url: str, job: FineTuningJob, resumed: TrainingState) -> None:
     message = (
         f"Resumed from step {resumed.step} (the checkpoint of epoch {resumed.epochs_done}) "
         "after the previous worker was lost"
     )
-    with transaction(url) as session:
-        job_state.add_event(session, job_id, message, data={"resumed_from_step": resumed.step})
+    _event(url, job.id, job.attempt, message, data={"resumed_from_step": resumed.step})
 
 
-def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
+def _report_best_epoch(url: str, job: FineTuningJob, result: TrainingResult) -> None:
     """Says so when a later epoch overfit and an earlier one is kept as the model."""
     best = result.best_epoch
     if best is None or best == result.epochs_run:
@@ -365,21 +431,21 @@ def _report_best_epoch(url: str, job_id: str, result: TrainingResult) -> None:
     message = (
         f"Validation loss rose from {losses[best - 1]:.4f} to {losses[-1]:.4f} after epoch {best}; keeping epoch {best}"
     )
-    with transaction(url) as session:
-        job_state.add_event(session, job_id, message, data={"best_epoch": best, "valid_losses": losses})
+    _event(url, job.id, job.attempt, message, data={"best_epoch": best, "valid_losses": losses})
 
 
 def _publish(
     url: str,
     store: ObjectStore,
     job: FineTuningJob,
+    attempt: int,
     org_name: str,
     prefix: str,
     result: TrainingResult,
     report: dict | None,
 ) -> bool:
-    """Records the model, the results files and the evaluation report if the job is still running (it may have
-    been cancelled)."""
+    """Records the model, the results files and the evaluation report if the job is still running as `attempt` (it
+    may have been cancelled, or given to another attempt)."""
     name = fine_tuned_model_name(job, org_name)
     with transaction(url) as session:
         results = [store_results(session, store, job)]
@@ -390,14 +456,16 @@ def _publish(
             job.id,
             (Status.RUNNING,),
             Status.SUCCEEDED,
+            attempt,
             fine_tuned_model=name,
             trained_tokens=result.trained_tokens,
             result_files=[file.id for file in results],
             evaluation=report,
         ):
             log.info("jobs.publish.lost", job_id=job.id)
+            session.flush()  # the move's statement may have flushed the rows already: delete them either way
             for file in results:
-                session.expunge(file)
+                session.delete(file)
                 store.delete(file.storage_key)
             return False
         session.add(

@@ -4,23 +4,39 @@ whether the work was cancelled meanwhile."""
 import time
 from datetime import UTC, datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from app.core import job_state
 from app.core.db import transaction
 from app.core.lifecycle import JOBS, Lifecycle
+from app.core.settings import Settings
 from worker.training.trainer import StepReport
 
 _STATUS_POLL_S = 2.0
+
+
+def time_limit(settings: Settings) -> float:
+    """The `time.monotonic()` past which work started now has run too long (`job_time_limit_seconds`)."""
+    return time.monotonic() + settings.job_time_limit_seconds
 
 
 class JobProgress:
     """Callbacks for `train_lora`: `on_step` records metrics and renews the lease of this attempt, `should_stop` sees
     cancels (and re-queues for another attempt); a renewal is also the freshest answer to that."""
 
-    def __init__(self, database_url: str, job_id: str, attempt: int, lease_seconds: int) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        job_id: str,
+        attempt: int,
+        lease_seconds: int,
+        deadline: float | None = None,
+        max_metrics_events: int = 2000,
+    ) -> None:
         self.database_url = database_url
         self.job_id, self.attempt = job_id, attempt
-        self.lease_seconds = lease_seconds
-        self._cancel = CancelCheck(database_url, JOBS, job_id, attempt)
+        self.lease_seconds, self.max_metrics_events = lease_seconds, max_metrics_events
+        self._cancel = CancelCheck(database_url, JOBS, job_id, attempt, deadline)
         self._started_at = time.monotonic()
         self._steps_before: int | None = None  # steps done by an earlier attempt this one resumed from
 
@@ -45,7 +61,7 @@ class JobProgress:
                 session, self.job_id, self.lease_seconds, self.attempt, estimated_finish=self._estimated_finish(report)
             )
             if held:
-                job_state.add_event(session, self.job_id, message, type_="metrics", data=data)
+                job_state.add_metrics_event(session, self.job_id, message, data, self.max_metrics_events)
         self._cancel.saw(held)
 
     def _estimated_finish(self, report: StepReport) -> datetime:
@@ -56,20 +72,30 @@ class JobProgress:
         return datetime.now(UTC) + timedelta(seconds=per_step * (report.total_steps - report.step))
 
     def should_stop(self) -> bool:
-        """True once the job was cancelled, or is no longer this attempt's."""
+        """True once the job was cancelled, or is no longer this attempt's; raises `SoftTimeLimitExceeded` once it
+        has run past its time limit."""
         return self._cancel.should_stop()
 
 
 class CancelCheck:
     """`should_stop` for work without steps that renew its lease (an evaluation): True once `attempt` no longer runs
-    the row (it was cancelled, or re-queued for another attempt), asked of the database at most every 2 s."""
+    the row (it was cancelled, or re-queued for another attempt), asked of the database at most every 2 s.
 
-    def __init__(self, database_url: str, lifecycle: Lifecycle, row_id: str, attempt: int) -> None:
+    Past `deadline` (a `time.monotonic()`) it raises Celery's `SoftTimeLimitExceeded`, as Celery's own soft limit
+    does in a prefork worker: the `solo` pool enforces no time limit, so the work checks its own.
+    """
+
+    def __init__(
+        self, database_url: str, lifecycle: Lifecycle, row_id: str, attempt: int, deadline: float | None = None
+    ) -> None:
         self.database_url, self.lifecycle, self.row_id, self.attempt = database_url, lifecycle, row_id, attempt
+        self.deadline = deadline
         self._held = True
         self._checked_at = time.monotonic()
 
     def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SoftTimeLimitExceeded(f"past the time limit of {self.row_id}")
         if time.monotonic() - self._checked_at > _STATUS_POLL_S:
             with transaction(self.database_url) as session:
                 self.saw(self.lifecycle.holds(session, self.row_id, self.attempt))

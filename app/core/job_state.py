@@ -4,7 +4,7 @@
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.core import ids
@@ -28,6 +28,24 @@ def add_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     session.add(JobEvent(id=ids.event_id(), job_id=job_id, level=level, type=type_, message=message, data=data))
+
+
+def add_metrics_event(session: Session, job_id: str, message: str, data: dict[str, Any], limit: int) -> None:
+    """A step's metrics event; past `limit` of them, every other older one goes (one per step of a week-long job
+    would grow without bound, and the dashboard loads them all). The first, the newest and those with validation
+    metrics stay, so the curve keeps its shape at half the resolution each time it fills up."""
+    add_event(session, job_id, message, type_="metrics", data=data)
+    session.flush()
+    count = session.scalar(select(func.count()).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")) or 0
+    if count > limit:
+        _thin_metrics(session, job_id)
+
+
+def _thin_metrics(session: Session, job_id: str) -> None:
+    query = select(JobEvent.id, JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+    rows = list(session.execute(query.order_by(JobEvent.seq)))
+    thinnable = [event_id for event_id, data in rows[1:-1] if (data or {}).get("valid_loss") is None]
+    session.execute(delete(JobEvent).where(JobEvent.id.in_(thinnable[::2])))
 
 
 def metrics(session: Session, job_id: str) -> list[dict[str, Any]]:

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
     idempotency_ttl_hours: float = Field(default=24, gt=0)  # how long an Idempotency-Key answer is kept (as OpenAI)
 
+    # Training worker (issue 19): bounds on what one job may hold a worker for and write.
+    # A job or evaluation running longer fails: a runaway one must not hold a worker for ever (a day fits any sane job).
+    job_time_limit_seconds: float = Field(default=24 * 3600, gt=0)
+    # Metrics events kept per job: every step up to this many, then thinned to about this many (the last always kept).
+    max_metrics_events: int = Field(default=2000, ge=10)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 from sqlalchemy import delete, func, select
@@ -74,6 +75,14 @@ def _own_storage(settings: Settings, s3: SeaweedS3, redis: OwnRedis) -> Settings
     )
 
 
+def _assert_no_endpoint(settings: Settings, messages: list[str]) -> None:
+    """What tenants read names the service, never where it runs (botocore's text names the endpoint URL)."""
+    endpoint = urlsplit(settings.s3_endpoint_url or "")
+    for message in messages:
+        assert "://" not in message and endpoint.netloc not in message, message
+        assert f":{endpoint.port}" not in message, message
+
+
 def test_storage_down_for_a_moment_sends_the_job_back_to_resume_from_its_checkpoint(
     settings: Settings, own_s3: SeaweedS3, own_redis: OwnRedis, tmp_path: Path
 ) -> None:
@@ -90,6 +99,7 @@ def test_storage_down_for_a_moment_sends_the_job_back_to_resume_from_its_checkpo
         job = client.fine_tuning.jobs.retrieve(job_id)
         assert status == "succeeded", job.error
         assert "resumes from its last checkpoint in 15 s (attempt 2 of 3)" in gave_back
+        _assert_no_endpoint(own, [gave_back])
         assert "Sent to a worker again after the outage" in messages
         assert any(message.startswith("Resumed from step") for message in messages)
         assert messages.count("The job has successfully completed") == 1 and _model_rows(own, job_id) == 1
@@ -114,6 +124,7 @@ def test_storage_down_for_good_fails_the_job_naming_it_and_its_leftovers_go_once
         assert job.error.code == "service_unavailable"
         assert job.error.message.startswith("Training stopped 2 times because object storage was unavailable")
         assert "check that the workers can reach it" in job.error.message
+        _assert_no_endpoint(own, [job.error.message, *event_messages(client, job_id)])
 
         own_s3.start()
         store = store_for(own)

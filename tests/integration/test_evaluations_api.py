@@ -174,7 +174,7 @@ def _storage_down(*_: object, **__: object) -> None:
 def test_an_outage_gives_the_evaluation_back_and_its_last_attempt_fails_naming_the_service(
     client: openai.OpenAI, file_id: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.evaluation_runner.load_examples", _storage_down)
+    monkeypatch.setattr("worker.evaluation_runner.stream_examples", _storage_down)
     evaluation_id = _create(client, model=BASE, file=file_id)["id"]
     producer(settings).control.purge()  # its message was taken, as by the worker that runs it
 

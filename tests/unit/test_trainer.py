@@ -77,7 +77,6 @@ def test_learning_rate_warms_up_then_decays(make_model, tokenizer):
 
 
 def test_should_stop_ends_training_early(make_model, tokenizer):
-    checks = iter([False, False, True])
     reports: list[StepReport] = []
     result = train_lora(
         make_model(),
@@ -85,7 +84,7 @@ def test_should_stop_ends_training_early(make_model, tokenizer):
         TRAIN,
         None,
         config(),
-        hooks=TrainingHooks(on_step=reports.append, should_stop=checks.__next__),
+        hooks=TrainingHooks(on_step=reports.append, should_stop=lambda: len(reports) == 2),
     )
 
     assert (result.steps, result.stopped, len(reports)) == (2, True, 2)

@@ -11,6 +11,7 @@ _IDEMPOTENCY_INTERVAL_S = 3600  # answers live 24 h: an hour late is 4 % longer
 # Redis re-delivers an unacknowledged message after this long (kombu#337); PostgreSQL leases guard
 # against double runs anyway, but a long timeout keeps re-deliveries of healthy jobs rare.
 _VISIBILITY_TIMEOUT_S = 12 * 3600
+_HARD_LIMIT_GRACE_S = 600  # time to record the failure and delete the job's leftovers after the soft limit
 
 
 def make_training_celery(settings: Settings) -> Celery:
@@ -26,6 +27,11 @@ def make_training_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": _VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
+        # A runaway job must not hold a worker for ever: the soft limit raises SoftTimeLimitExceeded in the task,
+        # which fails the job saying so; the hard one, a grace period later, kills a task that ignored it.
+        # (The `solo` pool enforces neither: the job's own stop checks apply the same limit there.)
+        task_soft_time_limit=settings.job_time_limit_seconds,
+        task_time_limit=settings.job_time_limit_seconds + _HARD_LIMIT_GRACE_S,
     )
     return app
 

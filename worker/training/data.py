@@ -1,15 +1,24 @@
 """Batching for training: a seeded held-out split, a seeded order per epoch (optionally grouped by length),
 and padding only up to the longest row of a batch."""
 
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import torch
 
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample
+from app.serving.answers import Stopped
 
 # Examples sorted by length together: 50 batches' worth keeps batches nearly pad-free while the order stays
 # random at a larger scale (the "megabatch" of HF's LengthGroupedSampler).
 LENGTH_WINDOW_BATCHES = 50
+# Tokenizing a large file takes minutes: a cancel is heard every this many examples (a few ms each).
+STOP_CHECK_EXAMPLES = 64
+
+
+def stop_check(should_stop: Callable[[], bool] | None, index: int) -> None:
+    """Raises `Stopped` when `should_stop` says so, asked at every `STOP_CHECK_EXAMPLES`-th example."""
+    if should_stop is not None and index % STOP_CHECK_EXAMPLES == 0 and should_stop():
+        raise Stopped
 
 
 def split_held_out(

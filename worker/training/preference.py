@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
-from worker.training.data import collate
+from worker.training.data import collate, stop_check
 from worker.training.logits import labelled_logits
 
 
@@ -85,11 +85,13 @@ def tokenize_pairs(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[list[dict], str, str]],
     max_length: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[PreferencePair]:
     """(prompt messages, chosen answer, rejected answer) tokenized as training does, labels on the answer only;
-    a pair left without an answer token after truncation is dropped."""
+    a pair left without an answer token after truncation is dropped. `Stopped` when `should_stop` says so."""
     tokenized = []
-    for prompt, chosen, rejected in pairs:
+    for index, (prompt, chosen, rejected) in enumerate(pairs):
+        stop_check(should_stop, index)
         rows = [
             tokenize_example(tokenizer, [*prompt, {"role": "assistant", "content": answer}], max_length)
             for answer in (chosen, rejected)

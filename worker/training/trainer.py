@@ -23,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from app.ml.adapter_manifest import write_manifest
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
-from worker.training.data import batches_per_epoch, collate, epoch_batches
+from worker.training.data import batches_per_epoch, collate, epoch_batches, stop_check
 from worker.training.logits import causal_lm, labelled_logits
 from worker.training.preference import PreferencePair, PreferenceSettings, preference_stats, tokenize_pairs
 from worker.training.state import TrainingState, restore_rng_state, rng_state
@@ -400,11 +400,21 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _tokenize(
-    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages], max_length: int, train_on_inputs: bool
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    max_length: int,
+    train_on_inputs: bool,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[TokenizedExample]:
-    """Tokenized conversations, leaving out those with no token left to learn after truncation."""
-    examples = [tokenize_example(tokenizer, messages, max_length, train_on_inputs) for messages in conversations]
-    return [example for example in examples if any(label != IGNORE_INDEX for label in example.labels[1:])]
+    """Tokenized conversations, leaving out those with no token left to learn after truncation. A large file takes
+    minutes: `should_stop` is asked every `STOP_CHECK_EXAMPLES`, and `Stopped` raised when it says so."""
+    examples = []
+    for index, messages in enumerate(conversations):
+        stop_check(should_stop, index)
+        example = tokenize_example(tokenizer, messages, max_length, train_on_inputs)
+        if any(label != IGNORE_INDEX for label in example.labels[1:]):
+            examples.append(example)
+    return examples
 
 
 def _adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -476,11 +486,13 @@ def train_lora(
     With validation examples, the adapter of the epoch with the lowest validation loss is the one returned.
     `hooks.resume` continues a run from the state an earlier run's `on_epoch_end` reported, giving the same result
     as a run that never stopped; `hooks.start_from` trains further an adapter saved by `save_adapter` (its LoRA
-    settings win over the config's).
+    settings win over the config's). `hooks.should_stop` saying so while the examples are tokenized raises `Stopped`;
+    once training runs, the result says `stopped`.
     """
     torch.manual_seed(config.seed)
-    train_set = _tokenize(tokenizer, train_examples, config.max_seq_length, config.train_on_inputs)
-    held_out = _tokenize(tokenizer, validation_examples or [], config.max_seq_length, config.train_on_inputs)
+    stop = hooks.should_stop
+    train_set = _tokenize(tokenizer, train_examples, config.max_seq_length, config.train_on_inputs, stop)
+    held_out = _tokenize(tokenizer, validation_examples or [], config.max_seq_length, config.train_on_inputs, stop)
     if not train_set:
         raise ValueError("no training example has an assistant token within max_seq_length")
     peft_model = _lora_model(model, config, hooks.start_from)
@@ -504,8 +516,8 @@ def train_preference(
     log-probabilities are computed on each batch by the policy's own forward, with the starting adapter's weights.
     """
     torch.manual_seed(config.seed)
-    train_set = tokenize_pairs(tokenizer, train_pairs, config.max_seq_length)
-    held_out = tokenize_pairs(tokenizer, validation_pairs or [], config.max_seq_length)
+    train_set = tokenize_pairs(tokenizer, train_pairs, config.max_seq_length, hooks.should_stop)
+    held_out = tokenize_pairs(tokenizer, validation_pairs or [], config.max_seq_length, hooks.should_stop)
     if not train_set:
         raise ValueError("no preference pair has an answer token within max_seq_length")
     peft_model = _lora_model(model, config, hooks.start_from)

@@ -1,7 +1,7 @@
 """The evaluation report of a fine-tune: held-out answers of the base model and of the fine-tuned one, scored side
 by side, with a verdict in plain words and the warnings a user should not miss."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
@@ -28,7 +28,7 @@ class HeldOutExample:
     target: str  # the answer the example holds
 
 
-def held_out_examples(conversations: Sequence[list[dict[str, Any]]], max_examples: int) -> list[HeldOutExample]:
+def held_out_examples(conversations: Iterable[list[dict[str, Any]]], max_examples: int) -> list[HeldOutExample]:
     """At most `max_examples` held-out examples: each conversation's last assistant turn is the target, the turns
     before it the prompt. Conversations without an assistant turn after some other turn are skipped."""
     examples: list[HeldOutExample] = []
