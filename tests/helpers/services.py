@@ -105,6 +105,7 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str, base_models_fi
         torch_threads=threads_per_worker(),
         base_models_file=base_models_file,
         rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
+        failed_auth_per_minute=0,  # fuzzing sends wrong keys from one address; test_auth_throttling.py sets a limit
     )
     prepare(configured)
     yield configured
