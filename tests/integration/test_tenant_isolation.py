@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import select
 
 from app.api.dashboard.pages import router as dashboard_router
-from app.api.deps import SESSION_COOKIE
 from app.api.main import create_app
 from app.core.db import transaction
 from app.core.keys import find_key
