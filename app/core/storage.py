@@ -34,7 +34,8 @@ class ObjectStore:
             config=Config(
                 request_checksum_calculation=checksum,
                 response_checksum_validation=checksum,
-                retries={"max_attempts": 1 if probe else 3, "mode": "standard"},
+                # `max_attempts` counts retries, so 1 would be two tries; `total_max_attempts` counts all of them.
+                retries={"total_max_attempts": 1} if probe else {"max_attempts": 3, "mode": "standard"},
                 s3={"addressing_style": "path"},
                 connect_timeout=patience,
                 read_timeout=patience,
