@@ -190,7 +190,6 @@ class ObjectWriter:
                 self._sender = None
 
 
-@lru_cache
 class UnsafeObjectKey(ValueError):
     """An object whose name would be written outside the directory it is downloaded into."""
 
@@ -205,6 +204,7 @@ def _contained(dest: Path, relative: str, key: str) -> Path:
     return target
 
 
+@lru_cache
 def store_for(settings: Settings) -> ObjectStore:
     return ObjectStore(settings)
 

@@ -89,7 +89,7 @@ def _compose_env(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]) -> 
 
 def test_compose_settings_start_only_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     variables = {"LORAPORT_S3_ACCESS_KEY": "loraport-deploy", "LORAPORT_S3_SECRET_KEY": "kT3v9qXw2LmZpR7s"}
-    variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key"
+    variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key-of-32-characters"
     _compose_env(monkeypatch, variables)
     assert Settings().environment == "production"
 
