@@ -12,8 +12,8 @@ An operator who deliberately made such a key admin in another organisation makes
 `loraport keys create --admin` (the demoted keys are logged).
 
 Key prefixes were the first 12 characters: a key of 12 or fewer (a short LORAPORT_BOOTSTRAP_KEY) was stored whole,
-in clear. Such keys are revoked (their value is in the database, and start now refuses short bootstrap keys), and
-every prefix is cut to the 8 characters shown from now on.
+in clear. Such keys, found as those whose digest is their prefix's, are revoked (their value is in the database,
+and start now refuses short bootstrap keys), and every prefix is cut to the 8 characters shown from now on.
 """
 
 import logging
@@ -54,8 +54,9 @@ def upgrade() -> None:
     )
     for (key_id,) in demoted:
         log.warning("API key %s, named admin/bootstrap outside the first organisation, is no longer admin", key_id)
-    op.execute("UPDATE api_keys SET revoked_at = now() WHERE char_length(prefix) < 12 AND revoked_at IS NULL")
-    op.execute("UPDATE api_keys SET prefix = CASE WHEN char_length(prefix) < 12 THEN '' ELSE left(prefix, 8) END")
+    stored_whole = "key_hash = encode(sha256(convert_to(prefix, 'UTF8')), 'hex')"
+    op.execute(f"UPDATE api_keys SET revoked_at = now() WHERE {stored_whole} AND revoked_at IS NULL")
+    op.execute(f"UPDATE api_keys SET prefix = CASE WHEN {stored_whole} THEN '' ELSE left(prefix, 8) END")
 
 
 def downgrade() -> None:
