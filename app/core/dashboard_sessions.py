@@ -20,12 +20,17 @@ TOKEN_LENGTH = 43  # like a key: about 250 bits, so the unsalted digest allows a
 def open_session(session: Session, caller: Caller, lifetime: timedelta) -> str:
     """A new login for the caller's key; returns the token for the cookie (shown once, stored as a digest)."""
     token = ids.random_token(TOKEN_LENGTH)
+    now = datetime.now(UTC)
+    # The key's ended logins go as it logs in again, so rows do not pile up.
+    session.execute(
+        delete(DashboardSession).where(DashboardSession.api_key_id == caller.key.id, DashboardSession.expires_at <= now)
+    )
     session.add(
         DashboardSession(
             token_hash=digest(token),
             organization_id=caller.org.id,
             api_key_id=caller.key.id,
-            expires_at=datetime.now(UTC) + lifetime,
+            expires_at=now + lifetime,
         )
     )
     session.flush()

@@ -2,6 +2,7 @@
 origin of the same site (another port, a sibling subdomain); Secure behind a trusted TLS proxy; no framing."""
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from app.api.deps import SESSION_COOKIE
 from app.api.main import create_app
 from app.core.db import transaction
-from app.core.keys import find_key, revoke_key
+from app.core.keys import digest, find_key, revoke_key
 from app.core.settings import Settings
 from app.core.tables import DashboardSession, StoredFile
 from tests.helpers.datasets import chat_jsonl
@@ -118,3 +119,17 @@ def test_pages_refuse_to_be_framed(browser: httpx.Client, api_base_url: str) -> 
     for answer in (httpx.get(f"{api_base_url}/login"), browser.get("/jobs"), browser.get("/jobs/ftjob-none")):
         assert answer.headers["x-frame-options"] == "DENY", answer.url
         assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.url
+
+
+def test_an_expired_login_is_refused_and_cleared_at_the_next_login(
+    api_base_url: str, settings: Settings, org_key: str
+) -> None:
+    token = httpx.post(f"{api_base_url}/login", data={"api_key": org_key}).cookies[SESSION_COOKIE]
+    with transaction(settings.require("database_url")) as session:
+        row = session.get_one(DashboardSession, digest(token))
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+
+    assert httpx.get(f"{api_base_url}/v1/models", cookies={SESSION_COOKIE: token}).status_code == 401
+    httpx.post(f"{api_base_url}/login", data={"api_key": org_key})
+    with transaction(settings.require("database_url")) as session:
+        assert session.get(DashboardSession, digest(token)) is None
