@@ -3,16 +3,18 @@
 
 from collections.abc import Iterator
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.api.generation.admission import Admission
-from app.api.orgs.rate_limit import RateLimiter, charge_organization
+from app.api.orgs.rate_limit import FailedAuthentications, RateLimiter, charge_organization
+from app.core.dashboard_sessions import session_caller
 from app.core.db import run_after_commit, run_after_rollback, session_factory, transaction
-from app.core.errors import PermissionDenied
-from app.core.keys import Caller, authenticate, digest
+from app.core.errors import AuthenticationFailed, PermissionDenied
+from app.core.keys import Caller, authenticate
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, store_for
 from app.core.tables import Organization
@@ -20,10 +22,11 @@ from app.ml.base_models.registry import BaseModelRegistry
 from app.serving.backend import InferenceBackend
 
 _bearer = HTTPBearer(auto_error=False)
-# The dashboard's login (app/api/dashboard/session.py) keeps the key in this cookie, so the pages' scripts call the same
-# API the SDK does; a request with a bearer key uses that key.
-SESSION_COOKIE = "loraport_key"
+# The dashboard's login (app/api/dashboard/session.py) keeps a session token in this cookie, so the pages' scripts call
+# the same API the SDK does; a request with a bearer key uses that key.
+SESSION_COOKIE = "loraport_session"
 _cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False)
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -62,6 +65,17 @@ def get_rate_limiter(request: Request) -> RateLimiter:
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
+def get_failed_authentications(request: Request) -> FailedAuthentications:
+    """Made on first use and kept in the app's state, beside the rate limiter."""
+    state = request.app.state
+    if getattr(state, "failed_authentications", None) is None:
+        settings: Settings = state.settings
+        state.failed_authentications = FailedAuthentications(
+            settings.require("redis_url"), settings.failed_auth_per_minute
+        )
+    return state.failed_authentications
+
+
 def get_session(settings: SettingsDep) -> Iterator[Session]:
     """One transaction per request: committed when the route returns without error, rolled back when it raises.
 
@@ -92,27 +106,52 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 def current_caller(
-    settings: SettingsDep,
-    rate_limiter: RateLimiterDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    cookie_key: Annotated[str | None, Depends(_cookie)],
+    session_token: Annotated[str | None, Depends(_cookie)],
 ) -> Caller:
-    key = credentials.credentials if credentials else cookie_key
-    caller = caller_of(settings, key)
-    rate_limiter.charge(digest(key or ""))
+    """The bearer key's caller, else the dashboard login's: a cookie-authenticated change must come from the
+    dashboard's own origin (another port or subdomain is same-site, so SameSite=Lax alone lets its forms through)."""
+    if credentials is None and session_token and request.method not in _SAFE_METHODS:
+        refuse_other_origins(request)
+    return authenticated(request, credentials.credentials if credentials else None, session_token)
+
+
+def refuse_other_origins(request: Request) -> None:
+    """403 unless the browser says the request comes from this origin: `Sec-Fetch-Site: same-origin`, or, from a
+    browser that sends no Fetch Metadata, an `Origin` naming this host."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if fetch_site is not None:
+        same = fetch_site == "same-origin"
+    else:
+        same = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
+    if not same:
+        raise PermissionDenied(
+            "This request carries the dashboard's login cookie but was not sent from the dashboard's own origin; "
+            "open the dashboard and act from there, or send an API key as 'Authorization: Bearer YOUR_KEY'.",
+            code="cross_origin_request",
+        )
+
+
+def authenticated(request: Request, key: str | None, session_token: str | None = None) -> Caller:
+    """The caller of an API key or, without one, of a dashboard login; throttled per client address when it fails
+    (429 before any lookup once over the limit) and charged to the key's rate limit when it succeeds."""
+    settings: Settings = request.app.state.settings
+    failures = get_failed_authentications(request)
+    address = request.client.host if request.client else "unknown"
+    failures.check(address)
+    try:
+        with transaction(settings.require("database_url")) as session:
+            caller = authenticate(session, key) if key or not session_token else session_caller(session, session_token)
+    except AuthenticationFailed as error:
+        if error.code != "missing_api_key":
+            failures.count(address)
+        raise
+    rate_limiter = get_rate_limiter(request)
+    rate_limiter.charge(caller.key.key_hash)
     charge_organization(rate_limiter, caller.org.id, settings.rate_limit_per_minute_per_organization)
     return caller
-
-
-def caller_of(settings: Settings, key: str | None) -> Caller:
-    """The live key and its organisation, or `AuthenticationFailed`; looked up on every request, so a revoked key
-    gets 401 at once. Committed on its own, so `last_used_at` survives a request that later fails."""
-    with transaction(settings.require("database_url")) as session:
-        return authenticate(session, key)
-
-
-def organization_of(settings: Settings, key: str | None) -> Organization:
-    return caller_of(settings, key).org
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

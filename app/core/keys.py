@@ -5,16 +5,18 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.core import ids
 from app.core.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from app.core.scoped import get_owned
-from app.core.tables import ApiKey, Organization
+from app.core.tables import ApiKey, DashboardSession, Organization
 
 KEY_PREFIX = "lp_"
-_SHOWN_PREFIX_LENGTH = 12
+# Shown to tell keys apart (`redacted_value`, `loraport keys list`): 8 characters, and never more than a quarter of
+# a key, so a short key is not stored in clear (bootstrap keys are 32 characters or more, generated ones 43).
+_SHOWN_PREFIX_LENGTH = 8
 _ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -58,13 +60,17 @@ def issue_key(
         id=ids.key_id(),
         organization_id=org.id,
         name=name,
-        prefix=plaintext[:_SHOWN_PREFIX_LENGTH],
+        prefix=shown_prefix(plaintext),
         key_hash=digest(plaintext),
         is_admin=admin,
     )
     session.add(key)
     session.flush()
     return IssuedKey(key, plaintext)
+
+
+def shown_prefix(plaintext: str) -> str:
+    return plaintext[: min(_SHOWN_PREFIX_LENGTH, len(plaintext) // 4)]
 
 
 def find_key(session: Session, plaintext: str) -> ApiKey | None:
@@ -80,7 +86,7 @@ def authenticate(session: Session, plaintext: str | None) -> Caller:
         )
     key = find_key(session, plaintext)
     if key is None or key.revoked_at is not None:
-        raise AuthenticationFailed(f"Incorrect API key provided: {plaintext[:_SHOWN_PREFIX_LENGTH]}…")
+        raise AuthenticationFailed(f"Incorrect API key provided: {shown_prefix(plaintext)}…")
     session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=datetime.now(UTC)))
     return Caller(key, session.get_one(Organization, key.organization_id))
 
@@ -97,6 +103,7 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     if key is None:
         raise NotFound(f"No API key with id {key_id!r}")
     key.revoked_at = key.revoked_at or datetime.now(UTC)
+    end_key_sessions(session, key)
     return key
 
 
@@ -134,5 +141,11 @@ def revoke_org_key(session: Session, caller: Caller, key_id: str) -> ApiKey:
             code="cannot_revoke_own_key",
         )
     key.revoked_at = datetime.now(UTC)
+    end_key_sessions(session, key)
     session.flush()
     return key
+
+
+def end_key_sessions(session: Session, key: ApiKey) -> None:
+    """Logs out the dashboards opened with `key` (they would be refused anyway: a session lives with its key)."""
+    session.execute(delete(DashboardSession).where(DashboardSession.api_key_id == key.id))

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -16,6 +16,9 @@ _PREFIX = "LORAPORT_"
 # Ours but not settings: the CLI's client side (`--base-url`, `--api-key`) and the test suite's services.
 _OTHER_VARIABLES = ("LORAPORT_BASE_URL", "LORAPORT_API_KEY", "LORAPORT_TEST_")
 DEFAULT_S3_ACCESS_KEY, DEFAULT_S3_SECRET_KEY = "loraport", "loraport-secret"
+MIN_BOOTSTRAP_KEY_LENGTH = 32
+# Read only by the process that prepares the deployment (`loraport up`, `python -m app.cli.migrate`).
+_NOT_FOR_CHILDREN = {"bootstrap_key"}
 UrlSetting = Literal["database_url", "redis_url", "s3_endpoint_url"]
 
 
@@ -109,6 +112,23 @@ class Settings(BaseSettings):
     # Metrics events kept per job: every step up to this many, then thinned to about this many (the last always kept).
     max_metrics_events: int = Field(default=2000, ge=10)
 
+    # Security (issue 19): login cookie behind a TLS proxy, failed-authentication throttle, bootstrap key strength.
+    # Honour `X-Forwarded-Proto: https` for the login cookie's Secure flag: only behind a proxy that sets it.
+    trust_forwarded_proto: bool = False
+    failed_auth_per_minute: int = Field(default=20, ge=0)  # failed authentications per client IP; 0: no limit
+    dashboard_session_hours: int = Field(default=24 * 7, ge=1)  # a dashboard login lasts this long
+
+    @field_validator("bootstrap_key")
+    @classmethod
+    def _long_bootstrap_key(cls, key: str | None) -> str | None:
+        # Stored as an unsalted SHA-256 digest, which is safe only for a key too long to guess.
+        if key is not None and len(key) < MIN_BOOTSTRAP_KEY_LENGTH:
+            raise ValueError(
+                f"LORAPORT_BOOTSTRAP_KEY is {len(key)} characters; an admin key needs at least "
+                f"{MIN_BOOTSTRAP_KEY_LENGTH} random ones (e.g. `lp_$(openssl rand -hex 24)`)"
+            )
+        return key
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -142,9 +162,11 @@ class Settings(BaseSettings):
         return self.home / "adapters"
 
     def as_environment(self) -> dict[str, str]:
-        """These settings as `LORAPORT_*` variables, to hand to a child process."""
+        """These settings as `LORAPORT_*` variables, to hand to a child process; the bootstrap key stays here."""
         return {
-            f"LORAPORT_{name.upper()}": str(value) for name, value in self.model_dump().items() if value is not None
+            f"LORAPORT_{name.upper()}": str(value)
+            for name, value in self.model_dump(exclude=_NOT_FOR_CHILDREN).items()
+            if value is not None
         }
 
     def require(self, name: UrlSetting) -> str:

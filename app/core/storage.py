@@ -20,8 +20,10 @@ _PART_SIZE = 8 * 1024 * 1024
 
 
 class ObjectStore:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, probe: bool = False) -> None:
+        """`probe`: one attempt with 2 s timeouts (a readiness check), instead of botocore's 60 s, three times."""
         checksum = settings.s3_checksum_mode
+        patience = 2 if probe else 60  # seconds to connect and to read; 60 is botocore's default
         self.bucket = settings.s3_bucket
         self.client = boto3.client(
             "s3",
@@ -32,8 +34,11 @@ class ObjectStore:
             config=Config(
                 request_checksum_calculation=checksum,
                 response_checksum_validation=checksum,
-                retries={"max_attempts": 3, "mode": "standard"},
+                # `max_attempts` counts retries, so 1 would be two tries; `total_max_attempts` counts all of them.
+                retries={"total_max_attempts": 1} if probe else {"max_attempts": 3, "mode": "standard"},
                 s3={"addressing_style": "path"},
+                connect_timeout=patience,
+                read_timeout=patience,
             ),
         )
 
@@ -60,7 +65,7 @@ class ObjectStore:
         if not keys:
             raise FileNotFoundError(f"no objects under s3://{self.bucket}/{prefix}")
         for key in keys:
-            target = dest / key[len(prefix) :]
+            target = _contained(dest, key[len(prefix) :], key)
             target.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(self.bucket, key, str(target))
 
@@ -183,6 +188,20 @@ class ObjectWriter:
             if self._sender is not None:
                 self._sender.shutdown(wait=True)
                 self._sender = None
+
+
+class UnsafeObjectKey(ValueError):
+    """An object whose name would be written outside the directory it is downloaded into."""
+
+
+def _contained(dest: Path, relative: str, key: str) -> Path:
+    """`dest / relative`, refused unless it stays inside `dest`: whoever can write the bucket must not be able to
+    write files elsewhere as the API or worker user (a key holding `..`, or an absolute path)."""
+    parts = relative.split("/")
+    target = (dest / relative).resolve()
+    if relative.startswith("/") or ".." in parts or not target.is_relative_to(dest.resolve()):
+        raise UnsafeObjectKey(f"refusing s3://…/{key}: its name would be written outside {dest}")
+    return target
 
 
 @lru_cache

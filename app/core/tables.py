@@ -205,3 +205,15 @@ class UploadPart(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = _now()
+
+
+class DashboardSession(Base):
+    """A dashboard login: the cookie holds a random token, stored here only as its digest, so the cookie is not the
+    API key, logging out ends it, and revoking the key it was opened with ends it too."""
+
+    __tablename__ = "dashboard_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

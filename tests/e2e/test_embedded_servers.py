@@ -1,9 +1,13 @@
 """The embedded PostgreSQL, Redis and S3 servers: real processes, data that survives a restart, nothing left
 running after stop. A missing binary fails these tests."""
 
+import json
 import socket
+import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +114,34 @@ def test_s3_accepts_only_its_keys_and_keeps_objects_across_restart(tmp_path: Pat
     processes = family(server.process)
     server.stop()
     assert_gone(processes)
+
+
+def test_s3_data_is_for_this_user_and_only_through_the_s3_keys(tmp_path: Path) -> None:
+    """Audit #16: other local users can neither list the data directory nor fetch objects past the S3 keys through
+    the filer's or the volume server's HTTP ports on 127.0.0.1."""
+    server = SeaweedS3(tmp_path / "s3", access_key="test-access", secret_key="test-secret")
+    endpoint = server.start()
+    try:
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket="loraport")
+        client.put_object(Bucket="loraport", Key="org-1/adapter.safetensors", Body=b"weights")
+        (volume,) = [row for row in _http(server, "master", "/dir/lookup?volumeId=1")["locations"]]
+
+        assert stat.S_IMODE((tmp_path / "s3").stat().st_mode) == 0o700
+        with pytest.raises(urllib.error.HTTPError) as filer:
+            _http(server, "filer", "/buckets/loraport/org-1/adapter.safetensors")
+        assert filer.value.code == 404  # the filer's HTTP API is off
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(f"http://{volume['url']}/1,01", timeout=5)
+        assert unsigned.value.code == 401  # the volume server serves signed requests only
+        assert client.get_object(Bucket="loraport", Key="org-1/adapter.safetensors")["Body"].read() == b"weights"
+    finally:
+        server.stop()
+
+
+def _http(server: SeaweedS3, name: str, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.ports[name]}{path}", timeout=5) as answer:
+        return json.load(answer)
 
 
 def test_s3_port_in_use_is_one_clear_error(tmp_path: Path) -> None:

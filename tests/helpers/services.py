@@ -106,6 +106,7 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str, base_models_fi
         base_models_file=base_models_file,
         rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
         rate_limit_per_minute_per_organization=0,  # … and test_quotas.py one with a limit per organisation
+        failed_auth_per_minute=0,  # fuzzing sends wrong keys from one address; test_auth_throttling.py sets a limit
     )
     prepare(configured)
     yield configured

@@ -40,7 +40,7 @@ def test_admin_creates_a_key_that_works_and_is_listed_only_redacted(admin: opena
     value = created["value"]
     assert value.startswith("lp_") and created["id"].startswith("key-")
     assert created["object"] == "organization.api_key" and created["name"] == "ci" and created["admin"] is False
-    assert created["redacted_value"] == value[:12] + "…" and created["last_used_at"] is None
+    assert created["redacted_value"] == value[:8] + "…" and created["last_used_at"] is None
     sdk_client(api_base_url, value).files.list()  # the new key works
 
     listed = admin.get(KEYS, cast_to=dict)
@@ -154,5 +154,5 @@ def test_cli_creates_an_admin_key_that_can_manage_keys(settings: Settings, api_b
     with pytest.raises(openai.PermissionDeniedError):
         sdk_client(api_base_url, plain).get(KEYS, cast_to=dict)
     rows = [line for line in loraport(settings, "keys", "list", "--org", org).splitlines() if "lp_" in line]
-    assert ["admin" in row for row in rows if key[:12] in row] == [True]
-    assert ["admin" in row for row in rows if plain[:12] in row] == [False]
+    assert ["admin" in row for row in rows if key[:8] in row] == [True]
+    assert ["admin" in row for row in rows if plain[:8] in row] == [False]

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from app.core.db import transaction
-from app.core.keys import revoke_key
+from app.core.keys import find_key, revoke_key
 from app.core.settings import Settings
 from app.core.tables import ApiKey
 from tests.helpers.services import sdk_client
@@ -26,7 +26,8 @@ def test_revoked_key_stops_working(api_base_url: str, settings: Settings, org_ke
     client = sdk_client(api_base_url, org_key)
     client.files.list()
     with transaction(settings.require("database_url")) as session:
-        key = session.scalars(select(ApiKey).where(ApiKey.prefix == org_key[:12])).one()
+        key = find_key(session, org_key)
+        assert key is not None
         assert key.last_used_at is not None
         revoke_key(session, key.id)
     with pytest.raises(openai.AuthenticationError):

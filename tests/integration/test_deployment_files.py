@@ -64,7 +64,7 @@ def test_gpu_image_copies_the_packages_and_installs_the_default_model() -> None:
 
 
 REQUIRED = re.compile(r"^\$\{(\w+):\?.+\}$")  # `${NAME:?message}`: compose refuses to start without NAME
-SECRETS = ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY", "LORAPORT_BOOTSTRAP_KEY")
+SECRETS = ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY")
 
 
 def test_services_run_in_production_with_secrets_from_required_variables() -> None:
@@ -74,6 +74,13 @@ def test_services_run_in_production_with_secrets_from_required_variables() -> No
         assert env["LORAPORT_ENVIRONMENT"] == "production", name
         for secret in SECRETS:
             assert (match := REQUIRED.match(env[secret])) and match[1] == secret, f"{name}: {secret} is {env[secret]}"
+        assert "${POSTGRES_PASSWORD:?" in env["LORAPORT_DATABASE_URL"], name
+    # the bootstrap key is the api's alone: it creates the key at start, and no other role needs it
+    assert REQUIRED.match(services["api"]["environment"]["LORAPORT_BOOTSTRAP_KEY"])
+    assert "LORAPORT_BOOTSTRAP_KEY" not in services["worker"]["environment"]
+    assert "LORAPORT_BOOTSTRAP_KEY" not in services["maintenance"]["environment"]
+    assert REQUIRED.match(services["postgres"]["environment"]["POSTGRES_PASSWORD"])
+    assert not services["s3"]["image"].endswith(":latest")
     s3_env = services["s3"]["environment"]
     for secret in ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY"):
         assert s3_env[secret] == services["api"]["environment"][secret], f"the S3 server gets another {secret}"
@@ -89,7 +96,8 @@ def _compose_env(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]) -> 
 
 def test_compose_settings_start_only_with_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     variables = {"LORAPORT_S3_ACCESS_KEY": "loraport-deploy", "LORAPORT_S3_SECRET_KEY": "kT3v9qXw2LmZpR7s"}
-    variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key"
+    variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key-of-32-characters"
+    variables["POSTGRES_PASSWORD"] = "db-password"
     _compose_env(monkeypatch, variables)
     assert Settings().environment == "production"
 

@@ -1,5 +1,9 @@
 """Liveness and readiness, against the real services and against an unreachable one."""
 
+import contextlib
+import socket
+import threading
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +27,35 @@ def test_readyz_names_the_service_that_is_down(settings: Settings) -> None:
     checks = response.json()["checks"]
     assert checks["database"] == "ok" and checks["storage"] == "ok"
     assert checks["broker"].startswith("unavailable")
+
+
+class SilentServer:
+    """Accepts connections and never answers, as a storage host behind a dead proxy does; counts the connections."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.socket.accept()[0])
+
+
+def test_readyz_tries_a_silent_service_once_and_reuses_its_answer(settings: Settings) -> None:
+    """/readyz is public: a flood of probes must not multiply checks, nor each wait out botocore's 3 × 60 s."""
+    silent = SilentServer()
+    with TestClient(create_app(settings.model_copy(update={"s3_endpoint_url": silent.url}))) as api:
+        answers = [api.get("/readyz") for _ in range(5)]
+
+    assert {answer.status_code for answer in answers} == {503}
+    assert answers[0].json()["checks"]["storage"].startswith("unavailable")
+    assert len(silent.accepted) == 1  # one attempt, no retries, and the four probes after it reuse its answer
 
 
 def test_storage_down_is_a_retryable_503_in_openai_shape(settings: Settings, org_key: str) -> None:

@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import select
 
 from app.api.dashboard.pages import router as dashboard_router
-from app.api.deps import SESSION_COOKIE
 from app.api.main import create_app
 from app.core.db import transaction
 from app.core.keys import find_key
@@ -25,6 +24,7 @@ from app.core.tables import FineTunedModel, JobCheckpoint
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.services import new_org_key
+from tests.helpers.tiny_models import TINY_MODEL_ID
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def test_organisation_b_gets_404_for_each_of_a_s_objects_on_every_route(
     requests |= {label: (method, path, body(objects)) for label, (method, path, body) in BODY_ROUTES.items()}
 
     with httpx.Client(base_url=api_base_url, timeout=60) as b:
-        b.cookies.set(SESSION_COOKIE, other_org_key)  # the dashboard's pages take the login cookie
+        assert b.post("/login", data={"api_key": other_org_key}).status_code == 303  # the pages need a login
         answers = {
             label: b.request(method, path, headers={"Authorization": f"Bearer {other_org_key}"}, **body)
             for label, (method, path, body) in requests.items()
@@ -177,3 +177,63 @@ def test_organisation_b_s_lists_hold_nothing_of_a_s(
     assert other_client.fine_tuning.jobs.list().data == []
     assert objects.model not in [m.id for m in other_client.models.list()]
     assert other_client.get("/evaluations", cast_to=dict)["data"] == []
+
+
+def _never_existed(model_id: str) -> str:
+    return model_id.replace("ftjob-", "ftjob-nothere")
+
+
+def test_b_cannot_name_a_s_models_as_teacher_baseline_or_starting_checkpoint(
+    settings: Settings, api_base_url: str, client: openai.OpenAI, other_client: openai.OpenAI, other_org_key: str
+) -> None:
+    """Each answers as for a model that never existed (the same status, code and message, but for the id), so B
+    learns nothing of A's; B's own file is used, so only the model named can be refused."""
+    objects = _organisation_a(settings, client)
+    chats = other_client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    prompt_lines = b"".join(b'{"prompt": "Ticket %d"}\n' % n for n in range(12))
+    prompts = other_client.files.create(file=("p.jsonl", prompt_lines), purpose="fine-tune").id
+
+    def teacher(model: str) -> tuple[str, dict[str, Any]]:
+        method = {"type": "distillation", "distillation": {"teacher_model": model}}
+        return "/v1/fine_tuning/jobs", {"model": TINY_MODEL_ID, "training_file": prompts, "method": method}
+
+    def baseline(model: str) -> tuple[str, dict[str, Any]]:
+        return "/v1/evaluations", {"model": TINY_MODEL_ID, "baseline": model, "file": chats}
+
+    def from_checkpoint(model: str) -> tuple[str, dict[str, Any]]:
+        return "/v1/fine_tuning/jobs", {"model": model, "training_file": chats}
+
+    cases = {"teacher": (teacher, objects.model), "baseline": (baseline, objects.model)}
+    cases |= {"starting checkpoint": (from_checkpoint, objects.checkpoint_model)}
+    with httpx.Client(base_url=api_base_url, headers={"Authorization": f"Bearer {other_org_key}"}) as b:
+        for label, (request, a_s_model) in cases.items():
+            path, body = request(a_s_model)
+            answer = b.post(path, json=body)
+            path, body = request(_never_existed(a_s_model))
+            unknown = b.post(path, json=body)
+
+            assert answer.status_code in (400, 404) and answer.status_code == unknown.status_code, label
+            error, unknown_error = answer.json()["error"], unknown.json()["error"]
+            assert (error["code"], error["param"]) == (unknown_error["code"], unknown_error["param"]), label
+            assert error["message"] == unknown_error["message"].replace(_never_existed(a_s_model), a_s_model), label
+    assert other_client.fine_tuning.jobs.list().data == []
+    assert other_client.get("/evaluations", cast_to=dict)["data"] == []
+
+
+def test_a_cookie_authenticated_write_from_a_same_site_origin_is_refused(
+    api_base_url: str, other_org_key: str, client: openai.OpenAI, settings: Settings
+) -> None:
+    """A page on another port of this host (same site, so SameSite=Lax sends the cookie) posting to the API."""
+    objects = _organisation_a(settings, client)
+    with httpx.Client(base_url=api_base_url) as browser:
+        assert browser.post("/login", data={"api_key": other_org_key}).status_code == 303
+        same_site = {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:1"}
+        upload = browser.post(
+            "/v1/files", headers=same_site, files={"file": ("t.jsonl", chat_jsonl())}, data={"purpose": "fine-tune"}
+        )
+        cancel = browser.post(f"/v1/fine_tuning/jobs/{objects.job}/cancel", headers=same_site)
+        listed = browser.get("/v1/files").json()["data"]
+
+    assert upload.status_code == 403 and cancel.status_code == 403
+    assert listed == []
+    assert client.fine_tuning.jobs.retrieve(objects.job).status == "succeeded"

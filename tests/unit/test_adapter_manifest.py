@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import AdapterCorrupted
+from app.core.storage import UnsafeObjectKey
 from app.ml.adapter_manifest import MANIFEST, verified_fetch, verify_manifest
 from app.serving import InferenceEngine
 from app.serving.backend import SamplingParams
@@ -60,3 +61,29 @@ def test_the_engine_refuses_a_damaged_download_and_keeps_nothing_of_it(registry,
 
     good = verified_fetch(lambda _, dest: shutil.copytree(saved_adapter, dest, dirs_exist_ok=True))
     assert InferenceEngine(registry, good, cache_dir).generate(TINY_MODEL_ID, "ft:x", QUESTION, params).text is not None
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(saved_adapter, tmp_path):
+    """Whoever can write the bucket must not slip a file into an adapter (audit #17)."""
+    shutil.copytree(saved_adapter, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "tokenizer.json").write_text("{}")
+
+    with pytest.raises(AdapterCorrupted, match=r"files its manifest does not list \(extra/tokenizer.json\)"):
+        verify_manifest(tmp_path, "ft:extra")
+
+
+def test_an_adapter_without_a_manifest_is_refused(saved_adapter, tmp_path):
+    shutil.copytree(saved_adapter, tmp_path, dirs_exist_ok=True)
+    (tmp_path / MANIFEST).unlink()
+
+    with pytest.raises(AdapterCorrupted, match="has no checksum manifest .* train it again"):
+        verify_manifest(tmp_path, "ft:legacy")
+
+
+def test_a_download_whose_object_names_escape_is_a_corrupted_adapter(tmp_path):
+    def escaping(_: str, dest: Path) -> None:
+        raise UnsafeObjectKey("refusing s3://…/a/../../x: its name would be written outside the directory")
+
+    with pytest.raises(AdapterCorrupted, match="is unusable: refusing"):
+        verified_fetch(escaping)("orgs/o/adapters/j", tmp_path)

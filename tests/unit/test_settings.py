@@ -107,8 +107,22 @@ def test_secrets_stay_out_of_the_settings_repr() -> None:
         Settings(
             s3_secret_key="s3-secret-value",
             database_url="postgresql+psycopg://loraport:db-password@db/loraport",
-            bootstrap_key="lp_bootstrap-value",
+            bootstrap_key="lp_bootstrap-value-of-32-characters",
             inference_replica_token="replica-token-value",
         )
     )
     assert not any(secret in shown for secret in ("s3-secret-value", "db-password", "bootstrap-value", "replica-token"))
+
+
+def test_a_short_bootstrap_key_is_refused_with_what_to_do() -> None:
+    """It is stored as an unsalted digest, and was shown whole as its own prefix when 12 characters or fewer."""
+    with pytest.raises(ValidationError, match="LORAPORT_BOOTSTRAP_KEY is 12 characters; .* at least 32"):
+        Settings(bootstrap_key="lp_123456789")
+    assert Settings(bootstrap_key="k" * 32).bootstrap_key == "k" * 32
+
+
+def test_the_bootstrap_key_stays_out_of_child_processes_environment() -> None:
+    """Only the process that prepares the deployment reads it; workers and the API's children do not need it."""
+    environment = Settings(bootstrap_key="k" * 40, s3_bucket="chosen").as_environment()
+    assert "LORAPORT_BOOTSTRAP_KEY" not in environment and "k" * 40 not in environment.values()
+    assert environment["LORAPORT_S3_BUCKET"] == "chosen"

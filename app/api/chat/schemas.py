@@ -42,7 +42,7 @@ class SamplingFields(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as OpenAI stores it
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

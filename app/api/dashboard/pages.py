@@ -14,8 +14,8 @@ from fastapi.templating import Jinja2Templates
 from app.api.dashboard.curves import job_curves
 from app.api.dashboard.file_lines import lines_of
 from app.api.dashboard.formats import age, measure, prompt_text
-from app.api.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, logged_in, to_login
-from app.api.deps import RegistryDep, SessionDep, SettingsDep, StoreDep, organization_of
+from app.api.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, log_out, logged_in, to_login
+from app.api.deps import RegistryDep, SessionDep, SettingsDep, StoreDep, authenticated
 from app.api.files import report_runs
 from app.api.files import service as files
 from app.api.jobs import service as jobs
@@ -25,6 +25,9 @@ from app.core.errors import AuthenticationFailed, LoraportError
 from app.core.lifecycle import ACTIVE
 
 LISTED_LINES = 200  # lines of a file shown beside its report
+# No page may be framed by another site (clickjacking a cancel or delete button): CSP for today's browsers,
+# X-Frame-Options for older ones.
+FRAMING_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
 
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -49,7 +52,7 @@ class _PageRoute(APIRoute):
 
         async def page(request: Request) -> Response:
             try:
-                return await handler(request)
+                response = await handler(request)
             except LoginRequired as login:
                 raise PageAnswer(to_login(login.next_path)) from None
             except LoraportError as error:
@@ -59,6 +62,8 @@ class _PageRoute(APIRoute):
                 # An id PostgreSQL cannot look up (a NUL character, found by tests/test_dashboard_fuzzing.py).
                 message = "The address holds a value that cannot be looked up."
                 raise PageAnswer(_error_page(request, "Error", message, 400)) from None
+            response.headers.update(FRAMING_HEADERS)
+            return response
 
         return page
 
@@ -66,6 +71,7 @@ class _PageRoute(APIRoute):
 def install_page_answers(app: FastAPI) -> None:
     async def answer(_: Request, refusal: Exception) -> Response:
         assert isinstance(refusal, PageAnswer)
+        refusal.response.headers.update(FRAMING_HEADERS)
         return refusal.response
 
     app.add_exception_handler(PageAnswer, answer)
@@ -94,16 +100,14 @@ def log_in(
     request: Request, settings: SettingsDep, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
 ) -> Response:
     try:
-        organization_of(settings, api_key.strip())
+        caller = authenticated(request, api_key.strip() or None)
     except AuthenticationFailed as error:
         context = {"next": next, "error": error.message}
         return templates.TemplateResponse(request, "login.html", context, status_code=401)
-    return logged_in(request, api_key.strip(), next)
+    return logged_in(request, settings, caller, next)
 
 
-@router.post("/logout", dependencies=[SameSiteFormDep])
-def log_out() -> Response:
-    return to_login("/")
+router.add_api_route("/logout", log_out, methods=["POST"], dependencies=[SameSiteFormDep])
 
 
 @router.get("/jobs")

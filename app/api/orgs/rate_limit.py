@@ -68,3 +68,48 @@ def charge_organization(limiter: RateLimiter, org_id: str, per_minute: int) -> N
             f"Limit {per_minute} (LORAPORT_RATE_LIMIT_PER_MINUTE_PER_ORGANIZATION). Please try again in {wait}s.",
             retry_after=wait,
         )
+
+
+class FailedAuthentications:
+    """Failed authentications per client address per minute, counted in Redis: past `per_minute`, the address gets
+    429 before its key is even looked up, so guessing keys costs the guesser time and the database nothing."""
+
+    def __init__(self, redis_url: str, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._redis = redis_client(redis_url, socket_timeout=1, socket_connect_timeout=1)
+
+    def _counter(self, address: str, now: float) -> str:
+        return f"loraport:auth-failures:{address}:{int(now // WINDOW_SECONDS)}"
+
+    def check(self, address: str) -> None:
+        """Raises `Overloaded` (`too_many_failed_authentications`) while the address is over the limit."""
+        if not self.per_minute:
+            return
+        now = time.time()
+        try:
+            failures = int(self._redis.get(self._counter(address, now)) or 0)
+        except redis.RedisError as error:
+            log.warning("api.auth_throttle.unavailable", error=type(error).__name__)
+            return
+        if failures >= self.per_minute:
+            wait = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+            refusal = Overloaded(
+                f"Too many failed authentications from your address ({self.per_minute} a minute); "
+                f"check your API key and try again in {wait}s.",
+                retry_after=wait,
+            )
+            refusal.code = "too_many_failed_authentications"
+            raise refusal
+
+    def count(self, address: str) -> None:
+        """Counts one failed authentication of the address."""
+        if not self.per_minute:
+            return
+        counter = self._counter(address, time.time())
+        try:
+            with self._redis.pipeline() as pipe:
+                pipe.incr(counter)
+                pipe.expire(counter, 2 * WINDOW_SECONDS)
+                pipe.execute()
+        except redis.RedisError as error:
+            log.warning("api.auth_throttle.unavailable", error=type(error).__name__)

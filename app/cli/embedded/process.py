@@ -90,6 +90,13 @@ def check_pid_file(pid_file: Path, name: str, marker: Path) -> None:
     pid_file.unlink()
 
 
+def private_directory(path: Path) -> None:
+    """`path`, made if missing, readable and writable by this user only (mode 700): the embedded servers keep
+    every tenant's data there, which other users of a shared host must not read or change."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 class ServerProcess:
     """One child in its own session, logging to a file, killed by the kernel if its parent dies.
 

