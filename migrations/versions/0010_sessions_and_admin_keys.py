@@ -1,7 +1,7 @@
 """dashboard sessions (opaque login tokens); admin keys and stored key prefixes corrected
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-03
 
 0007 made every key *named* `admin` or `bootstrap`, in any organisation, an admin key. The keys it meant are the

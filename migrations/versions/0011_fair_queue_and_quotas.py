@@ -2,7 +2,7 @@
 the queue's choice and the idempotency sweep
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-03
 """
 
