@@ -160,7 +160,8 @@ def test_a_client_that_hangs_up_frees_the_replica_s_generation(
         http.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
         assert response.status_code == 200
-        next(response.iter_lines())
+        lines = response.iter_lines()  # kept: a discarded iterator closes the response, which is a hang-up
+        next(lines)
         assert generating(replica) == 1
     # minutes of tokens at this CPU's pace, unless the hang-up reached the replica and cancelled them
     eventually(lambda: generating(replica) == 0, timeout=15, interval=0.1, what="the replica to stop generating")
