@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
     idempotency_ttl_hours: float = Field(default=24, gt=0)  # how long an Idempotency-Key answer is kept (as OpenAI)
 
+    # Training workers and the API's data-report threads run at this nice value (0-19), below requests, so that on
+    # a host they share with the API a chat is not queued behind a training step for the CPU.
+    background_niceness: int = Field(default=10, ge=0, le=19)
+
     # Training worker (issue 19): bounds on what one job may hold a worker for and write.
     # A job or evaluation running longer fails: a runaway one must not hold a worker for ever (a day fits any sane job).
     job_time_limit_seconds: float = Field(default=24 * 3600, gt=0)

@@ -168,7 +168,8 @@ def test_a_stopping_api_gives_back_the_reports_it_was_computing(
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     assert computing.wait(timeout=60)
 
-    report_threads(settings.report_workers).release_unfinished()  # what the API process does at exit
+    # what the API process does at exit
+    report_threads(settings.report_workers, settings.background_niceness).release_unfinished()
 
     assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
     assert len(calls) == 2

@@ -7,6 +7,7 @@ import torch
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.core.log_setup import configure_logging
+from app.core.niceness import yield_cpu
 from app.core.queue import EVALUATE_TASK, TRAIN_TASK
 from app.core.settings import get_settings
 from app.core.worker_devices import report, withdraw
@@ -29,6 +30,7 @@ def _registry() -> BaseModelRegistry:
 @worker_init.connect
 @worker_process_init.connect
 def _limit_threads(**_: object) -> None:
+    yield_cpu(get_settings().background_niceness)  # before torch starts its threads, which inherit it
     threads = get_settings().torch_threads
     if threads:
         torch.set_num_threads(threads)

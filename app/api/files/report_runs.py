@@ -33,7 +33,7 @@ log = structlog.get_logger()
 
 def schedule(session: Session, settings: Settings, computation: Computation) -> None:
     """Runs the computation on the report threads once the session's claim is committed."""
-    threads = report_threads(settings.report_workers)
+    threads = report_threads(settings.report_workers, settings.background_niceness)
     after_commit(session, partial(threads.submit, computation))
 
 

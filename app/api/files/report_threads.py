@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import structlog
 
+from app.core.niceness import yield_cpu
+
 log = structlog.get_logger()
 
 
@@ -24,7 +26,8 @@ class Computation:
 
 
 class ReportThreads:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, niceness: int = 0) -> None:
+        self._niceness = niceness
         self._queue: queue.SimpleQueue[Computation] = queue.SimpleQueue()
         self._unfinished: set[Computation] = set()
         self._lock = threading.Lock()
@@ -38,6 +41,7 @@ class ReportThreads:
         self._queue.put(computation)
 
     def _work(self) -> None:
+        yield_cpu(self._niceness)  # a 40-minute token count must not slow the chats served beside it
         while True:
             computation = self._queue.get()
             try:
@@ -60,6 +64,6 @@ class ReportThreads:
 
 
 @lru_cache
-def report_threads(workers: int) -> ReportThreads:
+def report_threads(workers: int, niceness: int) -> ReportThreads:
     """This process's report threads (started on first use)."""
-    return ReportThreads(workers)
+    return ReportThreads(workers, niceness)
