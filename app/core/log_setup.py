@@ -24,8 +24,13 @@ def configure_logging(log_format: LogFormat) -> None:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
         renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
         processors.append(renderer)
-    # Not cached: each call writes to the sys.stdout of the moment (redirected by servers and tests), for microseconds.
-    structlog.configure(processors=processors, cache_logger_on_first_use=False)
+    # Logs go to stderr, so that a command's output on stdout (`loraport compare --json`) stays only its output.
+    # Not cached: each call writes to the sys.stderr of the moment (redirected by servers and tests), for microseconds.
+    structlog.configure(
+        processors=processors,
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

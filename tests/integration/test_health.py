@@ -87,5 +87,5 @@ def test_an_unexpected_failure_is_a_500_in_openai_shape_logged_without_locals(
 
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "server_error" and "boom" not in response.text
-    logged = capsys.readouterr().out
+    logged = capsys.readouterr().err
     assert "api.unexpected_error" in logged and "RuntimeError: boom" in logged and secret not in logged
