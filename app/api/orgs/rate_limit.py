@@ -25,10 +25,20 @@ class RateLimiter:
 
     def charge(self, key_digest: str) -> None:
         """Counts one request of the key (by its digest, never the key); raises `Overloaded` past the limit."""
-        if not self.per_minute:
-            return
+        if (wait := self.over_limit(f"loraport:rate:{key_digest[:32]}", self.per_minute)) is not None:
+            raise Overloaded(
+                f"Rate limit reached for this API key on requests per min (RPM): Limit {self.per_minute}. "
+                f"Please try again in {wait}s.",
+                retry_after=wait,
+            )
+
+    def over_limit(self, name: str, per_minute: int) -> int | None:
+        """Counts one request against the per-minute counter `name`: the seconds to wait when that passes
+        `per_minute`, else None (also with no limit, or with Redis down: requests go through)."""
+        if not per_minute:
+            return None
         now = time.time()
-        counter = f"loraport:rate:{key_digest[:32]}:{int(now // WINDOW_SECONDS)}"
+        counter = f"{name}:{int(now // WINDOW_SECONDS)}"
         try:
             with self._redis.pipeline() as pipe:
                 pipe.incr(counter)
@@ -36,33 +46,14 @@ class RateLimiter:
                 used, _ = pipe.execute()
         except redis.RedisError as error:
             log.warning("api.rate_limit.unavailable", error=type(error).__name__)
-            return
-        if used > self.per_minute:
-            wait = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
-            raise Overloaded(
-                f"Rate limit reached for this API key on requests per min (RPM): Limit {self.per_minute}. "
-                f"Please try again in {wait}s.",
-                retry_after=wait,
-            )
+            return None
+        return max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS)) if used > per_minute else None
 
 
 def charge_organization(limiter: RateLimiter, org_id: str, per_minute: int) -> None:
     """Counts one request of the organisation, whichever of its keys sent it: more keys do not buy more requests
     (`rate_limit_per_minute_per_organization`; 0: no limit). Redis down lets requests through, as for keys."""
-    if not per_minute:
-        return
-    now = time.time()
-    counter = f"loraport:rate:org:{org_id}:{int(now // WINDOW_SECONDS)}"
-    try:
-        with limiter._redis.pipeline() as pipe:
-            pipe.incr(counter)
-            pipe.expire(counter, 2 * WINDOW_SECONDS)
-            used, _ = pipe.execute()
-    except redis.RedisError as error:
-        log.warning("api.rate_limit.unavailable", error=type(error).__name__)
-        return
-    if used > per_minute:
-        wait = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+    if (wait := limiter.over_limit(f"loraport:rate:org:{org_id}", per_minute)) is not None:
         raise Overloaded(
             f"Rate limit reached for your organization on requests per min (RPM), shared by all its API keys: "
             f"Limit {per_minute} (LORAPORT_RATE_LIMIT_PER_MINUTE_PER_ORGANIZATION). Please try again in {wait}s.",
