@@ -20,6 +20,7 @@ from app.api.models.router import router as models_router
 from app.api.orgs.rate_limit import RateLimiter
 from app.api.orgs.router import router as api_keys_router
 from app.api.uploads.router import router as uploads_router
+from app.core import background_processes
 from app.core.errors import install_error_handlers
 from app.core.log_setup import configure_logging
 from app.core.settings import Settings, get_settings
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    background_processes.preload(["app.api.files.validation_process", "app.api.files.report_runs"])
     app.state.registry = registry_from_settings(settings)
     app.state.engine = build_inference_backend(settings, app.state.registry)
     app.state.rate_limiter = RateLimiter(settings.require("redis_url"), settings.rate_limit_per_minute)

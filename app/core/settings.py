@@ -92,8 +92,9 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3
     # A job whose database or object storage went down is given back and resumes no sooner than this later.
     outage_retry_seconds: float = Field(default=30, ge=0)
-    # Data reports (files): computed in the API process by this many background threads, one per file and tokenizer
-    # at a time; a claim older than the stale time (its process died?) is taken over. 1 GiB takes about 40 min.
+    # Data reports (files): computed for the API process by this many background threads, each in a child process,
+    # one per file and tokenizer at a time; a claim older than the stale time (its process died?) is taken over.
+    # 1 GiB takes about 40 min.
     report_workers: int = Field(default=2, ge=1)
     report_stale_after_seconds: float = Field(default=2 * 3600, gt=0)
 
@@ -104,10 +105,14 @@ class Settings(BaseSettings):
     max_stored_bytes_per_organization: int = Field(default=50 * 1024**3, ge=0)  # files plus open uploads' bytes
     max_open_uploads_per_organization: int = Field(default=20, ge=0)  # uploads pending completion
     rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
+    # Uploads are validated in child processes of the API (one each): at most this many at once in one API process,
+    # and this many of one organisation; beyond, an upload is refused with a 429.
+    upload_validation_processes: int = Field(default=8, ge=1)
+    upload_validations_per_organization: int = Field(default=2, ge=1)
     idempotency_ttl_hours: float = Field(default=24, gt=0)  # how long an Idempotency-Key answer is kept (as OpenAI)
 
-    # Training workers and the API's data-report threads run at this nice value (0-19), below requests, so that on
-    # a host they share with the API a chat is not queued behind a training step for the CPU.
+    # Training workers and the API's child processes (upload validation, data reports) run at this nice value
+    # (0-19), below requests, so that on a host they share with the API a chat is not queued behind them for the CPU.
     background_niceness: int = Field(default=10, ge=0, le=19)
 
     # Training worker (issue 19): bounds on what one job may hold a worker for and write.

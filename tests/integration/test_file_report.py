@@ -2,6 +2,7 @@
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,8 +15,6 @@ from app.api.files.report_threads import report_threads
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.tables import FileTokenStats
-from app.ml.datasets.stored import profile
-from app.ml.datasets.tokens import token_stats
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.reports import finished_report, report_now
 from tests.helpers.tiny_models import TINY_MODEL_ID
@@ -90,6 +89,23 @@ def test_another_organisation_cannot_read_the_report(
         report(other_client, messy_file)
 
 
+def held_children(monkeypatch: pytest.MonkeyPatch, holds: int) -> tuple[threading.Event, threading.Event, list]:
+    """Report computations start their child process only once `release` is set (the first `holds` of them); `calls`
+    records each computation's target and arguments, `computing` is set when the first is held."""
+    computing, release, calls = threading.Event(), threading.Event(), []
+    run = report_runs.run_in_child
+
+    def held(name: str, niceness: int, target: Callable[..., None], *args: object) -> int:
+        calls.append((target.__name__, *args[1:]))
+        if len(calls) <= holds:
+            computing.set()
+            release.wait(timeout=120)
+        return run(name, niceness, target, *args)
+
+    monkeypatch.setattr(report_runs, "run_in_child", held)
+    return computing, release, calls
+
+
 def test_concurrent_first_requests_compute_the_token_counts_once(
     http: httpx.Client, client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,15 +113,7 @@ def test_concurrent_first_requests_compute_the_token_counts_once(
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     finished_report(client, file_id)  # the default model's counts, and the structure, out of the way
     other_model = TINY_MODEL_ID
-    computing, release, calls = threading.Event(), threading.Event(), []
-
-    def held_token_stats(*args: object, **kwargs: object) -> dict:
-        calls.append(args)
-        computing.set()
-        release.wait(timeout=120)  # every request answers while the counts are still being computed
-        return token_stats(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(report_runs, "token_stats", held_token_stats)
+    computing, release, calls = held_children(monkeypatch, holds=1)  # every request answers while it is held
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: http.get(f"/v1/files/{file_id}/report?model={other_model}"), range(16)))
     computing.wait(timeout=60)
@@ -114,7 +122,7 @@ def test_concurrent_first_requests_compute_the_token_counts_once(
     assert sorted({answer.status_code for answer in answers}) == [202]
     assert {answer.json()["status"] for answer in answers} == {"pending"}
     reports = [finished_report(client, file_id, model=other_model) for _ in range(16)]
-    assert len(calls) == 1
+    assert [call[0] for call in calls] == ["compute_tokens"]
     assert all(body == reports[0] for body in reports) and reports[0]["status"] == "ready"
     assert reports[0]["tokens"]["model"] == other_model
     with transaction(settings.require("database_url")) as session:
@@ -122,16 +130,42 @@ def test_concurrent_first_requests_compute_the_token_counts_once(
         assert sorted(rows) == sorted([settings.default_base_model, other_model])
 
 
+def test_reports_are_computed_outside_the_api_process(client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiling a large file is pure Python: in the API process it held the lock that every request needs."""
+
+    def not_here(*_: object) -> object:
+        raise AssertionError("computed in the API process")
+
+    monkeypatch.setattr(report_runs, "profile", not_here)
+    monkeypatch.setattr(report_runs, "token_stats", not_here)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    body = finished_report(client, file_id, model=TINY_MODEL_ID)
+    assert body["status"] == "ready" and body["counts"]["examples"] == len(TICKETS)
+    assert body["tokens"]["model"] == TINY_MODEL_ID
+
+
+def test_a_report_whose_process_died_is_computed_again_by_the_next_request(
+    client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child killed (out of memory, say) stored nothing: its claim is given back at once, not after hours."""
+    run, deaths = report_runs.run_in_child, list[str]()
+
+    def first_dies(name: str, niceness: int, target: Callable[..., None], *args: object) -> int:
+        if not deaths:
+            deaths.append(target.__name__)
+            return -9
+        return run(name, niceness, target, *args)
+
+    monkeypatch.setattr(report_runs, "run_in_child", first_dies)
+    file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
+    assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
+    assert deaths == ["compute_structure"]
+
+
 def test_a_report_computed_after_the_upload_answers_pending_until_then(
     client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
-
-    def held_profile(*args: object) -> object:
-        release.wait(timeout=120)
-        return profile(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(report_runs, "profile", held_profile)
+    _, release, _ = held_children(monkeypatch, holds=1)
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     pending = report_now(client, file_id)
     assert pending["status"] == "pending" and "counts" not in pending
@@ -143,6 +177,11 @@ def test_a_report_that_cannot_be_computed_says_so(client: openai.OpenAI, monkeyp
     def broken(*_: object) -> object:
         raise ValueError("a bug")
 
+    def in_this_process(name: str, niceness: int, target: Callable[..., None], *args: object) -> int:
+        target(*args)  # so that the broken `profile` is the one it calls
+        return 0
+
+    monkeypatch.setattr(report_runs, "run_in_child", in_this_process)
     monkeypatch.setattr(report_runs, "profile", broken)
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     failed = finished_report(client, file_id)
@@ -155,22 +194,13 @@ def test_a_stopping_api_gives_back_the_reports_it_was_computing(
 ) -> None:
     """Its report threads do not hold up its exit; what they held is claimed again by the next request at once,
     not after `report_stale_after_seconds`."""
-    computing, release, calls = threading.Event(), threading.Event(), []
-
-    def first_never_ends(*args: object) -> object:
-        calls.append(args)
-        if len(calls) == 1:
-            computing.set()
-            release.wait(timeout=120)
-        return profile(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(report_runs, "profile", first_never_ends)
+    computing, release, calls = held_children(monkeypatch, holds=1)
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
     assert computing.wait(timeout=60)
 
     # what the API process does at exit
-    report_threads(settings.report_workers, settings.background_niceness).release_unfinished()
+    report_threads(settings.report_workers).release_unfinished()
 
     assert finished_report(client, file_id)["counts"]["examples"] == len(TICKETS)
-    assert len(calls) == 2
+    assert [call[0] for call in calls].count("compute_structure") == 2
     release.set()

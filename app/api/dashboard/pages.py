@@ -150,12 +150,11 @@ def file_page(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    registry: RegistryDep,
 ) -> Response:
     row = files.get_file(session, org, file_id)
     # Computed once, in the background: until then the page says so and reloads itself.
     structure = report_runs.structure(session, settings, row)
-    tokens = report_runs.tokens(session, settings, registry, row, settings.default_base_model)
+    tokens = report_runs.tokens(session, settings, row, settings.default_base_model)
     report = (structure.body or {}) if structure.status == "ready" else {}
     named = sorted({n for warning in report.get("warnings", []) for n in warning.get("lines", [])})[:LISTED_LINES]
     context = {

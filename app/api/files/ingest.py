@@ -3,10 +3,10 @@
 import hashlib
 from dataclasses import dataclass
 
+from app.api.files.validation_process import ValidationProcess
 from app.core.errors import PayloadTooLarge
 from app.core.storage import ObjectWriter
 from app.ml.datasets.results import ValidationResult
-from app.ml.datasets.validation import DatasetValidator
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class FileIngest:
     (validation goes on to report every bad line).
     """
 
-    def __init__(self, writer: ObjectWriter, max_bytes: int, validator: DatasetValidator) -> None:
+    def __init__(self, writer: ObjectWriter, max_bytes: int, validator: ValidationProcess) -> None:
         self.writer, self.max_bytes, self.validator = writer, max_bytes, validator
         self.size = 0
         self.digest = hashlib.sha256()

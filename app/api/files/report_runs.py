@@ -1,12 +1,15 @@
-"""Computing claimed data reports in the API process, on its report threads (`report_threads`).
+"""Computing claimed data reports for the API process: each on one of its report threads (`report_threads`), in a
+child process (`app.core.background_processes`).
 
-In the API process rather than a Celery worker because the API alone (tests, `loraport up` without workers) must
-still produce reports, and it already holds the tokenizers. Each computation opens two short transactions of its
-own, to read the file's key and to store the result, and holds no connection while it reads the file. The result is
+For the API process rather than a Celery worker because the API alone (tests, `loraport up` without workers) must
+still produce reports. In a child process because profiling a large file is pure Python, which in the API process
+would hold the interpreter lock that its requests need. Each computation opens two short transactions of its own,
+to read the file's key and to store the result, and holds no connection while it reads the file. The result is
 stored only under the claim that scheduled it (`report_claimed_at`/`claimed_at` unchanged), so a computation whose
 claim was taken over as stale, or whose file was deleted, stores nothing.
 """
 
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -18,12 +21,13 @@ from sqlalchemy.orm import Session
 from app.api.files import report
 from app.api.files.report import FAILED, PENDING, READY, ReportPart, status_details
 from app.api.files.report_threads import Computation, report_threads
+from app.core.background_processes import run_in_child
 from app.core.db import after_commit, transaction
 from app.core.outages import unavailable_service
 from app.core.settings import Settings
 from app.core.storage import store_for
 from app.core.tables import FileTokenStats, StoredFile
-from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.base_models.from_settings import registry_from_settings
 from app.ml.datasets.stored import iter_examples, profile
 from app.ml.datasets.tokens import token_stats
 from app.ml.hyperparameters import auto_epochs
@@ -33,8 +37,16 @@ log = structlog.get_logger()
 
 def schedule(session: Session, settings: Settings, computation: Computation) -> None:
     """Runs the computation on the report threads once the session's claim is committed."""
-    threads = report_threads(settings.report_workers, settings.background_niceness)
-    after_commit(session, partial(threads.submit, computation))
+    after_commit(session, partial(report_threads(settings.report_workers).submit, computation))
+
+
+def _in_child(settings: Settings, release: Callable[[], None], target: Callable[..., None], *args: Any) -> None:
+    """Runs `target(settings, *args)` in a child process and waits for it; a child that died (killed, out of
+    memory) stored nothing, so its claim is given back for the next request to take."""
+    exitcode = run_in_child("file-report", settings.background_niceness, target, settings, *args)
+    if exitcode != 0:
+        log.error("files.report.process_died", exitcode=exitcode, target=target.__name__)
+        release()
 
 
 def _structure(settings: Settings, file_id: str, claim: datetime) -> Computation:
@@ -47,17 +59,15 @@ def _structure(settings: Settings, file_id: str, claim: datetime) -> Computation
                 .execution_options(synchronize_session=False)
             )
 
-    return Computation(partial(compute_structure, settings, file_id, claim), release)
+    return Computation(partial(_in_child, settings, release, compute_structure, file_id, claim), release)
 
 
-def _tokens(
-    settings: Settings, registry: BaseModelRegistry, file_id: str, model_id: str, claim: datetime
-) -> Computation:
+def _tokens(settings: Settings, file_id: str, model_id: str, claim: datetime) -> Computation:
     def release() -> None:
         with transaction(settings.require("database_url")) as session:
             session.execute(delete(FileTokenStats).where(_tokens_claimed(file_id, model_id, claim)))
 
-    return Computation(partial(compute_tokens, settings, registry, file_id, model_id, claim), release)
+    return Computation(partial(_in_child, settings, release, compute_tokens, file_id, model_id, claim), release)
 
 
 def _structure_claimed(file_id: str, claim: datetime) -> ColumnElement[bool]:
@@ -78,13 +88,11 @@ def structure(session: Session, settings: Settings, row: StoredFile) -> ReportPa
     return part
 
 
-def tokens(
-    session: Session, settings: Settings, registry: BaseModelRegistry, row: StoredFile, model_id: str
-) -> ReportPart:
+def tokens(session: Session, settings: Settings, row: StoredFile, model_id: str) -> ReportPart:
     """Token counts under `model_id` or their state, their computation scheduled if this request claimed it."""
     part = report.tokens(session, settings, row, model_id)
     if part.claim is not None:
-        schedule(session, settings, _tokens(settings, registry, row.id, model_id, part.claim))
+        schedule(session, settings, _tokens(settings, row.id, model_id, part.claim))
     return part
 
 
@@ -122,9 +130,7 @@ def compute_structure(settings: Settings, file_id: str, claim: datetime) -> None
         session.execute(update(StoredFile).where(claimed).values(**values).execution_options(synchronize_session=False))
 
 
-def compute_tokens(
-    settings: Settings, registry: BaseModelRegistry, file_id: str, model_id: str, claim: datetime
-) -> None:
+def compute_tokens(settings: Settings, file_id: str, model_id: str, claim: datetime) -> None:
     """Counts the file's tokens under `model_id`'s tokenizer, with the training tokens `n_epochs` = auto would use."""
     url = settings.require("database_url")
     with transaction(url) as session:
@@ -134,6 +140,7 @@ def compute_tokens(
     claimed = _tokens_claimed(file_id, model_id, claim)
     stored = update(FileTokenStats).where(claimed).execution_options(synchronize_session=False)
     try:
+        registry = registry_from_settings(settings)
         spec = registry.get(model_id)
         examples = iter_examples(store_for(settings), storage_key)
         stats = token_stats(registry.tokenizer(model_id), examples, spec.max_seq_length)

@@ -1,4 +1,5 @@
-"""The API process's report threads: a few daemon threads fed by a queue.
+"""The API process's report threads: a few daemon threads fed by a queue, each waiting on one computation at a time
+(the computing itself is done by a child process: `report_runs`).
 
 Daemon threads, unlike a `ThreadPoolExecutor`'s, do not hold up the process's exit until a 40-minute token count
 ends; what they were computing, or had queued, is given back at exit instead (`release`), so that the next request
@@ -14,8 +15,6 @@ from functools import lru_cache
 
 import structlog
 
-from app.core.niceness import yield_cpu
-
 log = structlog.get_logger()
 
 
@@ -26,8 +25,7 @@ class Computation:
 
 
 class ReportThreads:
-    def __init__(self, workers: int, niceness: int = 0) -> None:
-        self._niceness = niceness
+    def __init__(self, workers: int) -> None:
         self._queue: queue.SimpleQueue[Computation] = queue.SimpleQueue()
         self._unfinished: set[Computation] = set()
         self._lock = threading.Lock()
@@ -41,7 +39,6 @@ class ReportThreads:
         self._queue.put(computation)
 
     def _work(self) -> None:
-        yield_cpu(self._niceness)  # a 40-minute token count must not slow the chats served beside it
         while True:
             computation = self._queue.get()
             try:
@@ -64,6 +61,6 @@ class ReportThreads:
 
 
 @lru_cache
-def report_threads(workers: int, niceness: int) -> ReportThreads:
+def report_threads(workers: int) -> ReportThreads:
     """This process's report threads (started on first use)."""
-    return ReportThreads(workers, niceness)
+    return ReportThreads(workers)

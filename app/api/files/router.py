@@ -6,16 +6,22 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api import idempotency, quotas
 from app.api.deps import OrgDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from app.api.files import report_runs, service
 from app.api.files.schemas import FileDeleted, FilePublic, FileReport
+from app.api.files.service import ReceivedFile
 from app.api.files.upload import receive_upload
 from app.api.idempotency import IdempotencyKey
 from app.api.pagination import ListPage, list_page
 from app.core.db import after_commit, after_rollback
 from app.core.errors import ModelNotFound
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.core.tables import Organization
 from app.ml.base_models.registry import UnknownBaseModel
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -57,6 +63,19 @@ async def upload_file(
 ) -> FilePublic:
     """Upload a JSONL dataset (multipart fields `file` and `purpose`), checked line by line as it streams in."""
     received = await receive_upload(request, store, settings, org)
+    # In a thread: the quota check waits for the organisation's lock, which another upload of it may hold until its
+    # request commits; waiting on the event loop would stop that request from ever committing.
+    return await run_in_threadpool(_record_upload, session, store, settings, org, received, idempotency_key)
+
+
+def _record_upload(
+    session: Session,
+    store: ObjectStore,
+    settings: Settings,
+    org: Organization,
+    received: ReceivedFile,
+    idempotency_key: str | None,
+) -> FilePublic:
     forget = partial(store.delete, received.storage_key)
     after_rollback(session, forget)  # the object is only kept with the row that points at it
     digest = idempotency.request_hash("files.create", received.purpose, received.filename, received.ingested.sha256)
@@ -94,7 +113,7 @@ def file_report(
     except UnknownBaseModel:
         raise ModelNotFound(model_id) from None
     structure = report_runs.structure(session, settings, row)
-    tokens = report_runs.tokens(session, settings, registry, row, model_id)
+    tokens = report_runs.tokens(session, settings, row, model_id)
     answer = FileReport.of(row.id, structure, tokens)
     if answer.status == "pending":
         response.status_code = 202

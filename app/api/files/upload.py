@@ -6,18 +6,13 @@ from starlette.requests import Request
 from app.api.files.form_stream import stream_form
 from app.api.files.ingest import FileIngest
 from app.api.files.service import ReceivedFile, check_purpose
+from app.api.files.validation_process import ValidationProcess, validation_slots
 from app.api.quotas import StorageRoom
 from app.core import ids
 from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, file_key
 from app.core.tables import Organization
-from app.ml.datasets.validation import DatasetValidator
-
-
-def validator_for(settings: Settings) -> DatasetValidator:
-    """A validator with this deployment's limits on one line: its size and its JSON nesting."""
-    return DatasetValidator(max_line_bytes=settings.max_line_bytes, max_depth=settings.max_json_depth)
 
 
 async def receive_upload(request: Request, store: ObjectStore, settings: Settings, org: Organization) -> ReceivedFile:
@@ -25,9 +20,19 @@ async def receive_upload(request: Request, store: ObjectStore, settings: Setting
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes:
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.")
+    with validation_slots(settings).take(org.id):
+        validator = await run_in_threadpool(ValidationProcess, settings)  # starting a child blocks: in a thread
+        try:
+            return await _receive(request, store, settings, org, validator)
+        finally:
+            await run_in_threadpool(validator.close)
+
+
+async def _receive(
+    request: Request, store: ObjectStore, settings: Settings, org: Organization, validator: ValidationProcess
+) -> ReceivedFile:
     file_id = ids.file_id()
     storage_key = file_key(org.id, file_id)
-    validator = validator_for(settings)
     room = await run_in_threadpool(StorageRoom, settings, org.id)  # a database query: off the event loop
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:

@@ -9,7 +9,7 @@ from app.api import quotas
 from app.api.deps import OrgDep, SessionDep, SettingsDep, StoreDep
 from app.api.files import report_runs
 from app.api.files.form_stream import stream_form
-from app.api.files.upload import validator_for
+from app.api.files.validation_process import validation
 from app.api.uploads import service
 from app.api.uploads.schemas import UploadComplete, UploadCreate, UploadPartPublic, UploadPublic
 from app.core import ids
@@ -64,7 +64,8 @@ def complete_upload(
 ) -> UploadPublic:
     """Assemble the parts in the order of `part_ids` into a file, validating it as one dataset; the parts are deleted
     once the file is stored."""
-    upload, file = service.complete_upload(session, store, org, upload_id, body, validator_for(settings))
+    with validation(settings, org.id) as validator:
+        upload, file = service.complete_upload(session, store, org, upload_id, body, validator)
     report_runs.after_recording(session, settings, file)
     return UploadPublic.of(upload, file)
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.api.files import service as files
 from app.api.files.ingest import FileIngest, Ingested
 from app.api.files.names import safe_filename
+from app.api.files.validation_process import ValidationProcess
 from app.api.uploads.schemas import UploadComplete, UploadCreate
 from app.core import ids
 from app.core.db import after_commit, after_rollback
@@ -17,7 +18,6 @@ from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
 from app.core.scoped import get_owned
 from app.core.storage import ObjectStore, file_key
 from app.core.tables import Organization, StoredFile, Upload, UploadPart
-from app.ml.datasets.validation import DatasetValidator
 
 _DEFAULT_LIFETIME = timedelta(hours=1)  # as OpenAI's uploads
 
@@ -92,7 +92,7 @@ def complete_upload(
     org: Organization,
     upload_id: str,
     body: UploadComplete,
-    validator: DatasetValidator,
+    validator: ValidationProcess,
 ) -> tuple[Upload, StoredFile]:
     """Streams the parts, in the order given, through validation into one file."""
     upload = pending_upload(session, org, upload_id, lock=True)
@@ -136,7 +136,7 @@ def _delete_parts_after_commit(session: Session, store: ObjectStore, upload: Upl
 
 
 def _assemble(
-    store: ObjectStore, part_keys: list[str], key: str, md5: str | None, validator: DatasetValidator
+    store: ObjectStore, part_keys: list[str], key: str, md5: str | None, validator: ValidationProcess
 ) -> Ingested:
     ingest = FileIngest(store.writer(key), max_bytes=2**63, validator=validator)
     checksum = hashlib.md5(usedforsecurity=False)
