@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     base_models_file: Path | None = Field(default=None, description="JSON file of extra base models")
 
     max_upload_bytes: int = 1024**3
-    max_json_body_bytes: int = 8 * 1024**2  # a chat, completion, job or evaluation request; larger is a 413
+    # A chat, completion, job or evaluation request; larger is a 413, refused before it is parsed. A prompt that fills
+    # a 128k-token context is about 0.5 MB of JSON (0.8 MB escaped at one character a token): 2 MiB holds any prompt
+    # a served model can take, and an 8 MB one would hold the event loop for 0.1 s to parse (json.loads keeps the
+    # interpreter lock throughout, so the inference engine's thread waits too).
+    max_json_body_bytes: int = 2 * 1024**2
     max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
     max_json_depth: int = Field(default=64, ge=1)  # arrays/objects in one another, in a JSON body or a line
     device: Literal["auto", "cpu", "cuda"] = "auto"

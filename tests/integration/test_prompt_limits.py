@@ -87,7 +87,7 @@ def test_a_prompt_of_megabytes_is_refused_by_its_length_before_it_is_tokenized(
 ) -> None:
     tokenized: list[object] = []
     monkeypatch.setattr(prompts, "render_prompt_ids", lambda *args: tokenized.append(args) or [])
-    huge = "hello world " * 400_000  # 4.8 MB, under the body ceiling
+    huge = "hello world " * 150_000  # 1.8 MB, under the body ceiling
 
     with pytest.raises(openai.BadRequestError) as chat:
         client.chat.completions.create(model=TINY_MODEL_ID, messages=_user(huge))
