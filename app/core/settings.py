@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     # Engine and admission limits (issue 19): one tenant's requests cannot take the whole engine.
     inference_share_per_organization: float = Field(default=0.5, gt=0, le=1)  # of the running generation slots
+    # Rows (choices) of one organisation that start decoding while another's share the engine; unset: 1 on a CPU,
+    # half the batch on a GPU (`app.serving.factory.rows_per_organization_when_shared`).
+    inference_rows_per_organization_when_shared: int | None = Field(default=None, ge=1)
     max_serving_lora_rank: int = Field(default=64, ge=1)  # adapters of a higher LoRA rank are refused for serving
     adapter_disk_cache_megabytes: int = Field(default=10240, ge=1)  # adapter files kept on disk, LRU evicted
 

@@ -17,6 +17,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely alternatives
+    organization: str | None = None  # whose request: the built-in engine shares its batch fairly between them
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ Design:
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,6 +85,9 @@ class TokenStream(QueuedTokenStream):
         self._fail(error)
 
 
+_SHARED_WINDOW_S = 2.0
+
+
 @dataclass(eq=False)  # rows are compared and hashed by identity
 class _Row:
     prompt_ids: list[int]
@@ -96,6 +99,7 @@ class _Row:
     eos_token_ids: frozenset[int]
     logprobs: int | None  # None: none; k: the token's log-probability and the k most likely alternatives
     stream: TokenStream
+    tenant: str | None = None  # whose request: rows of one tenant are capped while another's share the batch
     deadline: float | None = None  # on the batcher's clock; a row still running then fails
     length: int = 0  # real tokens in the cache, which is also the position of the next one
     generated: int = 0
@@ -208,7 +212,10 @@ class ContinuousBatcher:
         max_batch_size: int = 16,
         max_prefill_tokens: int = 512,
         request_timeout_s: float | None = None,
+        rows_per_tenant_when_shared: int | None = None,
     ) -> None:
+        """`rows_per_tenant_when_shared`: while rows of more than one tenant are running or waiting, a tenant's
+        waiting rows start only while it has fewer running (None: no cap)."""
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError("max_batch_size and max_prefill_tokens must be at least 1")
         self._model = model
@@ -217,6 +224,8 @@ class ContinuousBatcher:
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
         self._request_timeout_s = request_timeout_s
+        self._rows_per_tenant = rows_per_tenant_when_shared
+        self._last_submitted: dict[str | None, float] = {}  # per tenant, for `_SHARED_WINDOW_S`
         self._clock: Callable[[], float] = time.monotonic
         self._waiting: deque[_Row] = deque()
         # Only the decode thread changes these (and `run_between_steps`' callers read them under the model lock).
@@ -237,21 +246,23 @@ class ContinuousBatcher:
         seed: int | None,
         eos_token_ids: set[int],
         logprobs: int | None = None,
+        tenant: str | None = None,
     ) -> TokenStream:
         """Queue a request; `adapter` is a name loaded in the slots (None: the base model), temperature 0 is greedy,
-        `logprobs` as in `SamplingParams`."""
+        `logprobs` as in `SamplingParams`, `tenant` whose request it is (an organisation)."""
         if not prompt_ids or max_new_tokens < 1:
             raise ValueError("a request needs a prompt and max_new_tokens of at least 1")
         stream = TokenStream(on_cancel=self._notify)
         timeout = self._request_timeout_s
         row = _Row(
             prompt_ids, adapter, max_new_tokens, temperature, top_p, self._generator(temperature, seed),
-            frozenset(eos_token_ids), logprobs, stream, None if timeout is None else self._clock() + timeout,
+            frozenset(eos_token_ids), logprobs, stream, tenant, None if timeout is None else self._clock() + timeout,
         )  # fmt: skip
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._waiting.append(row)
+            self._last_submitted[tenant] = self._clock()
             self._start()
             self._wakeup.notify()
         return stream
@@ -332,18 +343,27 @@ class ContinuousBatcher:
 
     def _take_waiting(self, one_chunk_only: bool) -> list[_Row]:
         """The waiting rows to prefill now: as many as fit in the batch and in the prefill budget, at least one
-        unless `one_chunk_only`, which leaves the prompts that take several chunks waiting, in order."""
-        room = self._max_batch_size - len(self._running_rows())
+        unless `one_chunk_only`, which leaves the prompts that take several chunks waiting, in order. While more
+        than one tenant has rows, a tenant at its cap of running rows waits (`rows_per_tenant_when_shared`): every
+        row in a step makes the step slower for all, so one tenant's `n=8` must not set everyone's pace."""
+        running = self._running_rows()
+        room = self._max_batch_size - len(running)
         taken: list[_Row] = []
         with self._wakeup:
+            held = Counter(row.tenant for row in running)
+            shared = len({*held, *(row.tenant for row in self._waiting), *self._recent_tenants()}) > 1
             skipped: list[_Row] = []
             while self._waiting and len(taken) < room:
                 row = self._waiting.popleft()
                 if row.stream.cancelled:
                     continue
+                if shared and self._rows_per_tenant is not None and held[row.tenant] >= self._rows_per_tenant:
+                    skipped.append(row)
+                    continue
                 longest = max([len(row.prompt_ids), *(len(r.prompt_ids) for r in taken)])
                 if longest * (len(taken) + 1) <= self._max_prefill_tokens or not (taken or one_chunk_only):
                     taken.append(row)
+                    held[row.tenant] += 1
                 elif one_chunk_only and len(row.prompt_ids) > self._max_prefill_tokens:
                     skipped.append(row)
                 else:
@@ -351,6 +371,14 @@ class ContinuousBatcher:
                     break
             self._waiting.extendleft(reversed(skipped))
         return taken
+
+    def _recent_tenants(self) -> list[str | None]:
+        """Tenants that submitted within `_SHARED_WINDOW_S`: one sending chats one after another shares the batch
+        even in the moment between two of them (older entries are forgotten here)."""
+        since = self._clock() - _SHARED_WINDOW_S
+        for tenant in [tenant for tenant, at in self._last_submitted.items() if at < since]:
+            del self._last_submitted[tenant]
+        return list(self._last_submitted)
 
     def _forward(self, rows: list[_Row], decoding: bool, **inputs: Any) -> torch.Tensor:
         """Last-position logits, each row through its own adapter (the largest group's stay staged)."""

@@ -68,6 +68,7 @@ class InferenceEngine:
         max_lora_rank: int = 64,
         request_timeout_s: float | None = None,
         max_adapter_disk_bytes: int | None = None,
+        rows_per_organization_when_shared: int | None = None,
     ) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
@@ -80,6 +81,7 @@ class InferenceEngine:
         self._prefill_chunk_tokens = prefill_chunk_tokens
         self._max_lora_rank = max_lora_rank
         self._request_timeout_s = request_timeout_s  # a request still generating then fails, even mid-prefill
+        self._rows_per_organization = rows_per_organization_when_shared  # see `ContinuousBatcher`
         self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
@@ -108,7 +110,7 @@ class InferenceEngine:
                 self._load(base, adapter_name, adapter_dir)
             return base.batcher.submit(
                 prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids,
-                params.logprobs,
+                params.logprobs, params.organization,
             )  # fmt: skip
 
         return base.batcher.run_between_steps(submit)
@@ -179,7 +181,7 @@ class InferenceEngine:
                     slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
                     batcher = ContinuousBatcher(
                         model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens,
-                        self._request_timeout_s,
+                        self._request_timeout_s, self._rows_per_organization,
                     )  # fmt: skip
                     base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
         return base

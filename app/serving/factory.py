@@ -52,7 +52,19 @@ def build_local_backend(settings: Settings, registry: BaseModelRegistry) -> Infe
         max_lora_rank=settings.max_serving_lora_rank,
         request_timeout_s=settings.inference_timeout_seconds,
         max_adapter_disk_bytes=settings.adapter_disk_cache_megabytes * 1024**2,
+        rows_per_organization_when_shared=rows_per_organization_when_shared(settings),
     )
+
+
+def rows_per_organization_when_shared(settings: Settings) -> int:
+    """`LORAPORT_INFERENCE_ROWS_PER_ORGANIZATION_WHEN_SHARED`, else by device. On a CPU every row added to a decode
+    step slows the step for every row in it (SmolLM2-135M, one thread: 78 ms for one row, 127 for two, 160 for
+    nine), so while organisations share the engine each runs one row at a time: another's `n=8` would double a
+    chat's time per token. On a GPU rows are nearly free until the batch is large, and half the batch is the cap
+    that keeps one organisation from filling it."""
+    if settings.inference_rows_per_organization_when_shared:
+        return settings.inference_rows_per_organization_when_shared
+    return 1 if compute_device(settings) == "cpu" else max(1, settings.inference_concurrency // 2)
 
 
 def generation_threads(settings: Settings) -> int:

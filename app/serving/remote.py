@@ -173,6 +173,7 @@ class RemoteBackend:
             "top_p": params.top_p,
             "seed": params.seed,
             "logprobs": params.logprobs,
+            "organization": params.organization,
         }
         for replica in self.order(base_model_id, adapter_name):
             request = self._client.build_request("POST", f"{replica}{API_PREFIX}/generate", json=body)

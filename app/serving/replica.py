@@ -1,7 +1,8 @@
 """`loraport serve-inference`: one inference backend behind internal HTTP endpoints, for API processes that
 generate remotely (`LORAPORT_INFERENCE_REPLICAS`, `app/serving/remote.py`).
 
-    POST /internal/v1/generate  {base_model, adapter, prompt_ids, max_tokens, temperature, top_p, seed, logprobs}
+    POST /internal/v1/generate  {base_model, adapter, prompt_ids, max_tokens, temperature, top_p, seed, logprobs,
+                                 organization}
          → one JSON line per token, {"token": id}, with "logprob" and "top_logprobs" ([[id, logprob], …]) when
            asked; a last {"error": {…, "status"}} line if generation fails after it began. A client that closes the
            connection cancels the generation.
@@ -50,6 +51,7 @@ class GenerateBody(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int | None = None
     logprobs: int | None = Field(default=None, ge=0)
+    organization: str | None = Field(default=None, max_length=64)  # whose request (the engine's fair share)
 
 
 class WarmBody(BaseModel):
@@ -148,7 +150,7 @@ class _TokenLines(StreamingResponse):
 @router.post("/generate")
 async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
     backend: InferenceBackend = request.app.state.backend
-    params = SamplingParams(body.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
+    params = SamplingParams(body.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs, body.organization)
     try:
         tokens = await run_in_threadpool(backend.stream_tokens, body.base_model, body.adapter, body.prompt_ids, params)
     except UnknownBaseModel as error:

@@ -437,3 +437,43 @@ def test_a_row_that_expires_as_its_prefill_starts_leaves_its_neighbours_generati
         assert ids(survivor) == reference(0, "second")
     finally:
         batcher.close()
+
+
+def test_while_organisations_share_the_batch_each_starts_at_most_its_rows(served, prompts, eos, reference):
+    """Another organisation's `n=4` must not set a chat's pace: while both have rows, its rows start one at a time,
+    and every one of them still generates what it would alone."""
+    shared = make_batcher(served, rows_per_tenant_when_shared=1)
+    rows_per_step: list[int] = []
+    hook = served[0].register_forward_pre_hook(
+        lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        chat = shared.submit(prompts[0], None, 24, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="b")
+        next(chat)
+        wide = [
+            shared.submit(prompts[1], None, 12, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
+            for _ in range(4)
+        ]
+        chat_ids = ids(chat)
+        assert max(rows_per_step) == 2  # the chat's row and one of the other organisation's
+        assert [ids(stream) for stream in wide] == [reference(1, None)] * 4
+        assert len(chat_ids) + 1 == len(reference(0, None, 24))
+    finally:
+        hook.remove()
+        shared.close()
+
+
+def test_an_organisation_alone_uses_the_whole_batch(served, prompts, eos, forward_shapes):
+    alone = make_batcher(served, rows_per_tenant_when_shared=1)
+    try:
+        wide = alone.run_between_steps(
+            lambda: [
+                alone.submit(prompts[1], None, 4, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
+                for _ in range(4)
+            ]
+        )
+        for stream in wide:
+            ids(stream)
+    finally:
+        alone.close()
+    assert forward_shapes[0][0] == 4

@@ -6,7 +6,7 @@ import torch
 
 from app.core.settings import Settings
 from app.serving.engine import InferenceEngine
-from app.serving.factory import build_local_backend
+from app.serving.factory import build_local_backend, rows_per_organization_when_shared
 
 
 def test_the_torch_engine_leaves_a_core_to_the_processes_other_threads(registry, tmp_path):
@@ -21,3 +21,10 @@ def test_the_torch_engine_leaves_a_core_to_the_processes_other_threads(registry,
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_rows_an_organisation_starts_beside_another_are_one_on_a_cpu_and_half_the_batch_on_a_gpu() -> None:
+    assert rows_per_organization_when_shared(Settings(device="cpu")) == 1
+    assert rows_per_organization_when_shared(Settings(device="cuda", inference_concurrency=16)) == 8
+    chosen = Settings(device="cpu", inference_rows_per_organization_when_shared=3)
+    assert rows_per_organization_when_shared(chosen) == 3

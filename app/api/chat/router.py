@@ -37,7 +37,7 @@ async def create_chat_completion(
     prompts = await prepare_prompts(ask, org, session, settings, registry, engine)
     model = prompts.model
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, logprobs)
+    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, logprobs, org.id)
     work = ChoiceRequest(model.base_model, model.adapter_prefix, prompts.ids[0], params, body.stop_list(), body.n)
     pieces = TokenPieces(prompts.tokenizer) if body.logprobs else None
     ticket = await admission.enter(org.id)

@@ -38,7 +38,7 @@ async def create_completion(
     ask = PromptAsk(body.model, conversations, body.max_tokens, body.n * len(conversations), "completions")
     prompts = await prepare_prompts(ask, org, session, settings, registry, engine)
     model = prompts.model
-    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs)
+    params = SamplingParams(prompts.max_tokens, body.temperature, body.top_p, body.seed, body.logprobs, org.id)
     pieces = TokenPieces(prompts.tokenizer) if body.logprobs is not None else None
     works = [
         ChoiceRequest(model.base_model, model.adapter_prefix, prompt_ids, params, body.stop_list(), body.n)
