@@ -64,6 +64,7 @@ def _dataset(lines: int, words: int = 1) -> bytes:
 @dataclass
 class Phase:
     chat_seconds: list[float] = field(default_factory=list)
+    chat_started: list[float] = field(default_factory=list)  # seconds into the phase, one per answered chat
     chat_failures: Counter[int | str] = field(default_factory=Counter)
     job_start_seconds: float | None = None
     a_jobs_finished_at_b_start: int | None = None
@@ -127,12 +128,14 @@ async def _create_job(client: httpx.AsyncClient, training_file: str) -> httpx.Re
 
 
 async def _b_chats(client: httpx.AsyncClient, phase: Phase, stop: asyncio.Event) -> None:
+    phase_started = time.perf_counter()
     while not stop.is_set():
         started = time.perf_counter()
         try:
             answer = await client.post("/v1/chat/completions", json=SMALL_CHAT)
             if answer.status_code == 200:
                 phase.chat_seconds.append(time.perf_counter() - started)
+                phase.chat_started.append(started - phase_started)
             else:
                 phase.chat_failures[answer.status_code] += 1
         except httpx.HTTPError as error:
@@ -183,7 +186,8 @@ class _RepeatedJsonl(io.RawIOBase):
 
 
 async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, upload_mb: int) -> list[str]:
-    """A's abuse, all at once; returns A's job ids (to count how many finished before B's job started)."""
+    """A's abuse, all at once; returns the paths that cancel A's jobs (to count how many finished before B's job
+    started) and its evaluation."""
     anonymous, a = _client(base_url, None), _client(base_url, key, timeout=600)
     huge_prompt = {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 690_000}]}
     long_stops = {**SMALL_CHAT, "stop": ["x" * 100_000] * 4}
@@ -205,24 +209,26 @@ async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, u
     ]
     running = [asyncio.create_task(task) for task in tasks]
     small = (await _upload(a, _dataset(20), "a.jsonl")).json()["id"]
-    job_ids = []
+    work = []
     for _ in range(20):
         answer = await _create_job(a, small)
         phase.abuse["20 jobs"][answer.status_code] += 1
         if answer.status_code == 200:
-            job_ids.append(answer.json()["id"])
+            work.append(f"/v1/fine_tuning/jobs/{answer.json()['id']}")
     large = await _upload(a, _dataset(200_000, words=8), "large.jsonl")
     phase.abuse["large file for an evaluation"][large.status_code] += 1
     if large.status_code == 200:
         evaluation = await a.post("/v1/evaluations", json={"model": MODEL, "file": large.json()["id"]})
         phase.abuse["evaluation of the large file"][evaluation.status_code] += 1
+        if evaluation.status_code == 200:
+            work.append(f"/v1/evaluations/{evaluation.json()['id']}")
     gigabyte = await _upload(a, _RepeatedJsonl(upload_mb * 1_000_000), "gigabyte.jsonl")
     phase.abuse[f"{upload_mb} MB upload"][gigabyte.status_code] += 1
     await stop.wait()
     await asyncio.gather(*running)
     await anonymous.aclose()
     await a.aclose()
-    return job_ids
+    return work
 
 
 async def _phase(args: argparse.Namespace, b_key: str, a_key: str | None) -> Phase:
@@ -243,12 +249,13 @@ async def _phase(args: argparse.Namespace, b_key: str, a_key: str | None) -> Pha
     await b.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
     await asyncio.gather(chats, watch)
     if abuse is not None:
-        a_jobs = await abuse
+        a_work = await abuse
         async with _client(args.base_url, a_key) as a:
-            statuses = [(await a.get(f"/v1/fine_tuning/jobs/{job}")).json()["status"] for job in a_jobs]
+            jobs = [path for path in a_work if path.startswith("/v1/fine_tuning/")]
+            statuses = [(await a.get(job)).json()["status"] for job in jobs]
             phase.a_jobs_finished_at_b_start = sum(status == "succeeded" for status in statuses)
-            for job in a_jobs:
-                await a.post(f"/v1/fine_tuning/jobs/{job}/cancel")
+            for path in a_work:  # so that the next run starts on an idle worker
+                await a.post(f"{path}/cancel")
     await b.aclose()
     return phase
 
@@ -264,6 +271,10 @@ def _summary(phase: Phase) -> dict:
         "b_chat_failures": dict(phase.chat_failures),
         "b_chat_p50_ms": round(1000 * statistics.median(phase.chat_seconds), 1) if phase.chat_seconds else None,
         "b_chat_p99_ms": _percentile(phase.chat_seconds, 0.99),
+        "b_slowest_chats": [  # [seconds into the phase, milliseconds]: when the tail happened
+            [round(at, 1), round(1000 * seconds)]
+            for seconds, at in sorted(zip(phase.chat_seconds, phase.chat_started, strict=True), reverse=True)[:5]
+        ],
         "b_job_start_seconds": round(phase.job_start_seconds, 1) if phase.job_start_seconds else None,
         "a_jobs_finished_when_b_phase_ended": phase.a_jobs_finished_at_b_start,
         "api_peak_rss_mb": round(phase.api_peak_rss_mb),

@@ -126,6 +126,34 @@ def test_the_event_loop_answers_while_a_prompt_is_being_tokenized(
     assert reply.usage is not None and reply.usage.completion_tokens <= 2
 
 
+def test_the_event_loop_answers_while_the_model_is_looked_up(
+    client: openai.OpenAI, api_base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database answering slowly (another tenant's transaction holding it up) must not stall every stream."""
+    looking_up, release = threading.Event(), threading.Event()
+    resolve = prompts.resolve
+
+    def held(*args: Any) -> Any:
+        looking_up.set()
+        release.wait(timeout=120)  # on the event loop, this would keep /healthz from answering meanwhile
+        return resolve(*args)
+
+    monkeypatch.setattr(prompts, "resolve", held)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            client.chat.completions.create, model=TINY_MODEL_ID, messages=_user("Hello!"), max_tokens=2
+        )
+        assert looking_up.wait(timeout=120)
+        try:
+            health = httpx.get(f"{api_base_url}/healthz", timeout=10)
+        finally:
+            release.set()
+        reply = pending.result()
+
+    assert health.status_code == 200
+    assert reply.usage is not None and reply.usage.completion_tokens <= 2
+
+
 def test_a_stop_sequence_longer_than_the_limit_is_refused_naming_it(client: openai.OpenAI) -> None:
     long_stop = "x" * (MAX_STOP_CHARACTERS + 1)
 

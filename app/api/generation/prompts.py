@@ -60,8 +60,7 @@ async def prepare_prompts(
 ) -> Prompts:
     """The ask's prompts as token ids of its model, or the OpenAI-shaped refusal of a prompt that does not fit."""
     max_tokens = checked_limits(settings, ask.max_tokens, ask.choices)
-    model = resolve(session, registry, org, ask.model)
-    session.close()  # generation can take seconds; hold no database connection meanwhile
+    model = await run_in_threadpool(_resolve_and_release, session, registry, org, ask.model)
     tokenizer, context, token_chars = await run_in_threadpool(_limits, engine, registry, model.base_model)
     for conversation in ask.conversations:
         characters = sum(len(message["content"]) for message in conversation)
@@ -79,6 +78,15 @@ async def prepare_prompts(
         )
         raise _refusal(ask.endpoint, message)
     return Prompts(model, tokenizer, ids, min(max_tokens, context - longest))
+
+
+def _resolve_and_release(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
+    """The model, read in a worker thread: a database that answers slowly must not stop the event loop, which every
+    other request's tokens go through. Then the connection goes back: generation can take seconds."""
+    try:
+        return resolve(session, registry, org, model_id)
+    finally:
+        session.close()
 
 
 def _limits(
