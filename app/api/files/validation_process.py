@@ -91,13 +91,10 @@ class ValidationProcess:
 
     def feed_chunk(self, chunk: bytes) -> None:
         if chunk:  # an empty message means the end of the file
-            self._connection.send_bytes(chunk)
-            self.error_count = int(self._answer())
+            self.error_count = int(self._exchange(chunk))
 
     def finish(self) -> ValidationResult:
-        self._connection.send_bytes(b"")
-        result = self._answer()
-        assert isinstance(result, ValidationResult)
+        result: ValidationResult = self._exchange(b"")
         return result
 
     def close(self) -> None:
@@ -108,8 +105,10 @@ class ValidationProcess:
             self._process.kill()
             self._process.join()
 
-    def _answer(self) -> Any:
+    def _exchange(self, message: bytes) -> Any:
+        """Sends a chunk (or the end) and returns the child's answer."""
         try:
+            self._connection.send_bytes(message)
             return self._connection.recv()
         except (EOFError, OSError):
             raise ServiceUnavailable("The upload could not be validated (its validation process ended)") from None
