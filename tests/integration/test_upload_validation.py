@@ -7,8 +7,11 @@ import httpx
 import openai
 import pytest
 
+from app.api.files.validation_process import validation_slots
+from app.core.settings import Settings
 from app.ml.datasets.validation import DatasetValidator
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.waiting import eventually
 
 _BOUNDARY = "held-upload"
 
@@ -49,27 +52,18 @@ def _held_upload(http: httpx.Client, release: threading.Event) -> httpx.Response
 
 
 def test_an_organisation_validates_two_uploads_at_once_and_another_is_not_held_up(
-    http: httpx.Client, client: openai.OpenAI, other_client: openai.OpenAI
+    http: httpx.Client, client: openai.OpenAI, other_client: openai.OpenAI, settings: Settings
 ) -> None:
-    release = threading.Event()
+    release, slots = threading.Event(), validation_slots(settings)
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(_held_upload, http, release) for _ in range(2)]
         try:
-            refused = _eventually_refused(client)
-            assert "already has 2 uploads being validated" in refused.message
+            eventually(lambda: slots.in_use() == 2, what="both held uploads being validated")
+            with pytest.raises(openai.RateLimitError, match="already has 2 uploads being validated"):
+                client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
             assert other_client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").status == "processed"
         finally:
             release.set()
         assert [answer.result().status_code for answer in held] == [200, 200]
+    assert slots.in_use() == 0
     assert client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").status == "processed"
-
-
-def _eventually_refused(client: openai.OpenAI) -> openai.RateLimitError:
-    """The 429 of a third upload, once both held uploads have taken their slots."""
-    for _ in range(300):
-        try:
-            client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
-        except openai.RateLimitError as refused:
-            return refused
-        threading.Event().wait(0.1)
-    raise AssertionError("a third upload was never refused while two were held")

@@ -1,10 +1,12 @@
-"""Background work runs nicer than requests: the thread that yields is lowered, the others are not."""
+"""Background work runs nicer than requests: the thread that yields is lowered, the others are not; the API's child
+processes are lowered."""
 
 import os
 import threading
 
-from app.api.files.report_threads import Computation, ReportThreads
+from app.api.files.validation_process import ValidationProcess
 from app.core.niceness import yield_cpu
+from app.core.settings import Settings
 
 
 def _priority() -> int:
@@ -31,15 +33,12 @@ def test_yield_cpu_sets_the_calling_thread_and_what_it_starts_to_the_niceness_on
     assert _priority() == before
 
 
-def test_report_threads_compute_at_the_background_niceness() -> None:
-    before, done = _priority(), threading.Event()
-    seen: list[int] = []
-
-    def run() -> None:
-        seen.append(_priority())
-        done.set()
-
-    ReportThreads(workers=1, niceness=7).submit(Computation(run=run, release=lambda: None))
-
-    assert done.wait(10)
-    assert seen == [max(before, 7)]
+def test_an_upload_is_validated_at_the_background_niceness() -> None:
+    """The API's child processes (upload validation, data reports) run below its requests."""
+    validator = ValidationProcess(Settings(background_niceness=7))
+    try:
+        validator.feed_chunk(b'{"prompt": "q", "completion": "a"}\n')  # answered: the child is past its start
+        assert validator.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, validator.pid) == max(_priority(), 7)
+    finally:
+        validator.close()

@@ -33,6 +33,10 @@ class ValidationSlots:
         self._running: Counter[str] = Counter()
         self._lock = threading.Lock()  # taken from the event loop and from threads, each time for microseconds
 
+    def in_use(self) -> int:
+        with self._lock:
+            return self._running.total()
+
     @contextmanager
     def take(self, organization_id: str) -> Iterator[None]:
         with self._lock:
