@@ -100,52 +100,30 @@ def test_a_prompt_of_megabytes_is_refused_by_its_length_before_it_is_tokenized(
     assert tokenized == []
 
 
-def test_the_event_loop_answers_while_a_prompt_is_being_tokenized(
-    client: openai.OpenAI, api_base_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "step",
+    ["render_prompt_ids", "resolve"],
+    ids=["while-a-prompt-is-tokenized", "while-the-model-is-looked-up"],  # a slow database holds the lookup up
+)
+def test_the_event_loop_answers_while_a_prompt_is_prepared(
+    client: openai.OpenAI, api_base_url: str, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    tokenizing, release = threading.Event(), threading.Event()
-
-    def held(*args: Any) -> list[int]:
-        tokenizing.set()
-        release.wait(timeout=120)  # on the event loop, this would keep /healthz from answering meanwhile
-        return render_prompt_ids(*args)
-
-    monkeypatch.setattr(prompts, "render_prompt_ids", held)
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(
-            client.chat.completions.create, model=TINY_MODEL_ID, messages=_user("Hello!"), max_tokens=2
-        )
-        assert tokenizing.wait(timeout=120)
-        try:
-            health = httpx.get(f"{api_base_url}/healthz", timeout=60)
-        finally:
-            release.set()
-        reply = pending.result()
-
-    assert health.status_code == 200
-    assert reply.usage is not None and reply.usage.completion_tokens <= 2
-
-
-def test_the_event_loop_answers_while_the_model_is_looked_up(
-    client: openai.OpenAI, api_base_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A database answering slowly (another tenant's transaction holding it up) must not stall every stream."""
-    looking_up, release = threading.Event(), threading.Event()
-    resolve = prompts.resolve
+    entered, release = threading.Event(), threading.Event()
+    original = getattr(prompts, step)
 
     def held(*args: Any) -> Any:
-        looking_up.set()
+        entered.set()
         release.wait(timeout=120)  # on the event loop, this would keep /healthz from answering meanwhile
-        return resolve(*args)
+        return original(*args)
 
-    monkeypatch.setattr(prompts, "resolve", held)
+    monkeypatch.setattr(prompts, step, held)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(
             client.chat.completions.create, model=TINY_MODEL_ID, messages=_user("Hello!"), max_tokens=2
         )
-        assert looking_up.wait(timeout=120)
+        assert entered.wait(timeout=120)
         try:
-            health = httpx.get(f"{api_base_url}/healthz", timeout=10)
+            health = httpx.get(f"{api_base_url}/healthz", timeout=60)
         finally:
             release.set()
         reply = pending.result()
