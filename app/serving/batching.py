@@ -36,7 +36,10 @@ Design:
 - Sampling is per row, on float32 logits: greedy at temperature 0, else temperature and top-p (no top-k) with a
   `torch.Generator` of the row's own, so a seed gives the same tokens whatever else shares the batch. Rows that ask
   for log-probabilities get them from the same logits (a log-softmax of the row, and its top k).
-- The owner loads or unloads adapters inside `run_between_steps`, which no forward pass overlaps. Unloading an
+- The owner submits, and loads or unloads adapters, inside `run_between_steps`: the decode thread runs the action
+  itself before its next step, so no forward pass overlaps it and it never waits more than one step. (A lock
+  shared with the decode thread starved the caller while the batch was busy: the thread took it back the moment it
+  let it go, and a chat beside another organisation's running rows waited 0.3-2 s to be submitted.) Unloading an
   adapter that `adapters_in_use()` reports breaks the rows using it; they get the error.
 """
 
@@ -44,6 +47,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -196,6 +200,13 @@ def _scored(logits: torch.Tensor, token: int, top: int) -> GeneratedToken:
     return GeneratedToken(token, float(logprobs[token]), alternatives)
 
 
+def _settle(future: "Future[T]", action: Callable[[], T]) -> None:
+    try:
+        future.set_result(action())
+    except BaseException as error:  # the caller of `run_between_steps` gets it, as if it had run the action itself
+        future.set_exception(error)
+
+
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1:
@@ -229,14 +240,15 @@ class ContinuousBatcher:
         self._max_prefill_tokens = max_prefill_tokens
         self._request_timeout_s = request_timeout_s
         self._rows_per_tenant = rows_per_tenant_when_shared
-        self._last_submitted: dict[str | None, float] = {}  # per tenant, for `_SHARED_WINDOW_S`
+        self._last_seen: dict[str | None, float] = {}  # per tenant, its last row submitted or running
         self._clock: Callable[[], float] = time.monotonic
         self._waiting: deque[_Row] = deque()
-        # Only the decode thread changes these (and `run_between_steps`' callers read them under the model lock).
+        # Only the decode thread changes these (`run_between_steps`' actions run on it too).
         self._batches: list[_Batch] = []  # decode groups of rows of similar widths
         self._prefills: list[_Prefill] = []  # at most one that takes several steps, then short ones of one step
         self._wakeup = threading.Condition()
-        self._model_lock = threading.Lock()  # held by every step, and by `run_between_steps`
+        self._model_lock = threading.Lock()  # held by every step, and by `run_between_steps` without a decode thread
+        self._between: deque[Callable[[], None]] = deque()  # `run_between_steps`' actions for the decode thread
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -266,14 +278,23 @@ class ContinuousBatcher:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._waiting.append(row)
-            self._last_submitted[tenant] = self._clock()
+            self._last_seen[tenant] = self._clock()
             self._start()
             self._wakeup.notify()
         return stream
 
     def run_between_steps(self, action: Callable[[], T]) -> T:
-        """Run `action` (load or unload adapters) while no forward pass runs."""
-        with self._model_lock:
+        """Run `action` (submit, load or unload adapters) while no forward pass runs: on the decode thread, before
+        its next step; `action`'s exception is raised here."""
+        with self._wakeup:
+            posted = self._thread is not None and not self._closed
+            if posted:
+                handed: Future[T] = Future()
+                self._between.append(lambda: _settle(handed, action))
+                self._wakeup.notify()
+        if posted:
+            return handed.result()
+        with self._model_lock:  # no decode thread runs (yet, or any more)
             return action()
 
     def adapters_in_use(self) -> set[str]:
@@ -315,18 +336,30 @@ class ContinuousBatcher:
 
     def _run(self) -> None:
         while self._wait_for_work():
-            with self._model_lock, torch.inference_mode():
-                # A prefill in progress takes the long prompts one at a time; prompts that fit in one chunk are
-                # prefilled beside it, so a long prompt never holds back the short ones queued behind it.
-                self._start_prefill(self._take_waiting(one_chunk_only=bool(self._prefills)))
-                rows = self._running_rows()
-                try:
-                    self._step()
-                except Exception as error:  # the batch may be half-updated: every row of the step fails
-                    self._batches, self._prefills = [], []
-                    for row in rows:
-                        row.stream._fail(error)
+            with self._model_lock:
+                self._run_between()
+                with torch.inference_mode():
+                    # A prefill in progress takes the long prompts one at a time; prompts that fit in one chunk are
+                    # prefilled beside it, so a long prompt never holds back the short ones queued behind it.
+                    self._start_prefill(self._take_waiting(one_chunk_only=bool(self._prefills)))
+                    rows = self._running_rows()
+                    try:
+                        self._step()
+                    except Exception as error:  # the batch may be half-updated: every row of the step fails
+                        self._batches, self._prefills = [], []
+                        for row in rows:
+                            row.stream._fail(error)
+        with self._model_lock:
+            self._run_between()  # handed over before `close`: they still run (a submit among them is refused)
         self._fail_all(RuntimeError("the batcher is closed"))
+
+    def _run_between(self) -> None:
+        while True:
+            with self._wakeup:
+                if not self._between:
+                    return
+                action = self._between.popleft()
+            action()
 
     def _step(self) -> None:
         """Drop rows that were cancelled or ran out of time, prefill one chunk of each prefill in progress (a row
@@ -341,7 +374,7 @@ class ContinuousBatcher:
 
     def _wait_for_work(self) -> bool:
         with self._wakeup:
-            while not self._closed and not self._waiting and not self._batches and not self._prefills:
+            while not (self._closed or self._between or self._waiting or self._batches or self._prefills):
                 self._wakeup.wait()
             return not self._closed
 
@@ -355,7 +388,9 @@ class ContinuousBatcher:
         taken: list[_Row] = []
         with self._wakeup:
             held = Counter(row.tenant for row in running)
-            shared = len({*held, *(row.tenant for row in self._waiting), *self._recent_tenants()}) > 1
+            now = self._clock()
+            self._last_seen.update(dict.fromkeys(held, now))
+            shared = len({*held, *(row.tenant for row in self._waiting), *self._recent_tenants(now)}) > 1
             skipped: list[_Row] = []
             while self._waiting and len(taken) < room:
                 row = self._waiting.popleft()
@@ -376,13 +411,12 @@ class ContinuousBatcher:
             self._waiting.extendleft(reversed(skipped))
         return taken
 
-    def _recent_tenants(self) -> list[str | None]:
-        """Tenants that submitted within `_SHARED_WINDOW_S`: one sending chats one after another shares the batch
-        even in the moment between two of them (older entries are forgotten here)."""
-        since = self._clock() - _SHARED_WINDOW_S
-        for tenant in [tenant for tenant, at in self._last_submitted.items() if at < since]:
-            del self._last_submitted[tenant]
-        return list(self._last_submitted)
+    def _recent_tenants(self, now: float) -> list[str | None]:
+        """Tenants with a row submitted or running within `_SHARED_WINDOW_S`: one sending chats one after another
+        shares the batch even in the moment between two of them (older entries are forgotten here)."""
+        for tenant in [tenant for tenant, at in self._last_seen.items() if at < now - _SHARED_WINDOW_S]:
+            del self._last_seen[tenant]
+        return list(self._last_seen)
 
     def _forward(self, rows: list[_Row], decoding: bool, **inputs: Any) -> torch.Tensor:
         """Last-position logits, each row through its own adapter (the largest group's stay staged)."""

@@ -477,3 +477,58 @@ def test_an_organisation_alone_uses_the_whole_batch(served, prompts, eos, forwar
     finally:
         alone.close()
     assert forward_shapes[0][0] == 4
+
+
+def test_a_request_handed_over_while_the_batch_is_busy_joins_at_the_next_step(served, prompts, eos, reference):
+    """A chat submitted (through `run_between_steps`, as the engine does) beside another request's long generation
+    must start at the next step: the decode thread must not keep the model to itself step after step."""
+    batcher = make_batcher(served)
+    steps = [0]
+    hook = served[0].register_forward_pre_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+    try:
+        long = batcher.submit(prompts[1], None, 300, temperature=0, top_p=1, seed=None, eos_token_ids=set())
+        next(long)
+        waits = []
+        for _ in range(5):
+            before = steps[0]
+            taken_at, chat = batcher.run_between_steps(lambda: (steps[0], greedy(batcher, prompts[0], None, eos)))
+            waits.append(taken_at - before)
+            assert ids(chat) == reference(0, None)
+        long.cancel()
+    finally:
+        hook.remove()
+        batcher.close()
+    assert max(waits) <= 1  # at most the forward pass running when it was handed over
+
+
+def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, prompts, eos):
+    """The window in which an organisation counts as sharing runs from its last row running, not from its last
+    submission: a chat that took longer than the window must not let another's `n=4` take every row in the
+    moment before its next chat."""
+    shared = make_batcher(served, rows_per_tenant_when_shared=1)
+    now = [0.0]
+    shared._clock = lambda: now[0]
+    rows_per_step: list[int] = []
+    try:
+        chat = shared.submit(prompts[0], None, 8, temperature=0, top_p=1, seed=None, eos_token_ids=set(), tenant="b")
+        next(chat)
+        now[0] = 10.0  # the chat's row runs on until t=10, long past its submission
+        ids(chat)
+        now[0] = 11.0
+        hook = served[0].register_forward_pre_hook(
+            lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
+        try:
+            wide = shared.run_between_steps(
+                lambda: [
+                    shared.submit(prompts[1], None, 4, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
+                    for _ in range(4)
+                ]
+            )
+            for stream in wide:
+                ids(stream)
+        finally:
+            hook.remove()
+    finally:
+        shared.close()
+    assert max(rows_per_step) == 1
