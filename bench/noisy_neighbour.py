@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.noisy_neighbour [--base-url URL] [--seconds 60] [--upload-mb 1000] [--json PATH]
 
 Two organisations are made with `loraport keys create` (the same database `make up` runs). In each phase B sends
-small chats one after another (the default base model, `max_tokens` 8) and, a few seconds in, creates one training
-job of one epoch; the phase lasts `--seconds`, or until B's job has taken its first step.
+small chats one after another (the default base model, `max_tokens` 8) from a process of its own, as another client
+would, and, a few seconds in, creates one training job of one epoch; the phase lasts `--seconds`, or until B's job
+has taken its first step. A's bodies are made before the phase starts.
 
 The quiet phase is B alone. In the noisy phase organisation A, at the same moment:
 - sends unauthenticated 64 MiB `text/plain` bodies to /v1/chat/completions;
@@ -25,6 +26,8 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import re
 import statistics
 import subprocess
@@ -34,6 +37,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import httpx
@@ -127,20 +131,51 @@ async def _create_job(client: httpx.AsyncClient, training_file: str) -> httpx.Re
     return await client.post("/v1/fine_tuning/jobs", json=body)
 
 
-async def _b_chats(client: httpx.AsyncClient, phase: Phase, stop: asyncio.Event) -> None:
-    phase_started = time.perf_counter()
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            answer = await client.post("/v1/chat/completions", json=SMALL_CHAT)
-            if answer.status_code == 200:
-                phase.chat_seconds.append(time.perf_counter() - started)
-                phase.chat_started.append(started - phase_started)
-            else:
-                phase.chat_failures[answer.status_code] += 1
-        except httpx.HTTPError as error:
-            phase.chat_failures[type(error).__name__] += 1
-        await asyncio.sleep(0.1)
+@dataclass
+class _Chats:
+    """What B's chat process sends back at the end of a phase."""
+
+    seconds: list[float] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+    failures: Counter[int | str] = field(default_factory=Counter)
+
+
+def _b_chat_process(
+    base_url: str, key: str, stop: "multiprocessing.synchronize.Event", results: "Queue[_Chats]"
+) -> None:
+    """B's small chats one after another until `stop`, in a process of its own: B is another client, so A's client
+    (building its payloads, streaming its gigabyte) must not delay B's requests or the reading of their answers."""
+
+    async def chats() -> _Chats:
+        done, phase_started = _Chats(), time.perf_counter()
+        async with _client(base_url, key) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    answer = await client.post("/v1/chat/completions", json=SMALL_CHAT)
+                    if answer.status_code == 200:
+                        done.seconds.append(time.perf_counter() - started)
+                        done.started.append(started - phase_started)
+                    else:
+                        done.failures[answer.status_code] += 1
+                except httpx.HTTPError as error:
+                    done.failures[type(error).__name__] += 1
+                await asyncio.sleep(0.1)
+        return done
+
+    results.put(asyncio.run(chats()))
+
+
+async def _b_chats(base_url: str, key: str, phase: Phase, stop: asyncio.Event) -> None:
+    context = multiprocessing.get_context("spawn")
+    stop_chats, results = context.Event(), context.Queue()
+    process = context.Process(target=_b_chat_process, args=(base_url, key, stop_chats, results), daemon=True)
+    process.start()
+    await stop.wait()
+    stop_chats.set()
+    done = await asyncio.to_thread(results.get)
+    await asyncio.to_thread(process.join)
+    phase.chat_seconds, phase.chat_started, phase.chat_failures = done.seconds, done.started, done.failures
 
 
 async def _first_step(client: httpx.AsyncClient, job_id: str, deadline: float) -> bool:
@@ -185,12 +220,25 @@ class _RepeatedJsonl(io.RawIOBase):
         return chunk
 
 
-async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, upload_mb: int) -> list[str]:
+@dataclass(frozen=True)
+class _Payloads:
+    """A's bodies, made before the clock starts: the client's own work must not be counted as the server's."""
+
+    huge_prompt: bytes = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 690_000}]}
+    ).encode()
+    long_stops: bytes = json.dumps({**SMALL_CHAT, "stop": ["x" * 100_000] * 4}).encode()
+    small_file: bytes = _dataset(20)
+    large_file: bytes = _dataset(200_000, words=8)
+
+
+async def _a_abuse(
+    base_url: str, key: str, phase: Phase, stop: asyncio.Event, upload_mb: int, payloads: _Payloads
+) -> list[str]:
     """A's abuse, all at once; returns the paths that cancel A's jobs (to count how many finished before B's job
     started) and its evaluation."""
     anonymous, a = _client(base_url, None), _client(base_url, key, timeout=600)
-    huge_prompt = {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 690_000}]}
-    long_stops = {**SMALL_CHAT, "stop": ["x" * 100_000] * 4}
+    json_body = {"Content-Type": "application/json"}
     wide_stream = {**SMALL_CHAT, "n": 8, "stream": True, "max_tokens": 64}
     tasks = [
         _repeat(
@@ -201,21 +249,29 @@ async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, u
                 "/v1/chat/completions", content=_zeros(64 * MIB), headers={"Content-Type": "text/plain"}
             ),
         ),
-        _repeat("prompt beyond the context", phase, stop, lambda: a.post("/v1/chat/completions", json=huge_prompt)),
         _repeat(
-            "stop strings of 100k characters", phase, stop, lambda: a.post("/v1/chat/completions", json=long_stops)
+            "prompt beyond the context",
+            phase,
+            stop,
+            lambda: a.post("/v1/chat/completions", content=payloads.huge_prompt, headers=json_body),
+        ),
+        _repeat(
+            "stop strings of 100k characters",
+            phase,
+            stop,
+            lambda: a.post("/v1/chat/completions", content=payloads.long_stops, headers=json_body),
         ),
         _repeat("n=8 stream", phase, stop, lambda: a.post("/v1/chat/completions", json=wide_stream)),
     ]
     running = [asyncio.create_task(task) for task in tasks]
-    small = (await _upload(a, _dataset(20), "a.jsonl")).json()["id"]
+    small = (await _upload(a, payloads.small_file, "a.jsonl")).json()["id"]
     work = []
     for _ in range(20):
         answer = await _create_job(a, small)
         phase.abuse["20 jobs"][answer.status_code] += 1
         if answer.status_code == 200:
             work.append(f"/v1/fine_tuning/jobs/{answer.json()['id']}")
-    large = await _upload(a, _dataset(200_000, words=8), "large.jsonl")
+    large = await _upload(a, payloads.large_file, "large.jsonl")
     phase.abuse["large file for an evaluation"][large.status_code] += 1
     if large.status_code == 200:
         evaluation = await a.post("/v1/evaluations", json={"model": MODEL, "file": large.json()["id"]})
@@ -231,12 +287,16 @@ async def _a_abuse(base_url: str, key: str, phase: Phase, stop: asyncio.Event, u
     return work
 
 
-async def _phase(args: argparse.Namespace, b_key: str, a_key: str | None) -> Phase:
+async def _phase(args: argparse.Namespace, b_key: str, a_key: str | None, payloads: _Payloads | None = None) -> Phase:
     phase, stop = Phase(), asyncio.Event()
     b = _client(args.base_url, b_key)
     watch = asyncio.create_task(_watch_memory(_api_pid(), phase, stop))
-    chats = asyncio.create_task(_b_chats(b, phase, stop))
-    abuse = asyncio.create_task(_a_abuse(args.base_url, a_key, phase, stop, args.upload_mb)) if a_key else None
+    chats = asyncio.create_task(_b_chats(args.base_url, b_key, phase, stop))
+    abuse = (
+        asyncio.create_task(_a_abuse(args.base_url, a_key, phase, stop, args.upload_mb, payloads))
+        if a_key and payloads
+        else None
+    )
     started = time.monotonic()
     training_file = (await _upload(b, _dataset(20), "b.jsonl")).raise_for_status().json()["id"]
     await asyncio.sleep(5)  # A's jobs are queued first
@@ -288,7 +348,7 @@ async def main(args: argparse.Namespace) -> None:
     async with _client(args.base_url, b_key) as b:  # the first chat loads the model: a start-up cost
         (await b.post("/v1/chat/completions", json=SMALL_CHAT)).raise_for_status()
     quiet = _summary(await _phase(args, b_key, None))
-    noisy = _summary(await _phase(args, b_key, a_key))
+    noisy = _summary(await _phase(args, b_key, a_key, _Payloads()))
     ratio = (
         noisy["b_chat_p99_ms"] / quiet["b_chat_p99_ms"] if quiet["b_chat_p99_ms"] and noisy["b_chat_p99_ms"] else None
     )
