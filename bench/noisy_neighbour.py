@@ -224,12 +224,21 @@ class _RepeatedJsonl(io.RawIOBase):
 class _Payloads:
     """A's bodies, made before the clock starts: the client's own work must not be counted as the server's."""
 
-    huge_prompt: bytes = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 690_000}]}
-    ).encode()
-    long_stops: bytes = json.dumps({**SMALL_CHAT, "stop": ["x" * 100_000] * 4}).encode()
-    small_file: bytes = _dataset(20)
-    large_file: bytes = _dataset(200_000, words=8)
+    huge_prompt: bytes
+    long_stops: bytes
+    small_file: bytes
+    large_file: bytes
+
+    @classmethod
+    def make(cls) -> "_Payloads":
+        return cls(
+            huge_prompt=json.dumps(
+                {"model": MODEL, "messages": [{"role": "user", "content": "hello world " * 690_000}]}
+            ).encode(),
+            long_stops=json.dumps({**SMALL_CHAT, "stop": ["x" * 100_000] * 4}).encode(),
+            small_file=_dataset(20),
+            large_file=_dataset(200_000, words=8),
+        )
 
 
 async def _a_abuse(
@@ -348,7 +357,7 @@ async def main(args: argparse.Namespace) -> None:
     async with _client(args.base_url, b_key) as b:  # the first chat loads the model: a start-up cost
         (await b.post("/v1/chat/completions", json=SMALL_CHAT)).raise_for_status()
     quiet = _summary(await _phase(args, b_key, None))
-    noisy = _summary(await _phase(args, b_key, a_key, _Payloads()))
+    noisy = _summary(await _phase(args, b_key, a_key, _Payloads.make()))
     ratio = (
         noisy["b_chat_p99_ms"] / quiet["b_chat_p99_ms"] if quiet["b_chat_p99_ms"] and noisy["b_chat_p99_ms"] else None
     )
