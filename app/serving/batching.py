@@ -335,23 +335,27 @@ class ContinuousBatcher:
         return [row for batch in batches for row in batch.rows] + [row for prefill in prefills for row in prefill.rows]
 
     def _run(self) -> None:
-        while self._wait_for_work():
+        try:
+            while self._wait_for_work():
+                with self._model_lock:
+                    self._run_between()
+                    with torch.inference_mode():
+                        # A prefill in progress takes the long prompts one at a time; prompts that fit in one chunk are
+                        # prefilled beside it, so a long prompt never holds back the short ones queued behind it.
+                        self._start_prefill(self._take_waiting(one_chunk_only=bool(self._prefills)))
+                        rows = self._running_rows()
+                        try:
+                            self._step()
+                        except Exception as error:  # the batch may be half-updated: every row of the step fails
+                            self._batches, self._prefills = [], []
+                            for row in rows:
+                                row.stream._fail(error)
+        finally:  # closed, or a bug broke the loop: no caller may be left waiting for this thread
+            with self._wakeup:
+                self._closed = True
             with self._model_lock:
-                self._run_between()
-                with torch.inference_mode():
-                    # A prefill in progress takes the long prompts one at a time; prompts that fit in one chunk are
-                    # prefilled beside it, so a long prompt never holds back the short ones queued behind it.
-                    self._start_prefill(self._take_waiting(one_chunk_only=bool(self._prefills)))
-                    rows = self._running_rows()
-                    try:
-                        self._step()
-                    except Exception as error:  # the batch may be half-updated: every row of the step fails
-                        self._batches, self._prefills = [], []
-                        for row in rows:
-                            row.stream._fail(error)
-        with self._model_lock:
-            self._run_between()  # handed over before `close`: they still run (a submit among them is refused)
-        self._fail_all(RuntimeError("the batcher is closed"))
+                self._run_between()  # handed over before: they still run (a submit among them is refused)
+            self._fail_all(RuntimeError("the batcher is closed"))
 
     def _run_between(self) -> None:
         while True:

@@ -532,3 +532,42 @@ def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, 
     finally:
         shared.close()
     assert max(rows_per_step) == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the break, as intended
+def test_a_decode_thread_that_breaks_leaves_no_caller_waiting(served, prompts, eos):
+    """A bug that breaks the decode loop must fail the requests it held and refuse new ones, not leave callers of
+    `run_between_steps` or readers waiting for ever."""
+    batcher = make_batcher(served)
+    broken = threading.Event()
+
+    def take_waiting(one_chunk_only: bool) -> list:
+        broken.wait()
+        raise AssertionError("a bug in the decode loop")
+
+    batcher._take_waiting = take_waiting  # type: ignore[method-assign]
+    try:
+        held = greedy(batcher, prompts[0], None, eos)
+        handed: list[object] = []
+        hander = threading.Thread(target=lambda: handed.append(batcher.run_between_steps(lambda: "ran")), daemon=True)
+        hander.start()
+        eventually(lambda: batcher._between)  # handed over while the loop still runs
+        broken.set()
+        hander.join(timeout=10)
+        ended: list[BaseException] = []
+
+        def read_held() -> None:
+            try:
+                ids(held)
+            except RuntimeError as error:
+                ended.append(error)
+
+        reader = threading.Thread(target=read_held, daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        assert handed == ["ran"]
+        assert [str(error) for error in ended] == ["the batcher is closed"]
+        with pytest.raises(RuntimeError, match="closed"):
+            greedy(batcher, prompts[1], None, eos)
+    finally:
+        batcher.close()
