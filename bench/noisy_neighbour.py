@@ -141,13 +141,13 @@ class _Chats:
 
 
 def _b_chat_process(
-    base_url: str, key: str, stop: "multiprocessing.synchronize.Event", results: "Queue[_Chats]"
+    base_url: str, key: str, phase_started: float, stop: "multiprocessing.synchronize.Event", results: "Queue[_Chats]"
 ) -> None:
     """B's small chats one after another until `stop`, in a process of its own: B is another client, so A's client
     (building its payloads, streaming its gigabyte) must not delay B's requests or the reading of their answers."""
 
     async def chats() -> _Chats:
-        done, phase_started = _Chats(), time.perf_counter()
+        done = _Chats()
         async with _client(base_url, key) as client:
             while not stop.is_set():
                 started = time.perf_counter()
@@ -155,7 +155,7 @@ def _b_chat_process(
                     answer = await client.post("/v1/chat/completions", json=SMALL_CHAT)
                     if answer.status_code == 200:
                         done.seconds.append(time.perf_counter() - started)
-                        done.started.append(started - phase_started)
+                        done.started.append(time.time() - (time.perf_counter() - started) - phase_started)
                     else:
                         done.failures[answer.status_code] += 1
                 except httpx.HTTPError as error:
@@ -169,7 +169,8 @@ def _b_chat_process(
 async def _b_chats(base_url: str, key: str, phase: Phase, stop: asyncio.Event) -> None:
     context = multiprocessing.get_context("spawn")
     stop_chats, results = context.Event(), context.Queue()
-    process = context.Process(target=_b_chat_process, args=(base_url, key, stop_chats, results), daemon=True)
+    arguments = (base_url, key, time.time(), stop_chats, results)  # wall-clock: the phase's start, for `started`
+    process = context.Process(target=_b_chat_process, args=arguments, daemon=True)
     process.start()
     await stop.wait()
     stop_chats.set()
