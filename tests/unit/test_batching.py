@@ -137,9 +137,14 @@ def stepped_batcher(served, stepper) -> Iterator[ContinuousBatcher]:
 
 
 def greedy(
-    batcher: ContinuousBatcher, prompt: list[int], adapter: str | None, eos: set[int], n: int = 12
+    batcher: ContinuousBatcher,
+    prompt: list[int],
+    adapter: str | None,
+    eos: set[int],
+    n: int = 12,
+    tenant: str | None = None,
 ) -> TokenStream:
-    return batcher.submit(prompt, adapter, n, temperature=0, top_p=1, seed=None, eos_token_ids=eos)
+    return batcher.submit(prompt, adapter, n, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant=tenant)
 
 
 def submit_together(batcher: ContinuousBatcher, requests: list[tuple]) -> list[TokenStream]:
@@ -466,13 +471,7 @@ def test_while_organisations_share_the_batch_each_starts_at_most_its_rows(served
 def test_an_organisation_alone_uses_the_whole_batch(served, prompts, eos, forward_shapes):
     alone = make_batcher(served, rows_per_tenant_when_shared=1)
     try:
-        wide = alone.run_between_steps(
-            lambda: [
-                alone.submit(prompts[1], None, 4, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
-                for _ in range(4)
-            ]
-        )
-        for stream in wide:
+        for stream in submit_together(alone, [(prompts[1], None, eos, 4, "a")] * 4):
             ids(stream)
     finally:
         alone.close()
@@ -501,37 +500,25 @@ def test_a_request_handed_over_while_the_batch_is_busy_joins_at_the_next_step(se
     assert max(waits) <= 1  # at most the forward pass running when it was handed over
 
 
-def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, prompts, eos):
+def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, prompts, eos, forward_shapes):
     """The window in which an organisation counts as sharing runs from its last row running, not from its last
     submission: a chat that took longer than the window must not let another's `n=4` take every row in the
     moment before its next chat."""
     shared = make_batcher(served, rows_per_tenant_when_shared=1)
     now = [0.0]
     shared._clock = lambda: now[0]
-    rows_per_step: list[int] = []
     try:
-        chat = shared.submit(prompts[0], None, 8, temperature=0, top_p=1, seed=None, eos_token_ids=set(), tenant="b")
+        chat = greedy(shared, prompts[0], None, set(), n=8, tenant="b")
         next(chat)
         now[0] = 10.0  # the chat's row runs on until t=10, long past its submission
         ids(chat)
         now[0] = 11.0
-        hook = served[0].register_forward_pre_hook(
-            lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0]), with_kwargs=True
-        )
-        try:
-            wide = shared.run_between_steps(
-                lambda: [
-                    shared.submit(prompts[1], None, 4, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
-                    for _ in range(4)
-                ]
-            )
-            for stream in wide:
-                ids(stream)
-        finally:
-            hook.remove()
+        before = len(forward_shapes)
+        for stream in submit_together(shared, [(prompts[1], None, eos, 4, "a")] * 4):
+            ids(stream)
     finally:
         shared.close()
-    assert max(rows_per_step) == 1
+    assert max(rows for rows, _ in forward_shapes[before:]) == 1
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the break, as intended
