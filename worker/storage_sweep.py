@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.core.lifecycle import FINISHED, Status
 from app.core.storage import ObjectStore, adapter_prefix, checkpoints_prefix, training_states_prefix
-from app.core.tables import FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
+from app.core.tables import BaseModelRecord, FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
 
 # Longer than any upload streams (1 GiB at 1 MB/s is 17 min), short enough that space comes back the same day.
 STALE_MULTIPART_AFTER = timedelta(hours=6)
@@ -120,7 +120,8 @@ def _unservable_checkpoints(session: Session, store: ObjectStore, organization_i
 
 
 def missing_objects(session: Session, store: ObjectStore) -> list[str]:
-    """Rows whose object is gone: processed files without their JSONL, live models without their adapter."""
+    """Rows whose object is gone: processed files without their JSONL, live models without their adapter, base
+    models without their weights."""
     missing = []
     for file_id, key in session.execute(select(StoredFile.id, StoredFile.storage_key)):
         if not store.exists(key):
@@ -129,4 +130,7 @@ def missing_objects(session: Session, store: ObjectStore) -> list[str]:
     for model_id, prefix in models:
         if next(iter(store.list_keys(prefix.rstrip("/") + "/")), None) is None:
             missing.append(f"model {model_id}: {prefix}")
+    for base_id, prefix in session.execute(select(BaseModelRecord.id, BaseModelRecord.weights_prefix)):
+        if not store.exists(f"{prefix}/config.json"):
+            missing.append(f"base model {base_id}: {prefix}")
     return missing

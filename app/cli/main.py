@@ -2,6 +2,7 @@
 
 import typer
 
+from app.cli.base_models import base_models_app
 from app.cli.compare import compare
 from app.cli.files import files_app
 from app.cli.jobs import jobs_app
@@ -14,6 +15,7 @@ REPLICA_APP = "app.serving.replica:create_replica_app"
 app = typer.Typer(help="Loraport: self-hosted, OpenAI-compatible LoRA fine-tuning.", no_args_is_help=True)
 app.command(help="Run the whole service on this machine (API, worker, and embedded servers).")(up)
 app.add_typer(keys_app, name="keys")
+app.add_typer(base_models_app, name="base-models")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")

@@ -75,6 +75,19 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
 
 
+class BaseModelRemoved(NotFound):
+    """A 404, not a 409: the SDKs retry a 409, and this lasts."""
+
+    code = "base_model_removed"
+
+    def __init__(self, model: str, base_model: str) -> None:
+        super().__init__(
+            f"The model '{model}' was fine-tuned from '{base_model}', which has been removed from this deployment, so "
+            "it cannot generate. Its adapter can still be downloaded (GET /v1/models/{id}/adapter).",
+            param="model",
+        )
+
+
 class DatasetRejected(InvalidRequest):
     """A file that failed validation: the message names the first bad lines, `validation` lists them all."""
 

@@ -50,7 +50,6 @@ class Settings(BaseSettings):
     bootstrap_org: str = "default"
 
     default_base_model: str = "smollm2-135m-instruct"
-    base_models_file: Path | None = Field(default=None, description="JSON file of extra base models")
 
     max_upload_bytes: int = 1024**3
     # A chat, completion, job or evaluation request; larger is a 413, refused before it is parsed. A prompt that fills

@@ -7,7 +7,20 @@ shown to clients with one-second precision and cannot order rows made in the sam
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Identity, Integer, String, Text, func, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
@@ -217,3 +230,24 @@ class DashboardSession(Base):
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = _now()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BaseModelRecord(Base):
+    """A base model added with `loraport base-models add`: its weights (a transformers directory) under
+    `weights_prefix` in the object store, and how jobs fine-tune it. Deployment-wide: every organisation sees it."""
+
+    __tablename__ = "base_models"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revision: Mapped[str] = mapped_column(String(32))  # new at every add: a re-added id never reuses stale caches
+    weights_prefix: Mapped[str] = mapped_column(String(512))
+    architecture: Mapped[str] = mapped_column(String(128))
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    context_length: Mapped[int] = mapped_column(Integer)
+    chat_template: Mapped[str | None] = mapped_column(Text)  # None: the model's own
+    chat_template_source: Mapped[str] = mapped_column(String(16))  # "model", "given" or "default"
+    lora_target_modules: Mapped[list[str]] = mapped_column(JSON)
+    lora_rank: Mapped[int] = mapped_column(Integer)
+    learning_rate: Mapped[float] = mapped_column(Float)
+    max_seq_length: Mapped[int] = mapped_column(Integer)
+    quantization: Mapped[str | None] = mapped_column(String(16))  # "4bit": jobs train it with QLoRA by default
+    created_at: Mapped[datetime] = _now()

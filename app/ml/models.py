@@ -26,13 +26,14 @@ class ModelRef:
     adapter_prefix: str | None
     created: int
     owned_by: str
+    chat_template: str | None = None  # of a base model: "model", "given" or "default" (see BaseModelSpec)
 
 
 def resolve(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> ModelRef:
     """A base model or one of this organisation's live fine-tuned models or checkpoints, else `UnknownModel`."""
     try:
         spec = registry.get(model_id)
-        return ModelRef(model_id, model_id, None, spec.created, "loraport")
+        return ModelRef(model_id, model_id, None, spec.created, "loraport", spec.chat_template_source)
     except UnknownBaseModel:
         pass
     if ":ckpt-step-" in model_id:

@@ -155,7 +155,8 @@ async def generate(body: GenerateBody, request: Request) -> StreamingResponse:
         tokens = await run_in_threadpool(backend.stream_tokens, body.base_model, body.adapter, body.prompt_ids, params)
     except UnknownBaseModel as error:
         raise ServiceUnavailable(
-            f"This inference replica does not serve {error}; give it the API's LORAPORT_BASE_MODELS_FILE"
+            f"This inference replica does not serve {error}: give it the API's LORAPORT_S3_* settings, where added "
+            "base models are stored"
         ) from None
     return _TokenLines(request.app.state.generations.track(tokens))
 

@@ -2,7 +2,6 @@
 lease, the reaper re-queues the evaluation once the lease runs out, and a second worker runs it to one report."""
 
 import subprocess
-from pathlib import Path
 
 from app.core.settings import Settings
 from tests.helpers.evaluations import (
@@ -25,13 +24,13 @@ from tests.helpers.workers import (  # noqa: F401  (a fixture)
 
 
 def test_a_killed_worker_s_evaluation_is_finished_once_by_another(
-    settings: Settings, org_key: str, tmp_path: Path, maintenance: subprocess.Popen
+    settings: Settings, org_key: str, maintenance: subprocess.Popen
 ) -> None:
-    with tiny_model_api(settings, tmp_path, org_key) as (tiny, client):
+    with tiny_model_api(settings, org_key) as client:
         file_id = client.files.create(file=("busy.jsonl", busy_file(300)), purpose="fine-tune").id
         # A few seconds of answers: long enough to be killed in the middle of them, short enough to run twice.
         evaluation = create_evaluation(client, model=TINY_MODEL_ID, file=file_id, max_examples=300, max_tokens=64)
-        first = start_training_worker(tiny, **FAST_LEASE)  # `tiny` hands the worker the tiny model's base-models file
+        first = start_training_worker(settings, **FAST_LEASE)
         try:
             eventually(
                 lambda: evaluation_row(settings, evaluation["id"]).status == "running",
@@ -45,7 +44,7 @@ def test_a_killed_worker_s_evaluation_is_finished_once_by_another(
         killed = evaluation_row(settings, evaluation["id"])
         assert (killed.status, killed.attempt, killed.report) == ("running", 1, None)  # killed in the middle
 
-        second = start_training_worker(tiny, **FAST_LEASE)
+        second = start_training_worker(settings, **FAST_LEASE)
         try:
             done = eventually(
                 lambda: (found := retrieve_evaluation(client, evaluation["id"]))["status"] in FINISHED and found,

@@ -4,7 +4,6 @@ the evaluation's row as PostgreSQL holds it (attempt, lease) beside what the API
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import openai
 
@@ -13,18 +12,15 @@ from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.tables import Evaluation
 from tests.helpers.services import sdk_client, serving
-from tests.helpers.tiny_models import save_tiny_base_model
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @contextmanager
-def tiny_model_api(settings: Settings, directory: Path, key: str) -> Iterator[tuple[Settings, openai.OpenAI]]:
-    """Settings that list the tiny model as a base model (hand them to workers too), and an SDK client, with `key`,
-    of an API served with them."""
-    tiny = settings.model_copy(update={"base_models_file": save_tiny_base_model(directory)})
-    with serving(create_app(tiny)) as url:
-        yield tiny, sdk_client(url, key)
+def tiny_model_api(settings: Settings, key: str) -> Iterator[openai.OpenAI]:
+    """An SDK client, with `key`, of an API served with `settings` (the tiny model is among their base models)."""
+    with serving(create_app(settings)) as url:
+        yield sdk_client(url, key)
 
 
 def busy_file(examples: int) -> bytes:

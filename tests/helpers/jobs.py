@@ -59,13 +59,15 @@ def first_checkpoint_step(client: openai.OpenAI, job_id: str) -> int:
     return int(message.removeprefix("Checkpoint saved at step ").split()[0])
 
 
-def finished_job_with_model(settings: Settings, client: openai.OpenAI) -> tuple[str, str, str]:
+def finished_job_with_model(
+    settings: Settings, client: openai.OpenAI, base_model: str = TINY_MODEL_ID
+) -> tuple[str, str, str]:
     """(job id, model id, adapter prefix) of a job of the client's organisation that succeeded with a fine-tuned
     model. The rows are written directly, as the worker that finished it would, and the adapter prefix holds one
     object (what the end-of-run consistency sweep looks for): tests of the rows need no training run."""
     file_id = client.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune").id
-    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file_id)
-    model_id = f"ft:{TINY_MODEL_ID}:owner::{job.id}"
+    job = client.fine_tuning.jobs.create(model=base_model, training_file=file_id)
+    model_id = f"ft:{base_model}:owner::{job.id}"
     with transaction(settings.require("database_url")) as session:
         row = session.get_one(FineTuningJobRow, job.id)
         row.status, row.fine_tuned_model = "succeeded", model_id
@@ -75,7 +77,7 @@ def finished_job_with_model(settings: Settings, client: openai.OpenAI) -> tuple[
                 id=model_id,
                 organization_id=row.organization_id,
                 job_id=job.id,
-                base_model=TINY_MODEL_ID,
+                base_model=base_model,
                 adapter_prefix=prefix,
             )
         )

@@ -29,6 +29,9 @@ from app.core.db import transaction  # noqa: E402
 from app.core.keys import get_or_create_org, issue_key  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
 from app.core.storage import store_for  # noqa: E402
+from app.ml.base_models.adding import AddOptions, add_base_model  # noqa: E402
+from tests.helpers.models import TINY_LEARNING_RATE  # noqa: E402
+from tests.helpers.tiny_models import TINY_MODEL_ID  # noqa: E402
 from worker.storage_sweep import missing_objects  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,10 +91,10 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str, s3_endpoint: str, base_models_file: Path) -> Iterator[Settings]:
-    """The run's settings, with the tiny model registered beside the default one (`TINY_MODEL_ID`: tests train and
-    serve it where output quality is not what they check); after the run, the consistency sweep: no row may point
-    at an object that is not there."""
+def settings(database_url: str, redis_url: str, s3_endpoint: str, tiny_model_dir: Path) -> Iterator[Settings]:
+    """The run's settings, with the tiny model added beside the default one as `loraport base-models add` adds models
+    (`TINY_MODEL_ID`: tests train and serve it where output quality is not what they check); after the run, the
+    consistency sweep: no row may point at an object that is not there."""
     MODEL_CACHE_HOME.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads_per_worker())
     configured = Settings(
@@ -103,12 +106,13 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str, base_models_fi
         s3_access_key="test-access",
         s3_secret_key="test-secret",
         torch_threads=threads_per_worker(),
-        base_models_file=base_models_file,
         rate_limit_per_minute=0,  # tests poll and fuzz fast; test_limits.py serves an app with a limit
         rate_limit_per_minute_per_organization=0,  # … and test_quotas.py one with a limit per organisation
         failed_auth_per_minute=0,  # fuzzing sends wrong keys from one address; test_auth_throttling.py sets a limit
     )
     prepare(configured)
+    options = AddOptions(learning_rate=TINY_LEARNING_RATE, max_seq_length=512)
+    add_base_model(configured, TINY_MODEL_ID, str(tiny_model_dir), options, say=lambda step: None)
     yield configured
     with transaction(database_url) as session:
         assert missing_objects(session, store_for(configured)) == []

@@ -1,8 +1,6 @@
 """Tiny random-weight models and a tokenizer built in the test: no hub, seconds to train."""
 
-import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,14 +65,3 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCa
 
 def conversation(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-
-
-def save_tiny_base_model(directory: Path) -> Path:
-    """The tiny model and tokenizer saved in `directory` as a local base model named `TINY_MODEL_ID`; returns the
-    base-models file (`LORAPORT_BASE_MODELS_FILE`) that lists it, for an API or a worker that should know it."""
-    weights, models_file = directory / "weights", directory / "base_models.json"
-    tokenizer = build_tokenizer()
-    build_model(tokenizer).save_pretrained(weights)
-    tokenizer.save_pretrained(weights)
-    models_file.write_text(json.dumps([{"id": TINY_MODEL_ID, "source": "local", "location": str(weights)}]))
-    return models_file

@@ -5,7 +5,6 @@ dies, given back when a service goes down."""
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import botocore.exceptions
 import openai
@@ -115,16 +114,14 @@ def test_a_queued_evaluation_is_cancelled_and_never_runs(
     assert "has already cancelled" in raised.value.message
 
 
-def test_a_running_evaluation_stops_soon_after_a_cancel_and_writes_no_report(
-    settings: Settings, org_key: str, tmp_path: Path
-) -> None:
-    with tiny_model_api(settings, tmp_path, org_key) as (tiny, client):
+def test_a_running_evaluation_stops_soon_after_a_cancel_and_writes_no_report(settings: Settings, org_key: str) -> None:
+    with tiny_model_api(settings, org_key) as client:
         file_id = client.files.create(file=("busy.jsonl", busy_file(1000)), purpose="fine-tune").id
         # Not cancelled, it runs on for about 15 s on 2 cores; cancelled, it stops at the next answer after its
         # status check (every 2 s), 1 to 3 s later.
         created = _create(client, model=TINY_MODEL_ID, file=file_id, max_examples=1000, max_tokens=256)
         errors: list[BaseException] = []
-        runner = threading.Thread(target=_run_catching, args=(tiny, created["id"], errors))
+        runner = threading.Thread(target=_run_catching, args=(settings, created["id"], errors))
         runner.start()
         eventually(lambda: evaluation_row(settings, created["id"]).status == "running", what="the claim")
         time.sleep(1)  # into the answers

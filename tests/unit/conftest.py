@@ -8,6 +8,7 @@ import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from app.ml.base_models import BaseModelRegistry
+from app.ml.base_models.registry import BaseModelSpec
 from tests.helpers.tiny_models import build_model
 
 
@@ -18,5 +19,5 @@ def make_model(tokenizer: PreTrainedTokenizerFast) -> Callable[[], LlamaForCausa
 
 
 @pytest.fixture
-def registry(tmp_path: Path, base_models_file: Path) -> BaseModelRegistry:
-    return BaseModelRegistry(cache_dir=tmp_path / "models", extra_models_file=base_models_file)
+def registry(tmp_path: Path, tiny_model_spec: BaseModelSpec) -> BaseModelRegistry:
+    return BaseModelRegistry(cache_dir=tmp_path / "models", catalogue=lambda: [tiny_model_spec])

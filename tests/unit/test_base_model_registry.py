@@ -1,12 +1,12 @@
-import json
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from app.ml.base_models import BaseModelRegistry, UnknownBaseModel
+from app.ml.base_models import BaseModelRegistry, BaseModelSpec, UnknownBaseModel
 from tests.helpers.tiny_models import TINY_MODEL_ID
 
 DEFAULT_ID = "smollm2-135m-instruct"
@@ -27,19 +27,38 @@ def test_unknown_model_raises_a_key_error_naming_it(tmp_path):
     assert isinstance(raised.value, KeyError)
 
 
-def test_extra_models_file_adds_local_and_s3_models(tmp_path, base_models_file):
-    extra = json.loads(base_models_file.read_text()) + [
-        {"id": "remote", "source": "s3", "location": "models/remote/", "max_seq_length": 512,
-         "lora_target_modules": ["q_proj", "v_proj"]},
-    ]  # fmt: skip
-    path = tmp_path / "models.json"
-    path.write_text(json.dumps(extra))
-    registry = BaseModelRegistry(cache_dir=tmp_path / "cache", extra_models_file=path)
+def _remote(model_id: str = "remote", revision: str = "r1", **settings: object) -> BaseModelSpec:
+    return BaseModelSpec(
+        id=model_id, source="s3", location=f"base-models/{model_id}/{revision}/weights", gguf_filename=None,
+        lora_target_modules=("q_proj", "v_proj"), max_seq_length=512, created=0, revision=revision, **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
 
-    assert registry.ids() == [DEFAULT_ID, TINY_MODEL_ID, "remote"]
-    remote = registry.get("remote")
-    assert (remote.max_seq_length, remote.lora_target_modules) == (512, ("q_proj", "v_proj"))
-    assert registry.get(TINY_MODEL_ID).lora_target_modules == ()
+
+def test_models_added_or_removed_in_the_catalogue_are_seen_without_a_restart(tmp_path):
+    catalogue: list[BaseModelSpec] = []
+    registry = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: list(catalogue), max_age_s=3600)
+    assert registry.ids() == [DEFAULT_ID]
+
+    catalogue.append(_remote())  # added by another process: an id asked for is looked up again within a moment
+    time.sleep(0.3)
+    assert registry.get("remote").lora_target_modules == ("q_proj", "v_proj")
+    assert registry.ids() == [DEFAULT_ID, "remote"]
+
+    catalogue.clear()  # removed: gone once the catalogue is read again
+    fresh = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: list(catalogue), max_age_s=0)
+    with pytest.raises(UnknownBaseModel):
+        fresh.get("remote")
+
+
+def test_an_unknown_id_does_not_read_the_catalogue_on_every_request(tmp_path):
+    reads = []
+    registry = BaseModelRegistry(tmp_path, catalogue=lambda: reads.append(1) or [], max_age_s=3600)
+
+    for _ in range(50):
+        with pytest.raises(UnknownBaseModel):
+            registry.get("no-such-model")
+    assert len(reads) == 1
+    assert registry.get(DEFAULT_ID).id == DEFAULT_ID and len(reads) == 1  # built-in: no read at all
 
 
 def test_local_model_loads_from_its_directory(registry, tiny_model_dir):
@@ -58,14 +77,12 @@ def test_s3_model_is_fetched_once_under_concurrent_demand(tmp_path, tiny_model_d
         for file in tiny_model_dir.iterdir():
             (destination / file.name).write_bytes(file.read_bytes())
 
-    path = tmp_path / "models.json"
-    path.write_text(json.dumps([{"id": "remote", "source": "s3", "location": "models/remote/"}]))
-    registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=path, fetch_prefix=fetch_prefix)
+    registry = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: [_remote()], fetch_prefix=fetch_prefix)
     with ThreadPoolExecutor(max_workers=4) as pool:
         directories = set(pool.map(lambda _: registry.materialize("remote"), range(4)))
 
-    assert fetched == ["models/remote/"]
-    assert directories == {tmp_path / "cache" / "remote"}
+    assert fetched == ["base-models/remote/r1/weights"]
+    assert directories == {tmp_path / "cache" / "remote@r1"}
     model, _ = registry.load("remote")
     assert model.config.hidden_size == 32
 
@@ -75,16 +92,30 @@ def test_failed_s3_fetch_leaves_no_half_written_model(tmp_path):
         (destination / "config.json").write_text("{}")
         raise ConnectionError("S3 went away")
 
-    path = tmp_path / "models.json"
-    path.write_text(json.dumps([{"id": "remote", "source": "s3", "location": "models/remote/"}]))
-    registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=path, fetch_prefix=fetch_prefix)
+    registry = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: [_remote()], fetch_prefix=fetch_prefix)
 
     with pytest.raises(ConnectionError):
         registry.materialize("remote")
     assert not any(entry.is_dir() for entry in os.scandir(tmp_path / "cache"))
 
 
-def test_the_context_length_is_the_model_s_position_count(tmp_path, base_models_file):
-    registry = BaseModelRegistry(cache_dir=tmp_path, extra_models_file=base_models_file)
+def test_a_model_added_again_under_the_same_id_is_fetched_again(tmp_path, tiny_model_dir):
+    fetched = []
 
+    def fetch_prefix(prefix: str, destination: Path) -> None:
+        fetched.append(prefix)
+        for file in tiny_model_dir.iterdir():
+            (destination / file.name).write_bytes(file.read_bytes())
+
+    catalogue = [_remote(revision="r1")]
+    registry = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: list(catalogue), fetch_prefix=fetch_prefix,
+                                 max_age_s=0)  # fmt: skip
+    registry.materialize("remote")
+    catalogue[:] = [_remote(revision="r2")]  # removed, and added again with other weights
+
+    assert registry.materialize("remote") == tmp_path / "cache" / "remote@r2"
+    assert fetched == ["base-models/remote/r1/weights", "base-models/remote/r2/weights"]
+
+
+def test_the_context_length_is_the_model_s_position_count(registry):
     assert registry.context_length(TINY_MODEL_ID) == 512  # max_position_embeddings of tests/helpers/tiny_models.py

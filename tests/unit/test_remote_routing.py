@@ -1,6 +1,5 @@
 """Which replica serves which adapter (rendezvous hashing), and what the API keeps locally when replicas generate."""
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from app.cli.embedded.process import free_ports
 from app.core.errors import ServiceUnavailable
-from app.ml.base_models import BaseModelRegistry
+from app.ml.base_models import BaseModelRegistry, BaseModelSpec
 from app.serving.backend import SamplingParams
 from app.serving.engine import model_end_of_turn_ids
 from app.serving.remote import RemoteBackend, rendezvous_order
@@ -82,9 +81,9 @@ def test_the_api_side_reads_end_of_turn_ids_as_the_engine_does(
     tokenizer.save_pretrained(model_dir)
     if generation_config == "none":
         (model_dir / "generation_config.json").unlink()
-    models_file = tmp_path / "models.json"
-    models_file.write_text(json.dumps([{"id": "m", "source": "local", "location": str(model_dir)}]))
-    registry = BaseModelRegistry(tmp_path / "cache", extra_models_file=models_file)
+    spec = BaseModelSpec(id="m", source="local", location=str(model_dir), gguf_filename=None, lora_target_modules=(),
+                         max_seq_length=512, created=0)  # fmt: skip
+    registry = BaseModelRegistry(tmp_path / "cache", catalogue=lambda: [spec])
 
     expected = set(model_end_of_turn_ids(*registry.load("m")))
     assert RemoteBackend(["http://127.0.0.1:1"], registry).end_of_turn_ids("m") == expected

@@ -19,10 +19,10 @@ from transformers import PreTrainedTokenizerBase
 
 from app.api.generation.streaming import checked_limits
 from app.api.models.service import resolve
-from app.core.errors import InvalidRequest
+from app.core.errors import BaseModelRemoved, InvalidRequest
 from app.core.settings import Settings
 from app.core.tables import Organization
-from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.base_models.registry import BaseModelRegistry, UnknownBaseModel
 from app.ml.chat_format import render_prompt_ids
 from app.ml.models import ModelRef
 from app.serving.backend import InferenceBackend
@@ -61,7 +61,10 @@ async def prepare_prompts(
     """The ask's prompts as token ids of its model, or the OpenAI-shaped refusal of a prompt that does not fit."""
     max_tokens = checked_limits(settings, ask.max_tokens, ask.choices)
     model = await run_in_threadpool(_resolve_and_release, session, registry, org, ask.model)
-    tokenizer, context, token_chars = await run_in_threadpool(_limits, engine, registry, model.base_model)
+    try:
+        tokenizer, context, token_chars = await run_in_threadpool(_limits, engine, registry, model.base_model)
+    except UnknownBaseModel:  # `loraport base-models remove --force` left its fine-tuned models without it
+        raise BaseModelRemoved(model.id, model.base_model) from None
     for conversation in ask.conversations:
         characters = sum(len(message["content"]) for message in conversation)
         if characters > context * token_chars:

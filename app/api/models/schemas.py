@@ -12,10 +12,13 @@ class ModelPublic(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # Base models only: whose chat template prompts are written with: "model" (its own), "given" (when it was
+    # added) or "default" (it had none: Loraport's default, which ends each answer with the model's EOS token).
+    chat_template: str | None = None
 
     @classmethod
     def of(cls, ref: ModelRef) -> "ModelPublic":
-        return cls(id=ref.id, created=ref.created, owned_by=ref.owned_by)
+        return cls(id=ref.id, created=ref.created, owned_by=ref.owned_by, chat_template=ref.chat_template)
 
 
 class ModelList(BaseModel):

@@ -66,6 +66,17 @@ class SeaweedS3:
     def url(self) -> str:
         return f"http://{HOST}:{self.ports['s3']}"
 
+    def running_url(self) -> str | None:
+        """The endpoint of a server already running on this data directory (`loraport up`'s), if one answers."""
+        saved_file = self.data_dir / "ports.json"
+        if not (self.pid_file.exists() and saved_file.exists()):
+            return None
+        self.ports = json.loads(saved_file.read_text())
+        try:
+            return self.url if self._ready() else None
+        except Exception:  # noqa: BLE001 (not answering, in whatever way: not running)
+            return None
+
     def start(self, timeout: float = 60.0) -> str:
         """Starts the servers and waits until S3 accepts our keys; returns the endpoint URL."""
         executable = _executable()
