@@ -17,6 +17,7 @@ from peft import PeftModel
 from sqlalchemy import func, update
 
 from app.core.db import transaction
+from app.core.errors import AdapterCorrupted
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, ObjectWriter, export_key, store_for
 from app.core.tables import ModelExport, Organization
@@ -83,9 +84,10 @@ def _export(settings: Settings, registry: BaseModelRegistry, organization_id: st
         try:
             verified_fetch(store.download_prefix)(model.adapter_prefix or "", adapter)
         except FileNotFoundError:
-            raise TaskFailed(
-                "model_not_found", f"The adapter of '{model_id}' was deleted before its export ran"
-            ) from None
+            message = f"The adapter of '{model_id}' was deleted before its export ran"
+            raise TaskFailed("model_not_found", message) from None
+        except AdapterCorrupted as corrupted:
+            raise TaskFailed(corrupted.code or "adapter_corrupted", corrupted.message) from None
         # Full precision even for a QLoRA model: a merge into 4-bit weights would round the adapter away.
         base, tokenizer = registry.load(model.base_model, device=compute_device(settings))
         PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(merged)
