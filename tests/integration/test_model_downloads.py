@@ -1,6 +1,7 @@
 """Weights out: a fine-tuned model's adapter downloads as a tar that peft loads, and its merged export as a plain
 transformers checkpoint; both answer as the service does. Another organisation's model is a 404 throughout."""
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -9,11 +10,14 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from app.core.db import transaction
 from app.core.settings import Settings
-from app.core.storage import export_prefix, store_for
+from app.core.storage import export_key, export_prefix, store_for
+from app.core.tables import ModelExport
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.adapters import ANSWER, extract, greedy_reply, model_with_adapter, service_reply, train_adapter
 from tests.helpers.tiny_models import TINY_MODEL_ID
+from worker.export_sweep import leftovers_of_exports
 from worker.model_export import run_export
 
 PEFT_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "loraport-manifest.json"]
@@ -145,3 +149,28 @@ def test_another_organisation_gets_404_for_the_adapter_and_the_exports(
 
     assert [answer.status_code for answer in answers] == [404] * 4 and unknown.status_code == 404
     assert {answer.json()["error"]["code"] for answer in [*answers, unknown]} == {"model_not_found"}
+
+
+def test_an_export_lost_with_its_worker_is_made_again_and_the_sweep_clears_what_no_row_names(
+    http: httpx.Client, settings: Settings, client: openai.OpenAI, model_id: str
+) -> None:
+    created = _export(http, model_id)
+    organization_id = client.models.retrieve(model_id).owned_by
+    lost_tar = export_key(organization_id, created["id"], 1)
+    with transaction(settings.require("database_url")) as session:  # as a worker killed after its upload leaves it
+        row = session.get_one(ModelExport, created["id"])
+        row.status, row.attempt = "running", 1
+        row.started_at = datetime.now(UTC) - timedelta(seconds=settings.job_time_limit_seconds + 3600)
+    store_for(settings).put_bytes(lost_tar, b"an export nobody finished")
+    orphan = f"{export_prefix(organization_id, 'modelexport-deleted')}/attempt-1.tar"  # its model's deletion failed
+    store_for(settings).put_bytes(orphan, b"an export whose row is gone")
+
+    assert _export(http, model_id)["status"] == "queued"  # asked again: the lost one is queued again
+    run_export(settings, registry_from_settings(settings), created["id"])
+    with transaction(settings.require("database_url")) as session:
+        swept = leftovers_of_exports(session, store_for(settings))
+
+    assert {lost_tar, orphan} <= set(swept)  # and the tar of the attempt that made the export stays:
+    done = http.get(f"/v1/models/{model_id}/exports/{created['id']}").json()
+    content = http.get(f"/v1/models/{model_id}/exports/{created['id']}/content")
+    assert done["status"] == "succeeded" and len(content.content) == done["bytes"]
