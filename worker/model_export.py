@@ -88,7 +88,7 @@ def _export(settings: Settings, registry: BaseModelRegistry, organization_id: st
             raise TaskFailed("model_not_found", message) from None
         except AdapterCorrupted as corrupted:
             raise TaskFailed(corrupted.code or "adapter_corrupted", corrupted.message) from None
-        # Full precision even for a QLoRA model: a merge into 4-bit weights would round the adapter away.
+        # Unquantized even for a QLoRA model: merged into 4-bit weights, the adapter would be rounded away.
         base, tokenizer = registry.load(model.base_model, device=compute_device(settings))
         PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(merged)
         tokenizer.save_pretrained(merged)

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.core.db import transaction
 from app.core.settings import Settings
-from app.core.storage import export_key, export_prefix, store_for
-from app.core.tables import ModelExport
+from app.core.storage import checkpoint_prefix, export_key, export_prefix, store_for
+from app.core.tables import JobCheckpoint, ModelExport
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.adapters import ANSWER, extract, greedy_reply, model_with_adapter, service_reply, train_adapter
 from tests.helpers.tiny_models import TINY_MODEL_ID
@@ -132,6 +132,32 @@ def test_deleting_the_model_removes_its_exports(
 
     assert list(store_for(settings).list_keys(stored)) == []
     assert http.get(f"/v1/models/{model_id}/exports/{created['id']}").status_code == 404
+
+
+def test_a_checkpoint_downloads_and_exports_as_a_model_does_and_goes_with_it(
+    http: httpx.Client, settings: Settings, client: openai.OpenAI, model_id: str, adapter: Path, tmp_path: Path
+) -> None:
+    organization_id, job_id = client.models.retrieve(model_id).owned_by, model_id.rsplit(":", 1)[1]
+    checkpoint, prefix = f"{model_id}:ckpt-step-3", checkpoint_prefix(organization_id, job_id, 3)
+    with transaction(settings.require("database_url")) as session:  # as the worker leaves it at an epoch's end
+        session.add(
+            JobCheckpoint(
+                id=f"ftckpt-{job_id}", job_id=job_id, step_number=3, metrics={},
+                fine_tuned_model_checkpoint=checkpoint, storage_prefix=prefix,
+            )
+        )  # fmt: skip
+    store_for(settings).upload_directory(prefix, adapter)
+
+    downloaded = http.get(f"/v1/models/{checkpoint}/adapter")
+    export = _export(http, checkpoint)
+    run_export(settings, registry_from_settings(settings), export["id"])
+
+    assert extract(downloaded.content, tmp_path) == PEFT_FILES
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+    assert http.get(f"/v1/models/{checkpoint}/exports/{export['id']}").json()["status"] == "succeeded"
+    client.models.delete(model_id)
+    assert http.get(f"/v1/models/{checkpoint}/adapter").status_code == 404
+    assert list(store_for(settings).list_keys(export_prefix(organization_id, export["id"]) + "/")) == []
 
 
 def test_another_organisation_gets_404_for_the_adapter_and_the_exports(
