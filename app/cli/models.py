@@ -29,6 +29,7 @@ out = Console()
 err = Console(stderr=True)
 TRANSFER = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
 EXPORT_POLL_SECONDS = 2
+EXPORT_NOT_MADE = 1  # as a followed job that did not succeed
 OUTPUT = typer.Option(
     None, "--output", "-o", help="the .tar to write, or a folder to write it in (default: the server's name for it)"
 )
@@ -89,12 +90,16 @@ def _finished_export(remote: Remote, model_id: str, wait: float) -> str:
     with err.status(f"Merging {model_id} into its base model: {export['status']}") as status:
         while export["status"] in ("queued", "running"):
             if time.monotonic() >= deadline:
-                fail(f"export {export['id']} is still {export['status']} after {wait:g} s; run this again later", 1)
+                fail(
+                    f"export {export['id']} is still {export['status']} after {wait:g} s; run this again later",
+                    EXPORT_NOT_MADE,
+                )
             time.sleep(EXPORT_POLL_SECONDS)
             export = remote.get(f"/models/{model_id}/exports/{export['id']}")
             status.update(f"Merging {model_id} into its base model: {export['status']}")
     if export["status"] != "succeeded":
-        fail(f"export {export['id']} failed: {(export.get('error') or {}).get('message')}", SERVER_ERROR)
+        message = (export.get("error") or {}).get("message")
+        fail(f"export {export['id']} failed: {message}; run this again to retry it", EXPORT_NOT_MADE)
     return str(export["id"])
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 import openai
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from app.cli.main import app
+from app.cli.remote import BAD_REQUEST, NOT_FOUND
 from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.tables import ModelExport
@@ -16,6 +19,7 @@ from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.adapters import model_with_adapter, train_adapter
 from tests.helpers.cli import loraport
 from tests.helpers.services import ROOT, settings_env
+from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
 from worker.model_export import run_export
 
@@ -72,6 +76,23 @@ def test_download_merged_asks_for_the_export_waits_for_it_then_writes_it(
     assert cli.returncode == 0, stdout + stderr
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(_names(output))
     assert f"{model_id} saved to" in stdout
+
+
+def test_download_of_a_base_model_or_another_organisation_s_model_is_refused_and_writes_nothing(
+    api_base_url: str, org_key: str, other_org_key: str, model_id: str, tmp_path: Path
+) -> None:
+    output = ["-o", str(tmp_path / "out.tar")]
+    base = CliRunner().invoke(
+        app, ["models", "download", TINY_MODEL_ID, *output, "--base-url", api_base_url, "--api-key", org_key]
+    )
+    theirs = CliRunner().invoke(
+        app,
+        ["models", "download", model_id, "--merged", *output, "--base-url", api_base_url, "--api-key", other_org_key],
+    )
+
+    assert base.exit_code == BAD_REQUEST and "is a base model" in base.stderr
+    assert theirs.exit_code == NOT_FOUND and model_id in theirs.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _export_of(settings: Settings, model_id: str) -> str | None:
