@@ -19,11 +19,14 @@ TRAINING_QUEUE = "training"
 MAINTENANCE_QUEUE = "maintenance"
 TRAIN_TASK = "loraport.train_job"
 EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
+# On the training queue too: a merge loads the whole base model, which the light maintenance worker must never do.
+EXPORT_TASK = "loraport.export_model"
 RECONCILE_TASK = "loraport.reconcile_jobs"
 SWEEP_TASK = "loraport.sweep_storage"
 EXPIRE_IDEMPOTENCY_TASK = "loraport.expire_idempotency_keys"
 _TRAIN_TASK_ID_PREFIX = "train-"
 _EVALUATE_TASK_ID_PREFIX = "evaluate-"
+_EXPORT_TASK_ID_PREFIX = "export-"
 
 
 @lru_cache
@@ -44,6 +47,11 @@ def enqueue_training(settings: Settings, job_id: str) -> None:
 def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
     task_id = f"{_EVALUATE_TASK_ID_PREFIX}{evaluation_id}.{uuid.uuid4().hex[:12]}"
     producer(settings).send_task(EVALUATE_TASK, args=[evaluation_id], queue=TRAINING_QUEUE, task_id=task_id)
+
+
+def enqueue_export(settings: Settings, export_id: str) -> None:
+    task_id = f"{_EXPORT_TASK_ID_PREFIX}{export_id}.{uuid.uuid4().hex[:12]}"
+    producer(settings).send_task(EXPORT_TASK, args=[export_id], queue=TRAINING_QUEUE, task_id=task_id)
 
 
 def enqueue_after_commit(

@@ -237,3 +237,12 @@ def training_states_prefix(organization_id: str, job_id: str) -> str:
 
 def training_state_key(organization_id: str, job_id: str, step: int) -> str:
     return f"{training_states_prefix(organization_id, job_id)}/step-{step}.pt"
+
+
+def export_prefix(organization_id: str, export_id: str) -> str:
+    """A merged-model export's objects: one tar per attempt, each written whole before the row names it."""
+    return f"orgs/{organization_id}/exports/{export_id}"
+
+
+def export_key(organization_id: str, export_id: str, attempt: int) -> str:
+    return f"{export_prefix(organization_id, export_id)}/attempt-{attempt}.tar"

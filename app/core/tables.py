@@ -22,6 +22,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.schema import UniqueConstraint
 
 from app.core.db import Base
 
@@ -251,3 +252,25 @@ class BaseModelRecord(Base):
     max_seq_length: Mapped[int] = mapped_column(Integer)
     quantization: Mapped[str | None] = mapped_column(String(16))  # "4bit": jobs train it with QLoRA by default
     created_at: Mapped[datetime] = _now()
+
+
+class ModelExport(Base):
+    """A fine-tuned model (or checkpoint) merged into its base model as a plain transformers checkpoint, made by a
+    worker and stored as one tar; one per model, so asking again returns the same export."""
+
+    __tablename__ = "model_exports"
+    __table_args__ = (UniqueConstraint("organization_id", "model"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(512))
+    base_model: Mapped[str] = mapped_column(String(256))
+    # The model's adapter when the export was asked for: deleting the model finds its exports by it.
+    adapter_prefix: Mapped[str] = mapped_column(String(512), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # queued, running, succeeded or failed
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    storage_key: Mapped[str | None] = mapped_column(String(512))  # the tar, set only once it is wholly uploaded
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

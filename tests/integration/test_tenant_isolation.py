@@ -38,10 +38,11 @@ class Objects:
     checkpoint_model: str
     evaluation: str
     api_key: str
+    export: str
 
     def fill(self, path: str) -> str:
         ids = {"file_id": self.file, "upload_id": self.upload, "job_id": self.job, "evaluation_id": self.evaluation}
-        ids |= {"model_id": self.model, "key_id": self.api_key}
+        ids |= {"model_id": self.model, "key_id": self.api_key, "export_id": self.export}
         return re.sub(r"\{(\w+)\}", lambda match: ids[match.group(1)], path)
 
 
@@ -74,6 +75,10 @@ PATH_ROUTES: dict[tuple[str, str], Body] = {
     ("POST", "/v1/evaluations/{evaluation_id}/cancel"): _no_body,
     ("GET", "/v1/models/{model_id}"): _no_body,
     ("DELETE", "/v1/models/{model_id}"): _no_body,
+    ("GET", "/v1/models/{model_id}/adapter"): _no_body,
+    ("POST", "/v1/models/{model_id}/exports"): _no_body,
+    ("GET", "/v1/models/{model_id}/exports/{export_id}"): _no_body,
+    ("GET", "/v1/models/{model_id}/exports/{export_id}/content"): _no_body,
     ("GET", "/jobs/{job_id}"): _no_body,  # dashboard pages
     ("GET", "/files/{file_id}"): _no_body,
     ("GET", "/v1/organization/api_keys/{key_id}"): _no_body,  # B's key is an admin key (fixture below)
@@ -128,9 +133,11 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
             )
         )  # fmt: skip
     evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=dict)
+    export = client.post(f"/models/{model_id}/exports", cast_to=dict)
     with transaction(settings.require("database_url")) as session:
         key_id = find_key(session, client.api_key).id  # type: ignore[union-attr]
-    return Objects(file_id, upload.id, job_id, model_id, f"{model_id}:ckpt-step-5", evaluation["id"], key_id)
+    checkpoint = f"{model_id}:ckpt-step-5"
+    return Objects(file_id, upload.id, job_id, model_id, checkpoint, evaluation["id"], key_id, export["id"])
 
 
 @pytest.fixture

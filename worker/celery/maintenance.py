@@ -8,6 +8,7 @@ from app.core.queue import EXPIRE_IDEMPOTENCY_TASK, RECONCILE_TASK, SWEEP_TASK
 from app.core.settings import get_settings
 from app.core.storage import store_for
 from worker.celery.apps import make_maintenance_celery
+from worker.export_sweep import leftovers_of_exports
 from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
@@ -31,6 +32,7 @@ def sweep_storage() -> None:
     with transaction(settings.require("database_url")) as session:
         expire_uploads(session, store)
         leftovers_of_ended_jobs(session, store)
+        leftovers_of_exports(session, store)
 
 
 @app.task(name=EXPIRE_IDEMPOTENCY_TASK)

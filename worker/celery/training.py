@@ -1,5 +1,6 @@
 """The training worker: `celery -A worker.celery.training worker --queues training --pool solo`, one per GPU (or
-per CPU host). Its tasks are thin wrappers around plain functions that tests call directly."""
+per CPU host): training, evaluations and merged-model exports, the work that loads a base model. Its tasks are
+thin wrappers around plain functions that tests call directly."""
 
 from functools import lru_cache
 
@@ -8,7 +9,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 
 from app.core.log_setup import configure_logging
 from app.core.niceness import yield_cpu
-from app.core.queue import EVALUATE_TASK, TRAIN_TASK
+from app.core.queue import EVALUATE_TASK, EXPORT_TASK, TRAIN_TASK
 from app.core.settings import get_settings
 from app.core.worker_devices import report, withdraw
 from app.ml.base_models.from_settings import registry_from_settings
@@ -16,6 +17,7 @@ from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.devices import compute_device, training_gpus
 from worker.celery.apps import make_training_celery
 from worker.evaluation_runner import run_evaluation
+from worker.model_export import run_export
 from worker.next_job import run_next_job
 
 configure_logging(get_settings().log_format)
@@ -57,3 +59,8 @@ def train_job(job_id: str) -> None:
 @app.task(name=EVALUATE_TASK)
 def evaluate(evaluation_id: str) -> None:
     run_evaluation(get_settings(), _registry(), evaluation_id)
+
+
+@app.task(name=EXPORT_TASK)
+def export_model(export_id: str) -> None:
+    run_export(get_settings(), _registry(), export_id)

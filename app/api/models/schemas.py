@@ -1,9 +1,11 @@
 """Model objects as OpenAI shapes them."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from app.core.tables import ModelExport
+from app.core.timestamps import unix
 from app.ml.models import ModelRef
 
 
@@ -32,3 +34,28 @@ class ModelDeleted(BaseModel):
     id: str
     object: Literal["model"] = "model"
     deleted: bool = True
+
+
+class ModelExportPublic(BaseModel):
+    """A merged export of a fine-tuned model: `bytes` is the tar's size once it has succeeded."""
+
+    id: str
+    object: Literal["model.export"] = "model.export"
+    model: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    bytes: int | None
+    error: dict[str, Any] | None
+    created_at: int
+    finished_at: int | None
+
+    @classmethod
+    def of(cls, row: ModelExport) -> "ModelExportPublic":
+        return cls(
+            id=row.id,
+            model=row.model,
+            status=row.status,
+            bytes=row.bytes,
+            error=row.error,
+            created_at=unix(row.created_at) or 0,
+            finished_at=unix(row.finished_at),
+        )

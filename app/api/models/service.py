@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidRequest, ModelNotFound
-from app.core.storage import checkpoints_prefix
-from app.core.tables import FineTunedModel, JobCheckpoint, Organization
+from app.core.storage import checkpoints_prefix, export_prefix
+from app.core.tables import FineTunedModel, JobCheckpoint, ModelExport, Organization
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.models import ModelRef, UnknownModel, fine_tuned_ref, live_fine_tuned
 from app.ml.models import resolve as resolve_model
@@ -34,11 +34,12 @@ def list_models(session: Session, registry: BaseModelRegistry, org: Organization
 @dataclass(frozen=True)
 class DeletedModel:
     """What to remove once a model's deletion is committed: its adapter, and its job's epoch checkpoints (each
-    servable as `…:ckpt-step-N` until then), from memory and from storage."""
+    servable as `…:ckpt-step-N` until then), from memory and from storage; and the merged exports of them all."""
 
     adapter_prefix: str
     checkpoint_prefixes: list[str]
     checkpoints_folder: str
+    export_prefixes: list[str]
 
 
 def delete_model(session: Session, registry: BaseModelRegistry, org: Organization, model_id: str) -> DeletedModel:
@@ -51,5 +52,22 @@ def delete_model(session: Session, registry: BaseModelRegistry, org: Organizatio
         raise ModelNotFound(model_id) from None
     row.deleted = True
     session.flush()
-    checkpoints = session.scalars(select(JobCheckpoint.storage_prefix).where(JobCheckpoint.job_id == row.job_id))
-    return DeletedModel(row.adapter_prefix, list(checkpoints), checkpoints_prefix(org.id, row.job_id))
+    checkpoints = list(session.scalars(select(JobCheckpoint.storage_prefix).where(JobCheckpoint.job_id == row.job_id)))
+    exports = _delete_exports(session, org, [row.adapter_prefix, *checkpoints])
+    return DeletedModel(row.adapter_prefix, checkpoints, checkpoints_prefix(org.id, row.job_id), exports)
+
+
+def _delete_exports(session: Session, org: Organization, adapter_prefixes: list[str]) -> list[str]:
+    """Deletes the rows of the exports made from these adapters; returns their storage prefixes. A worker still
+    merging one then finds its row gone and removes what it uploaded."""
+    exports = list(
+        session.scalars(
+            select(ModelExport).where(
+                ModelExport.organization_id == org.id, ModelExport.adapter_prefix.in_(adapter_prefixes)
+            )
+        )
+    )
+    for export in exports:
+        session.delete(export)
+    session.flush()
+    return [export_prefix(org.id, export.id) for export in exports]
