@@ -21,6 +21,7 @@ from app.serving.backend import SamplingParams
 from app.serving.batching import ContinuousBatcher
 from app.serving.errors import GenerationFailed
 from app.serving.lora_slots import AdapterSlots
+from tests.helpers.injected_failures import always, fail_once
 from tests.helpers.tiny_models import TINY_MODEL_ID
 
 T = TypeVar("T")
@@ -45,26 +46,6 @@ def within(action: Callable[[], T], timeout_s: float = WAIT_S) -> T:
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
-
-
-def always(*_: Any, **__: Any) -> bool:
-    return True
-
-
-def fail_once(
-    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, error: Exception, when: Callable[..., bool] = always
-) -> None:
-    """`owner.name` raises `error` the first time it is called with arguments for which `when` holds."""
-    original = getattr(owner, name)
-    failed: list[bool] = []
-
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        if not failed and when(*args, **kwargs):
-            failed.append(True)
-            raise error
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, failing)
 
 
 def _prompt_width(*_: Any, **inputs: Any) -> int:
