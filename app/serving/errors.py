@@ -47,14 +47,14 @@ class GenerationFailed(EngineError):
     def of(cls, model: str | None, error: BaseException, doing: str = "generating") -> "GenerationFailed":
         """`error` (its type and first line) as a message that names the model; `error` stays its cause."""
         detail = ": ".join([type(error).__name__, *str(error).splitlines()[:1]])
-        failed = cls(f"{_named(model)} failed while {doing} ({detail}); retry, and report it if it persists")
+        failed = cls(f"{_named(model)} failed while {doing}: {detail}")
         failed.__cause__ = error
         return failed
 
     @classmethod
     def stopped(cls, model: str | None) -> "GenerationFailed":
         """A request to a batcher that is closed (its decode loop ended)."""
-        return cls(f"{_named(model)} is not generating any more here (its decode loop stopped); retry the request")
+        return cls(f"{_named(model)} is not generating any more here: its decode loop stopped")
 
 
 def _named(model: str | None) -> str:

@@ -50,7 +50,7 @@ def test_a_model_whose_cache_cannot_be_built_gets_a_500_naming_it_every_time_and
         with pytest.raises(openai.InternalServerError) as failed:
             reply(chat)
         assert failed.value.status_code == 500 and failed.value.code == "generation_failed"
-        assert f"The model '{TINY_MODEL_ID}' failed while generating (NotImplementedError: " in failed.value.message
+        assert f"The model '{TINY_MODEL_ID}' failed while generating: NotImplementedError: " in failed.value.message
 
     monkeypatch.undo()
     assert reply(chat) == expected
@@ -71,7 +71,7 @@ def test_a_stream_whose_decode_step_fails_ends_with_an_error_chunk_naming_the_mo
             pass
 
     assert failed.value.code == "generation_failed" and failed.value.type == "server_error"
-    assert f"The model '{TINY_MODEL_ID}' failed while generating (RuntimeError: out of memory)" in failed.value.message
+    assert f"The model '{TINY_MODEL_ID}' failed while generating: RuntimeError: out of memory" in failed.value.message
     assert reply(chat) == expected
 
 

@@ -19,7 +19,7 @@ from app.serving import InferenceEngine, batching
 from app.serving.answers import answering, greedy_answers
 from app.serving.backend import SamplingParams
 from app.serving.batching import ContinuousBatcher
-from app.serving.errors import GenerationFailed
+from app.serving.errors import EngineError, GenerationFailed
 from app.serving.lora_slots import AdapterSlots
 from tests.helpers.injected_failures import always, fail_once
 from tests.helpers.tiny_models import TINY_MODEL_ID
@@ -85,7 +85,7 @@ def test_a_failure_reaches_the_request_as_an_error_naming_the_model_and_the_next
     with pytest.raises(GenerationFailed) as failed:
         tokens(engine)
 
-    assert f"The model '{TINY_MODEL_ID}' failed while generating ({type(error).__name__}: {error})" in str(failed.value)
+    assert f"The model '{TINY_MODEL_ID}' failed while generating: {type(error).__name__}: {error}" in str(failed.value)
     answer = http_error(failed.value).response()  # what the API says of it
     assert answer.status_code == 500 and TINY_MODEL_ID in answer.body.decode()
     assert tokens(engine) == expected
@@ -132,7 +132,7 @@ def test_an_adapter_that_fails_to_load_fails_its_request_with_the_model_named_an
         tokens(engine, "ft:tuned")
 
     assert str(failed.value).startswith(
-        f"The model '{TINY_MODEL_ID}' failed while loading the fine-tuned model's adapter (OSError: "
+        f"The model '{TINY_MODEL_ID}' failed while loading the fine-tuned model's adapter: OSError: "
     )
     assert tokens(engine) == base  # the base model is served meanwhile
     tuned = tokens(engine, "ft:tuned")
@@ -150,3 +150,14 @@ def test_the_held_out_answers_get_the_error_instead_of_waiting_for_ever(make_mod
         within(lambda: greedy_answers(batcher, tokenizer, end_ids, prompts, [None], max_new_tokens=4))
 
     assert "NotImplementedError: continuous batching needs full-attention cache layers" in str(failed.value)
+
+
+def test_a_replica_passes_the_failure_on_to_the_api_as_the_same_500():
+    failed = GenerationFailed.of(TINY_MODEL_ID, RuntimeError("out of memory"))
+
+    received = EngineError.from_wire(failed.wire())  # what the API reads off a replica's stream
+
+    assert isinstance(received, GenerationFailed) and received.message == failed.message
+    answer = http_error(received)
+    assert answer.status_code == 500
+    assert answer.message == f"{failed.message}; retry, and report it if it persists"

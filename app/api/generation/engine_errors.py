@@ -22,7 +22,7 @@ def http_error(error: EngineError) -> LoraportError:
     if isinstance(error, AdapterRankUnsupported):
         return UnprocessableEntity(error.message, code="adapter_rank_unsupported")
     if isinstance(error, GenerationFailed):
-        return ModelFailed(error.message)
+        return ModelFailed(f"{error.message}; retry, and report it if it persists")
     return ServiceUnavailable(error.message, retry_after=error.retry_after)
 
 
