@@ -92,19 +92,30 @@ def test_a_failure_reaches_the_request_as_an_error_naming_the_model_and_the_next
 
 
 def test_a_cache_that_cannot_be_built_fails_every_newcomer_quickly_and_running_requests_go_on(engine, monkeypatch):
-    expected = tokens(engine, max_tokens=24)
+    expected = tokens(engine, max_tokens=300)  # 0.6 s of decode steps: the newcomers come while it runs
     prompt_ids = render_prompt_ids(engine.tokenizer(TINY_MODEL_ID), QUESTION)
-    running = engine.stream_tokens(TINY_MODEL_ID, None, prompt_ids, SamplingParams(max_tokens=24, temperature=0))
+    running = engine.stream_tokens(TINY_MODEL_ID, None, prompt_ids, SamplingParams(max_tokens=300, temperature=0))
     first = within(lambda: next(running)).id  # its cache is built: it decodes from here on
+    decode_steps: list[None] = []
+    forward = LlamaForCausalLM.forward
+
+    def counted(*args: Any, **inputs: Any) -> Any:
+        if _prompt_width(**inputs) == 1:
+            decode_steps.append(None)
+        return forward(*args, **inputs)
 
     def unsupported(*_: Any) -> None:
         raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
 
+    monkeypatch.setattr(LlamaForCausalLM, "forward", counted)
     monkeypatch.setattr(batching, "new_cache", unsupported)
     for _ in range(3):
         with pytest.raises(GenerationFailed, match="full-attention cache layers"):
-            tokens(engine, max_tokens=24)
+            tokens(engine)
+    steps_when_they_failed = len(decode_steps)
+
     assert [first, *within(lambda: [token.id for token in running])] == expected
+    assert steps_when_they_failed < len(decode_steps)  # it was still decoding when they failed
 
 
 @pytest.fixture
