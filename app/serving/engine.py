@@ -6,7 +6,8 @@ at most `max_adapters` of them and at most `max_adapter_bytes` of their slots, l
 (never one that a running request uses, nor a pinned one). Their files are fetched once into `cache_dir` and kept
 there, so an evicted adapter comes back from disk; beyond `max_adapter_disk_bytes` the least recently used files
 of adapters not in memory are deleted (`AdapterFiles`). Adapters are loaded and evicted only between decode steps
-(`ContinuousBatcher.run_between_steps`).
+(`ContinuousBatcher.run_between_steps`). A batcher whose decode loop broke (its requests got the error) is replaced
+by a new one at the next request: a failure that passes does not take the base model down for good.
 """
 
 import threading
@@ -104,7 +105,8 @@ class InferenceEngine:
         """Generated token ids as they come (an end-of-turn token last when the model stopped by itself).
 
         `cancel()` on the stream (the caller met a stop sequence, or its client went away) frees its row before
-        the next decode step. Errors of the decode thread are raised to the reader.
+        the next decode step. A failure of the decode thread is raised to the reader as an `EngineError` (a
+        `GenerationFailed` naming the model, unless the engine refused the request in words of its own).
         """
         base = self._base(base_model_id)
         batcher = self._batcher(base)
@@ -196,8 +198,7 @@ class InferenceEngine:
         )  # fmt: skip
 
     def _batcher(self, base: _LoadedBase) -> ContinuousBatcher:
-        """The base model's batcher; a new one in place of one whose decode loop broke (the requests it held got
-        the error), so a failure that passes does not take the model down for good."""
+        """The base model's batcher; a new one in place of one whose decode loop broke."""
         if base.batcher.closed:
             with self._restarting:
                 if base.batcher.closed:
