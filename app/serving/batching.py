@@ -41,6 +41,11 @@ Design:
   shared with the decode thread starved the caller while the batch was busy: the thread took it back the moment it
   let it go, and a chat beside another organisation's running rows waited 0.3-2 s to be submitted.) Unloading an
   adapter that `adapters_in_use()` reports breaks the rows using it; they get the error.
+- Failures reach every request they break, at once, as a `GenerationFailed` that names the model (an `EngineError`
+  stays as it is; the traceback goes to the log), and the batcher goes on with the next requests: a cache that
+  cannot be built fails its newcomers, a prefill chunk its own rows, a decode step or its sampling every row of the
+  step. A failure of the loop itself leaves the batch in an unknown state, so it closes the batcher: the rows it held
+  and the waiting ones get the error, later submissions are refused, and `InferenceEngine` starts a new batcher.
 """
 
 import threading
@@ -51,15 +56,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import structlog
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 from app.serving.backend import GeneratedToken, QueuedTokenStream
-from app.serving.errors import EngineError
+from app.serving.errors import EngineError, GenerationFailed
 from app.serving.kv_cache import growing_layers, left_pad, new_cache
 from app.serving.lora_slots import AdapterSlots
 
+log = structlog.get_logger()
 T = TypeVar("T")
 # Rows whose widths differ by this much share a decode batch whatever the padding share: one forward pass for a
 # few columns of padding costs less than one more pass.
@@ -228,9 +235,11 @@ class ContinuousBatcher:
         max_prefill_tokens: int = 512,
         request_timeout_s: float | None = None,
         rows_per_tenant_when_shared: int | None = None,
+        model_name: str | None = None,
     ) -> None:
         """`rows_per_tenant_when_shared`: while more than one tenant has rows running or waiting, or submitted
-        within `_SHARED_WINDOW_S`, a tenant's waiting rows start only while it has fewer running (None: no cap)."""
+        within `_SHARED_WINDOW_S`, a tenant's waiting rows start only while it has fewer running (None: no cap).
+        `model_name`: the model the errors of failed requests name."""
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError("max_batch_size and max_prefill_tokens must be at least 1")
         self._model = model
@@ -240,6 +249,7 @@ class ContinuousBatcher:
         self._max_prefill_tokens = max_prefill_tokens
         self._request_timeout_s = request_timeout_s
         self._rows_per_tenant = rows_per_tenant_when_shared
+        self._model_name = model_name
         self._last_seen: dict[str | None, float] = {}  # per tenant, its last row submitted or running
         self._clock: Callable[[], float] = time.monotonic
         self._waiting: deque[_Row] = deque()
@@ -276,7 +286,7 @@ class ContinuousBatcher:
         )  # fmt: skip
         with self._wakeup:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise GenerationFailed.stopped(self._model_name)
             self._waiting.append(row)
             self._last_seen[tenant] = self._clock()
             self._start()
@@ -302,6 +312,11 @@ class ContinuousBatcher:
         with self._wakeup:
             rows = [*self._running_rows(), *self._waiting]
         return {row.adapter for row in rows if row.adapter is not None and not row.stream.cancelled}
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or its decode loop broke: it refuses requests (`InferenceEngine` then starts another)."""
+        return self._closed
 
     def close(self) -> None:
         """Stop the decode thread; requests still running or waiting get an error."""
@@ -335,6 +350,7 @@ class ContinuousBatcher:
         return [row for batch in batches for row in batch.rows] + [row for prefill in prefills for row in prefill.rows]
 
     def _run(self) -> None:
+        ending: EngineError = GenerationFailed.stopped(self._model_name)
         try:
             while self._wait_for_work():
                 with self._model_lock:
@@ -348,14 +364,15 @@ class ContinuousBatcher:
                             self._step()
                         except Exception as error:  # the batch may be half-updated: every row of the step fails
                             self._batches, self._prefills = [], []
-                            for row in rows:
-                                row.stream._fail(error)
-        finally:  # closed, or a bug broke the loop: no caller may be left waiting for this thread
+                            self._fail(rows, error)
+        except Exception as error:  # a bug broke the loop: what it held is unknown, so this batcher ends here
+            ending = self._failure(error)
+        finally:  # closed, or the loop broke: no caller may be left waiting for this thread
             with self._wakeup:
                 self._closed = True
             with self._model_lock:
                 self._run_between()  # handed over before: they still run (a submit among them is refused)
-            self._fail_all(RuntimeError("the batcher is closed"))
+            self._fail_all(ending)
 
     def _run_between(self) -> None:
         while True:
@@ -429,13 +446,22 @@ class ContinuousBatcher:
             return logits[:, -1]
 
     def _start_prefill(self, rows: list[_Row]) -> None:
-        """Lay the newcomers out left-padded; `_prefill_chunk` feeds them to the model over the next steps."""
+        """Lay the newcomers out left-padded; `_prefill_chunk` feeds them to the model over the next steps. A
+        failure (a cache this model's layers cannot use) fails the newcomers only: the running rows go on."""
         for row in rows:
             if row.adapter is not None and row.adapter not in self._adapters:
                 row.stream._fail(ValueError(f"adapter {row.adapter!r} is not loaded"))
         rows = [row for row in rows if row.adapter is None or row.adapter in self._adapters]
         if not rows:
             return
+        try:
+            prefill = self._laid_out(rows)
+        except Exception as error:
+            self._fail(rows, error)
+            return
+        self._prefills.append(prefill)
+
+    def _laid_out(self, rows: list[_Row]) -> _Prefill:
         columns = max(len(row.prompt_ids) for row in rows)
         input_ids = torch.zeros((len(rows), columns), dtype=torch.long)
         mask = torch.zeros((len(rows), columns), dtype=torch.long)
@@ -445,7 +471,7 @@ class ContinuousBatcher:
             row.length = len(row.prompt_ids)
         chunk = max(1, self._max_prefill_tokens // len(rows))
         cache = new_cache(self._model.config)
-        self._prefills.append(_Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk))
+        return _Prefill(rows, input_ids.to(self._device), mask.to(self._device), cache, chunk)
 
     def _prefill_chunk(self, prefill: _Prefill) -> None:
         """Feed the next chunk of the newcomers' prompts; after the last one, stream their first tokens and add the
@@ -460,8 +486,7 @@ class ContinuousBatcher:
             )  # fmt: skip
         except Exception as error:
             self._prefills.remove(prefill)
-            for row in prefill.rows:
-                row.stream._fail(error)
+            self._fail(prefill.rows, error)
             return
         prefill.done = end
         if end < prefill.input_ids.shape[1]:
@@ -540,6 +565,19 @@ class ContinuousBatcher:
                 self._batches.remove(batch)
         if len(self._batches) > 1:
             self._regroup()
+
+    def _fail(self, rows: list[_Row], error: Exception) -> None:
+        failure = self._failure(error)
+        for row in rows:
+            row.stream._fail(failure)
+
+    def _failure(self, error: Exception) -> EngineError:
+        """What the readers of the rows `error` broke get: an engine error as it is, else one naming the model (the
+        traceback goes to the log)."""
+        if isinstance(error, EngineError):
+            return error
+        log.error("inference.generation_failed", model=self._model_name, exc_info=error)
+        return GenerationFailed.of(self._model_name, error)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._wakeup:

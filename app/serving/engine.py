@@ -6,7 +6,8 @@ at most `max_adapters` of them and at most `max_adapter_bytes` of their slots, l
 (never one that a running request uses, nor a pinned one). Their files are fetched once into `cache_dir` and kept
 there, so an evicted adapter comes back from disk; beyond `max_adapter_disk_bytes` the least recently used files
 of adapters not in memory are deleted (`AdapterFiles`). Adapters are loaded and evicted only between decode steps
-(`ContinuousBatcher.run_between_steps`).
+(`ContinuousBatcher.run_between_steps`). A batcher whose decode loop broke (its requests got the error) is replaced
+by a new one at the next request: a failure that passes does not take the base model down for good.
 """
 
 import threading
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,8 +27,10 @@ from app.serving.adapter_files import adapter_directory_name as adapter_director
 from app.serving.backend import SamplingParams
 from app.serving.batching import ContinuousBatcher, TokenStream
 from app.serving.detokenize import Detokenizer, FinishReason
-from app.serving.errors import SlotsBusy
+from app.serving.errors import EngineError, GenerationFailed, SlotsBusy
 from app.serving.lora_slots import AdapterSlots, SlotsFull
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Completion:
 
 @dataclass
 class _LoadedBase:
+    id: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     slots: AdapterSlots
@@ -85,6 +90,7 @@ class InferenceEngine:
         self._pinned: set[str] = set()
         self._bases: dict[str, _LoadedBase] = {}
         self._loading = threading.Lock()
+        self._restarting = threading.Lock()
 
     def tokenizer(self, base_model_id: str) -> PreTrainedTokenizerBase:
         return self._base(base_model_id).tokenizer
@@ -99,21 +105,23 @@ class InferenceEngine:
         """Generated token ids as they come (an end-of-turn token last when the model stopped by itself).
 
         `cancel()` on the stream (the caller met a stop sequence, or its client went away) frees its row before
-        the next decode step. Errors of the decode thread are raised to the reader.
+        the next decode step. A failure of the decode thread is raised to the reader as an `EngineError` (a
+        `GenerationFailed` naming the model, unless the engine refused the request in words of its own).
         """
         base = self._base(base_model_id)
+        batcher = self._batcher(base)
         adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
         end_ids = set(model_end_of_turn_ids(base.model, base.tokenizer))
 
         def submit() -> TokenStream:
             if adapter_name and adapter_dir:
                 self._load(base, adapter_name, adapter_dir)
-            return base.batcher.submit(
+            return batcher.submit(
                 prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids,
                 params.logprobs, params.organization,
             )  # fmt: skip
 
-        return base.batcher.run_between_steps(submit)
+        return batcher.run_between_steps(submit)
 
     def generate(
         self,
@@ -179,12 +187,25 @@ class InferenceEngine:
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
                     # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
                     slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
-                    batcher = ContinuousBatcher(
-                        model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens,
-                        self._request_timeout_s, self._rows_per_organization,
-                    )  # fmt: skip
-                    base = self._bases[base_model_id] = _LoadedBase(model, tokenizer, slots, batcher)
+                    batcher = self._new_batcher(base_model_id, model, slots)
+                    base = self._bases[base_model_id] = _LoadedBase(base_model_id, model, tokenizer, slots, batcher)
         return base
+
+    def _new_batcher(self, base_model_id: str, model: PreTrainedModel, slots: AdapterSlots) -> ContinuousBatcher:
+        return ContinuousBatcher(
+            model, slots, self._device, self._max_batch_size, self._prefill_chunk_tokens, self._request_timeout_s,
+            self._rows_per_organization, model_name=base_model_id,
+        )  # fmt: skip
+
+    def _batcher(self, base: _LoadedBase) -> ContinuousBatcher:
+        """The base model's batcher; a new one in place of one whose decode loop broke."""
+        if base.batcher.closed:
+            with self._restarting:
+                if base.batcher.closed:
+                    base.batcher.close()  # waits for its thread to end: none of its steps overlaps the new one's
+                    log.warning("inference.batcher_restarted", model=base.id)
+                    base.batcher = self._new_batcher(base.id, base.model, base.slots)
+        return base.batcher
 
     def _adapter_files(self, adapter_name: str) -> Path:
         return self._files.path(adapter_name)
@@ -214,6 +235,11 @@ class InferenceEngine:
                     "retry in a moment",
                     retry_after=1,
                 ) from None
+            except Exception as error:
+                if isinstance(error, EngineError):  # a refusal of the engine's own (a rank above its limit)
+                    raise
+                log.error("inference.adapter_load_failed", model=base.id, exc_info=error)
+                raise GenerationFailed.of(base.id, error, "loading the fine-tuned model's adapter") from error
             base.recency[adapter_name] = None
         base.recency.move_to_end(adapter_name)
         # A larger rank may have grown every slot. The adapter just loaded stays: its request is not submitted yet.

@@ -14,6 +14,7 @@ from app.ml.base_models.from_settings import registry_from_settings
 from bench.tickets import ticket_split
 from tests.helpers.datasets import HELD_OUT, TICKETS, chat_jsonl
 from tests.helpers.services import new_org_key, sdk_client
+from tests.helpers.tiny_models import TINY_MODEL_ID
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
@@ -222,6 +223,39 @@ def test_a_failed_evaluation_still_publishes_the_model_and_says_why(
     with pytest.raises(openai.NotFoundError) as missing:
         _evaluation(client, job_id)
     assert "the evaluation failed (its events say which)" in missing.value.message
+    reply = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "Ticket: refund"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
+@pytest.mark.timeout(300)  # a report waiting for answers that never come fails here instead of hanging the run
+def test_an_engine_that_fails_while_answering_the_held_out_prompts_fails_the_report_not_the_job(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-out answers come from the serving engine (on the tiny model, fast): a cache it cannot build is an
+    error the report gets, and the job still publishes its model, without a report."""
+
+    def unsupported(*_: object) -> None:
+        raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
+
+    monkeypatch.setattr("app.serving.batching.new_cache", unsupported)
+    training_file = client.files.create(file=("train.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    validation_file = client.files.create(file=("valid.jsonl", chat_jsonl(HELD_OUT)), purpose="fine-tune")
+    created = client.fine_tuning.jobs.create(
+        model=TINY_MODEL_ID, training_file=training_file.id, validation_file=validation_file.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+    )  # fmt: skip
+    run_job(settings, registry_from_settings(settings), created.id)
+
+    job = client.fine_tuning.jobs.retrieve(created.id)
+    assert job.status == "succeeded" and job.fine_tuned_model
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    failed = next(e for e in events if e.message.startswith("The evaluation failed"))
+    assert failed.level == "warn" and "NotImplementedError: continuous batching needs full-attention" in failed.message
+    with pytest.raises(openai.NotFoundError):
+        _evaluation(client, job.id)
+    monkeypatch.undo()
     reply = client.chat.completions.create(
         model=job.fine_tuned_model, messages=[{"role": "user", "content": "Ticket: refund"}], max_tokens=4
     )

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from app.ml.chat_format import render_prompt_ids
 from app.serving.batching import ContinuousBatcher, TokenStream
-from app.serving.errors import EngineError
+from app.serving.errors import EngineError, GenerationFailed
 from app.serving.lora_slots import AdapterSlots
 from tests.helpers.waiting import eventually
 
@@ -259,7 +259,7 @@ def test_a_failing_forward_reaches_every_row_of_the_step(batcher, served, prompt
     streams = submit_together(batcher, [(prompts[0], "first", eos), (prompts[1], None, eos)])
 
     for stream in streams:
-        with pytest.raises(RuntimeError, match="out of memory"):
+        with pytest.raises(GenerationFailed, match="out of memory"):
             ids(stream)
     assert ids(greedy(batcher, prompts[2], "second", eos)) == expected  # and the batcher goes on
 
@@ -521,10 +521,9 @@ def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, 
     assert max(rows for rows, _ in forward_shapes[before:]) == 1
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the break, as intended
 def test_a_decode_thread_that_breaks_leaves_no_caller_waiting(served, prompts, eos):
     """A bug that breaks the decode loop must fail the requests it held and refuse new ones, not leave callers of
-    `run_between_steps` or readers waiting for ever."""
+    `run_between_steps` or readers waiting for ever (`InferenceEngine` then starts another batcher)."""
     batcher = make_batcher(served)
     broken = threading.Event()
 
@@ -546,15 +545,16 @@ def test_a_decode_thread_that_breaks_leaves_no_caller_waiting(served, prompts, e
         def read_held() -> None:
             try:
                 ids(held)
-            except RuntimeError as error:
+            except GenerationFailed as error:
                 ended.append(error)
 
         reader = threading.Thread(target=read_held, daemon=True)
         reader.start()
         reader.join(timeout=10)
         assert handed == ["ran"]
-        assert [str(error) for error in ended] == ["the batcher is closed"]
-        with pytest.raises(RuntimeError, match="closed"):
+        assert [type(error.__cause__) for error in ended] == [AssertionError]
+        assert "a bug in the decode loop" in str(ended[0])
+        with pytest.raises(GenerationFailed, match="not generating any more"):
             greedy(batcher, prompts[1], None, eos)
     finally:
         batcher.close()
