@@ -44,6 +44,7 @@ class Completion:
 @dataclass
 class _LoadedBase:
     id: str
+    revision: str  # of the registry's spec when loaded: a model removed and added again is loaded afresh
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     slots: AdapterSlots
@@ -179,16 +180,21 @@ class InferenceEngine:
         self._files.remove(adapter_name)
 
     def _base(self, base_model_id: str) -> _LoadedBase:
+        revision = self._registry.get(base_model_id).revision
         base = self._bases.get(base_model_id)
-        if base is None:
+        if base is None or base.revision != revision:
             with self._loading:  # one load at a time: a base model is big, and two would be wasted work
                 base = self._bases.get(base_model_id)
-                if base is None:
+                if base is None or base.revision != revision:
+                    stale = base
                     model, tokenizer = self._registry.load(base_model_id, device=str(self._device))
                     # Room for the cache, plus adapters of running requests beyond it, which are never evicted.
                     slots = AdapterSlots(model, self._max_adapters + self._max_batch_size, self._max_lora_rank)
                     batcher = self._new_batcher(base_model_id, model, slots)
-                    base = self._bases[base_model_id] = _LoadedBase(base_model_id, model, tokenizer, slots, batcher)
+                    base = _LoadedBase(base_model_id, revision, model, tokenizer, slots, batcher)
+                    self._bases[base_model_id] = base
+                    if stale is not None:  # its weights are gone from the deployment: its requests end with an error
+                        stale.batcher.close()
         return base
 
     def _new_batcher(self, base_model_id: str, model: PreTrainedModel, slots: AdapterSlots) -> ContinuousBatcher:

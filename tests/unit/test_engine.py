@@ -1,17 +1,19 @@
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from app.api.generation.engine_errors import http_error
+from app.ml.base_models import BaseModelRegistry
 from app.ml.chat_format import render_prompt_ids
 from app.serving import InferenceEngine
 from app.serving.adapter_files import adapter_directory_name
 from app.serving.backend import SamplingParams
 from app.serving.errors import AdapterRankUnsupported, SlotsBusy
-from tests.helpers.tiny_models import TINY_MODEL_ID, conversation
+from tests.helpers.tiny_models import TINY_MODEL_ID, build_model, conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -196,3 +198,20 @@ def test_an_adapter_above_the_serving_rank_is_refused_with_a_422_naming_the_limi
     assert error.status_code == 422 and error.code == "adapter_rank_unsupported"
     assert "LoRA rank 16; this server serves ranks up to 8" in error.message
     assert engine.loaded_adapters(TINY_MODEL_ID) == []
+
+
+def test_a_base_model_added_again_with_other_weights_is_served_with_the_new_ones(
+    tmp_path, tiny_model_spec, tokenizer, store
+):
+    other = tmp_path / "other-weights"
+    build_model(tokenizer, seed=1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    catalogue = [replace(tiny_model_spec, revision="r1")]
+    registry = BaseModelRegistry(tmp_path / "models", catalogue=lambda: list(catalogue), max_age_s=0)
+    engine = InferenceEngine(registry, store, cache_dir=tmp_path / "adapters")
+    first = ask(engine, None).text
+
+    catalogue[:] = [replace(tiny_model_spec, revision="r2", location=str(other))]  # removed, and added again
+
+    fresh = InferenceEngine(registry, store, cache_dir=tmp_path / "fresh-adapters")
+    assert ask(engine, None).text == ask(fresh, None).text != first
