@@ -9,6 +9,7 @@ conversation's length (rendering and re-tokenizing every prefix was quadratic: m
 template the probe does not describe falls back to rendering prefixes and diffing them, which works for any.
 """
 
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -98,17 +99,20 @@ _PROBE = "Lp7q reply"
 
 
 def _template_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
-    """(what the template writes before an assistant reply, its end-of-turn text without trailing whitespace), or
-    None when a probe conversation does not show them."""
+    """(what the template writes before an assistant reply, its end-of-turn text: what follows the reply up to
+    whitespace), or None when a probe conversation does not show them."""
     if tokenizer not in _TEMPLATE_MARKS:
         marks = None
         asked = [{"role": "user", "content": "Lp7q question"}]
         prompt = _render(tokenizer, asked, add_generation_prompt=True)
         without = _render(tokenizer, asked, add_generation_prompt=False)
         answered = _render(tokenizer, [*asked, {"role": "assistant", "content": _PROBE}], add_generation_prompt=False)
-        if prompt.startswith(without) and answered.startswith(prompt + _PROBE):
-            generation_prompt, end_of_turn = prompt[len(without) :], answered[len(prompt) + len(_PROBE) :].rstrip()
-            marks = (generation_prompt, end_of_turn) if generation_prompt and end_of_turn else None
+        if answered.startswith(prompt + _PROBE):
+            # Phi-3's template ends a conversation with EOS unless it asks for a reply: what it adds for the reply
+            # starts where the two renders part; its end-of-turn token is what follows the reply, up to whitespace.
+            generation_prompt = prompt[len(os.path.commonprefix([prompt, without])) :]
+            after = answered[len(prompt) + len(_PROBE) :].split()
+            marks = (generation_prompt, after[0]) if generation_prompt and after else None
         _TEMPLATE_MARKS[tokenizer] = marks
     return _TEMPLATE_MARKS[tokenizer]
 

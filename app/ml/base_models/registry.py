@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from app.ml.base_models.disk_cache import build_once
 from app.ml.base_models.gguf_import import convert_gguf, packaged_gguf
 from app.ml.base_models.quantization import FOUR_BIT, qlora_config
+from app.ml.chat_templates import TemplateSource, prepare_tokenizer, template_from_option
 
 Source = Literal["gguf-package", "local", "s3"]
 FetchPrefix = Callable[[str, Path], None]
@@ -39,6 +40,7 @@ class BaseModelSpec:
     # a small one more.
     learning_rate: float = 2e-4
     quantization: str | None = None  # "4bit": jobs train it with QLoRA unless they ask otherwise
+    chat_template: str | None = None  # Jinja text; None: the model's own, else Loraport's default
 
 
 SMOLLM2_135M_INSTRUCT = BaseModelSpec(
@@ -64,7 +66,8 @@ class UnknownBaseModel(KeyError):
 
 
 def read_extra_models(path: Path) -> list[BaseModelSpec]:
-    """Base models listed in a JSON file: `[{"id", "source", "location", ...optional settings}]`."""
+    """Base models listed in a JSON file: `[{"id", "source", "location", ...optional settings}]`; a
+    `"chat_template"` is a built-in name or a Jinja file (relative to the JSON file's folder)."""
     entries = json.loads(path.read_text())
     default_created = int(path.stat().st_mtime)
     specs = []
@@ -83,6 +86,9 @@ def read_extra_models(path: Path) -> list[BaseModelSpec]:
                 lora_rank=int(entry.get("lora_rank", 16)),
                 learning_rate=float(entry.get("learning_rate", 2e-4)),
                 quantization=entry.get("quantization"),
+                chat_template=template_from_option(entry["chat_template"], path.parent)
+                if entry.get("chat_template")
+                else None,
             )
         )
     return specs
@@ -104,6 +110,7 @@ class BaseModelRegistry:
         self._specs = {spec.id: spec for spec in [SMOLLM2_135M_INSTRUCT, *extras]}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._contexts: dict[str, int] = {}
+        self._template_sources: dict[str, TemplateSource] = {}
 
     def ids(self) -> list[str]:
         return list(self._specs)
@@ -133,8 +140,19 @@ class BaseModelRegistry:
     def tokenizer(self, model_id: str) -> PreTrainedTokenizerBase:
         """The model's tokenizer alone, kept once loaded (reports count tokens without loading weights)."""
         if model_id not in self._tokenizers:
-            self._tokenizers[model_id] = AutoTokenizer.from_pretrained(self.materialize(model_id))
+            self._tokenizers[model_id] = self._prepared_tokenizer(model_id, self.materialize(model_id))
         return self._tokenizers[model_id]
+
+    def template_source(self, model_id: str) -> TemplateSource:
+        """Whose chat template the model is trained and served with: its own, the one it was given, or the default."""
+        if model_id not in self._template_sources:
+            self.tokenizer(model_id)
+        return self._template_sources[model_id]
+
+    def _prepared_tokenizer(self, model_id: str, directory: Path) -> PreTrainedTokenizerBase:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        self._template_sources[model_id] = prepare_tokenizer(tokenizer, self.get(model_id).chat_template)
+        return tokenizer
 
     def context_length(self, model_id: str) -> int:
         """The tokens the model attends to, prompt and completion together: its config's `max_position_embeddings`
@@ -151,7 +169,7 @@ class BaseModelRegistry:
         """A fresh model (in eval mode) and its tokenizer; callers keep them if they want to reuse them.
         `quantization` "4bit" loads the weights in NF4 (CUDA only), as QLoRA trains."""
         directory = self.materialize(model_id)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = self._prepared_tokenizer(model_id, directory)
         if quantization == FOUR_BIT:
             if not device.startswith("cuda"):
                 raise ValueError(f"4-bit weights need a CUDA device, not {device!r}")
