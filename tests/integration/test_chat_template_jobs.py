@@ -1,0 +1,88 @@
+"""A base model's chat template is checked when a job is created, not in the middle of it: a model whose template
+cannot be served is refused with the reason, and one with no template trains with Loraport's default, saying so."""
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from app.api.main import create_app
+from app.core.queue import producer
+from app.core.settings import Settings
+from app.ml.base_models.from_settings import registry_from_settings
+from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.jobs import NO_EVALUATION, event_messages
+from tests.helpers.services import sdk_client, serving
+from tests.helpers.tiny_models import TINY_MODEL_ID, build_model, build_tokenizer
+from worker.job_runner import run_job
+
+NO_TEMPLATE = "tiny-no-template"
+WRONG_TEMPLATE = "tiny-gemma-template"  # Gemma's template on a tokenizer that has no <end_of_turn>
+
+
+@pytest.fixture(scope="module")
+def template_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    directory = tmp_path_factory.mktemp("no-template")
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    build_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    entries = [
+        {"id": NO_TEMPLATE, "source": "local", "location": str(directory), "learning_rate": 2e-2},
+        {"id": WRONG_TEMPLATE, "source": "local", "location": str(directory), "chat_template": "gemma"},
+    ]
+    models_file = directory / "base_models.json"
+    models_file.write_text(json.dumps(entries))
+    return settings.model_copy(update={"base_models_file": models_file})
+
+
+@pytest.fixture
+def template_client(template_settings: Settings, org_key: str) -> Iterator[openai.OpenAI]:
+    with serving(create_app(template_settings)) as url:
+        yield sdk_client(url, org_key)
+
+
+def _create(client: openai.OpenAI, model: str) -> str:
+    training = client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+    return client.fine_tuning.jobs.create(
+        model=model, training_file=training.id, hyperparameters={"n_epochs": 1}, extra_body=NO_EVALUATION
+    ).id
+
+
+def test_a_model_whose_template_cannot_be_served_is_refused_when_the_job_is_created(
+    template_client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        _create(template_client, WRONG_TEMPLATE)
+
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "invalid_chat_template" and error["param"] == "model"
+    assert f"The base model '{WRONG_TEMPLATE}' cannot be fine-tuned here" in error["message"]
+    assert "'<end_of_turn>', which is not one special token" in error["message"]
+    assert template_client.fine_tuning.jobs.list().data == []
+
+
+def test_a_model_without_a_template_trains_with_the_default_and_says_so(
+    template_client: openai.OpenAI, template_settings: Settings
+) -> None:
+    job_id = _create(template_client, NO_TEMPLATE)
+    producer(template_settings).control.purge()  # its message was taken, as by the worker that runs it
+
+    run_job(template_settings, registry_from_settings(template_settings), job_id)
+
+    job = template_client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded", job.error
+    assert "The base model has no chat template: trained with Loraport's default template" in " ".join(
+        event_messages(template_client, job_id)
+    )
+
+
+def test_a_model_with_its_own_template_says_nothing_of_the_default(client: openai.OpenAI, settings: Settings) -> None:
+    job_id = _create(client, TINY_MODEL_ID)
+    producer(settings).control.purge()
+
+    run_job(settings, registry_from_settings(settings), job_id)
+
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
+    assert not any("default template" in message for message in event_messages(client, job_id))
