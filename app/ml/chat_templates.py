@@ -257,15 +257,7 @@ def _end_of_turn(tokenizer: PreTrainedTokenizerBase) -> tuple[str, int]:
 def _check_spans(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, Any]], end_of_turn: str) -> None:
     """The loss mask of the conversation covers each reply and its end-of-turn token, and nothing else."""
     example = tokenize_example(tokenizer, conversation, max_length=4096)
-    spans: list[list[int]] = []
-    for position, label in enumerate(example.labels):
-        if label == IGNORE_INDEX:
-            continue
-        if spans and spans[-1][-1] == position - 1:
-            spans[-1].append(position)
-        else:
-            spans.append([position])
-    labelled = [tokenizer.decode([example.input_ids[i] for i in span]) for span in spans]
+    labelled = _trained_texts(tokenizer, example.input_ids, example.labels)
     answers = [message["content"] for message in conversation if message["role"] == "assistant"]
     if [text.strip() for text in labelled] != [answer + end_of_turn for answer in answers]:
         raise ChatTemplateError(
@@ -279,6 +271,19 @@ def _check_spans(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str
             "the chat template writes the prompt for a reply differently from the start of that reply in a "
             "conversation, so a fine-tuned model would be served a prompt it was not trained on"
         )
+
+
+def _trained_texts(tokenizer: PreTrainedTokenizerBase, input_ids: list[int], labels: list[int]) -> list[str]:
+    """The text of each run of tokens that the loss is computed on."""
+    runs: list[list[int]] = []
+    for position, (token, label) in enumerate(zip(input_ids, labels, strict=True)):
+        if label == IGNORE_INDEX:
+            continue
+        if position == 0 or labels[position - 1] == IGNORE_INDEX:
+            runs.append([])
+        runs[-1].append(token)
+    # One sequence of ids decodes to a str (the library's return type covers batches of sequences too).
+    return [str(tokenizer.decode(run)) for run in runs]
 
 
 def _prompt_of(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
