@@ -107,18 +107,16 @@ DEFAULT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:\n' }}{% endif %}"
 )
 
-_SYSTEM = "You answer in one short sentence."
-_ANSWERS = ("Paris is the capital of France.", "It is fine, thank you.", "Why not?")
 _ONE_TURN = [
-    {"role": "system", "content": _SYSTEM},
+    {"role": "system", "content": "You answer in one short sentence."},
     {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": _ANSWERS[0]},
+    {"role": "assistant", "content": "Paris is the capital of France."},
 ]
 _TWO_TURNS = [
     {"role": "user", "content": "Hello! How are you today?"},
-    {"role": "assistant", "content": _ANSWERS[1]},
+    {"role": "assistant", "content": "It is fine, thank you."},
     {"role": "user", "content": "Tell me a joke."},
-    {"role": "assistant", "content": _ANSWERS[2]},
+    {"role": "assistant", "content": "Why not?"},
 ]
 _PROBE = "Lp7q reply"
 
@@ -163,7 +161,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, template: str | None) 
     return "default"
 
 
-_CHECKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[object, TemplateCheck | ChatTemplateError]]" = (
+_CHECKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[object, TemplateCheck | str]]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -177,16 +175,16 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> TemplateCheck:
         try:
             kept = (template, _check(tokenizer))
         except ChatTemplateError as error:
-            kept = (template, error)
+            kept = (template, str(error))
         _CHECKS[tokenizer] = kept
-    if isinstance(kept[1], ChatTemplateError):
-        raise kept[1]
+    if isinstance(kept[1], str):
+        raise ChatTemplateError(kept[1])
     return kept[1]
 
 
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """The tokens that end a reply: the template's end-of-turn token and EOS (only EOS when the template fails the
-    check, which `add` refuses anyway)."""
+    check, which adding the model and creating a job refuse anyway)."""
     try:
         return set(check_chat_template(tokenizer).stop_ids)
     except ChatTemplateError:
