@@ -12,6 +12,7 @@ from app.ml.base_models import BaseModelRegistry
 from app.serving import InferenceEngine
 from app.serving.answers import answering, greedy_answers
 from app.serving.backend import SamplingParams
+from app.serving.remote import RemoteBackend
 from app.serving.vllm_backend import end_of_turn_ids_of
 from tests.helpers.tiny_models import build_model, build_tokenizer
 
@@ -75,7 +76,9 @@ def test_held_out_answers_stop_at_the_template_s_end_of_turn_token(registry):
     assert answers == {None: [""]}
 
 
-def test_vllm_stops_at_the_template_s_end_of_turn_token(registry, model_dir):
+def test_vllm_and_remote_replicas_stop_at_the_template_s_end_of_turn_token(registry, model_dir):
     tokenizer = registry.tokenizer(MODEL_ID)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
 
-    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in end_of_turn_ids_of(model_dir, tokenizer)
+    assert end_of_turn in end_of_turn_ids_of(model_dir, tokenizer)
+    assert end_of_turn in RemoteBackend(["http://127.0.0.1:9"], registry).end_of_turn_ids(MODEL_ID)
