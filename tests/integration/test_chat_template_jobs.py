@@ -58,9 +58,23 @@ def test_a_model_whose_template_cannot_be_served_is_refused_when_the_job_is_crea
 
     error = refused.value.body
     assert isinstance(error, dict) and error["code"] == "invalid_chat_template" and error["param"] == "model"
-    assert f"The base model '{WRONG_TEMPLATE}' cannot be fine-tuned here" in error["message"]
+    assert f"The base model '{WRONG_TEMPLATE}' cannot be used here" in error["message"]
     assert "'<end_of_turn>', which is not one special token" in error["message"]
     assert template_client.fine_tuning.jobs.list().data == []
+
+
+def test_a_distillation_teacher_whose_template_cannot_be_served_is_refused(template_client: openai.OpenAI) -> None:
+    training = template_client.files.create(file=("tickets.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        template_client.fine_tuning.jobs.create(
+            model=NO_TEMPLATE,
+            training_file=training.id,
+            method={"type": "distillation", "distillation": {"teacher_model": WRONG_TEMPLATE}},  # type: ignore[arg-type, typeddict-item]
+        )
+
+    assert refused.value.code == "invalid_chat_template"
+    assert refused.value.param == "method.distillation.teacher_model"
 
 
 def test_a_model_without_a_template_trains_with_the_default_and_says_so(

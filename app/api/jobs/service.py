@@ -139,14 +139,14 @@ def _training_options(
     return continue_adapter(options, adapter_config, requested)
 
 
-def _check_chat_template(registry: BaseModelRegistry, base_model: str) -> None:
+def _check_chat_template(registry: BaseModelRegistry, base_model: str, param: str = "model") -> None:
     """Refuses a base model whose chat template cannot be trained on or served, before a worker finds out."""
     try:
         check_chat_template(registry.tokenizer(base_model))
     except ChatTemplateError as error:
         raise InvalidRequest(
-            f"The base model '{base_model}' cannot be fine-tuned here: {error}",
-            param="model",
+            f"The base model '{base_model}' cannot be used here: {error}",
+            param=param,
             code="invalid_chat_template",
         ) from None
 
@@ -165,7 +165,8 @@ def create_job(
         raise InvalidRequest("Integrations are not supported", param="integrations")
     method_type = _method_type(body)
     if method_type == "distillation" and body.method and body.method.distillation:
-        _teacher(session, registry, org, body.method.distillation.teacher_model)
+        teacher = _teacher(session, registry, org, body.method.distillation.teacher_model)
+        _check_chat_template(registry, teacher.base_model, "method.distillation.teacher_model")
     formats = {"dpo": (PREFERENCE,), "distillation": DISTILLATION_FORMATS}.get(method_type, SUPERVISED_FORMATS)
     training = dataset(session, org, body.training_file, "training_file", formats)
     validation = (
