@@ -91,7 +91,8 @@ def tokenize_example(
     return TokenizedExample(input_ids=input_ids, labels=labels)
 
 
-_TEMPLATE_MARKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[str, str] | None]" = (
+# Per tokenizer, the template the marks were learnt from (a model given another template changes it) and the marks.
+_TEMPLATE_MARKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[object, tuple[str, str] | None]]" = (
     weakref.WeakKeyDictionary()
 )
 _LONGEST_PIECE: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, int]" = weakref.WeakKeyDictionary()
@@ -101,7 +102,9 @@ _PROBE = "Lp7q reply"
 def _template_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
     """(what the template writes before an assistant reply, its end-of-turn text: what follows the reply up to
     whitespace), or None when a probe conversation does not show them."""
-    if tokenizer not in _TEMPLATE_MARKS:
+    template = tokenizer.chat_template
+    kept = _TEMPLATE_MARKS.get(tokenizer)
+    if kept is None or kept[0] != template:
         marks = None
         asked = [{"role": "user", "content": "Lp7q question"}]
         prompt = _render(tokenizer, asked, add_generation_prompt=True)
@@ -113,8 +116,8 @@ def _template_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | Non
             generation_prompt = prompt[len(os.path.commonprefix([prompt, without])) :]
             after = answered[len(prompt) + len(_PROBE) :].split()
             marks = (generation_prompt, after[0]) if generation_prompt and after else None
-        _TEMPLATE_MARKS[tokenizer] = marks
-    return _TEMPLATE_MARKS[tokenizer]
+        kept = _TEMPLATE_MARKS[tokenizer] = (template, marks)
+    return kept[1]
 
 
 def _assistant_spans(

@@ -6,7 +6,7 @@ from transformers import PreTrainedTokenizerFast
 
 from app.ml.base_models import BaseModelRegistry
 from app.ml.base_models.registry import read_extra_models
-from app.ml.chat_format import IGNORE_INDEX, render_prompt_ids, tokenize_example
+from app.ml.chat_format import IGNORE_INDEX, _template_marks, render_prompt_ids, tokenize_example
 from app.ml.chat_templates import (
     BUILT_IN_TEMPLATES,
     DEFAULT_TEMPLATE,
@@ -103,6 +103,22 @@ def test_the_model_s_own_template_is_kept_unless_one_is_given():
     assert own.chat_template == template
     assert prepare_tokenizer(own, BUILT_IN_TEMPLATES["chatml"]) == "given"
     assert own.chat_template == BUILT_IN_TEMPLATES["chatml"]
+
+
+def test_a_tokenizer_given_another_template_is_checked_and_masked_by_the_new_one():
+    tokenizer = family_tokenizer(BUILT_IN_TEMPLATES["gemma"])
+    assert check_chat_template(tokenizer).end_of_turn == "<end_of_turn>"
+    trained_texts(tokenizer, CONVERSATION)
+
+    prepare_tokenizer(tokenizer, BUILT_IN_TEMPLATES["llama3"])
+
+    assert check_chat_template(tokenizer).end_of_turn == "<|eot_id|>"
+    assert trained_texts(tokenizer, CONVERSATION) == [
+        "Paris is the capital of France.<|eot_id|>",
+        "Why did the chicken cross the road?<|eot_id|>",
+    ]
+    # found in one pass with the new template's marks, not by the quadratic fallback
+    assert _template_marks(tokenizer) == ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>")
 
 
 @pytest.mark.parametrize(
