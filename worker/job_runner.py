@@ -306,6 +306,8 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
     else:
         training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     model, tokenizer = _load_base_model(settings, registry, job)
+    if resumed is None:
+        _announce_default_template(url, registry, job)
     config = training_config(registry, job)
     preference = preference_settings(job)
     checkpoints = EpochCheckpoints(
@@ -412,6 +414,18 @@ def _start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path, resu
         message = f"The model '{job.model}' that this job trains further was deleted before training started"
         raise TaskFailed("model_not_found", message, "model") from None
     store.upload_directory(kept, directory)
+
+
+def _announce_default_template(url: str, registry: BaseModelRegistry, job: FineTuningJob) -> None:
+    """Says so when the base model has no chat template of its own and none was given: the fine-tuned model is
+    served with the same default, so its answers end with EOS."""
+    if registry.template_source(job.base_model) != "default":
+        return
+    message = (
+        "The base model has no chat template: trained with Loraport's default template (role headers in plain "
+        "text, each assistant turn ending with the model's EOS token)"
+    )
+    _event(url, job.id, job.attempt, message, data={"chat_template": "default"})
 
 
 def _announce_resume(url: str, job: FineTuningJob, resumed: TrainingState) -> None:

@@ -9,6 +9,7 @@ conversation's length (rendering and re-tokenizing every prefix was quadratic: m
 template the probe does not describe falls back to rendering prefixes and diffing them, which works for any.
 """
 
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,8 @@ def tokenize_example(
     return TokenizedExample(input_ids=input_ids, labels=labels)
 
 
-_TEMPLATE_MARKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[str, str] | None]" = (
+# Per tokenizer, the template the marks were learnt from (a model given another template changes it) and the marks.
+_TEMPLATE_MARKS: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[object, tuple[str, str] | None]]" = (
     weakref.WeakKeyDictionary()
 )
 _LONGEST_PIECE: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, int]" = weakref.WeakKeyDictionary()
@@ -98,19 +100,24 @@ _PROBE = "Lp7q reply"
 
 
 def _template_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
-    """(what the template writes before an assistant reply, its end-of-turn text without trailing whitespace), or
-    None when a probe conversation does not show them."""
-    if tokenizer not in _TEMPLATE_MARKS:
+    """(what the template writes before an assistant reply, its end-of-turn text: what follows the reply up to
+    whitespace), or None when a probe conversation does not show them."""
+    template = tokenizer.chat_template
+    kept = _TEMPLATE_MARKS.get(tokenizer)
+    if kept is None or kept[0] != template:
         marks = None
         asked = [{"role": "user", "content": "Lp7q question"}]
         prompt = _render(tokenizer, asked, add_generation_prompt=True)
         without = _render(tokenizer, asked, add_generation_prompt=False)
         answered = _render(tokenizer, [*asked, {"role": "assistant", "content": _PROBE}], add_generation_prompt=False)
-        if prompt.startswith(without) and answered.startswith(prompt + _PROBE):
-            generation_prompt, end_of_turn = prompt[len(without) :], answered[len(prompt) + len(_PROBE) :].rstrip()
-            marks = (generation_prompt, end_of_turn) if generation_prompt and end_of_turn else None
-        _TEMPLATE_MARKS[tokenizer] = marks
-    return _TEMPLATE_MARKS[tokenizer]
+        if answered.startswith(prompt + _PROBE):
+            # Phi-3's template ends a conversation with EOS unless it asks for a reply: what it adds for the reply
+            # starts where the two renders part; its end-of-turn token is what follows the reply, up to whitespace.
+            generation_prompt = prompt[len(os.path.commonprefix([prompt, without])) :]
+            after = answered[len(prompt) + len(_PROBE) :].split()
+            marks = (generation_prompt, after[0]) if generation_prompt and after else None
+        kept = _TEMPLATE_MARKS[tokenizer] = (template, marks)
+    return kept[1]
 
 
 def _assistant_spans(

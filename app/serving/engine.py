@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.chat_format import render_prompt_ids
+from app.ml.chat_templates import end_of_turn_ids
 from app.serving.adapter_files import AdapterFiles, FetchAdapter
 from app.serving.adapter_files import adapter_directory_name as adapter_directory_name  # where callers look for it
 from app.serving.backend import SamplingParams
@@ -53,10 +54,10 @@ class _LoadedBase:
 
 
 def model_end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokens that end the model's answer: its generation config's end tokens and the tokenizer's."""
+    """The tokens that end the model's answer: its generation config's end tokens, the tokenizer's EOS and its chat
+    template's end-of-turn token (a base model given a template stops at `<end_of_turn>`, not only at EOS)."""
     configured = model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
+    ids = set(configured if isinstance(configured, list) else [configured]) | end_of_turn_ids(tokenizer)
     return sorted(i for i in ids if i is not None)
 
 

@@ -21,6 +21,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from app.core.errors import LoraportError, ServiceUnavailable
 from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_templates import end_of_turn_ids
 from app.serving.backend import GeneratedToken, QueuedTokenStream, SamplingParams
 from app.serving.errors import EngineError
 
@@ -144,7 +145,8 @@ class RemoteBackend:
         return self._registry.tokenizer(base_model_id)
 
     def end_of_turn_ids(self, base_model_id: str) -> set[int]:
-        """As the engine computes them: the generation config's eos ids and the tokenizer's eos token."""
+        """As the engine computes them: the generation config's eos ids, the tokenizer's eos token and its chat
+        template's end-of-turn token."""
         if base_model_id not in self._end_of_turn:
             directory = self._registry.materialize(base_model_id)
             try:
@@ -153,7 +155,7 @@ class RemoteBackend:
                 config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(directory))
             configured = config.eos_token_id
             ids = set(configured if isinstance(configured, list) else [configured])
-            ids.add(self.tokenizer(base_model_id).eos_token_id)
+            ids |= end_of_turn_ids(self.tokenizer(base_model_id))
             self._end_of_turn[base_model_id] = {i for i in ids if i is not None}
         return set(self._end_of_turn[base_model_id])
 

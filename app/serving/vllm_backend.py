@@ -26,6 +26,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from app.core.settings import Settings
 from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_templates import end_of_turn_ids
 from app.serving.adapter_files import AdapterFiles, FetchAdapter
 from app.serving.backend import GeneratedToken, QueuedTokenStream, SamplingParams
 from app.serving.errors import AdapterRankUnsupported
@@ -128,14 +129,14 @@ def vllm_engine_arguments(settings: Settings, model_dir: Path) -> dict[str, Any]
 
 def end_of_turn_ids_of(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """What the torch engine stops on, read from the model's files without loading its weights: the eos ids of its
-    generation config (of its model config when it has no generation_config.json) and the tokenizer's eos."""
+    generation config (of its model config when it has no generation_config.json), the tokenizer's eos and its chat
+    template's end-of-turn token."""
     try:
         generation = GenerationConfig.from_pretrained(model_dir)
     except OSError:
         generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
     configured = generation.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
+    ids = set(configured if isinstance(configured, list) else [configured]) | end_of_turn_ids(tokenizer)
     return {i for i in ids if i is not None}
 
 
