@@ -31,11 +31,13 @@ def decoder_blocks(model: nn.Module) -> nn.Module:
     """The stack of the text decoder's blocks (`model.layers`, GPT-2's `transformer.h`): its outermost `ModuleList`
     (the longest, if several), not one inside a block (experts). A model without one is its own stack, less its
     output embeddings."""
-    decoder = model.get_decoder() if isinstance(model, PreTrainedModel) else model
-    stacks = [(name.count("."), module) for name, module in decoder.named_modules() if isinstance(module, nn.ModuleList)]
+    decoder = model.get_decoder() if isinstance(model, PreTrainedModel) else model  # type: ignore[no-untyped-call]
+    stacks = [
+        (name.count("."), module) for name, module in decoder.named_modules() if isinstance(module, nn.ModuleList)
+    ]
     if stacks:
         return min(stacks, key=lambda stack: (stack[0], -len(stack[1])))[1]
-    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None  # type: ignore[no-untyped-call]
     return nn.ModuleList([module for module in decoder.children() if module is not head])
 
 

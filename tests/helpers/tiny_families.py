@@ -22,10 +22,10 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
     Phi3Config,
     Phi3ForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -36,7 +36,6 @@ SLIDING_WINDOW = 8  # tokens: prompts and generations of the tests run past it
 GEMMA_VOCABULARY = 262_144  # Gemma 3's; the tiny tokenizer's 400 ids come first, the rest are never in a prompt
 LLAMA_STYLE = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
 SERVED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
-SLIDING_FAMILIES = ("mistral", "gemma2", "gemma3")
 # The LoRA targets each family's projections give: Phi-3 fuses q/k/v and gate/up into one layer each.
 EXPECTED_TARGETS = {family: LLAMA_STYLE for family in SERVED_FAMILIES} | {
     "phi3": ("down_proj", "gate_up_proj", "o_proj", "qkv_proj")
