@@ -14,7 +14,9 @@ from transformers import (
     CohereForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     GraniteConfig,
     GraniteForCausalLM,
@@ -30,6 +32,7 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    SiglipVisionConfig,
 )
 
 SLIDING_WINDOW = 8  # tokens: prompts and generations of the tests run past it
@@ -84,3 +87,21 @@ def build_family_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: in
     )
     torch.manual_seed(seed)
     return model_class(config).eval()
+
+
+def build_gemma3_with_vision(**text_settings: Any) -> Gemma3ForConditionalGeneration:
+    """A tiny Gemma 3 with a vision tower (SigLIP: q/k/v_proj, out_proj, fc1, fc2) and a multimodal projector."""
+    text = Gemma3TextConfig(
+        **{
+            "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": SLIDING_WINDOW,
+            "initializer_range": 0.2,
+        }
+        | text_settings
+    )  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    torch.manual_seed(0)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, initializer_range=0.2)
+    return Gemma3ForConditionalGeneration(config).eval()

@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import (
-    Gemma3Config,
-    Gemma3ForConditionalGeneration,
-    Gemma3TextConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-    SiglipVisionConfig,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
 from app.ml.chat_format import render_prompt_ids, tokenize_example
 from app.ml.lora_targets import lora_target_names
@@ -30,6 +21,7 @@ from tests.helpers.tiny_families import (
     SERVED_FAMILIES,
     SLIDING_WINDOW,
     build_family_model,
+    build_gemma3_with_vision,
 )
 from tests.helpers.tiny_models import conversation
 from worker.training import TrainingConfig, save_adapter, train_lora
@@ -49,15 +41,7 @@ def test_lora_targets_are_every_attention_and_mlp_projection_of_the_family(famil
 
 
 def test_lora_targets_leave_out_a_vision_tower_and_its_projector():
-    text = Gemma3TextConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, sliding_window=SLIDING_WINDOW,
-    )  # fmt: skip
-    vision = SiglipVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
-    )
-    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4))
-    assert lora_target_names(model) == LLAMA_STYLE  # not the tower's out_proj, fc1 and fc2
+    assert lora_target_names(build_gemma3_with_vision()) == LLAMA_STYLE  # not the tower's out_proj, fc1 and fc2
 
 
 def test_lora_targets_leave_out_the_routers_of_a_mixture_of_experts():
@@ -192,21 +176,35 @@ def test_rows_joining_and_leaving_past_the_sliding_window_generate_what_peft_gen
         batcher.close()
 
 
+def labelled_and_own_logits(model: PreTrainedModel, tokenizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """`labelled_logits` of two chats, the model's own logits at those positions, the positions the LM head took
+    and the labelled ones."""
+    chats = [conversation("Hello!", "I am fine, thank you."), conversation("What is the capital of France?", "Paris")]
+    batch = collate([tokenize_example(tokenizer, chat, 64, False) for chat in chats], tokenizer.pad_token_id)
+    head_inputs: list[torch.Tensor] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: head_inputs.append(args[0]))
+    with torch.no_grad():
+        logits, _, labelled = labelled_logits(model, batch)
+        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][labelled]
+    return logits, own, head_inputs[0][..., 0].numel(), int(labelled.sum())
+
+
 @pytest.mark.parametrize("family", ["gemma2", "cohere", "granite"])
 def test_logits_of_labelled_positions_only_equal_the_models_own(family, tokenizer):
     """Gemma 2 soft-caps its logits, Cohere scales them, Granite divides them: the labelled path does the same, and
     applies the LM head (256k rows for Gemma) to the labelled positions only."""
-    model = build_family_model(family, tokenizer)
-    chats = [conversation("Hello!", "I am fine, thank you."), conversation("What is the capital of France?", "Paris")]
-    batch = collate([tokenize_example(tokenizer, chat, 64, False) for chat in chats], tokenizer.pad_token_id)
-    head_inputs: list[torch.Size] = []
-    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: head_inputs.append(args[0].shape))
+    logits, own, head_positions, labelled = labelled_and_own_logits(build_family_model(family, tokenizer), tokenizer)
 
-    with torch.no_grad():
-        logits, targets, labelled = labelled_logits(model, batch)
-        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][labelled]
+    assert head_positions == labelled
+    torch.testing.assert_close(logits, own)
 
-    assert head_inputs[0] == (int(labelled.sum()), model.config.hidden_size)
+
+def test_logits_of_a_multimodal_model_equal_its_own_whatever_its_text_config_says(tokenizer):
+    """Gemma 3 with vision leaves its logits as they are even when its text config asks for soft-capping."""
+    logits, own, _, _ = labelled_and_own_logits(
+        build_gemma3_with_vision(vocab_size=len(tokenizer), final_logit_softcapping=2.0), tokenizer
+    )
+
     torch.testing.assert_close(logits, own)
 
 

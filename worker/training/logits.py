@@ -12,6 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from app.ml.chat_format import IGNORE_INDEX
 
 LogitsTransform = Callable[[torch.Tensor], torch.Tensor]
+_HEAD_SETTINGS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # as `head_transform` applies them
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -21,9 +22,7 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 def head_transform(config: PretrainedConfig) -> LogitsTransform:
     """What the model does to the LM head's output, as its own forward does it: Gemma's soft-capping
     (`final_logit_softcapping`), Cohere's `logit_scale` (a factor), Granite's `logits_scaling` (a divisor)."""
-    softcap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(config, "logit_scale", None)
-    divisor = getattr(config, "logits_scaling", None)
+    softcap, scale, divisor = (getattr(config, name, None) for name in _HEAD_SETTINGS)
 
     def transform(logits: torch.Tensor) -> torch.Tensor:
         if scale is not None:
@@ -39,13 +38,18 @@ def head_transform(config: PretrainedConfig) -> LogitsTransform:
 
 def supports_labelled_head(lm: torch.nn.Module) -> TypeGuard[PreTrainedModel]:
     """Whether `lm` (a causal LM, not a PEFT wrapper of one) is a transformers model whose logits are its LM head
-    applied to the last hidden state (then transformed by `head_transform`)."""
+    applied to the last hidden state (then transformed by `head_transform`). A multimodal model whose text config
+    transforms its logits is not: some apply that (Granite Vision), some do not (Gemma 3), as their forwards say."""
     inner = getattr(lm, "base_model", None)
+    config = getattr(lm, "config", None)
+    text = config.get_text_config(decoder=True) if isinstance(config, PretrainedConfig) else config
+    composite_transform = text is not config and any(getattr(text, name, None) for name in _HEAD_SETTINGS)
     return (
         isinstance(lm, PreTrainedModel)
         and inner is not None
         and inner is not lm
         and lm.get_output_embeddings() is not None
+        and not composite_transform
     )
 
 
