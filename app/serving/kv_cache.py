@@ -1,12 +1,13 @@
 """The continuous batcher's KV cache: `DynamicCache`s whose layers keep keys and values in buffers with room to
-grow (a decode step writes one column in place), and whose rows can be added (left-padded) and removed."""
+grow (a decode step writes one column in place), and whose rows can be added (left-padded) and removed. Layers of
+sliding-window attention are full layers too, and the model's mask applies the window (`new_cache`)."""
 
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PretrainedConfig
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, get_layer_types_and_kwargs
 
 
 # transformers leaves the base class's __init_subclass__ and __init__ unannotated.
@@ -72,9 +73,16 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
 
 
 def new_cache(config: PretrainedConfig) -> DynamicCache:
+    """A cache of `GrowingLayer`s, one per attention layer. Sliding-window layers keep every column too: the model
+    builds their window mask from column indices (`kv_idx > q_idx - sliding_window` in transformers'
+    `masking_utils`), and in a left-padded row the distance between two columns is the distance between their
+    positions, however the row was merged, cut or padded. A window-sized layer would hold different columns in
+    every row, which one column count per cache cannot say."""
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    unsupported = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if unsupported:
+        raise NotImplementedError(f"continuous batching needs attention cache layers; this model has {unsupported}")
     cache = DynamicCache(config=config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        raise NotImplementedError("continuous batching needs full-attention cache layers (no sliding window)")
     cache.layers = [GrowingLayer() for _ in cache.layers]  # type: ignore[no-untyped-call]
     return cache
 

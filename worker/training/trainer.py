@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.pytorch_utils import Conv1D
 
 from app.ml.adapter_manifest import write_manifest
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
+from app.ml.lora_targets import lora_target_names
 from worker.training.data import batches_per_epoch, collate, epoch_batches, stop_check
 from worker.training.logits import causal_lm, labelled_logits
 from worker.training.preference import PreferencePair, PreferenceSettings, preference_stats, tokenize_pairs
@@ -153,14 +153,8 @@ class TokenStats:
 
 
 def linear_projection_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """Names of the linear layers inside the model's blocks (attention and MLP), leaving out the LM head."""
-    output_layer = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
-    names = {
-        qualified_name.rsplit(".", 1)[-1]
-        for qualified_name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear | Conv1D) and module is not output_layer
-    }
-    return tuple(sorted(names))
+    """Names of the linear layers inside the model's blocks (attention and MLP): `lora_target_names`."""
+    return lora_target_names(model)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear") -> float:
