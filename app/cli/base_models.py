@@ -49,7 +49,7 @@ def add(
     template = {"model": "the model's own", "given": f"{chat_template}", "default": "Loraport's default (none found)"}
     for name, value in [
         ("architecture", found.architecture),
-        ("parameters", f"{found.parameters / 1e6:,.1f} M"),
+        ("parameters", _count(found.parameters)),
         ("context length", f"{found.context_length:,} tokens"),
         ("chat template", template[found.chat_template_source]),
         ("end of turn", found.end_of_turn),
@@ -69,7 +69,7 @@ def list_() -> None:
             table.add_row(
                 record.id,
                 record.architecture,
-                f"{record.parameters / 1e6:,.1f} M",
+                _count(record.parameters),
                 f"{record.context_length:,}",
                 record.chat_template_source,
                 ", ".join(record.lora_target_modules),
@@ -101,3 +101,11 @@ def remove(
         store_for(settings).delete_prefix(base_model_records.model_prefix(model_id))
     left = f" ({models} fine-tuned model(s) and {jobs} job(s) are left without it)" if models or jobs else ""
     console.print(f"removed {model_id}{left}")
+
+
+def _count(parameters: int) -> str:
+    """134.5 M, 7.2 B; a tiny test model's exact count."""
+    for unit, size in (("B", 1e9), ("M", 1e6)):
+        if parameters >= size:
+            return f"{parameters / size:,.1f} {unit}"
+    return f"{parameters:,}"

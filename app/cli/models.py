@@ -31,7 +31,10 @@ TRANSFER = ("[progress.description]{task.description}", BarColumn(), DownloadCol
 EXPORT_POLL_SECONDS = 2
 EXPORT_NOT_MADE = 1  # as a followed job that did not succeed
 OUTPUT = typer.Option(
-    None, "--output", "-o", help="the .tar to write, or a folder to write it in (default: the server's name for it)"
+    None,
+    "--output",
+    "-o",
+    help="the .tar to write, or a folder to write it in, made if it ends with / (default: the server's name for it)",
 )
 
 
@@ -60,7 +63,7 @@ def delete(model_id: str, base_url: str = BaseUrl, api_key: str = ApiKey) -> Non
 @models_app.command("download")
 def download(
     model_id: str,
-    output: Path | None = OUTPUT,
+    output: str | None = OUTPUT,  # a str: a Path would lose the trailing / that asks for a folder
     merged: bool = typer.Option(
         False,
         "--merged",
@@ -108,8 +111,16 @@ def _server_filename(response: httpx.Response) -> str:
     return found.group(1) if found else "model.tar"
 
 
-def _target(output: Path | None, filename: str, force: bool) -> Path:
-    target = output / filename if output is not None and output.is_dir() else output or Path(filename)
+def _target(output: str | None, filename: str, force: bool) -> Path:
+    if output is None:
+        return _unless_there(Path(filename), force)
+    path = Path(output).expanduser()
+    if output.endswith("/"):
+        path.mkdir(parents=True, exist_ok=True)
+    return _unless_there(path / filename if path.is_dir() else path, force)
+
+
+def _unless_there(target: Path, force: bool) -> Path:
     if target.exists() and not force:
         fail(f"{target} exists; pass --force to overwrite it", BAD_REQUEST)
     return target

@@ -48,9 +48,11 @@ def test_download_writes_the_adapter_tar_to_the_output(
     into_folder = loraport(settings, "models", "download", model_id, "-o", str(tmp_path), *remote)
 
     assert "adapter_model.safetensors" in _names(tmp_path / "adapter.tar") and "saved to" in printed
-    [named] = [path for path in tmp_path.iterdir() if path.name != "adapter.tar"]
+    [named] = [path for path in tmp_path.iterdir() if path.name != "adapter.tar" and path.is_file()]
     assert named.name.endswith("-adapter.tar") and str(named) in into_folder.replace("\n", "")
     assert _names(named) == _names(tmp_path / "adapter.tar")
+    loraport(settings, "models", "download", model_id, "-o", f"{tmp_path}/new/folder/", *remote)  # made for it
+    assert [path.name for path in (tmp_path / "new" / "folder").iterdir()] == [named.name]
 
 
 def test_download_merged_asks_for_the_export_waits_for_it_then_writes_it(
