@@ -12,7 +12,7 @@ PIP=${PIP:-.venv/bin/pip}
 
 # transformers, peft and their own needs (numpy, packaging, psutil, pyyaml, filelock, fsspec come with torch and
 # accelerate); accelerate and typing_extensions too, as transformers and pydantic need newer ones than a host may have.
-ML="transformers tokenizers huggingface_hub httpx2 httpcore2 h11 anyio idna certifi sniffio safetensors peft
+ML="transformers tokenizers huggingface_hub httpx2 httpcore2 h11 anyio idna certifi sniffio truststore safetensors peft
 accelerate regex tqdm typing_extensions"
 # What our modules import at module level: worker.training.trainer → app.ml.adapter_manifest → app.core.errors and
 # app.core.storage, which bring the web, database, queue and S3 clients although the check uses none of them.
