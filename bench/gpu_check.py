@@ -24,6 +24,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -38,7 +39,7 @@ from tests.helpers.tiny_models import CORPUS, build_tokenizer
 from worker.training import StepReport, TrainingConfig, TrainingHooks, train_lora
 from worker.training.trainer import held_out_metrics
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, initializer_range=0.2),
     # SmolLM2-135M(-Instruct)'s config.json
@@ -145,7 +146,7 @@ def with_adapters(model: PreTrainedModel, directory: Path, scale: float) -> Peft
             if ".lora_B." in name:
                 parameter.mul_(scale)
     for name in ADAPTERS:
-        peft_model.save_pretrained(directory / name, selected_adapters=[name])
+        peft_model.save_pretrained(str(directory / name), selected_adapters=[name])
     return peft_model.eval()
 
 
