@@ -211,7 +211,8 @@ def largest_gaps(
         with torch.inference_mode():
             logits = peft_model(input_ids=sequence, adapter_names=[adapter or "__base__"]).logits[0].float()
         picked = logits[len(prompt) - 1 : -1]
-        chosen = picked[torch.arange(len(generated)), torch.tensor(generated, device=picked.device)]
+        positions = torch.arange(len(generated), device=picked.device)
+        chosen = picked[positions, torch.tensor(generated, device=picked.device)]
         gaps.append(float((picked.max(dim=-1).values - chosen).max()))
     return gaps
 
@@ -294,7 +295,7 @@ def qlora_missing(device: str) -> str | None:
     if not device.startswith("cuda"):
         return "bitsandbytes' 4-bit kernels need CUDA"
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed (its wheel does not fit in the 64 MiB carried with the checkout)"
+        return "bitsandbytes is not installed (scripts/gpu-wheels.sh fetches it for bench/gpu_check.sh)"
     return None
 
 

@@ -15,6 +15,10 @@ if ! compgen -G "$WHEELS/*.whl" >/dev/null; then
   exit 2
 fi
 "$PYTHON" -c 'import torch, accelerate; print(f"host: torch {torch.__version__}, accelerate {accelerate.__version__}")'
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "the wheels are built for Python 3.11, and $PYTHON is $("$PYTHON" -V): set PYTHON to a Python 3.11 with torch" >&2
+  exit 2
+fi
 # --no-deps: the wheels are the exact list; torch and the packages it needs stay the host's own.
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --find-links "$WHEELS" \
   --target "$SITE" "$WHEELS"/*.whl

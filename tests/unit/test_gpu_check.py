@@ -37,7 +37,10 @@ def _site_of(distributions: set[str], directory: Path) -> Path:
     """A folder holding only these installed distributions (links to their files), as on the GPU host."""
     directory.mkdir()
     for name in distributions:
-        distribution = importlib.metadata.distribution(name)
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:  # bitsandbytes: CUDA hosts only
+            continue
         for top in {Path(str(file)).parts[0] for file in distribution.files or []} - {".."}:
             source = Path(str(distribution.locate_file(top)))
             if source.exists() and not (directory / top).exists():
