@@ -67,5 +67,5 @@ upgrade:
 	@echo "constraints.txt rewritten; now run: make test"
 
 # The wheels bench/gpu_check.sh installs on a GPU host with torch and accelerate and no network (carry .gpu-wheels).
-gpu-wheels: $(VENV)/.installed
+gpu-wheels: | $(VENV)/bin/python
 	bash scripts/gpu-wheels.sh
