@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 CONSTRAINTS := constraints.txt
 INSTALL := $(PIP) install --quiet --constraint $(CONSTRAINTS)
 
-.PHONY: up test test-fast lint fmt typecheck upgrade services browser
+.PHONY: up test test-fast lint fmt typecheck upgrade services browser gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -65,3 +65,7 @@ upgrade:
 	  .venv-upgrade/bin/pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//'; } > $(CONSTRAINTS)
 	rm -rf .venv-upgrade
 	@echo "constraints.txt rewritten; now run: make test"
+
+# The wheels bench/gpu_check.sh installs on a GPU host with torch and accelerate and no network (carry .gpu-wheels).
+gpu-wheels: | $(VENV)/bin/python
+	bash scripts/gpu-wheels.sh
