@@ -267,7 +267,8 @@ def _check_spans(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str
     if example.input_ids[: len(prompt_ids)] != prompt_ids:
         raise ChatTemplateError(
             "the chat template writes the prompt for a reply differently from the start of that reply in a "
-            "conversation, so a fine-tuned model would be served a prompt it was not trained on"
+            "conversation, so a fine-tuned model would be served a prompt it was not trained on (Qwen3's own template "
+            "does this with its <think> block); give a built-in one instead, such as chatml for Qwen models"
         )
 
 

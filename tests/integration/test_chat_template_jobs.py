@@ -115,3 +115,12 @@ def test_a_model_with_its_own_template_says_nothing_of_the_default(client: opena
 
     assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
     assert not any("default template" in message for message in event_messages(client, job_id))
+
+
+def test_an_evaluation_of_a_model_whose_template_cannot_be_served_is_refused(template_client: openai.OpenAI) -> None:
+    held_out = template_client.files.create(file=("held-out.jsonl", chat_jsonl(TICKETS)), purpose="fine-tune")
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        template_client.post("/evaluations", body={"model": WRONG_TEMPLATE, "file": held_out.id}, cast_to=object)
+
+    assert refused.value.code == "invalid_chat_template" and refused.value.param == "model"

@@ -30,6 +30,7 @@ def create_evaluation(
     session: Session, registry: BaseModelRegistry, org: Organization, body: EvaluationCreate
 ) -> Evaluation:
     base_model = _model(session, registry, org, body.model, "model")
+    catalog.check_chat_template_of(registry, base_model)
     baseline = body.baseline or base_model
     if _model(session, registry, org, baseline, "baseline") != base_model:
         raise InvalidRequest(

@@ -20,7 +20,6 @@ from app.core.storage import ObjectStore
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
 from app.core.worker_devices import Gpu
 from app.ml.base_models.registry import BaseModelRegistry
-from app.ml.chat_templates import ChatTemplateError, check_chat_template
 from app.ml.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION, PROMPTS
 from app.ml.hyperparameters import resolve
 from app.ml.models import ModelRef
@@ -139,18 +138,6 @@ def _training_options(
     return continue_adapter(options, adapter_config, requested)
 
 
-def _check_chat_template(registry: BaseModelRegistry, base_model: str, param: str = "model") -> None:
-    """Refuses a base model whose chat template cannot be trained on or served, before a worker finds out."""
-    try:
-        check_chat_template(registry.tokenizer(base_model))
-    except ChatTemplateError as error:
-        raise InvalidRequest(
-            f"The base model '{base_model}' cannot be used here: {error}",
-            param=param,
-            code="invalid_chat_template",
-        ) from None
-
-
 def create_job(
     session: Session,
     store: ObjectStore,
@@ -166,7 +153,7 @@ def create_job(
     method_type = _method_type(body)
     if method_type == "distillation" and body.method and body.method.distillation:
         teacher = _teacher(session, registry, org, body.method.distillation.teacher_model)
-        _check_chat_template(registry, teacher.base_model, "method.distillation.teacher_model")
+        catalog.check_chat_template_of(registry, teacher.base_model, "method.distillation.teacher_model")
     formats = {"dpo": (PREFERENCE,), "distillation": DISTILLATION_FORMATS}.get(method_type, SUPERVISED_FORMATS)
     training = dataset(session, org, body.training_file, "training_file", formats)
     validation = (
@@ -177,7 +164,7 @@ def create_job(
         training.example_count, requested.n_epochs, requested.batch_size, requested.learning_rate_multiplier
     )
     training_options = _training_options(store, registry, start, body)
-    _check_chat_template(registry, start.base_model)
+    catalog.check_chat_template_of(registry, start.base_model)
     check_trainable(registry, start.base_model, training_options, resolved, workers)
     job = FineTuningJob(
         id=ids.job_id(),

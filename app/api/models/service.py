@@ -9,6 +9,7 @@ from app.core.errors import InvalidRequest, ModelNotFound
 from app.core.storage import checkpoints_prefix, export_prefix
 from app.core.tables import FineTunedModel, JobCheckpoint, ModelExport, Organization
 from app.ml.base_models.registry import BaseModelRegistry
+from app.ml.chat_templates import ChatTemplateError, check_chat_template
 from app.ml.models import ModelRef, UnknownModel, fine_tuned_ref, live_fine_tuned
 from app.ml.models import resolve as resolve_model
 
@@ -19,6 +20,17 @@ def resolve(session: Session, registry: BaseModelRegistry, org: Organization, mo
         return resolve_model(session, registry, org, model_id)
     except UnknownModel:
         raise ModelNotFound(model_id) from None
+
+
+def check_chat_template_of(registry: BaseModelRegistry, base_model: str, param: str = "model") -> None:
+    """Refuses a base model whose chat template cannot be trained on or served (a row from before `add` checked
+    templates), before a worker finds out."""
+    try:
+        check_chat_template(registry.tokenizer(base_model))
+    except ChatTemplateError as error:
+        raise InvalidRequest(
+            f"The base model '{base_model}' cannot be used here: {error}", param=param, code="invalid_chat_template"
+        ) from None
 
 
 def list_models(session: Session, registry: BaseModelRegistry, org: Organization) -> list[ModelRef]:
