@@ -15,6 +15,7 @@ from app.core.settings import Settings
 from app.core.storage import store_for
 from app.core.tables import BaseModelRecord
 from app.ml.base_models.adding import AddOptions, BaseModelRefused, add_base_model
+from app.ml.base_models.from_settings import registry_from_settings
 from app.ml.base_models.gguf_import import packaged_gguf
 from tests.helpers.cli import loraport
 from tests.helpers.jobs import finished_job_with_model
@@ -173,3 +174,19 @@ def test_removing_a_model_that_fine_tuned_models_use_is_refused_unless_forced(
     with pytest.raises(openai.NotFoundError, match="has been removed from this deployment"):
         client.chat.completions.create(model=fine_tuned, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert "no base model" in loraport(settings, "base-models", "remove", model_id, exit_code=1)
+
+
+def test_an_inference_replica_without_a_database_reads_an_added_model_from_the_object_store(
+    settings: Settings, tmp_path: Path
+) -> None:
+    model_id = f"replica-{uuid.uuid4().hex[:6]}"
+    add_base_model(settings, model_id, str(_base_model_without_template(tmp_path / "m")), AddOptions(), say=print)
+    replica = settings.model_copy(update={"database_url": None, "home": tmp_path / "replica-home"})
+
+    registry = registry_from_settings(replica)
+
+    assert (
+        registry.get(model_id).lora_target_modules == registry_from_settings(settings).get(model_id).lora_target_modules
+    )
+    model, tokenizer = registry.load(model_id)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and registry.template_source(model_id) == "default"
