@@ -26,6 +26,7 @@ from app.core.storage import store_for, training_states_prefix
 from app.core.tables import FineTunedModel, Organization
 from app.ml.adapter_manifest import verified_fetch
 from tests.helpers.jobs import event_messages, first_checkpoint_step, start_long_tiny_job, wait_for_event, wait_for_job
+from tests.helpers.models import add_tiny_model
 from tests.helpers.own_services import OwnRedis
 from tests.helpers.services import new_org_key, sdk_client, serving
 from tests.helpers.workers import forget_other_jobs, start_maintenance_worker, start_training_worker, stop
@@ -36,11 +37,14 @@ FAST_RECOVERY = {"LORAPORT_JOB_LEASE_SECONDS": "6", "LORAPORT_RECONCILE_INTERVAL
 
 
 @contextmanager
-def _service(settings: Settings, schedule: Path, **worker_environment: str) -> Iterator[openai.OpenAI]:
+def _service(
+    settings: Settings, tiny_model_dir: Path, schedule: Path, **worker_environment: str
+) -> Iterator[openai.OpenAI]:
     """An API, a training worker and a maintenance worker on `settings`, and an SDK client of a new organisation
     that retries 503s (the API's answer while a service is down). The organisation goes afterwards, so the
     suite's database keeps no row pointing into a server that is gone."""
     prepare(settings)
+    add_tiny_model(settings, tiny_model_dir)  # on a test's own PostgreSQL or S3, which start empty
     forget_other_jobs(settings)  # the fair queue would take other modules' older queued jobs first
     environment = FAST_RECOVERY | worker_environment
     worker = start_training_worker(settings, **environment)
@@ -84,11 +88,11 @@ def _assert_no_endpoint(settings: Settings, messages: list[str]) -> None:
 
 
 def test_storage_down_for_a_moment_sends_the_job_back_to_resume_from_its_checkpoint(
-    settings: Settings, own_s3: SeaweedS3, own_redis: OwnRedis, tmp_path: Path
+    settings: Settings, own_s3: SeaweedS3, own_redis: OwnRedis, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     own = _own_storage(settings, own_s3, own_redis)
     # Long enough for the S3 server to be back before the next attempt.
-    with _service(own, tmp_path / "beat", LORAPORT_OUTAGE_RETRY_SECONDS="15") as client:
+    with _service(own, tiny_model_dir, tmp_path / "beat", LORAPORT_OUTAGE_RETRY_SECONDS="15") as client:
         job_id = start_long_tiny_job(client, EPOCHS)
         first_checkpoint_step(client, job_id)
         own_s3.stop()
@@ -110,11 +114,11 @@ def test_storage_down_for_a_moment_sends_the_job_back_to_resume_from_its_checkpo
 
 
 def test_storage_down_for_good_fails_the_job_naming_it_and_its_leftovers_go_once_it_is_back(
-    settings: Settings, own_s3: SeaweedS3, own_redis: OwnRedis, tmp_path: Path
+    settings: Settings, own_s3: SeaweedS3, own_redis: OwnRedis, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     own = _own_storage(settings, own_s3, own_redis)
     environment = {"LORAPORT_OUTAGE_RETRY_SECONDS": "1", "LORAPORT_MAX_JOB_ATTEMPTS": "2"}
-    with _service(own, tmp_path / "beat", **environment) as client:
+    with _service(own, tiny_model_dir, tmp_path / "beat", **environment) as client:
         job_id = start_long_tiny_job(client, EPOCHS)
         first_checkpoint_step(client, job_id)
         own_s3.stop()
@@ -136,10 +140,10 @@ def test_storage_down_for_good_fails_the_job_naming_it_and_its_leftovers_go_once
 
 
 def test_a_postgres_restart_while_a_job_trains_still_ends_it_in_one_model(
-    settings: Settings, own_postgres: EmbeddedPostgres, own_redis: OwnRedis, tmp_path: Path
+    settings: Settings, own_postgres: EmbeddedPostgres, own_redis: OwnRedis, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     own = settings.model_copy(update={"database_url": own_postgres.url, "redis_url": own_redis.url})
-    with _service(own, tmp_path / "beat") as client:
+    with _service(own, tiny_model_dir, tmp_path / "beat") as client:
         job_id = start_long_tiny_job(client, EPOCHS)
         wait_for_event(client, job_id, "Step 2/")
         own_postgres.stop()

@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from app.core import base_model_records
+from app.core.db import transaction
+from app.core.settings import Settings
+from app.core.storage import store_for
+from app.ml.base_models.adding import AddOptions, add_base_model
 from app.ml.base_models.registry import BaseModelSpec
 from tests.helpers.tiny_models import TINY_MODEL_ID, build_model, build_tokenizer
 
@@ -33,3 +38,18 @@ def tiny_model_spec(tiny_model_dir: Path) -> BaseModelSpec:
         id=TINY_MODEL_ID, source="local", location=str(tiny_model_dir), gguf_filename=None, lora_target_modules=(),
         max_seq_length=512, created=0, learning_rate=TINY_LEARNING_RATE,
     )  # fmt: skip
+
+
+def add_tiny_model(settings: Settings, tiny_model_dir: Path) -> None:
+    """The tiny model usable with `settings`, as `loraport base-models add` makes a model usable: added to their
+    database if it lacks it, and its weights put in their object store if they are not there (a test's own
+    PostgreSQL or S3 server starts empty)."""
+    with transaction(settings.require("database_url")) as session:
+        record = base_model_records.find(session, TINY_MODEL_ID)
+    if record is None:
+        options = AddOptions(learning_rate=TINY_LEARNING_RATE, max_seq_length=512)
+        add_base_model(settings, TINY_MODEL_ID, str(tiny_model_dir), options, say=lambda step: None)
+        return
+    store = store_for(settings)
+    if not store.exists(f"{record.weights_prefix}/config.json"):
+        store.upload_directory(record.weights_prefix, tiny_model_dir)

@@ -29,9 +29,7 @@ from app.core.db import transaction  # noqa: E402
 from app.core.keys import get_or_create_org, issue_key  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
 from app.core.storage import store_for  # noqa: E402
-from app.ml.base_models.adding import AddOptions, add_base_model  # noqa: E402
-from tests.helpers.models import TINY_LEARNING_RATE  # noqa: E402
-from tests.helpers.tiny_models import TINY_MODEL_ID  # noqa: E402
+from tests.helpers.models import add_tiny_model  # noqa: E402
 from worker.storage_sweep import missing_objects  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,8 +109,7 @@ def settings(database_url: str, redis_url: str, s3_endpoint: str, tiny_model_dir
         failed_auth_per_minute=0,  # fuzzing sends wrong keys from one address; test_auth_throttling.py sets a limit
     )
     prepare(configured)
-    options = AddOptions(learning_rate=TINY_LEARNING_RATE, max_seq_length=512)
-    add_base_model(configured, TINY_MODEL_ID, str(tiny_model_dir), options, say=lambda step: None)
+    add_tiny_model(configured, tiny_model_dir)
     yield configured
     with transaction(database_url) as session:
         assert missing_objects(session, store_for(configured)) == []
