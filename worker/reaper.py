@@ -22,7 +22,7 @@ log = structlog.get_logger()
 AFTER_OUTAGE = "Sent to a worker again after the outage"
 NO_MESSAGE = "The {} had no message in the broker (it was down, or lost its data); sent again"
 WORKER_LOST = {"code": "worker_lost", "message": "The training worker stopped responding", "param": None}
-EXPORT_WORKER_LOST = "The export's worker stopped responding on each of its {} attempts; ask for the export again"
+EXPORT_WORKER_LOST = "The export's worker stopped responding, with no attempts left ({} made); ask for the export again"
 
 
 @dataclass(frozen=True)

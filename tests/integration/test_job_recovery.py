@@ -292,4 +292,4 @@ def test_reaper_requeues_an_export_lost_with_its_worker_and_fails_it_out_of_atte
     assert export_id not in reap_expired_leases(settings)
     failed = http.get(f"/v1/models/{model_id}/exports/{export_id}").json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
-    assert f"on each of its {settings.max_job_attempts} attempts" in failed["error"]["message"]
+    assert f"no attempts left ({settings.max_job_attempts} made)" in failed["error"]["message"]
