@@ -1,5 +1,5 @@
-"""Which jobs and evaluations have a message in the Redis broker: waiting in the training queue, or delivered to a
-worker and not yet acknowledged.
+"""Which jobs, evaluations and exports have a message in the Redis broker: waiting in the training queue, or delivered
+to a worker and not yet acknowledged.
 
 Reads kombu's Redis layout: one list per queue (plus one per priority step), and the `unacked` hash that
 holds each delivered message until its task ends (late acknowledgement). A message is a JSON object whose
@@ -9,7 +9,7 @@ holds each delivered message until its task ends (late acknowledgement). A messa
 import json
 from collections.abc import Iterable
 
-from app.core.queue import TRAINING_QUEUE, evaluation_id_of_task, job_id_of_task
+from app.core.queue import TRAINING_QUEUE, evaluation_id_of_task, export_id_of_task, job_id_of_task
 from app.core.redis import redis_client
 
 _UNACKED = "unacked"
@@ -26,7 +26,8 @@ def _work_ids(messages: Iterable[dict]) -> set[str]:
     return {
         work_id
         for task_id in task_ids
-        if task_id and (work_id := job_id_of_task(task_id) or evaluation_id_of_task(task_id))
+        if task_id
+        and (work_id := job_id_of_task(task_id) or evaluation_id_of_task(task_id) or export_id_of_task(task_id))
     }
 
 
@@ -45,7 +46,7 @@ _QUEUES = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for 
 
 
 def work_with_messages(redis_url: str) -> set[str]:
-    """The ids of the jobs and evaluations with a message in the broker (their prefixes tell them apart)."""
+    """The ids of the jobs, evaluations and exports with a message in the broker (their prefixes tell them apart)."""
     with redis_client(redis_url) as client:
         waiting = _parsed(message for queue in _QUEUES for message in client.lrange(queue, 0, -1))
         # an unacknowledged entry is [message, exchange, routing key]

@@ -1,26 +1,28 @@
-"""Repairs what a crash can leave behind, in jobs and evaluations alike: work whose worker died, and work waiting
-for a worker with no message in the broker. Run every minute by the maintenance worker's beat; each pass is safe to
-run at any time and twice."""
+"""Repairs what a crash can leave behind, in jobs, evaluations and merged-model exports alike: work whose worker
+died, and work waiting for a worker with no message in the broker. Run every minute by the maintenance worker's beat;
+each pass is safe to run at any time and twice."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Row
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
-from app.core import job_state
+from app.core import export_state, job_state
 from app.core.db import transaction
 from app.core.lifecycle import EVALUATIONS, JOBS, Lifecycle, Status
-from app.core.queue import enqueue_evaluation, enqueue_training
+from app.core.queue import enqueue_evaluation, enqueue_export, enqueue_training
 from app.core.settings import Settings
+from app.core.tables import ModelExport
 from worker.broker_messages import waiting_doorbells, work_with_messages
 
 log = structlog.get_logger()
 AFTER_OUTAGE = "Sent to a worker again after the outage"
 NO_MESSAGE = "The {} had no message in the broker (it was down, or lost its data); sent again"
 WORKER_LOST = {"code": "worker_lost", "message": "The training worker stopped responding", "param": None}
+EXPORT_WORKER_LOST = "The export's worker stopped responding, with no attempts left ({} made); ask for the export again"
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,21 @@ _KINDS = (
 
 
 def reap_expired_leases(settings: Settings) -> list[str]:
-    """Re-queues every running job and evaluation whose lease ran out while attempts remain, and fails the others
-    with `worker_lost`; returns the ids of those re-queued."""
-    requeued: list[tuple[_Kind, str]] = []
+    """Re-queues every running job and evaluation whose lease ran out, and every export lost with its worker
+    (`app.core.export_state`), while attempts remain, and fails the others with `worker_lost`; returns the ids of
+    those re-queued."""
+    requeued: list[tuple[Callable[[Settings, str], None], str]] = []
     with transaction(settings.require("database_url")) as session:
         for kind in _KINDS:
             for row_id, attempt in kind.lifecycle.expired(session):
                 if _requeue_or_fail(session, kind, row_id, attempt, settings.max_job_attempts):
-                    requeued.append((kind, row_id))
-    for kind, row_id in requeued:
-        kind.enqueue(settings, row_id)
+                    requeued.append((kind.enqueue, row_id))
+        lost_exports = select(ModelExport.id, ModelExport.attempt).where(export_state.lost(settings))
+        for export_id, attempt in session.execute(lost_exports).all():
+            if _requeue_or_fail_export(session, export_id, attempt, settings.max_job_attempts):
+                requeued.append((enqueue_export, export_id))
+    for enqueue, row_id in requeued:
+        enqueue(settings, row_id)
         log.info("reaper.requeued", id=row_id)
     return [row_id for _, row_id in requeued]
 
@@ -73,10 +80,26 @@ def _requeue_or_fail(session: Session, kind: _Kind, row_id: str, attempt: int, m
     return False
 
 
+def _requeue_or_fail_export(session: Session, export_id: str, attempt: int, max_attempts: int) -> bool:
+    """As `_requeue_or_fail`, for an export: its row has no lease, and no events to tell."""
+    lost = (
+        update(ModelExport)
+        .where(ModelExport.id == export_id, ModelExport.status == Status.RUNNING, ModelExport.attempt == attempt)
+        .returning(ModelExport.id)
+    )
+    if attempt < max_attempts:
+        return session.execute(lost.values(status=Status.QUEUED, started_at=None)).first() is not None
+    error = {**WORKER_LOST, "message": EXPORT_WORKER_LOST.format(attempt)}
+    if session.execute(lost.values(status=Status.FAILED, error=error, finished_at=func.now())).first() is not None:
+        log.warning("reaper.worker_lost", id=export_id)
+    return False
+
+
 def redispatch_lost(settings: Settings) -> list[str]:
-    """Sends again the jobs and evaluations waiting for a worker that have no message in the broker: those created
-    while the broker was down, those whose message it lost (Redis restarted without its data, a purged queue), those
-    given back after an outage once their `retry_at` has passed, and jobs an older version left `validating_files`.
+    """Sends again the jobs, evaluations and exports waiting for a worker that have no message in the broker: those
+    created while the broker was down, those whose message it lost (Redis restarted without its data, a purged queue),
+    those given back after an outage once their `retry_at` has passed, and jobs an older version left
+    `validating_files`.
     The broker is read first: work queued meanwhile has its message already.
 
     A training message is a doorbell (`app.core.fair_queue`): a job whose own message woke a worker that ran another
@@ -96,10 +119,15 @@ def redispatch_lost(settings: Settings) -> list[str]:
             for row in kind.lifecycle.waiting_rows(session)
             if not (row.retry_at and row.retry_at > now)
         ]
+        queued_exports = session.scalars(select(ModelExport.id).where(ModelExport.status == Status.QUEUED)).all()
     due = _beyond_spare_doorbells([(kind, row) for kind, row in waiting if row.id not in in_broker], waiting, doorbells)
+    lost_exports = [export_id for export_id in queued_exports if export_id not in in_broker]
     for kind, row in due:
         kind.enqueue(settings, row.id)
         log.info("reaper.redispatched", id=row.id)
+    for export_id in lost_exports:
+        enqueue_export(settings, export_id)
+        log.info("reaper.redispatched", id=export_id)
     if due:
         with transaction(settings.require("database_url")) as session:
             for kind, row in due:
@@ -107,7 +135,7 @@ def redispatch_lost(settings: Settings) -> list[str]:
                     job_state.mark_queued(session, row.id)
                 else:
                     kind.tell(session, row.id, AFTER_OUTAGE if row.retry_at else NO_MESSAGE.format(kind.noun))
-    return [row.id for _, row in due]
+    return [row.id for _, row in due] + lost_exports
 
 
 _Waiting = list[tuple[_Kind, Row[tuple[str, str, datetime | None]]]]

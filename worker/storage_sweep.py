@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session
 
 from app.core.lifecycle import FINISHED, Status
 from app.core.storage import ObjectStore, adapter_prefix, checkpoints_prefix, training_states_prefix
-from app.core.tables import BaseModelRecord, FineTunedModel, FineTuningJob, Organization, StoredFile, Upload, UploadPart
+from app.core.tables import (
+    BaseModelRecord,
+    FineTunedModel,
+    FineTuningJob,
+    ModelExport,
+    Organization,
+    StoredFile,
+    Upload,
+    UploadPart,
+)
 
 # Longer than any upload streams (1 GiB at 1 MB/s is 17 min), short enough that space comes back the same day.
 STALE_MULTIPART_AFTER = timedelta(hours=6)
@@ -121,7 +130,7 @@ def _unservable_checkpoints(session: Session, store: ObjectStore, organization_i
 
 def missing_objects(session: Session, store: ObjectStore) -> list[str]:
     """Rows whose object is gone: processed files without their JSONL, live models without their adapter, base
-    models without their weights."""
+    models without their weights, succeeded exports without their tar."""
     missing = []
     for file_id, key in session.execute(select(StoredFile.id, StoredFile.storage_key)):
         if not store.exists(key):
@@ -133,4 +142,8 @@ def missing_objects(session: Session, store: ObjectStore) -> list[str]:
     for base_id, prefix in session.execute(select(BaseModelRecord.id, BaseModelRecord.weights_prefix)):
         if not store.exists(f"{prefix}/config.json"):
             missing.append(f"base model {base_id}: {prefix}")
+    exports = session.execute(select(ModelExport.id, ModelExport.storage_key).where(ModelExport.status == "succeeded"))
+    for export_id, tar in exports:
+        if tar is None or not store.exists(tar):
+            missing.append(f"export {export_id}: {tar}")
     return missing

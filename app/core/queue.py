@@ -79,6 +79,11 @@ def evaluation_id_of_task(task_id: str) -> str | None:
     return _id_of_task(task_id, _EVALUATE_TASK_ID_PREFIX)
 
 
+def export_id_of_task(task_id: str) -> str | None:
+    """The export an export task id was made for; None for ids `enqueue_export` did not make."""
+    return _id_of_task(task_id, _EXPORT_TASK_ID_PREFIX)
+
+
 def _id_of_task(task_id: str, prefix: str) -> str | None:
     if not task_id.startswith(prefix) or "." not in task_id:
         return None

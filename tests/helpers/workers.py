@@ -12,17 +12,18 @@ from app.core.db import transaction
 from app.core.lifecycle import ACTIVE, Status
 from app.core.queue import producer
 from app.core.settings import Settings
-from app.core.tables import Evaluation, FineTuningJob
+from app.core.tables import Evaluation, FineTuningJob, ModelExport
 from tests.helpers.services import ROOT, settings_env
 
 
 def forget_other_jobs(settings: Settings) -> None:
-    """Jobs and evaluations that other test modules created are not ours to run: their messages go, and they are
-    cancelled (else the reaper would send them to our workers again)."""
+    """Jobs, evaluations and exports that other test modules created are not ours to run: their messages go, and they
+    are cancelled, or failed for exports, which cannot be (else the reaper would send them to our workers again)."""
     producer(settings).control.purge()
     with transaction(settings.require("database_url")) as session:
         for table in (FineTuningJob, Evaluation):
             session.execute(update(table).where(table.status.in_(ACTIVE)).values(status=Status.CANCELLED))
+        session.execute(update(ModelExport).where(ModelExport.status.in_(ACTIVE)).values(status=Status.FAILED))
 
 
 def start_training_worker(settings: Settings, name: str | None = None, **environment: str) -> subprocess.Popen:

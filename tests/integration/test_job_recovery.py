@@ -1,9 +1,10 @@
 """PostgreSQL owns job state: duplicate deliveries do nothing, dead workers' jobs are re-queued or failed, jobs
-without a message in the broker are sent again."""
+without a message in the broker are sent again; merged-model exports alike."""
 
 from datetime import UTC, datetime, timedelta
 
 import botocore.exceptions
+import httpx
 import openai
 import pytest
 import redis
@@ -16,9 +17,10 @@ from app.api.main import create_app
 from app.core.db import transaction
 from app.core.queue import producer
 from app.core.settings import Settings
-from app.core.tables import FineTuningJob, JobEvent
+from app.core.tables import FineTuningJob, JobEvent, ModelExport
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import chat_jsonl
+from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.workers import forget_other_jobs
 from worker.broker_messages import work_with_messages
 from worker.job_runner import run_job
@@ -225,3 +227,69 @@ def test_a_job_whose_message_woke_a_worker_for_another_job_is_served_by_that_job
     producer(settings).control.purge()  # the other job's message is lost as well
     assert waiting in redispatch_lost(settings)
     assert RESENT in _events(settings, waiting)
+
+
+def _export(http: httpx.Client, settings: Settings, client: openai.OpenAI) -> tuple[str, str]:
+    """(model id, export id) of a merged-model export asked for through the API."""
+    _, model_id, _ = finished_job_with_model(settings, client)
+    created = http.post(f"/v1/models/{model_id}/exports")
+    assert created.status_code == 200 and created.json()["status"] == "queued", created.text
+    return model_id, created.json()["id"]
+
+
+def _export_running(settings: Settings, export_id: str, attempt: int, started: timedelta) -> None:
+    """As a worker that claimed it `started` ago leaves it."""
+    with transaction(settings.require("database_url")) as session:
+        export = session.get_one(ModelExport, export_id)
+        export.status, export.attempt, export.started_at = "running", attempt, datetime.now(UTC) - started
+
+
+def test_a_queued_export_whose_message_the_broker_lost_is_sent_again(
+    http: httpx.Client, settings: Settings, client: openai.OpenAI
+) -> None:
+    model_id, export_id = _export(http, settings, client)
+    assert export_id in work_with_messages(settings.require("redis_url"))
+    assert export_id not in redispatch_lost(settings)  # its message is waiting in the queue
+
+    producer(settings).control.purge()  # as when Redis restarts without its data
+    assert export_id in redispatch_lost(settings)
+    assert export_id in work_with_messages(settings.require("redis_url"))
+    assert export_id not in redispatch_lost(settings)  # sent once
+    assert http.get(f"/v1/models/{model_id}/exports/{export_id}").json()["status"] == "queued"
+
+
+def test_an_export_asked_for_while_the_broker_is_down_is_queued_and_the_reaper_sends_it(
+    settings: Settings, org_key: str, client: openai.OpenAI
+) -> None:
+    _, model_id, _ = finished_job_with_model(settings, client)
+    broker_down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens on port 1
+    with TestClient(create_app(broker_down)) as api:
+        created = api.post(f"/v1/models/{model_id}/exports", headers={"Authorization": f"Bearer {org_key}"})
+    assert created.status_code == 200 and created.json()["status"] == "queued"
+    export_id = created.json()["id"]
+    assert export_id not in work_with_messages(settings.require("redis_url"))  # stored, but never sent
+
+    assert export_id in redispatch_lost(settings)
+    assert export_id in work_with_messages(settings.require("redis_url"))
+
+
+def test_reaper_requeues_an_export_lost_with_its_worker_and_fails_it_out_of_attempts(
+    http: httpx.Client, settings: Settings, client: openai.OpenAI
+) -> None:
+    past_the_time_limit = timedelta(seconds=settings.job_time_limit_seconds, hours=1)
+    model_id, export_id = _export(http, settings, client)
+    live_model_id, live_id = _export(http, settings, client)
+    producer(settings).control.purge()  # their messages were taken by the workers that claimed them
+    _export_running(settings, export_id, attempt=1, started=past_the_time_limit)
+    _export_running(settings, live_id, attempt=1, started=timedelta(minutes=1))
+
+    assert reap_expired_leases(settings).count(export_id) == 1
+    assert http.get(f"/v1/models/{model_id}/exports/{export_id}").json()["status"] == "queued"
+    assert export_id in work_with_messages(settings.require("redis_url"))
+    assert http.get(f"/v1/models/{live_model_id}/exports/{live_id}").json()["status"] == "running"
+
+    _export_running(settings, export_id, attempt=settings.max_job_attempts, started=past_the_time_limit)
+    assert export_id not in reap_expired_leases(settings)
+    failed = http.get(f"/v1/models/{model_id}/exports/{export_id}").json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
+    assert f"no attempts left ({settings.max_job_attempts} made)" in failed["error"]["message"]

@@ -16,9 +16,11 @@ from app.core.storage import checkpoint_prefix, export_key, export_prefix, store
 from app.core.tables import JobCheckpoint, ModelExport
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.adapters import ANSWER, extract, greedy_reply, model_with_adapter, service_reply, train_adapter
+from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.tiny_models import TINY_MODEL_ID
 from worker.export_sweep import leftovers_of_exports
 from worker.model_export import run_export
+from worker.storage_sweep import missing_objects
 
 PEFT_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "loraport-manifest.json"]
 
@@ -200,3 +202,26 @@ def test_an_export_lost_with_its_worker_is_made_again_and_the_sweep_clears_what_
     done = http.get(f"/v1/models/{model_id}/exports/{created['id']}").json()
     content = http.get(f"/v1/models/{model_id}/exports/{created['id']}/content")
     assert done["status"] == "succeeded" and len(content.content) == done["bytes"]
+
+
+def test_the_consistency_check_reports_a_succeeded_export_whose_tar_is_gone(
+    http: httpx.Client, settings: Settings, client: openai.OpenAI
+) -> None:
+    _, model_id, _ = finished_job_with_model(settings, client)
+    export_id = _export(http, model_id)["id"]
+    tar = export_key(client.models.retrieve(model_id).owned_by, export_id, 1)
+    store_for(settings).put_bytes(tar, b"a merged model")
+    with transaction(settings.require("database_url")) as session:  # as the worker that made it leaves it
+        row = session.get_one(ModelExport, export_id)
+        row.status, row.attempt, row.storage_key, row.bytes = "succeeded", 1, tar, len(b"a merged model")
+
+    def reported() -> list[str]:
+        with transaction(settings.require("database_url")) as session:
+            return [line for line in missing_objects(session, store_for(settings)) if export_id in line]
+
+    assert reported() == []
+    store_for(settings).delete(tar)
+    try:
+        assert reported() == [f"export {export_id}: {tar}"]
+    finally:
+        store_for(settings).put_bytes(tar, b"a merged model")  # the run's own check at its end must pass

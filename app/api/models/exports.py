@@ -1,22 +1,16 @@
 """Merged-model exports: asked for once per model (asking again returns the same one), made by a worker
 (`worker.model_export`), downloadable as a tar once it succeeded."""
 
-from datetime import UTC, datetime, timedelta
-
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.api.models.service import resolve
-from app.core import ids
+from app.core import export_state, ids
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.core.tables import ModelExport, Organization
 from app.ml.base_models.registry import BaseModelRegistry
-
-# A running export not finished this long after its start was lost with its worker: Celery's hard time limit has
-# killed any task by then.
-_LOST_AFTER_GRACE = timedelta(minutes=10)
 
 
 def request_export(
@@ -49,14 +43,9 @@ def request_export(
     ).one()
     if export.status == "queued":
         return export, True  # new, or its message lost: another one is harmless, the claim is guarded
-    lost_before = datetime.now(UTC) - timedelta(seconds=settings.job_time_limit_seconds) - _LOST_AFTER_GRACE
     retried = session.execute(
         update(ModelExport)
-        .where(
-            ModelExport.id == export.id,
-            (ModelExport.status == "failed")
-            | ((ModelExport.status == "running") & (ModelExport.started_at < lost_before)),
-        )
+        .where(ModelExport.id == export.id, (ModelExport.status == "failed") | export_state.lost(settings))
         .values(status="queued", error=None, started_at=None, finished_at=None)
         .returning(ModelExport.id)
     ).first()
