@@ -119,3 +119,21 @@ def test_a_model_added_again_under_the_same_id_is_fetched_again(tmp_path, tiny_m
 
 def test_the_context_length_is_the_model_s_position_count(registry):
     assert registry.context_length(TINY_MODEL_ID) == 512  # max_position_embeddings of tests/helpers/tiny_models.py
+
+
+def test_a_catalogue_that_cannot_be_read_keeps_the_models_already_known(tmp_path):
+    """A database restart must not stop a worker that trains on an added model: the last copy stays."""
+    reachable = [True]
+
+    def catalogue() -> list[BaseModelSpec]:
+        if not reachable[0]:
+            raise ConnectionError("the database is restarting")
+        return [_remote()]
+
+    registry = BaseModelRegistry(tmp_path, catalogue=catalogue, max_age_s=0)
+    assert registry.get("remote").revision == "r1"
+    reachable[0] = False
+
+    assert registry.get("remote").revision == "r1" and registry.ids() == [DEFAULT_ID, "remote"]
+    with pytest.raises(ConnectionError):  # never read at all: nothing to fall back on
+        BaseModelRegistry(tmp_path, catalogue=catalogue).get("remote")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import structlog
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -17,6 +18,7 @@ from app.ml.chat_templates import TemplateSource, prepare_tokenizer
 
 Source = Literal["gguf-package", "local", "s3"]
 FetchPrefix = Callable[[str, Path], None]
+log = structlog.get_logger()
 Catalogue = Callable[[], list["BaseModelSpec"]]  # the base models added to this deployment, read afresh
 
 LLAMA_STYLE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -123,7 +125,14 @@ class BaseModelRegistry:
         with self._reading:
             if time.monotonic() - self._read_at < older_than:
                 return
-            added = {spec.id: spec for spec in self._catalogue() if spec.id not in BUILT_IN}
+            try:
+                added = {spec.id: spec for spec in self._catalogue() if spec.id not in BUILT_IN}
+            except Exception:
+                if self._read_at == -float("inf"):
+                    raise  # nothing read yet: the caller learns the catalogue is unreachable
+                # A database restart must not stop a job that trains on a model already known: keep the last copy.
+                log.warning("base_models.catalogue_unreadable", exc_info=True)
+                added = self._added
             self._added, self._read_at = added, time.monotonic()
 
     def materialize(self, model_id: str) -> Path:
