@@ -12,7 +12,6 @@ from app.ml.scoring.report import (
     HeldOutExample,
     Losses,
     TokenMetrics,
-    checkpoint_summary,
     evaluation_report,
     held_out_examples,
     preference_report,
@@ -24,6 +23,9 @@ from worker.training.preference import PreferencePair, pair_logps, tokenize_pair
 from worker.training.trainer import TrainingConfig, held_out_metrics, pad_token_id
 
 TUNED = "fine-tuned"
+# Tokens an answer may run past the longest held-out target before it is cut: one that long is wrong already, and
+# a base model that never stops would otherwise cost the report most of its time.
+ANSWER_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def answer_and_measure(
     should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Each adapter's (name → saved directory) answers and token metrics on `examples`, and the base model's when
-    `with_base`. Answers stop at `max_tokens`, or earlier at twice the longest target's tokens plus 16. `model` is
+    `with_base`. Answers stop at `max_tokens`, or earlier at `ANSWER_MARGIN` tokens past the longest target. `model` is
     the plain base model; it ends up wrapped by adapter slots. `should_stop` is asked between models' measurements
     and between answers; `Stopped` is raised when it says so."""
     stop = should_stop or (lambda: False)
@@ -77,20 +79,15 @@ def evaluate_fine_tune(
     options: EvaluationSettings,
     losses: Losses | None = None,
     leaked_examples: int = 0,
-    checkpoints: Mapping[str, Path] | None = None,
 ) -> dict | None:
-    """A job's report: its fine-tuned model (saved in `adapter_dir`) against its base model, and how its other
-    `checkpoints` (model id → saved adapter) did; None when there is nothing to evaluate on. `peft_model` loses its
-    adapter."""
+    """A job's report: its fine-tuned model (saved in `adapter_dir`) against its base model; None when there is
+    nothing to evaluate on. `peft_model` loses its adapter."""
     examples = held_out_examples(held_out, options.max_examples)
     if not examples:
         return None
-    checkpoints = checkpoints or {}
-    if TUNED in checkpoints:
-        raise ValueError(f"a checkpoint cannot be named {TUNED!r}")
-    adapters = {TUNED: adapter_dir, **checkpoints}
+    adapters = {TUNED: adapter_dir}
     outcome = answer_and_measure(peft_model.unload(), tokenizer, adapters, examples, config, options.max_tokens)
-    report = evaluation_report(
+    return evaluation_report(
         examples,
         outcome.answers[None],
         outcome.answers[TUNED],
@@ -98,10 +95,6 @@ def evaluate_fine_tune(
         leaked_examples,
         (outcome.metrics[None], outcome.metrics[TUNED]),
     )
-    report["checkpoints"] = [
-        checkpoint_summary(name, examples, outcome.answers[name], outcome.metrics[name]) for name in checkpoints
-    ]
-    return report
 
 
 def evaluate_preference_tune(
@@ -143,7 +136,7 @@ def _answers(
     longest_target = max(len(tokenizer(example.target).input_ids) for example in examples)
     with answering(model, tokenizer, adapters) as (batcher, end_ids):
         prompts = [example.prompt for example in examples]
-        max_new_tokens = min(max_tokens, 2 * longest_target + 16)
+        max_new_tokens = min(max_tokens, longest_target + ANSWER_MARGIN)
         return greedy_answers(batcher, tokenizer, end_ids, prompts, models, max_new_tokens, should_stop)
 
 

@@ -1,96 +1,125 @@
-"""The evaluation report at the end of a job: measured on the held-out examples (or pairs), announced in events,
-and never a reason to lose the trained model."""
+"""The evaluation report at the end of a fine-tune: measured on the held-out examples (or pairs), announced in
+events, and never a reason to lose the trained model.
+
+Only the base model and the measured model answer the held-out prompts; the other epochs' checkpoints are shown
+by their teacher-forced held-out loss and token accuracy, which the selection run measured as it went.
+"""
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, Protocol, cast
 
 import structlog
-from sqlalchemy import select
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from app.core import job_state
-from app.core.db import transaction
-from app.core.storage import ObjectStore
-from app.core.tables import FineTuningJob, JobCheckpoint
-from app.ml.adapter_manifest import verified_fetch
 from app.ml.scoring.report import Losses
 from app.ml.scoring.settings import EvaluationSettings
 from worker.datasets import PreferenceExample
 from worker.held_out import evaluate_fine_tune, evaluate_preference_tune
-from worker.training.trainer import TrainingConfig, TrainingResult
+from worker.training.trainer import TrainingConfig, TrainingResult, save_adapter
 
 log = structlog.get_logger()
-CHECKPOINTS_EVALUATED = 3  # besides the model: the latest epochs, as many as OpenAI keeps checkpoints of
+CHECKPOINTS_SHOWN = 3  # besides the kept epoch: the latest epochs, as many as OpenAI keeps checkpoints of
 
 
-def report_on_job(
-    url: str,
-    store: ObjectStore,
-    job: FineTuningJob,
-    result: TrainingResult,
+class Announce(Protocol):
+    """Writes one of the job's events."""
+
+    def __call__(self, message: str, data: dict | None = None, level: str = "info") -> None: ...
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report measures: the selection run, the held-out examples it never trained on, and where the
+    measured model's adapter is when it is not the published one (a refit)."""
+
+    selection: TrainingResult
+    measured_dir: Path | None  # None: the published model is the measured one
+    held_out: Sequence[list[dict]] | Sequence[PreferenceExample]
+    config: TrainingConfig
+    leaked_examples: int
+    checkpoint_name: Callable[[int], str]  # the model id of the selection run's checkpoint at a step
+    targets: str | None = None  # what the held-out answers are, when not the file's (a teacher's)
+    preference: bool = False  # `held_out` holds preference pairs (DPO)
+
+
+def report_on_fine_tune(
+    published: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    adapter_dir: Path,
-    held_out: Sequence[list[dict]] | Sequence[PreferenceExample],
-    config: TrainingConfig,
-    leaked: int,
+    inputs: ReportInputs,
+    options: EvaluationSettings,
+    announce: Announce,
 ) -> dict | None:
-    """The evaluation report, with events before and after; `held_out` holds preference pairs for a DPO job and
-    conversations otherwise. A failed evaluation is reported, and the trained model is published without it rather
-    than lost."""
-    options = EvaluationSettings.stored(job.evaluation_options)
-    if options.max_examples == 0 or not held_out:
+    """The evaluation report, with events before and after; None when there is nothing to evaluate. `published`
+    loses its adapter. A failed evaluation is reported, and the trained model is published without it."""
+    if options.max_examples == 0 or not inputs.held_out:
         return None
-    count = min(options.max_examples, len(held_out))
-    with transaction(url) as session:
-        message = f"Evaluating the base model and the fine-tuned model on {count} held-out examples"
-        if job.method.get("type") == "dpo":
-            message = f"Evaluating the base model and the fine-tuned model on {count} held-out preference pairs"
-        job_state.add_event(session, job.id, message, data={"held_out_examples": count})
-    losses = Losses(result.epoch_train_losses, result.epoch_losses, result.best_epoch)
+    count = min(options.max_examples, len(inputs.held_out))
+    kind = "preference pairs" if inputs.preference else "examples"
+    announce(
+        f"Evaluating the base model and the fine-tuned model on {count} held-out {kind}", {"held_out_examples": count}
+    )
     try:
-        if job.method.get("type") == "dpo":
-            pairs = cast(Sequence[PreferenceExample], held_out)
-            report = evaluate_preference_tune(result.model, tokenizer, pairs, config, options, losses, leaked)
-        else:
-            with tempfile.TemporaryDirectory() as directory:
-                kept_epoch = result.best_epoch or result.epochs_run
-                checkpoints = (
-                    _other_checkpoints(url, store, job, kept_epoch, Path(directory)) if options.checkpoints else {}
-                )
-                conversations = cast(Sequence[list[dict]], held_out)
-                report = evaluate_fine_tune(
-                    result.model, tokenizer, adapter_dir, conversations, config, options, losses, leaked, checkpoints
-                )
-                if report is not None and job.method.get("type") == "distillation":
-                    report["targets"] = f"the teacher's answers ({job.method['distillation']['teacher_model']})"
+        report = _measured(published, tokenizer, inputs, options)
     except Exception as error:
-        log.exception("jobs.evaluation.failed", job_id=job.id)
-        report, message, level = None, f"The evaluation failed ({error}); the model is published without it", "warn"
-    else:
-        message = f"Evaluation: {report['verdict']}" if report else "No held-out example has an answer to evaluate"
-        level = "warn" if report and report["warnings"] else "info"
-    with transaction(url) as session:
-        data = {"warnings": report["warnings"]} if report else None
-        job_state.add_event(session, job.id, message, level=level, data=data)
+        log.exception("jobs.evaluation.failed")
+        announce(f"The evaluation failed ({error}); the model is published without it", None, "warn")
+        return None
+    if report is None:
+        announce("No held-out example has an answer to evaluate")
+        return None
+    announce(
+        f"Evaluation: {report['verdict']}", {"warnings": report["warnings"]}, "warn" if report["warnings"] else "info"
+    )
     return report
 
 
-def _other_checkpoints(
-    url: str, store: ObjectStore, job: FineTuningJob, kept_epoch: int, directory: Path
-) -> dict[str, Path]:
-    """The latest checkpoints besides the kept epoch's (whose adapter is the model itself), fetched into
-    `directory`: model id → adapter directory."""
-    with transaction(url) as session:
-        rows = session.execute(
-            select(JobCheckpoint.fine_tuned_model_checkpoint, JobCheckpoint.storage_prefix, JobCheckpoint.metrics)
-            .where(JobCheckpoint.job_id == job.id)
-            .order_by(JobCheckpoint.step_number.desc())
-        ).all()
-    chosen = [(name, prefix) for name, prefix, metrics in rows if metrics.get("epoch") != kept_epoch]
-    fetched = {}
-    for name, prefix in chosen[:CHECKPOINTS_EVALUATED]:
-        fetched[name] = directory / prefix.rsplit("/", 1)[-1]
-        verified_fetch(store.download_prefix)(prefix, fetched[name])
-    return fetched
+def _measured(
+    published: PeftModel, tokenizer: PreTrainedTokenizerBase, inputs: ReportInputs, options: EvaluationSettings
+) -> dict | None:
+    selection = inputs.selection
+    losses = Losses(selection.epoch_train_losses, selection.epoch_losses, selection.best_epoch)
+    if inputs.preference:
+        pairs = cast(Sequence[PreferenceExample], inputs.held_out)
+        measured = published
+        if inputs.measured_dir is not None:
+            measured = PeftModel.from_pretrained(published.unload(), inputs.measured_dir)
+        return evaluate_preference_tune(
+            measured, tokenizer, pairs, inputs.config, options, losses, inputs.leaked_examples
+        )
+    conversations = cast(Sequence[list[dict]], inputs.held_out)
+    with tempfile.TemporaryDirectory() as directory:
+        adapter_dir = inputs.measured_dir
+        if adapter_dir is None:
+            adapter_dir = Path(directory)
+            save_adapter(published, adapter_dir)
+        report = evaluate_fine_tune(
+            published, tokenizer, adapter_dir, conversations, inputs.config, options, losses, inputs.leaked_examples
+        )
+    if report is None:
+        return None
+    report["checkpoints"] = _checkpoints(inputs, len(conversations)) if options.checkpoints else []
+    if inputs.targets is not None:
+        report["targets"] = inputs.targets
+    return report
+
+
+def _checkpoints(inputs: ReportInputs, examples: int) -> list[dict[str, Any]]:
+    """The latest epochs besides the kept one, by the teacher-forced held-out metrics measured at their end."""
+    selection = inputs.selection
+    kept = selection.best_epoch or selection.epochs_run
+    epochs = [epoch for epoch in range(selection.epochs_run, 0, -1) if epoch != kept][:CHECKPOINTS_SHOWN]
+    return [
+        {
+            "model": inputs.checkpoint_name(epoch * selection.steps_per_epoch),
+            "epoch": epoch,
+            "examples": examples,
+            "loss": selection.epoch_losses[epoch - 1],
+            "token_accuracy": selection.epoch_accuracies[epoch - 1],
+        }
+        for epoch in epochs
+        if epoch <= len(selection.epoch_losses)
+    ]

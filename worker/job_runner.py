@@ -32,27 +32,20 @@ from app.ml.datasets.report import lines_text
 from app.ml.datasets.stored import profile
 from app.ml.devices import compute_device
 from app.ml.hyperparameters import Resolved, learning_rate
+from app.ml.scoring.settings import EvaluationSettings
 from app.ml.training_options import resolve_training_options
 from app.serving.answers import Stopped
-from worker.checkpoints import EpochCheckpoints, latest_training_state
+from worker.checkpoints import EpochCheckpoints, checkpoint_model_name, latest_training_state
 from worker.datasets import load_examples, load_pairs
 from worker.distillation import distilled_examples
 from worker.failures import TaskFailed, internal_error, time_limit_error
-from worker.job_evaluation import report_on_job
+from worker.fine_tune import REPORT_SHARE_OF_TRAINING, Method, Split, fine_tune, hold_out
 from worker.lease import LeaseKeeper
 from worker.progress import JobProgress, time_limit
 from worker.results import store_evaluation, store_results
-from worker.training.data import split_held_out
 from worker.training.preference import PreferenceSettings
 from worker.training.state import TrainingState
-from worker.training.trainer import (
-    TrainingConfig,
-    TrainingHooks,
-    TrainingResult,
-    save_adapter,
-    train_lora,
-    train_preference,
-)
+from worker.training.trainer import TrainingConfig, TrainingHooks
 
 log = structlog.get_logger()
 # DPO nudges a model that already answers well: its steps are a tenth of supervised fine-tuning's.
@@ -224,22 +217,6 @@ def _leaked_examples(
     return shared["count"]
 
 
-def _hold_out(url: str, job: FineTuningJob, examples: list, announce: bool) -> tuple[list, list]:
-    """Without a validation file, a seeded share of the training file is held out to measure overfitting."""
-    train_indices, held_out_indices = split_held_out(len(examples), job.seed)
-    if not announce:
-        return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
-    if held_out_indices:
-        message = (
-            f"No validation file: holding out {len(held_out_indices)} of {len(examples)} training examples "
-            f"(chosen by seed {job.seed}) to measure overfitting and keep the best epoch"
-        )
-    else:
-        message = f"No validation file, and {len(examples)} examples are too few to hold any out"
-    _event(url, job.id, job.attempt, message, data={"held_out_examples": [i + 1 for i in held_out_indices]})
-    return [examples[i] for i in train_indices], [examples[i] for i in held_out_indices]
-
-
 def training_config(registry: BaseModelRegistry, job: FineTuningJob) -> TrainingConfig:
     """The trainer's settings for a job; one created before an option existed trains with its default."""
     options = resolve_training_options(registry.get(job.base_model), None) | (job.training_options or {})
@@ -287,6 +264,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         if validation_key
         else 0
     )
+    options = EvaluationSettings.stored(job.evaluation_options)
     progress = JobProgress(
         url,
         job_id,
@@ -294,6 +272,7 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
         settings.job_lease_seconds,
         deadline=time_limit(settings),
         max_metrics_events=settings.max_metrics_events,
+        report_share=REPORT_SHARE_OF_TRAINING if options.max_examples else 0.0,
     )
     if job.method.get("type") == "distillation":  # the teacher first, so that it is not in memory beside the student
         try:
@@ -302,21 +281,19 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             )
         except Stopped:
             return _stopped(url, store, job_id)
-        training, held_out = _split(url, job, distilled, held_out_given, announce=resumed is None)
+        split = _split(url, job, distilled, held_out_given, announce=resumed is None)
     else:
-        training, held_out = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
+        split = _datasets(url, store, job, training_key, validation_key, announce=resumed is None)
     model, tokenizer = _load_base_model(settings, registry, job)
     if resumed is None:
         _announce_default_template(url, registry, job)
-    config = training_config(registry, job)
-    preference = preference_settings(job)
-    checkpoints = EpochCheckpoints(
-        url, store, job, fine_tuned_model_name(job, org_name or ""), settings.job_lease_seconds
-    )
+    name = fine_tuned_model_name(job, org_name or "")
+    checkpoints = EpochCheckpoints(url, store, job, name, settings.job_lease_seconds)
     if resumed is not None:
         checkpoints.resuming_from(resumed[0].step_number)
         _announce_resume(url, job, resumed[1])
-    with tempfile.TemporaryDirectory() as start_from:
+    prefix = adapter_prefix(job.organization_id, job.id)
+    with tempfile.TemporaryDirectory() as start_from, tempfile.TemporaryDirectory() as adapter_dir:
         if job.start_adapter_prefix:
             _start_adapter(store, job, Path(start_from), resumed=resumed is not None)
         hooks = TrainingHooks(
@@ -327,25 +304,32 @@ def _train_and_publish(settings: Settings, registry: BaseModelRegistry, job_id: 
             start_from=Path(start_from) if job.start_adapter_prefix else None,
         )
         try:
-            if preference is None:
-                result = train_lora(model, tokenizer, training, held_out, config, hooks=hooks)
-            else:
-                result = train_preference(model, tokenizer, training, held_out, config, preference, hooks=hooks)
-        except Stopped:  # while tokenizing
+            outcome = fine_tune(
+                model, tokenizer, split, training_config(registry, job), options, Path(adapter_dir),
+                method=_method(job), hooks=hooks, leaked_examples=leaked,
+                announce=lambda message, data=None, level="info": _event(
+                    url, job_id, attempt, message, data=data, level=level
+                ),
+                checkpoint_name=lambda step: checkpoint_model_name(name, step),
+            )  # fmt: skip
+        except Stopped:
             return _stopped(url, store, job_id)
-    if result.stopped or progress.should_stop():
-        return _stopped(url, store, job_id)
-    _report_best_epoch(url, job, result)
-    prefix = adapter_prefix(job.organization_id, job.id)
-    with tempfile.TemporaryDirectory() as directory:
-        save_adapter(result.model, Path(directory))
-        if not _still_holds(url, job_id, attempt):  # never overwrite what a newer attempt uploaded, or published
-            return _stopped(url, store, job_id)
-        store.upload_directory(prefix, Path(directory))
-        report = report_on_job(url, store, job, result, tokenizer, Path(directory), held_out, config, leaked)
-    if _publish(url, store, job, attempt, org_name or "", prefix, result, report):
+        if progress.should_stop() or not _still_holds(url, job_id, attempt):
+            return _stopped(url, store, job_id)  # never overwrite what a newer attempt uploaded, or published
+        store.upload_directory(prefix, Path(adapter_dir))
+    if _publish(url, store, job, attempt, org_name or "", prefix, outcome.trained_tokens, outcome.report):
         announce_adapter(settings.require("redis_url"), job.base_model, prefix)
     _discard_if_ended(url, store, job_id)
+
+
+def _method(job: FineTuningJob) -> Method:
+    """What the job trains, as `fine_tune` takes it."""
+    kind = job.method.get("type")
+    if kind == "dpo":
+        return Method(preference=PreferenceSettings(**job.method["dpo"]))
+    if kind == "distillation":
+        return Method(targets=f"the teacher's answers ({job.method['distillation']['teacher_model']})")
+    return Method()
 
 
 def _still_holds(url: str, job_id: str, attempt: int) -> bool:
@@ -372,16 +356,9 @@ def _load_base_model(
     return registry.load(job.base_model, device=device, quantization=quantization)
 
 
-def preference_settings(job: FineTuningJob) -> PreferenceSettings | None:
-    """The DPO loss of a DPO job; None for supervised fine-tuning."""
-    if job.method.get("type") != "dpo":
-        return None
-    return PreferenceSettings(**job.method["dpo"])
-
-
 def _datasets(
     url: str, store: ObjectStore, job: FineTuningJob, training_key: str, validation_key: str | None, announce: bool
-) -> tuple[list, list]:
+) -> Split:
     """The examples (conversations, or preference pairs for DPO) to train on and the held-out ones: the validation
     file, or a seeded share of training."""
     load = load_pairs if job.method.get("type") == "dpo" else load_examples
@@ -389,15 +366,25 @@ def _datasets(
     return _split(url, job, training, load(store, validation_key) if validation_key else None, announce)
 
 
-def _split(url: str, job: FineTuningJob, training: list, held_out: list | None, announce: bool) -> tuple[list, list]:
-    """The held-out examples given (a validation file), or a seeded share of `training`; an event says how many."""
-    if held_out is None:
-        training, held_out = _hold_out(url, job, training, announce)
-    if announce:
-        message = f"Training on {len(training)} examples; {len(held_out)} held out for validation"
-        data = {"training_examples": len(training), "validation_examples": len(held_out)}
-        _event(url, job.id, job.attempt, message, data=data)
-    return training, held_out
+def _split(url: str, job: FineTuningJob, examples: list, validation: list | None, announce: bool) -> Split:
+    """The held-out examples given (a validation file), or a seeded share of `examples` held out to measure
+    overfitting and choose the epochs; when `announce`, events say how many."""
+    split = hold_out(examples, validation, job.seed)
+    if not announce:
+        return split
+    if not split.given:
+        indices = split.held_out_indices
+        message = (
+            f"No validation file: holding out {len(indices)} of {len(examples)} training examples (chosen by seed "
+            f"{job.seed}) to measure overfitting and choose the epochs"
+            if indices
+            else f"No validation file, and {len(examples)} examples are too few to hold any out"
+        )
+        _event(url, job.id, job.attempt, message, data={"held_out_examples": [i + 1 for i in indices]})
+    message = f"Training on {len(split.training)} examples; {len(split.held_out)} held out for validation"
+    data = {"training_examples": len(split.training), "validation_examples": len(split.held_out)}
+    _event(url, job.id, job.attempt, message, data=data)
+    return split
 
 
 def _start_adapter(store: ObjectStore, job: FineTuningJob, directory: Path, resumed: bool) -> None:
@@ -436,18 +423,6 @@ def _announce_resume(url: str, job: FineTuningJob, resumed: TrainingState) -> No
     _event(url, job.id, job.attempt, message, data={"resumed_from_step": resumed.step})
 
 
-def _report_best_epoch(url: str, job: FineTuningJob, result: TrainingResult) -> None:
-    """Says so when a later epoch overfit and an earlier one is kept as the model."""
-    best = result.best_epoch
-    if best is None or best == result.epochs_run:
-        return
-    losses = result.epoch_losses
-    message = (
-        f"Validation loss rose from {losses[best - 1]:.4f} to {losses[-1]:.4f} after epoch {best}; keeping epoch {best}"
-    )
-    _event(url, job.id, job.attempt, message, data={"best_epoch": best, "valid_losses": losses})
-
-
 def _publish(
     url: str,
     store: ObjectStore,
@@ -455,7 +430,7 @@ def _publish(
     attempt: int,
     org_name: str,
     prefix: str,
-    result: TrainingResult,
+    trained_tokens: int,
     report: dict | None,
 ) -> bool:
     """Records the model, the results files and the evaluation report if the job is still running as `attempt` (it
@@ -472,7 +447,7 @@ def _publish(
             Status.SUCCEEDED,
             attempt,
             fine_tuned_model=name,
-            trained_tokens=result.trained_tokens,
+            trained_tokens=trained_tokens,
             result_files=[file.id for file in results],
             evaluation=report,
         ):

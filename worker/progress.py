@@ -32,12 +32,14 @@ class JobProgress:
         lease_seconds: int,
         deadline: float | None = None,
         max_metrics_events: int = 2000,
+        report_share: float = 0.0,
     ) -> None:
         self.database_url = database_url
         self.job_id, self.attempt = job_id, attempt
         self.lease_seconds, self.max_metrics_events = lease_seconds, max_metrics_events
         self._cancel = CancelCheck(database_url, JOBS, job_id, attempt, deadline)
         self._started_at = time.monotonic()
+        self._report_share = report_share  # the report after training takes this share of the training's time
         self._steps_before: int | None = None  # steps done by an earlier attempt this one resumed from
 
     def on_step(self, report: StepReport) -> None:
@@ -65,11 +67,12 @@ class JobProgress:
         self._cancel.saw(held)
 
     def _estimated_finish(self, report: StepReport) -> datetime:
-        """Now plus the remaining steps at this attempt's average pace so far."""
+        """Now plus the remaining steps at this attempt's average pace so far, and the report that follows them."""
         if self._steps_before is None:
             self._steps_before = report.step - 1
         per_step = (time.monotonic() - self._started_at) / (report.step - self._steps_before)
-        return datetime.now(UTC) + timedelta(seconds=per_step * (report.total_steps - report.step))
+        remaining = report.total_steps - report.step + self._report_share * report.total_steps
+        return datetime.now(UTC) + timedelta(seconds=per_step * remaining)
 
     def should_stop(self) -> bool:
         """True once the job was cancelled, or is no longer this attempt's; raises `SoftTimeLimitExceeded` once it

@@ -66,7 +66,8 @@ def test_the_report_shows_what_the_fine_tune_changed_on_held_out_tickets(
     client, job_id, held_out = tickets.client, tickets.job_id, tickets.held_out
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "succeeded", job.error
-    assert job.evaluation == {"max_examples": 12, "max_tokens": 256, "checkpoints": True}  # type: ignore[attr-defined]
+    evaluation = {"max_examples": 12, "max_tokens": 256, "checkpoints": True, "refit": "auto"}
+    assert job.evaluation == evaluation  # type: ignore[attr-defined]
 
     report = _evaluation(client, job_id)
     assert report["object"] == "fine_tuning.job.evaluation" and report["fine_tuning_job_id"] == job_id
@@ -154,12 +155,35 @@ def _evaluate(client: openai.OpenAI, settings: Settings, **body: object) -> dict
     return client.get(f"/evaluations/{created['id']}", cast_to=object)  # type: ignore[index,return-value]
 
 
-def test_an_evaluation_of_the_jobs_model_on_its_validation_file_repeats_the_jobs_report(
+def test_the_published_model_is_refit_on_the_validation_file_too_and_the_report_says_which_it_measured(
     tickets: TicketJob, settings: Settings
 ) -> None:
     client = tickets.client
     job = client.fine_tuning.jobs.retrieve(tickets.job_id)
+    of_job = _evaluation(client, tickets.job_id)
+    published = of_job["published_model"]
+    kept_epoch = int(of_job["verdict"].split("lowest at epoch ")[1].split()[0])
+    assert published["kind"] == "refit" and published["epochs"] == kept_epoch
+    assert (published["training_examples"], published["measured_model_training_examples"]) == (60, 48)
+    events = [e.message for e in client.fine_tuning.jobs.list_events(tickets.job_id, limit=100)]
+    assert any(m.startswith("Publishing: epoch") and "all 60 examples" in m for m in events)
+
+    # The published model trained on the validation file: on it, it does better than the report's model.
     done = _evaluate(client, settings, model=job.fine_tuned_model, file=job.validation_file, max_examples=12)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["report"]["model"]["loss"] < of_job["fine_tuned_model"]["loss"]
+
+
+def test_an_evaluation_of_the_measured_checkpoint_on_the_validation_file_repeats_the_jobs_report(
+    tickets: TicketJob, settings: Settings
+) -> None:
+    client = tickets.client
+    job = client.fine_tuning.jobs.retrieve(tickets.job_id)
+    kept_epoch = int(_evaluation(client, tickets.job_id)["verdict"].split("lowest at epoch ")[1].split()[0])
+    measured = next(c for c in client.fine_tuning.jobs.checkpoints.list(job.id) if c.step_number == 6 * kept_epoch)
+    done = _evaluate(
+        client, settings, model=measured.fine_tuned_model_checkpoint, file=job.validation_file, max_examples=12
+    )
 
     assert done["status"] == "succeeded" and done["error"] is None, done["error"]
     assert done["baseline"] == settings.default_base_model and done["finished_at"] >= done["created_at"]

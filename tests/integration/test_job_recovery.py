@@ -129,7 +129,7 @@ def test_running_out_of_memory_fails_with_advice(
     def exhausted(*_: object, **__: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("worker.job_runner.train_lora", exhausted)
+    monkeypatch.setattr("worker.fine_tune.train_lora", exhausted)
     job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
     run_job(settings, registry_from_settings(settings), job_id)
     job = client.fine_tuning.jobs.retrieve(job_id)
@@ -144,7 +144,7 @@ def _storage_down(*_: object, **__: object) -> None:
 def test_an_outage_gives_the_job_back_until_its_retry_time_then_it_is_sent_again(
     client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    monkeypatch.setattr("worker.fine_tune.train_lora", _storage_down)
     job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
     producer(settings).control.purge()  # its message was taken, as by the worker that ran it
 
@@ -162,7 +162,7 @@ def test_an_outage_gives_the_job_back_until_its_retry_time_then_it_is_sent_again
 def test_an_outage_on_the_last_attempt_fails_the_job_naming_the_service(
     client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.job_runner.train_lora", _storage_down)
+    monkeypatch.setattr("worker.fine_tune.train_lora", _storage_down)
     job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=settings.max_job_attempts - 1)
 
     run_job(settings, registry_from_settings(settings), job_id)

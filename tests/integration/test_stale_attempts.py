@@ -17,7 +17,7 @@ from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import TICKETS, chat_jsonl
 from tests.helpers.jobs import NO_EVALUATION
 from tests.helpers.tiny_models import TINY_MODEL_ID
-from worker import job_runner
+from worker import fine_tune, job_runner
 from worker.checkpoints import EpochCheckpoints
 from worker.job_runner import run_job
 
@@ -53,20 +53,20 @@ def test_an_attempt_whose_job_another_attempt_published_deletes_nothing_and_the_
 ) -> None:
     job_id = _job(client, settings)
     registry = registry_from_settings(settings)
-    report_on_job = job_runner.report_on_job
+    report_on_fine_tune = fine_tune.report_on_fine_tune
     taken_over = []
 
     def stalled_then_taken_over(*args: Any, **kwargs: Any) -> Any:
-        """Attempt 1 has uploaded its adapter and stalls in its end-of-job report: its lease lapses, the reaper
-        re-queues the job, and attempt 2 runs it to the end and publishes the model, before attempt 1 goes on."""
+        """Attempt 1 has trained and stalls in its end-of-job report: its lease lapses, the reaper re-queues the
+        job, and attempt 2 runs it to the end and publishes the model, before attempt 1 goes on to upload."""
         if not taken_over:
             taken_over.append(True)
             _requeue(settings, job_id, attempt=1)
             run_job(settings, registry, job_id)
             assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
-        return report_on_job(*args, **kwargs)
+        return report_on_fine_tune(*args, **kwargs)
 
-    monkeypatch.setattr(job_runner, "report_on_job", stalled_then_taken_over)
+    monkeypatch.setattr(fine_tune, "report_on_fine_tune", stalled_then_taken_over)
     run_job(settings, registry, job_id)  # attempt 1, then (inside) attempt 2
 
     job = client.fine_tuning.jobs.retrieve(job_id)

@@ -10,9 +10,9 @@ def test_same_seed_and_size_give_the_same_split():
 
 @pytest.mark.parametrize(
     ("n_examples", "held_out"),
-    [(5, 0), (8, 0), (9, 1), (10, 2), (12, 2), (100, 10), (1000, 100)],
+    [(5, 0), (8, 0), (9, 1), (10, 2), (12, 2), (100, 10), (1000, 100), (2000, 200), (100_000, 200)],
 )
-def test_holds_out_a_tenth_at_least_two_but_keeps_eight_to_train_on(n_examples, held_out):
+def test_holds_out_a_tenth_at_least_two_at_most_200_but_keeps_eight_to_train_on(n_examples, held_out):
     train, valid = split_held_out(n_examples, seed=0)
 
     assert (len(train), len(valid)) == (n_examples - held_out, held_out)

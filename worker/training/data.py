@@ -22,15 +22,21 @@ def stop_check(should_stop: Callable[[], bool] | None, index: int) -> None:
 
 
 def split_held_out(
-    n_examples: int, seed: int, fraction: float = 0.1, min_held_out: int = 2, min_train: int = 8
+    n_examples: int,
+    seed: int,
+    fraction: float = 0.1,
+    min_held_out: int = 2,
+    min_train: int = 8,
+    max_held_out: int = 200,
 ) -> tuple[list[int], list[int]]:
     """(train indices, held-out indices) for a job without a validation file, fixed by `seed` and `n_examples`.
 
-    Holds out max(`min_held_out`, round(`fraction` · n)) examples picked by a seeded permutation, but never
-    leaves fewer than `min_train` to train on: a small set holds out fewer, and one of `min_train` examples or
-    fewer holds out none (the job then trains on everything and reports no validation metrics).
+    Holds out max(`min_held_out`, round(`fraction` · n)) examples picked by a seeded permutation, at most
+    `max_held_out` (enough to measure a model by; a set of 100k examples does not need 10k), but never leaves fewer
+    than `min_train` to train on: a small set holds out fewer, and one of `min_train` examples or fewer holds out
+    none (the job then trains on everything and reports no validation metrics).
     """
-    wanted = max(min_held_out, round(fraction * n_examples))
+    wanted = min(max_held_out, max(min_held_out, round(fraction * n_examples)))
     n_held_out = max(0, min(wanted, n_examples - min_train))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n_examples, generator=generator).tolist()

@@ -101,6 +101,9 @@ class TrainingResult:
     epochs_run: int = 0  # epochs that finished
     epoch_losses: list[float] = field(default_factory=list)  # valid_loss of each finished epoch
     epoch_train_losses: list[float] = field(default_factory=list)  # mean step loss of each finished epoch
+    epoch_accuracies: list[float] = field(default_factory=list)  # valid accuracy (`accuracy_name`) of each
+    steps_per_epoch: int = 0
+    computed_positions: int = 0  # token positions the forward passes computed, padding included (this attempt's)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class BatchStats:
     count: int
     correct: int
     extras: dict[str, float] = field(default_factory=dict)
+    positions: int = 0  # token positions the forward computed, padding included
 
 
 class Objective(Protocol):
@@ -283,8 +287,9 @@ class SupervisedObjective:
     accuracy_name: str = "mean_token_accuracy"
 
     def stats(self, model: torch.nn.Module, items: Sequence[TokenizedExample]) -> BatchStats:
-        found = token_stats(model, _on(next(model.parameters()).device, collate(items, self.pad_token_id)))
-        return BatchStats(found.loss_sum, found.count, found.correct)
+        batch = collate(items, self.pad_token_id)
+        found = token_stats(model, _on(next(model.parameters()).device, batch))
+        return BatchStats(found.loss_sum, found.count, found.correct, positions=batch["input_ids"].numel())
 
     def tokens(self, item: TokenizedExample) -> int:
         return len(item.input_ids)
@@ -431,8 +436,8 @@ def _train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     bf16: bool,
     max_grad_norm: float,
-) -> tuple[float, float, float, dict[str, float]]:
-    """One optimizer step on `items`: their mean loss, accuracy, the learning rate used and the other metrics."""
+) -> tuple[BatchStats, float]:
+    """One optimizer step on `items`: their summed statistics and the learning rate used."""
     model.train()
     with _autocast(next(model.parameters()).device, bf16):
         stats = objective.stats(model, items)
@@ -445,8 +450,7 @@ def _train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {name: value / stats.count for name, value in stats.extras.items()}
-    return loss.item(), stats.correct / stats.count, learning_rate, metrics
+    return stats, learning_rate
 
 
 def _lora_model(model: PreTrainedModel, config: TrainingConfig, start_from: Path | None) -> PeftModel:
@@ -558,6 +562,7 @@ def _train(
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         restore_rng_state(resume.rng)
+    computed_positions = 0
     # A copy of the best epoch's adapter, to return if later epochs do worse.
     best_weights = run.best_adapter or (_adapter_weights(peft_model) if run.best_epoch else None)
 
@@ -569,7 +574,8 @@ def _train(
             model=peft_model, steps=run.step, trained_tokens=run.trained_tokens, train_loss=run.train_loss,
             valid_loss=latest[0], valid_mean_token_accuracy=latest[1], stopped=stopped,
             best_epoch=run.best_epoch, epochs_run=run.epochs_done, epoch_losses=list(run.valid_losses),
-            epoch_train_losses=list(run.train_losses),
+            epoch_train_losses=list(run.train_losses), epoch_accuracies=list(run.valid_accuracies),
+            steps_per_epoch=steps_per_epoch, computed_positions=computed_positions,
         )  # fmt: skip
         if not stopped and run.best_epoch is not None and run.best_adapter is not None:
             _load_adapter_weights(peft_model, run.best_adapter)
@@ -584,11 +590,14 @@ def _train(
             for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
                 if hooks.should_stop is not None and hooks.should_stop():
                     return result(stopped=True)
-                loss, accuracy, learning_rate, metrics = _train_step(
+                stats, learning_rate = _train_step(
                     peft_model, items, objective, optimizer, scheduler, bf16, config.max_grad_norm
                 )
+                loss, accuracy = stats.loss_sum.item() / stats.count, stats.correct / stats.count
+                metrics = {name: value / stats.count for name, value in stats.extras.items()}
                 run.step += 1
                 run.trained_tokens += sum(objective.tokens(item) for item in items)
+                computed_positions += stats.positions or sum(objective.tokens(item) for item in items)
                 step_losses.append(loss)
                 report = StepReport(
                     run.step, total_steps, epoch + 1, loss, learning_rate, None, accuracy,

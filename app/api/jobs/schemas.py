@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent
 from app.core.timestamps import unix
-from app.ml.scoring.settings import EvaluationSettings
+from app.ml.scoring.settings import EvaluationSettings, Refit
 
 Auto = Literal["auto"]
 
@@ -96,7 +96,16 @@ class EvaluationOptions(BaseModel):
         default=EvaluationSettings.max_tokens, ge=1, le=4096, description="the longest answer generated"
     )
     checkpoints: bool = Field(
-        default=EvaluationSettings.checkpoints, description="also evaluate the latest 3 epochs' checkpoints"
+        default=EvaluationSettings.checkpoints,
+        description="also list the latest 3 epochs' checkpoints, with their held-out loss and token accuracy",
+    )
+    refit: Refit = Field(
+        default=EvaluationSettings.refit,
+        description=(
+            "train the published model again on every example, held-out ones included, for the epochs the held-out"
+            ' split chose: true, false, or "auto" (when the held-out examples are at least 5% of the data); the'
+            " report still measures the model that never saw them, and says so"
+        ),
     )
 
 

@@ -105,14 +105,6 @@ def evaluation_report(
     }
 
 
-def checkpoint_summary(
-    model: str, examples: Sequence[HeldOutExample], answers: Sequence[str], metrics: TokenMetrics | None
-) -> dict[str, Any]:
-    """How an earlier checkpoint of the fine-tune did on the same examples, for the report's `checkpoints`."""
-    scores = [score_answer(a, e.target) for a, e in zip(answers, examples, strict=True)]
-    return {"model": model, **asdict(summarize(scores)), **_token_fields(metrics)}
-
-
 def verdict(base: Summary, tuned: Summary, losses: Losses | None, sides: Sides = FINE_TUNE) -> str:
     """E.g. "fine-tuned: 92 % exact (base: 0 %); format kept in 100 % of answers; fields right: 97 % (base: 31 %);
     validation loss lowest at epoch 2 of 3 (kept)"."""

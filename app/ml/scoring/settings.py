@@ -2,14 +2,19 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+# Whether the published model is trained again on every example, held-out ones included, once the held-out split has
+# chosen its epochs: "auto" does so where the held-out share is big enough to cost the model (`worker.fine_tune`).
+Refit = bool | Literal["auto"]
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
     max_examples: int = 50  # held-out examples answered; 0: no evaluation
     max_tokens: int = 256  # the longest answer generated
-    checkpoints: bool = True  # also evaluate the latest 3 epochs' checkpoints
+    checkpoints: bool = True  # also list the latest 3 epochs' checkpoints with their held-out loss and accuracy
+    refit: Refit = "auto"
 
     @classmethod
     def stored(cls, values: Mapping[str, Any] | None) -> "EvaluationSettings":
