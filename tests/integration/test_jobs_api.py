@@ -206,7 +206,8 @@ def test_evaluation_options_default_can_be_set_and_are_checked(
     client: openai.OpenAI, other_client: openai.OpenAI, training_file: str
 ) -> None:
     job = client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
-    assert job.evaluation == {"max_examples": 50, "max_tokens": 256, "checkpoints": True}  # type: ignore[attr-defined]
+    defaults = {"max_examples": 50, "max_tokens": 256, "checkpoints": True, "refit": "auto"}
+    assert job.evaluation == defaults  # type: ignore[attr-defined]
     off = client.fine_tuning.jobs.create(
         model=BASE, training_file=training_file, extra_body={"evaluation": {"max_examples": 0}}
     )
@@ -216,6 +217,15 @@ def test_evaluation_options_default_can_be_set_and_are_checked(
             model=BASE, training_file=training_file, extra_body={"evaluation": {"max_examples": -1}}
         )
     assert error.value.param == "evaluation.max_examples"
+    never = client.fine_tuning.jobs.create(
+        model=BASE, training_file=training_file, extra_body={"evaluation": {"refit": False}}
+    )
+    assert client.fine_tuning.jobs.retrieve(never.id).evaluation["refit"] is False  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(
+            model=BASE, training_file=training_file, extra_body={"evaluation": {"refit": "sometimes"}}
+        )
+    assert error.value.param == "evaluation.refit"
 
     with pytest.raises(openai.NotFoundError) as missing:
         client.get(f"/fine_tuning/jobs/{job.id}/evaluation", cast_to=object)
