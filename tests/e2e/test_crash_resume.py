@@ -59,7 +59,8 @@ def test_a_killed_worker_s_job_resumes_from_its_last_checkpoint(
     total = EPOCHS * per_epoch
     assert resumed_step in range(per_epoch, total, per_epoch)  # an epoch's end, not step 0
     steps_after = [event.data["step"] for event in events[resumed_at:] if event.type == "metrics"]
-    assert steps_after == list(range(resumed_step + 1, total + 1))  # picked up where the checkpoint was, to the end
+    # picked up where the checkpoint was, to the end of the selection run, then the refit's steps
+    assert steps_after == list(range(resumed_step + 1, steps_after[-1] + 1)) and steps_after[-1] > total
     assert messages.count("The job has successfully completed") == 1  # exactly once, despite two workers
     with transaction(settings.require("database_url")) as session:
         models = select(FineTunedModel.id).where(FineTunedModel.job_id == job_id)
