@@ -140,7 +140,7 @@ class FineTuneOutcome:
     trained_tokens: int  # every run's, refit included
     training_seconds: float  # the selection run and the refit
     report_seconds: float
-    padding_share: float | None  # of the token positions the training runs computed
+    padding_share: float | None  # of the token positions the training runs computed; None after a resume
 
 
 def fine_tune(
@@ -205,7 +205,7 @@ def fine_tune(
     return FineTuneOutcome(
         publication=published, report=report, selection=selection, trained_tokens=trained_tokens,
         training_seconds=training_seconds, report_seconds=time.monotonic() - started - training_seconds,
-        padding_share=1 - trained_tokens / computed if computed else None,
+        padding_share=1 - trained_tokens / computed if computed and hooks.resume is None else None,
     )  # fmt: skip
 
 
