@@ -76,7 +76,7 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     assert leaks[0].data["groups"] == [{"validation_lines": [len(HELD_OUT) + 1], "training_lines": [3]}]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [3]
-    assert checkpoints[0].metrics.valid_loss == metrics[0].data["valid_loss"]
+    assert checkpoints[0].metrics.valid_loss == selection_end.data["valid_loss"]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{finished.fine_tuned_model}:ckpt-step-3"
     from_checkpoint = client.chat.completions.create(
         model=checkpoints[0].fine_tuned_model_checkpoint,
@@ -92,8 +92,8 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     csv_file, evaluation_file = finished.result_files
     csv_rows = client.files.content(csv_file).text.splitlines()
     assert csv_rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
-    assert [row.split(",")[0] for row in csv_rows[1:]] == ["1", "2", "3"]
-    assert float(csv_rows[3].split(",")[3]) == metrics[0].data["valid_loss"]
+    assert [row.split(",")[0] for row in csv_rows[1:]] == [str(step) for step in steps]
+    assert float(csv_rows[3].split(",")[3]) == selection_end.data["valid_loss"]
     assert client.files.retrieve(csv_file).purpose == "fine-tune-results"
     # the evaluation report: it counts the held-out example that is also in the training file
     report = json.loads(client.files.content(evaluation_file).text)
