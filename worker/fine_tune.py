@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.ml.scoring.settings import EvaluationSettings, Refit
+from app.ml.scoring.settings import REFIT_MIN_HELD_OUT_SHARE, EvaluationSettings, Refit
 from app.serving.answers import Stopped
 from worker.job_evaluation import Announce, ReportInputs, report_on_fine_tune
 from worker.training.data import batches_per_epoch, split_held_out
@@ -34,10 +34,6 @@ from worker.training.trainer import (
     train_preference,
 )
 
-# A refit is worth its second run while the held-out examples are at least this share of all: above it the split
-# costs the published model examples it would learn from; below it (large sets, whose held-out share is capped)
-# the model loses almost nothing and the job would take twice as long.
-REFIT_MIN_HELD_OUT_SHARE = 0.08
 # The report's time as a share of the training's, for a job's estimated finish: issue 21's target, until bench.vs_trl
 # has measured the real share (its report_seconds / training_seconds).
 REPORT_SHARE_OF_TRAINING = 0.15

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from peft import PeftModel
 
-from app.ml.scoring.settings import EvaluationSettings
+from app.ml.scoring.settings import REFIT_MIN_HELD_OUT_SHARE, EvaluationSettings
 from tests.helpers.tiny_models import conversation
-from worker.fine_tune import REFIT_MIN_HELD_OUT_SHARE, Split, fine_tune, hold_out, refits
+from worker.fine_tune import Split, fine_tune, hold_out, refits
 from worker.training import StepReport, TrainingConfig, TrainingHooks, train_lora
 from worker.training.trainer import held_out_metrics
 

@@ -596,8 +596,9 @@ def _train(
                 loss, accuracy = stats.loss_sum.item() / stats.count, stats.correct / stats.count
                 metrics = {name: value / stats.count for name, value in stats.extras.items()}
                 run.step += 1
-                run.trained_tokens += sum(objective.tokens(item) for item in items)
-                computed_positions += stats.positions or sum(objective.tokens(item) for item in items)
+                tokens = sum(objective.tokens(item) for item in items)
+                run.trained_tokens += tokens
+                computed_positions += stats.positions or tokens
                 step_losses.append(loss)
                 report = StepReport(
                     run.step, total_steps, epoch + 1, loss, learning_rate, None, accuracy,

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent
 from app.core.timestamps import unix
-from app.ml.scoring.settings import EvaluationSettings, Refit
+from app.ml.scoring.settings import REFIT_MIN_HELD_OUT_SHARE, EvaluationSettings, Refit
 
 Auto = Literal["auto"]
 
@@ -103,8 +103,9 @@ class EvaluationOptions(BaseModel):
         default=EvaluationSettings.refit,
         description=(
             "train the published model again on every example, held-out ones included, for the epochs the held-out"
-            ' split chose: true, false, or "auto" (when the held-out examples are at least 5% of the data); the'
-            " report still measures the model that never saw them, and says so"
+            f' split chose: true, false, or "auto" (when the held-out examples are at least'
+            f" {REFIT_MIN_HELD_OUT_SHARE:.0%} of the data); the report still measures the model that never saw them,"
+            " and says so"
         ),
     )
 

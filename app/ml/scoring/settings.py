@@ -7,6 +7,10 @@ from typing import Any, Literal
 # Whether the published model is trained again on every example, held-out ones included, once the held-out split has
 # chosen its epochs: "auto" does so where the held-out share is big enough to cost the model (`worker.fine_tune`).
 Refit = bool | Literal["auto"]
+# "auto" refits while the held-out examples are at least this share of all: above it the split costs the published
+# model examples it would learn from; below it (large sets, whose held-out share is capped) the model loses almost
+# nothing and the job would take twice as long.
+REFIT_MIN_HELD_OUT_SHARE = 0.08
 
 
 @dataclass(frozen=True)
