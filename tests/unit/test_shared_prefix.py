@@ -9,7 +9,7 @@ from app.ml.chat_format import tokenize_example
 from tests.helpers.tiny_families import SERVED_FAMILIES, build_family_model
 from worker.training.data import collate
 from worker.training.logits import SHARED_PREFIX_MIN_TOKENS, shared_prefix_length
-from worker.training.trainer import full_logits_token_stats, token_stats
+from worker.training.trainer import cpu_bf16_training, full_logits_token_stats, token_stats
 
 SYSTEM = "You are a tiny test assistant. Answer the question you are asked."
 QUESTIONS = [
@@ -64,6 +64,19 @@ def test_loss_and_gradients_equal_those_of_whole_rows(tokenizer, family):
     assert shared.loss_sum.item() == pytest.approx(whole.loss_sum.item(), rel=1e-5)
     for name, gradient in shared_gradients.items():
         torch.testing.assert_close(gradient, whole_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", SERVED_FAMILIES)
+def test_the_cpu_bf16_training_path_gives_the_loss_of_whole_rows(tokenizer, family):
+    """There attention runs in fp32 under its own name; its mask must still hide nothing of the cached prefix."""
+    model = _lora(build_family_model(family, tokenizer))
+    batch = _batch(tokenizer)
+
+    with cpu_bf16_training(model, enabled=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        shared, whole = token_stats(model, batch), full_logits_token_stats(model, batch)
+
+    assert shared.count == whole.count
+    assert shared.loss_sum.item() == pytest.approx(whole.loss_sum.item(), rel=2e-2)
 
 
 def test_rows_without_a_common_system_prompt_are_computed_whole(tokenizer):

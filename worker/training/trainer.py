@@ -17,8 +17,9 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from app.ml.adapter_manifest import write_manifest
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
@@ -239,10 +240,13 @@ def _fp32_sdpa_attention(
 
 
 AttentionInterface.register(FP32_SDPA, _fp32_sdpa_attention)
+# transformers builds no mask at all for an attention it has no mask function for: SDPA's own causal flag then
+# aligns a query block with the keys' start, wrong as soon as the keys include a cached prefix.
+AttentionMaskInterface.register(FP32_SDPA, sdpa_mask)
 
 
 @contextmanager
-def _cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+def cpu_bf16_training(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Frozen linear weights held in bf16 and SDPA attention run in fp32 while training; the model gets its
     own weights and attention back afterwards.
 
@@ -586,7 +590,7 @@ def _train(
 
     for epoch in range(run.epochs_done, config.n_epochs):
         step_losses: list[float] = []
-        with _cpu_bf16_training(peft_model, enabled=device.type == "cpu" and bf16):
+        with cpu_bf16_training(peft_model, enabled=device.type == "cpu" and bf16):
             for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
                 if hooks.should_stop is not None and hooks.should_stop():
                     return result(stopped=True)
