@@ -500,7 +500,9 @@ def test_a_request_handed_over_while_the_batch_is_busy_joins_at_the_next_step(se
     assert max(waits) <= 1  # at most the forward pass running when it was handed over
 
 
-def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, prompts, eos, forward_shapes):
+def test_an_organisation_whose_row_just_finished_still_shares_the_batch(
+    served, prompts, eos, forward_shapes, stepper
+):
     """The window in which an organisation counts as sharing runs from its last row running, not from its last
     submission: a chat that took longer than the window must not let another's `n=4` take every row in the
     moment before its next chat."""
@@ -509,8 +511,10 @@ def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, 
     shared._clock = lambda: now[0]
     try:
         chat = greedy(shared, prompts[0], None, set(), n=8, tenant="b")
+        stepper.allow(1)  # the prefill only: the chat's row must still be running when the clock moves
         next(chat)
         now[0] = 10.0  # the chat's row runs on until t=10, long past its submission
+        stepper.allow()
         ids(chat)
         now[0] = 11.0
         before = len(forward_shapes)
