@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.core import job_state
+from app.core import job_state, usage
 from app.core.announcements import announce_adapter
 from app.core.db import transaction
 from app.core.lifecycle import ACTIVE, FINISHED, JOBS, Status
@@ -457,6 +457,9 @@ def _publish(
                 session.delete(file)
                 store.delete(file.storage_key)
             return False
+        usage.add(
+            session, job.organization_id, usage.FINE_TUNING, job.base_model, requests=1, trained_tokens=trained_tokens
+        )
         session.add(
             FineTunedModel(
                 id=name,

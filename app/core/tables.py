@@ -4,13 +4,14 @@
 shown to clients with one-second precision and cannot order rows made in the same second.
 """
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -159,6 +160,22 @@ class FineTunedModel(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class UsageDay(Base):
+    """What an organisation used in one UTC day, per kind of work and model (`app.core.usage`): written in the
+    transaction of the work it counts, so a retried transaction never counts twice."""
+
+    __tablename__ = "usage_days"
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # completions, fine_tuning or storage
+    model: Mapped[str] = mapped_column(String(512), primary_key=True)  # "" where no model applies (storage)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)  # inference requests, or jobs that succeeded
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes added that day, less bytes deleted
+
+
 class Evaluation(Base):
     """A held-out evaluation asked for through `POST /v1/evaluations`: one model against a baseline on a file."""
 
@@ -274,3 +291,7 @@ class ModelExport(Base):
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# Stored bytes are counted by listeners on `StoredFile`'s inserts and deletes: registered wherever the tables are.
+import app.core.usage  # noqa: E402, F401

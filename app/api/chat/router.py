@@ -12,6 +12,7 @@ from app.api.generation.choices import ChoiceRequest, choice_deltas, whole_choic
 from app.api.generation.logprobs import TokenPieces, chat_logprobs
 from app.api.generation.prompts import PromptAsk, prepare_prompts
 from app.api.generation.streaming import ChunkEnvelope, event_stream, within_timeout
+from app.api.usage.metering import CompletionMeter
 from app.core import ids
 from app.core.errors import InvalidRequest
 from app.serving.backend import InferenceBackend, SamplingParams
@@ -44,9 +45,10 @@ async def create_chat_completion(
     envelope = ChunkEnvelope(
         "chat.completion.chunk", ids.new_id("chatcmpl"), int(time.time()), model.id, body.include_usage
     )
+    meter = CompletionMeter(settings.require("database_url"), org.id, model.id, [work])
     if body.stream:
-        return event_stream(settings, ticket, _chunks(engine, work, envelope, pieces))
-    choices = await within_timeout(settings, ticket, whole_choices(engine, work))
+        return event_stream(settings, ticket, _chunks(engine, work, envelope, pieces), meter.count)
+    choices = await within_timeout(settings, ticket, whole_choices(engine, work), meter.count)
     return ChatCompletion(
         id=envelope.id,
         created=envelope.created,

@@ -17,6 +17,7 @@ from app.api.generation.choices import ChoiceRequest, WholeChoice, choice_deltas
 from app.api.generation.logprobs import TokenPieces, completion_logprobs
 from app.api.generation.prompts import PromptAsk, prepare_prompts
 from app.api.generation.streaming import ChunkEnvelope, event_stream, within_timeout
+from app.api.usage.metering import CompletionMeter
 from app.core import ids
 from app.serving.backend import InferenceBackend, SamplingParams
 
@@ -46,9 +47,10 @@ async def create_completion(
     ]
     ticket = await admission.enter(org.id)
     envelope = ChunkEnvelope("text_completion", ids.new_id("cmpl"), int(time.time()), model.id, body.include_usage)
+    meter = CompletionMeter(settings.require("database_url"), org.id, model.id, works)
     if body.stream:
-        return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n, pieces))
-    results = await within_timeout(settings, ticket, _whole(engine, works))
+        return event_stream(settings, ticket, _chunks(engine, works, envelope, body.n, pieces), meter.count)
+    results = await within_timeout(settings, ticket, _whole(engine, works), meter.count)
     return Completion(
         id=envelope.id,
         created=envelope.created,

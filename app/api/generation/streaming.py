@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,8 +34,9 @@ def checked_limits(settings: Settings, max_tokens: int | None, n: int) -> int:
     return tokens
 
 
-async def within_timeout(settings: Settings, ticket: Ticket, work: Awaitable[T]) -> T:
-    """`work`'s result; past the request timeout its generation is cancelled and the client gets a 504."""
+async def within_timeout(settings: Settings, ticket: Ticket, work: Awaitable[T], ended: Callable[[], None]) -> T:
+    """`work`'s result; past the request timeout its generation is cancelled and the client gets a 504. `ended`
+    runs once the work is over, whatever its outcome (the request's usage is counted there)."""
     try:
         async with asyncio.timeout(settings.inference_timeout_seconds):
             return await work
@@ -45,10 +46,14 @@ async def within_timeout(settings: Settings, ticket: Ticket, work: Awaitable[T])
         ) from None
     finally:
         ticket.release()
+        ended()
 
 
-def event_stream(settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict]) -> StreamingResponse:
+def event_stream(
+    settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict], ended: Callable[[], None]
+) -> StreamingResponse:
     """`data: {chunk}` events, then `data: [DONE]`; an error after the first byte is sent as an error chunk.
+    `ended` runs once the stream is over, also when its client left (the request's usage is counted there).
 
     A client that disconnects cancels this generator, which cancels the generation and frees its place.
     """
@@ -72,6 +77,7 @@ def event_stream(settings: Settings, ticket: Ticket, chunks: AsyncIterator[dict]
             yield _event({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
         finally:
             ticket.release()
+            ended()
 
     # The background task frees the place even when the client left before the stream began.
     return StreamingResponse(
