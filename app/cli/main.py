@@ -9,6 +9,7 @@ from app.cli.jobs import jobs_app
 from app.cli.keys import keys_app
 from app.cli.models import chat, models_app
 from app.cli.up import up
+from app.cli.usage import usage
 from app.core.settings import Settings, get_settings
 
 REPLICA_APP = "app.serving.replica:create_replica_app"
@@ -21,6 +22,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command()(chat)
 app.command()(compare)
+app.command()(usage)
 
 
 @app.command("serve-inference")

@@ -4,11 +4,14 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import date
 
 import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJobEvent
 
+from app.core import usage
+from app.core.db import transaction
 from app.core.settings import Settings
 from app.core.storage import store_for
 from app.ml.base_models.registry import LLAMA_STYLE_PROJECTIONS
@@ -46,6 +49,11 @@ def test_fine_tune_the_default_model_and_chat_with_it(
     finished = wait_for_job(client, job.id)
     assert finished.status == "succeeded", finished.error
     assert finished.error is None and finished.trained_tokens and finished.trained_tokens > 0
+    with transaction(settings.require("database_url")) as session:
+        billed = usage.days(session, finished.organization_id, usage.FINE_TUNING, date.min, date.max, None)
+    assert [(day.model, day.trained_tokens, day.requests) for day in billed] == [
+        (settings.default_base_model, finished.trained_tokens, 1)
+    ]  # the organisation's usage counts what the job says it trained, refit included
     model_id = finished.fine_tuned_model
     assert model_id and model_id.startswith(f"ft:{settings.default_base_model}:") and ":tickets:" in model_id
     # The worker announced the new model, and the API fetched it before anyone asked for it.

@@ -1,13 +1,17 @@
 """/v1/organization/usage/…: what an organisation used, per UTC day, as OpenAI's usage API pages it, read with the
 openai SDK's `admin.organization.usage` and an admin key; another organisation's usage is never in it."""
 
+import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
 
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from app.cli.main import app as cli
 from app.core.settings import Settings
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import new_org_key
@@ -114,3 +118,19 @@ def test_end_time_defaults_to_now(admin: openai.OpenAI) -> None:
     page = extension(admin, "fine_tuning", start_time=int(time.time()) - DAY)
 
     assert [bucket["start_time"] for bucket in page["data"]] == [today() - DAY, today()]
+
+
+def test_the_cli_shows_each_day_s_usage(admin: openai.OpenAI, settings: Settings, api_base_url: str) -> None:
+    file = admin.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+    remote = ["--base-url", api_base_url, "--api-key", admin.api_key]
+    shown = CliRunner().invoke(cli, ["usage", "--days", "40", *remote], env={"COLUMNS": "200"})
+    as_json = CliRunner().invoke(cli, ["usage", "--days", "2", "--json", *remote])
+
+    assert shown.exit_code == 0, shown.output
+    today_row = next(line for line in shown.stdout.splitlines() if time.strftime("%Y-%m-%d", time.gmtime()) in line)
+    assert f"{file.bytes:,}" in today_row
+    assert len(set(re.findall(r"\d{4}-\d{2}-\d{2}", shown.stdout))) == 40  # a row per day, over two pages
+    kinds = {usage["kind"]: usage["data"] for usage in json.loads(as_json.stdout)}
+    assert list(kinds) == ["completions", "fine_tuning", "storage"] and all(len(data) == 2 for data in kinds.values())
+    refused = CliRunner().invoke(cli, ["usage", "--base-url", api_base_url, "--api-key", new_org_key(settings, "x")])
+    assert refused.exit_code != 0 and "admin key" in refused.stderr
