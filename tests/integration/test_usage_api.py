@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import httpx
 import openai
 import pytest
 from typer.testing import CliRunner
@@ -134,3 +135,25 @@ def test_the_cli_shows_each_day_s_usage(admin: openai.OpenAI, settings: Settings
     assert list(kinds) == ["completions", "fine_tuning", "storage"] and all(len(data) == 2 for data in kinds.values())
     refused = CliRunner().invoke(cli, ["usage", "--base-url", api_base_url, "--api-key", new_org_key(settings, "x")])
     assert refused.exit_code != 0 and "admin key" in refused.stderr
+
+
+def test_the_dashboard_shows_usage_to_admin_keys_only(
+    admin: openai.OpenAI, settings: Settings, api_base_url: str, org_key: str
+) -> None:
+    base = settings.default_base_model
+    reply = admin.chat.completions.create(model=base, messages=CHAT, max_tokens=3, temperature=0)
+    file = admin.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    with httpx.Client(base_url=api_base_url, timeout=120) as browser, httpx.Client(base_url=api_base_url) as member:
+        browser.post("/login", data={"api_key": admin.api_key})
+        member.post("/login", data={"api_key": org_key})
+        eventually(lambda: todays_results(admin), what="the chat counted")
+        page = browser.get("/usage").text
+        refused = member.get("/usage")
+
+    row = re.search(rf"<td>{day}</td>\s*<td>{re.escape(base)}</td>(.*?)</tr>", page, re.S)
+    assert row, page
+    cells = re.findall(r'<td class="number">([^<]*)</td>', row.group(1))
+    assert cells[:3] == ["1", f"{reply.usage.prompt_tokens:,}", "3"]  # type: ignore[union-attr]
+    assert cells[-1] == f"{file.bytes / 1000:.1f} kB" if file.bytes >= 1000 else f"{file.bytes} B"
+    assert refused.status_code == 403 and "admin keys only" in refused.text

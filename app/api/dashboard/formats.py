@@ -28,3 +28,15 @@ def prompt_text(prompt: object) -> str:
     if isinstance(prompt, list):
         return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict) and m.get("role") == "user")
     return str(prompt)
+
+
+def utc_day(unix_time: int) -> str:
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%d")
+
+
+def size(count: int) -> str:
+    """Bytes as people read them: "1.5 MB" (powers of 1000)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"

@@ -13,8 +13,17 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.dashboard.curves import job_curves
 from app.api.dashboard.file_lines import lines_of
-from app.api.dashboard.formats import age, measure, prompt_text
-from app.api.dashboard.session import DashboardOrgDep, LoginRequired, SameSiteFormDep, log_out, logged_in, to_login
+from app.api.dashboard.formats import age, measure, prompt_text, size, utc_day
+from app.api.dashboard.session import (
+    DashboardAdminOrgDep,
+    DashboardOrgDep,
+    LoginRequired,
+    SameSiteFormDep,
+    log_out,
+    logged_in,
+    to_login,
+)
+from app.api.dashboard.usage_table import recent_usage
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, StoreDep, authenticated
 from app.api.files import report_runs
 from app.api.files import service as files
@@ -31,7 +40,7 @@ FRAMING_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame
 
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.filters |= {"age": age, "measure": measure, "prompt_text": prompt_text}
+templates.env.filters |= {"age": age, "measure": measure, "prompt_text": prompt_text, "size": size, "utc_day": utc_day}
 
 
 class PageAnswer(Exception):
@@ -187,3 +196,9 @@ def playground(
     models = [model.id for model in catalog.list_models(session, registry, org)]
     context = {"org": org, "models": models, "a": a or models[0], "b": b or models[-1]}
     return templates.TemplateResponse(request, "playground.html", context)
+
+
+@router.get("/usage")
+def usage_page(request: Request, org: DashboardAdminOrgDep, session: SessionDep) -> Response:
+    days = recent_usage(session, org.id)
+    return templates.TemplateResponse(request, "usage.html", {"org": org, "days": days})

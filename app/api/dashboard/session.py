@@ -46,6 +46,23 @@ def dashboard_org(request: Request) -> Organization:
 DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
 
 
+def dashboard_admin_org(request: Request) -> Organization:
+    """The organisation of the browser's login, if it logged in with an admin key (as the API's admin routes)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        try:
+            caller = authenticated(request, None, token)
+        except AuthenticationFailed:
+            raise LoginRequired(request.url.path) from None
+        if not caller.key.is_admin:
+            raise PermissionDenied("This page is shown to admin keys only: log in with one of your admin keys.")
+        return caller.org
+    raise LoginRequired(request.url.path)
+
+
+DashboardAdminOrgDep = Annotated[Organization, Depends(dashboard_admin_org)]
+
+
 def from_this_site(request: Request) -> None:
     """Refuses a form the browser says another site sent (Fetch Metadata, else `Origin`). Clients that send
     neither header (curl, scripts) are not browsers, so no other site can make them post."""
