@@ -9,7 +9,13 @@ holds each delivered message until its task ends (late acknowledgement). A messa
 import json
 from collections.abc import Iterable
 
-from app.core.queue import TRAINING_QUEUE, evaluation_id_of_task, export_id_of_task, job_id_of_task
+from app.core.queue import (
+    CUDA_TRAINING_QUEUE,
+    TRAINING_QUEUE,
+    evaluation_id_of_task,
+    export_id_of_task,
+    job_id_of_task,
+)
 from app.core.redis import redis_client
 
 _UNACKED = "unacked"
@@ -42,7 +48,12 @@ def _parsed(entries: Iterable[bytes]) -> list:
     return parsed
 
 
-_QUEUES = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+def _lists(queue: str) -> list[str]:
+    """The Redis lists a queue's waiting messages are in (one per priority step)."""
+    return [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+
+
+_QUEUES = [*_lists(TRAINING_QUEUE), *_lists(CUDA_TRAINING_QUEUE)]
 
 
 def work_with_messages(redis_url: str) -> set[str]:
@@ -54,10 +65,10 @@ def work_with_messages(redis_url: str) -> set[str]:
     return _work_ids(m for m in [*waiting, *delivered] if isinstance(m, dict))
 
 
-def waiting_doorbells(redis_url: str) -> list[str]:
-    """The job ids of the training messages not yet delivered, once per message: each will wake a worker that
-    claims the next job in fair order (`app.core.fair_queue`), whichever job it names."""
+def waiting_doorbells(redis_url: str, queue: str) -> list[str]:
+    """The job ids of `queue`'s training messages not yet delivered, once per message: each will wake a worker
+    that claims the next job in fair order (`app.core.fair_queue`) that it can run, whichever job it names."""
     with redis_client(redis_url) as client:
-        waiting = _parsed(message for queue in _QUEUES for message in client.lrange(queue, 0, -1))
+        waiting = _parsed(message for name in _lists(queue) for message in client.lrange(name, 0, -1))
     task_ids = (_task_id(message) for message in waiting if isinstance(message, dict))
     return [job_id for task_id in task_ids if task_id and (job_id := job_id_of_task(task_id))]

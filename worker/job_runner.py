@@ -78,8 +78,11 @@ def _check_datasets(settings: Settings, job_id: str) -> None:
         store_for(settings).head(key)
 
 
-def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str, claimed: int | None = None) -> None:
-    """Runs the job, claiming it first unless the fair queue claimed it already (`claimed`: that attempt)."""
+def run_job(
+    settings: Settings, registry: BaseModelRegistry, job_id: str, claimed: int | None = None, worker: str | None = None
+) -> None:
+    """Runs the job, claiming it first unless the fair queue claimed it already (`claimed`: that attempt);
+    `worker`: the name of the worker running it, told in the job's events."""
     url = settings.require("database_url")
     with transaction(url) as session:
         job = session.get(FineTuningJob, job_id)
@@ -102,6 +105,7 @@ def run_job(settings: Settings, registry: BaseModelRegistry, job_id: str, claime
                 "learning_rate": training_config(registry, job).learning_rate,
                 "lora": job.training_options,
                 "attempt": attempt,
+                "worker": worker,
             }
         _event(url, job_id, attempt, "Fine-tuning job started", data=settings_used)
         with LeaseKeeper(url, JOBS, job_id, attempt, settings.job_lease_seconds):

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 from app.core import export_state, job_state
 from app.core.db import transaction
 from app.core.lifecycle import EVALUATIONS, JOBS, Lifecycle, Status
-from app.core.queue import enqueue_evaluation, enqueue_export, enqueue_training
+from app.core.queue import CUDA_TRAINING_QUEUE, TRAINING_QUEUE, enqueue_evaluation, enqueue_export, training_sender
 from app.core.settings import Settings
-from app.core.tables import ModelExport
+from app.core.tables import FineTuningJob, ModelExport
 from worker.broker_messages import waiting_doorbells, work_with_messages
 
 log = structlog.get_logger()
@@ -40,8 +40,15 @@ class _Kind:
             self.add_event(session, row_id, message, level=level)
 
 
+def _send_job(settings: Settings, job_id: str) -> None:
+    """A job's doorbell, to the queue of the workers that can run it."""
+    with transaction(settings.require("database_url")) as session:
+        needs_cuda = bool(session.scalar(select(FineTuningJob.needs_cuda).where(FineTuningJob.id == job_id)))
+    training_sender(needs_cuda)(settings, job_id)
+
+
 _KINDS = (
-    _Kind("job", JOBS, enqueue_training, job_state.add_event),
+    _Kind("job", JOBS, _send_job, job_state.add_event),
     _Kind("evaluation", EVALUATIONS, enqueue_evaluation),
 )
 
@@ -110,7 +117,7 @@ def redispatch_lost(settings: Settings) -> list[str]:
     a duplicate, which does nothing (the work can be claimed once).
     """
     in_broker = work_with_messages(settings.require("redis_url"))
-    doorbells = waiting_doorbells(settings.require("redis_url"))
+    doorbells = {queue: waiting_doorbells(settings.require("redis_url"), queue) for queue in _TRAINING_QUEUES}
     now = datetime.now(UTC)
     with transaction(settings.require("database_url")) as session:
         waiting = [
@@ -120,7 +127,10 @@ def redispatch_lost(settings: Settings) -> list[str]:
             if not (row.retry_at and row.retry_at > now)
         ]
         queued_exports = session.scalars(select(ModelExport.id).where(ModelExport.status == Status.QUEUED)).all()
-    due = _beyond_spare_doorbells([(kind, row) for kind, row in waiting if row.id not in in_broker], waiting, doorbells)
+        waiting_cuda = select(FineTuningJob.id).where(FineTuningJob.needs_cuda, FineTuningJob.status.in_(JOBS.waiting))
+        cuda_jobs = set(session.scalars(waiting_cuda))
+    lost = [(kind, row) for kind, row in waiting if row.id not in in_broker]
+    due = _beyond_spare_doorbells(lost, waiting, doorbells, cuda_jobs)
     lost_exports = [export_id for export_id in queued_exports if export_id not in in_broker]
     for kind, row in due:
         kind.enqueue(settings, row.id)
@@ -139,11 +149,22 @@ def redispatch_lost(settings: Settings) -> list[str]:
 
 
 _Waiting = list[tuple[_Kind, Row[tuple[str, str, datetime | None]]]]
+_TRAINING_QUEUES = (TRAINING_QUEUE, CUDA_TRAINING_QUEUE)
 
 
-def _beyond_spare_doorbells(lost: _Waiting, waiting: _Waiting, doorbells: list[str]) -> _Waiting:
-    """`lost` less as many jobs as there are doorbells in the queue whose own job no longer waits."""
+def _beyond_spare_doorbells(
+    lost: _Waiting, waiting: _Waiting, doorbells: dict[str, list[str]], cuda_jobs: set[str]
+) -> _Waiting:
+    """`lost` less as many jobs of each queue as there are doorbells in that queue whose own job no longer waits
+    (`cuda_jobs`: the waiting jobs whose doorbells go to the CUDA queue)."""
     waiting_jobs = {row.id for kind, row in waiting if kind.lifecycle is JOBS}
-    spare = sum(1 for job_id in doorbells if job_id not in waiting_jobs)
-    lost_jobs = [(kind, row) for kind, row in lost if kind.lifecycle is JOBS]
-    return [(kind, row) for kind, row in lost if kind.lifecycle is not JOBS] + lost_jobs[spare:]
+    due = [(kind, row) for kind, row in lost if kind.lifecycle is not JOBS]
+    for queue in _TRAINING_QUEUES:
+        spare = sum(1 for job_id in doorbells[queue] if job_id not in waiting_jobs)
+        lost_jobs = [
+            (kind, row)
+            for kind, row in lost
+            if kind.lifecycle is JOBS and (row.id in cuda_jobs) == (queue == CUDA_TRAINING_QUEUE)
+        ]
+        due += lost_jobs[spare:]
+    return due

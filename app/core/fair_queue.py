@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session
 
 from app.core.lifecycle import JOBS
 from app.core.tables import FineTuningJob, Organization
+from app.core.worker_devices import Capabilities, runnable_by
 
 
-def claim_next_job(session: Session, lease_seconds: float) -> tuple[str, int] | None:
-    """Claims the next job in fair order: (job id, attempt), or None when no job is waiting and due.
+def claim_next_job(session: Session, lease_seconds: float, worker: Capabilities) -> tuple[str, int] | None:
+    """Claims the next job in fair order that `worker` can run: (job id, attempt), or None when no such job is
+    waiting and due.
 
     The candidate row is locked with SKIP LOCKED, so concurrent workers each take a different job instead of
     queueing on one; the claim itself is the guarded update every claim is."""
@@ -29,6 +31,7 @@ def claim_next_job(session: Session, lease_seconds: float) -> tuple[str, int] | 
         .where(
             FineTuningJob.status.in_(JOBS.waiting),
             or_(FineTuningJob.retry_at.is_(None), FineTuningJob.retry_at <= func.now()),
+            runnable_by(worker),
         )
         .order_by(Organization.last_job_claimed_at.asc().nulls_first(), FineTuningJob.seq)
         .limit(1)

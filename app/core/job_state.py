@@ -11,6 +11,8 @@ from app.core import ids
 from app.core.lifecycle import JOBS, Status
 from app.core.tables import JobEvent
 
+WAITING_FOR_WORKER = "waiting_for_worker"  # the code of the event that says no live worker can run the job
+
 
 def mark_queued(session: Session, job_id: str) -> None:
     """validating_files → queued, once the job's message is with the broker (jobs an older version left there)."""

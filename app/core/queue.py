@@ -16,6 +16,8 @@ from app.core.settings import Settings
 log = structlog.get_logger()
 
 TRAINING_QUEUE = "training"
+# Doorbells of jobs only CUDA workers can run (QLoRA): CUDA workers consume both queues, CPU workers only the first.
+CUDA_TRAINING_QUEUE = "training.cuda"
 MAINTENANCE_QUEUE = "maintenance"
 TRAIN_TASK = "loraport.train_job"
 EVALUATE_TASK = "loraport.evaluate"  # on the training queue: its workers hold the models
@@ -39,9 +41,22 @@ def producer(settings: Settings) -> Celery:
 
 
 def enqueue_training(settings: Settings, job_id: str) -> None:
+    _send_training(settings, job_id, TRAINING_QUEUE)
+
+
+def enqueue_cuda_training(settings: Settings, job_id: str) -> None:
+    _send_training(settings, job_id, CUDA_TRAINING_QUEUE)
+
+
+def training_sender(needs_cuda: bool) -> Callable[[Settings, str], None]:
+    """How a job's doorbell is sent: to the queue of the workers that can run it."""
+    return enqueue_cuda_training if needs_cuda else enqueue_training
+
+
+def _send_training(settings: Settings, job_id: str, queue: str) -> None:
     # The job id inside the task id lets the reaper see which jobs still have a message in the broker.
     task_id = f"{_TRAIN_TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}"
-    producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE, task_id=task_id)
+    producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=queue, task_id=task_id)
 
 
 def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_line_bytes: int = 50 * 1024**2  # one example; a longer line is refused as `line_too_long`
     max_json_depth: int = Field(default=64, ge=1)  # arrays/objects in one another, in a JSON body or a line
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The base models a training worker may load (a JSON list; unset: any): a host without room for every model's
+    # weights takes only the jobs of those it has.
+    worker_base_models: tuple[str, ...] | None = None
     torch_threads: int | None = None
     adapter_cache_size: int = 8  # adapters kept in memory per base model, at most …
     adapter_cache_megabytes: int = Field(default=2048, ge=1)  # … and at most this much of their weights
@@ -96,6 +99,8 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(default=90, ge=3)
     reconcile_interval_seconds: float = Field(default=60, gt=0)  # how often the reaper looks for stuck jobs
     max_job_attempts: int = 3
+    # A queued job that no live training worker can run (QLoRA without a CUDA worker) fails after this long.
+    unrunnable_job_timeout_seconds: float = Field(default=3600, gt=0)
     # A job whose database or object storage went down is given back and resumes no sooner than this later.
     outage_retry_seconds: float = Field(default=30, ge=0)
     # Data reports (files): computed for the API process by this many background threads, each in a child process,

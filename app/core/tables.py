@@ -117,6 +117,9 @@ class FineTuningJob(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # What the worker that runs it must have (`app.core.worker_devices`): CUDA for QLoRA, and room on its GPU.
+    needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the estimate, where one was made
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A queued job given back after an outage is sent to a worker again no sooner than this.

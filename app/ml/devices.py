@@ -1,9 +1,11 @@
 """Which device training and inference run on."""
 
+import importlib.util
+
 import torch
 
 from app.core.settings import Settings
-from app.core.worker_devices import Gpu
+from app.core.worker_devices import Capabilities, Gpu
 
 
 def compute_device(settings: Settings) -> str:
@@ -20,3 +22,12 @@ def training_gpus(device: str) -> list[Gpu]:
     index = torch.device(device).index or 0
     properties = torch.cuda.get_device_properties(index)
     return [Gpu(properties.name, properties.total_memory)]
+
+
+def worker_capabilities(settings: Settings) -> Capabilities:
+    """What a training worker declares it can run: its GPU, 4-bit kernels where bitsandbytes has CUDA, and the base
+    models `settings.worker_base_models` limits it to."""
+    gpus = training_gpus(compute_device(settings))
+    four_bit = bool(gpus) and importlib.util.find_spec("bitsandbytes") is not None
+    models = settings.worker_base_models
+    return Capabilities(gpus, four_bit, None if models is None else list(models))

@@ -68,7 +68,7 @@ def threads_per_worker() -> int:
 @pytest.fixture(scope="session")
 def redis_url(worker_id: str) -> str:
     """A Redis database of this xdist worker's own (the run's base database, minus the worker's index): its queue,
-    its broker messages and its worker-devices hash are not another worker's."""
+    its broker messages and its workers' declared capabilities are not another worker's."""
     base, _, database = REDIS_URL.rpartition("/")
     url = f"{base}/{int(database or 0) - _xdist_index(worker_id)}"
     client = redis.Redis.from_url(url)

@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from app.core.db import transaction
 from app.core.lifecycle import ACTIVE, Status
-from app.core.queue import producer
+from app.core.queue import CUDA_TRAINING_QUEUE, producer
 from app.core.settings import Settings
 from app.core.tables import Evaluation, FineTuningJob, ModelExport
 from tests.helpers.services import ROOT, settings_env
@@ -20,6 +20,8 @@ def forget_other_jobs(settings: Settings) -> None:
     """Jobs, evaluations and exports that other test modules created are not ours to run: their messages go, and they
     are cancelled, or failed for exports, which cannot be (else the reaper would send them to our workers again)."""
     producer(settings).control.purge()
+    with producer(settings).connection_for_write() as connection:
+        connection.default_channel.queue_purge(CUDA_TRAINING_QUEUE)  # `purge` empties only the default queue
     with transaction(settings.require("database_url")) as session:
         for table in (FineTuningJob, Evaluation):
             session.execute(update(table).where(table.status.in_(ACTIVE)).values(status=Status.CANCELLED))

@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from app.core.db import session_factory, transaction
 from app.core.fair_queue import claim_next_job
 from app.core.settings import Settings
 from app.core.tables import FineTuningJob
+from app.core.worker_devices import Capabilities, Gpu, Needs, cannot_run
 from app.ml.base_models.from_settings import registry_from_settings
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import new_org_key, sdk_client
@@ -40,7 +42,7 @@ def _queue_jobs(settings: Settings, client: openai.OpenAI, count: int) -> list[s
 
 def _claim(settings: Settings) -> tuple[str, int] | None:
     with transaction(settings.require("database_url")) as session:
-        return claim_next_job(session, LEASE_S)
+        return claim_next_job(session, LEASE_S, Capabilities())
 
 
 def _claim_all(settings: Settings) -> list[str]:
@@ -90,8 +92,8 @@ def test_concurrent_workers_claim_different_jobs(settings: Settings, api_base_ur
     jobs += _queue_jobs(settings, _org_client(settings, api_base_url, "right"), 1)
     sessions = session_factory(settings.require("database_url"))
     with sessions() as one, sessions() as two:
-        first = claim_next_job(one, LEASE_S)  # its row stays locked until `one` commits
-        second = claim_next_job(two, LEASE_S)  # SKIP LOCKED: the next job, not a wait or the same one
+        first = claim_next_job(one, LEASE_S, Capabilities())  # its row stays locked until `one` commits
+        second = claim_next_job(two, LEASE_S, Capabilities())  # SKIP LOCKED: the next job, not a wait or the same one
         one.commit()
         two.commit()
     assert first is not None and second is not None
@@ -102,6 +104,39 @@ def test_a_message_with_nothing_waiting_does_nothing(settings: Settings, api_bas
     (job,) = _queue_jobs(settings, _org_client(settings, api_base_url, "taken"), 1)
     assert _claim(settings) == (job, 1)  # taken by another message's worker
 
-    assert run_next_job(settings, registry_from_settings(settings), doorbell=job) is None
+    assert run_next_job(settings, registry_from_settings(settings), doorbell=job, worker=Capabilities()) is None
     with transaction(settings.require("database_url")) as session:
         assert session.get_one(FineTuningJob, job).attempt == 1
+
+
+WORKERS = {
+    "cpu": Capabilities(),
+    "h200": Capabilities([Gpu("H200", 141 * 2**30)], quantization=True),
+    "small-gpu": Capabilities([Gpu("small", 8 * 2**30)], quantization=True),
+    "gpu-without-4bit": Capabilities([Gpu("no-bnb", 80 * 2**30)]),
+    "only-other-model": Capabilities(base_models=["other-model"]),
+}
+NEEDS = [(False, None), (False, 7 * 2**30), (False, 60 * 2**30), (True, 2**30), (True, 60 * 2**30)]
+
+
+@pytest.mark.parametrize("worker", list(WORKERS))
+def test_a_worker_claims_exactly_the_jobs_it_can_run(settings: Settings, api_base_url: str, worker: str) -> None:
+    """The claim's SQL condition and the rule the API and the reaper tell users by (`cannot_run`) agree."""
+    jobs = _queue_jobs(settings, _org_client(settings, api_base_url, "needs"), len(NEEDS))
+    with transaction(settings.require("database_url")) as session:
+        for job_id, (cuda, memory) in zip(jobs, NEEDS, strict=True):
+            row = session.get_one(FineTuningJob, job_id)
+            row.needs_cuda, row.gpu_memory_bytes = cuda, memory
+        runnable = {
+            row.id
+            for row in session.scalars(select(FineTuningJob).where(FineTuningJob.id.in_(jobs)))
+            if cannot_run(WORKERS[worker], Needs.of(row)) is None
+        }
+    with session_factory(settings.require("database_url"))() as session, session.begin():
+        claimed = []
+        while (next_job := claim_next_job(session, LEASE_S, WORKERS[worker])) is not None:
+            claimed.append(next_job[0])
+        session.rollback()
+
+    assert set(claimed) == runnable
+    assert runnable != set(jobs) or worker == "h200"  # every worker but the largest leaves some job to others

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.api.main import create_app
 from app.core.db import transaction
-from app.core.queue import producer
+from app.core.queue import CUDA_TRAINING_QUEUE, TRAINING_QUEUE, producer
 from app.core.settings import Settings
 from app.core.tables import FineTuningJob, JobEvent, ModelExport
 from app.ml.base_models.from_settings import registry_from_settings
@@ -293,3 +293,18 @@ def test_reaper_requeues_an_export_lost_with_its_worker_and_fails_it_out_of_atte
     failed = http.get(f"/v1/models/{model_id}/exports/{export_id}").json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
     assert f"no attempts left ({settings.max_job_attempts} made)" in failed["error"]["message"]
+
+
+def test_a_lost_qlora_job_is_sent_again_to_the_cuda_workers_queue(client: openai.OpenAI, settings: Settings) -> None:
+    """Only CUDA workers consume `training.cuda`: a CPU worker woken by the job's message could not run it."""
+    forget_other_jobs(settings)
+    job_id = _job_in_state(client, settings, "queued", timedelta(0), attempt=0)
+    with transaction(settings.require("database_url")) as session:
+        session.get_one(FineTuningJob, job_id).needs_cuda = True
+    producer(settings).control.purge()  # the message the API sent when the job did not need CUDA yet
+    broker = redis.Redis.from_url(settings.require("redis_url"))
+
+    assert job_id in redispatch_lost(settings)
+    assert broker.llen(CUDA_TRAINING_QUEUE) == 1 and broker.llen(TRAINING_QUEUE) == 0
+    assert job_id not in redispatch_lost(settings)  # its message waits in the CUDA queue
+    client.fine_tuning.jobs.cancel(job_id)

@@ -12,6 +12,7 @@ from worker.export_sweep import leftovers_of_exports
 from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
+from worker.unrunnable_jobs import tell_unrunnable_jobs
 
 configure_logging(get_settings().log_format)
 app = make_maintenance_celery(get_settings())
@@ -22,6 +23,7 @@ def reconcile_jobs() -> None:
     settings = get_settings()
     reap_expired_leases(settings)
     redispatch_lost(settings)
+    tell_unrunnable_jobs(settings)
 
 
 @app.task(name=SWEEP_TASK)

@@ -2,19 +2,24 @@
 per CPU host): training, evaluations and merged-model exports, the work that loads a base model. Its tasks are
 thin wrappers around plain functions that tests call directly."""
 
+import threading
 from functools import lru_cache
 
+import redis
 import torch
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery import Task
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.worker import WorkController
+from celery.worker.consumer import Consumer
 
 from app.core.log_setup import configure_logging
 from app.core.niceness import yield_cpu
-from app.core.queue import EVALUATE_TASK, EXPORT_TASK, TRAIN_TASK
+from app.core.queue import CUDA_TRAINING_QUEUE, EVALUATE_TASK, EXPORT_TASK, TRAIN_TASK
 from app.core.settings import get_settings
-from app.core.worker_devices import report, withdraw
+from app.core.worker_devices import RENEW_SECONDS, Capabilities, report, withdraw
 from app.ml.base_models.from_settings import registry_from_settings
 from app.ml.base_models.registry import BaseModelRegistry
-from app.ml.devices import compute_device, training_gpus
+from app.ml.devices import worker_capabilities
 from worker.celery.apps import make_training_celery
 from worker.evaluation_runner import run_evaluation
 from worker.model_export import run_export
@@ -38,22 +43,48 @@ def _limit_threads(**_: object) -> None:
         torch.set_num_threads(threads)
 
 
+@lru_cache
+def _capabilities() -> Capabilities:
+    return worker_capabilities(get_settings())
+
+
+@celeryd_after_setup.connect
+def _consume_cuda_doorbells(sender: str, instance: WorkController, **_: object) -> None:
+    """A CUDA worker also takes the doorbells of jobs only CUDA workers can run (QLoRA)."""
+    if _capabilities().quantization:
+        instance.app.amqp.queues.select_add(CUDA_TRAINING_QUEUE)
+
+
 @worker_ready.connect
-def _report_devices(sender: object, **_: object) -> None:
-    """Tells the API what this worker trains on, so that jobs no worker could run are refused when created."""
-    settings = get_settings()
-    report(settings.require("redis_url"), sender.hostname, training_gpus(compute_device(settings)))  # type: ignore[attr-defined]
+def _declare_capabilities(sender: Consumer, **_: object) -> None:
+    """Declares what this worker can run, renewed while it lives: the API and the reaper tell a job's owner when no
+    live worker can run it."""
+    settings, name = get_settings(), sender.hostname
+    report(settings.require("redis_url"), name, _capabilities())
+
+    def renew() -> None:
+        while not _stopping.wait(RENEW_SECONDS):
+            try:
+                report(settings.require("redis_url"), name, _capabilities())
+            except redis.RedisError:
+                continue  # Redis is down: the next renewal tries again
+
+    threading.Thread(target=renew, name="capabilities", daemon=True).start()
 
 
 @worker_shutdown.connect
-def _withdraw_devices(sender: object, **_: object) -> None:
-    withdraw(get_settings().require("redis_url"), sender.hostname)  # type: ignore[attr-defined]
+def _withdraw_capabilities(sender: Consumer, **_: object) -> None:
+    _stopping.set()
+    withdraw(get_settings().require("redis_url"), sender.hostname)
 
 
-@app.task(name=TRAIN_TASK)
-def train_job(job_id: str) -> None:
-    """`job_id` is a doorbell: the worker runs the next job in fair order, which may be another one."""
-    run_next_job(get_settings(), _registry(), job_id)
+_stopping = threading.Event()
+
+
+@app.task(name=TRAIN_TASK, bind=True)
+def train_job(self: Task, job_id: str) -> None:
+    """`job_id` is a doorbell: the worker runs the next job in fair order that it can run, which may be another."""
+    run_next_job(get_settings(), _registry(), job_id, _capabilities(), self.request.hostname)
 
 
 @app.task(name=EVALUATE_TASK)

@@ -10,7 +10,7 @@ from app.api.idempotency import IdempotencyKey
 from app.api.jobs import service
 from app.api.jobs.schemas import CheckpointPublic, EventPublic, JobCreate, JobEvaluationReport, JobPublic
 from app.api.pagination import ListPage, list_page
-from app.core.queue import enqueue_after_commit, enqueue_training
+from app.core.queue import enqueue_after_commit, training_sender
 from app.core.worker_devices import reported
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -36,10 +36,10 @@ def create_job(
             return JobPublic.of(service.get_job(session, org, earlier["id"]))
     quotas.check_active_jobs(session, org.id, settings)
     workers = reported(settings.require("redis_url"))
-    job = service.create_job(session, store, org, body, registry, workers)
+    job = service.create_job(session, store, org, body, registry, workers, settings.unrunnable_job_timeout_seconds)
     if idempotency_key:
         idempotency.remember(session, org, idempotency_key, _CREATE, digest, {"id": job.id})
-    enqueue_after_commit(session, settings, enqueue_training, job.id)
+    enqueue_after_commit(session, settings, training_sender(job.needs_cuda), job.id)
     return JobPublic.of(job)
 
 

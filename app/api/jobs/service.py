@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.api.files.report import ready_report
 from app.api.files.service import get_file
-from app.api.jobs.capacity import check_trainable
+from app.api.jobs.capacity import job_needs
 from app.api.jobs.schemas import DpoOptions, EvaluationOptions, Hyperparameters, JobCreate
 from app.api.models import service as catalog
 from app.api.pagination import paginate
@@ -18,7 +18,7 @@ from app.core.lifecycle import ACTIVE, JOBS, Status
 from app.core.scoped import get_owned
 from app.core.storage import ObjectStore
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
-from app.core.worker_devices import Gpu
+from app.core.worker_devices import Capabilities, waiting_message, why_none_can_run
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION, PROMPTS
 from app.ml.hyperparameters import resolve
@@ -144,9 +144,10 @@ def create_job(
     org: Organization,
     body: JobCreate,
     registry: BaseModelRegistry,
-    workers: dict[str, list[Gpu]],
+    workers: dict[str, Capabilities],
+    wait_limit_seconds: float,
 ) -> FineTuningJob:
-    """A new job, refused now if no training worker (`workers`: their reported GPUs) could run it."""
+    """A new job, with what it needs of a worker; `workers`: the live ones, to tell now if none can run it."""
     start = _starting_point(session, registry, org, body.model)
     if body.integrations:
         raise InvalidRequest("Integrations are not supported", param="integrations")
@@ -165,7 +166,7 @@ def create_job(
     )
     training_options = _training_options(store, registry, start, body)
     catalog.check_chat_template_of(registry, start.base_model)
-    check_trainable(registry, start.base_model, training_options, resolved, workers)
+    needs = job_needs(registry, start.base_model, training_options, resolved, workers)
     job = FineTuningJob(
         id=ids.job_id(),
         organization_id=org.id,
@@ -182,6 +183,8 @@ def create_job(
         training_options=training_options,
         evaluation_options=(body.evaluation or EvaluationOptions()).model_dump(),
         job_metadata=body.metadata,
+        needs_cuda=needs.cuda,
+        gpu_memory_bytes=needs.gpu_memory_bytes,
     )
     session.add(job)
     session.flush()
@@ -190,6 +193,9 @@ def create_job(
     if validation is not None:
         _report_warnings(session, store, job, validation, "validation_file")
     job_state.add_event(session, job.id, "Files validated; job queued for a training worker")
+    if why := why_none_can_run(needs, workers):
+        message = waiting_message(why, needs, wait_limit_seconds)
+        job_state.add_event(session, job.id, message, level="warn", data={"code": job_state.WAITING_FOR_WORKER})
     return job
 
 
