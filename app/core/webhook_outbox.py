@@ -52,6 +52,7 @@ def record(session: Session, organization_id: str, event_type: str, object_id: s
     event_id = ids.new_id("evt")
     body = event_body(event_id, event_type, object_id, int(time.time()))
     session.add(WebhookEvent(id=event_id, organization_id=organization_id, type=event_type, body=body))
+    session.flush()  # the event before its deliveries, which name it (no relationship orders them)
     deliveries = [
         WebhookDelivery(
             id=ids.new_id("whdel"),

@@ -115,9 +115,6 @@ def list_deliveries(
     """The endpoint's deliveries, newest first, each with its event's type."""
     row = get_endpoint(session, org, endpoint_id)
     deliveries, has_more = paginate(session, WebhookDelivery, [WebhookDelivery.endpoint_id == row.id], after, limit)
-    types = dict(
-        session.execute(
-            select(WebhookEvent.id, WebhookEvent.type).where(WebhookEvent.id.in_([d.event_id for d in deliveries]))
-        ).tuples()
-    )
+    events = select(WebhookEvent.id, WebhookEvent.type).where(WebhookEvent.id.in_([d.event_id for d in deliveries]))
+    types = {event_id: event_type for event_id, event_type in session.execute(events).all()}
     return [(delivery, types[delivery.event_id]) for delivery in deliveries], has_more
