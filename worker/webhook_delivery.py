@@ -71,8 +71,11 @@ def deliver(settings: Settings, delivery_id: str) -> str | None:
 
 
 def deliver_due(settings: Settings) -> int:
-    """An attempt at every delivery now due (the sweep: retries, and first attempts whose message was lost); how
-    many were attempted."""
+    """An attempt at every delivery now due (the sweep: retries, and first attempts whose message was lost), for
+    about half a reconcile interval at most, so that receivers that time out cannot keep the maintenance worker
+    (one task at a time) from its reaper; the next sweep takes the rest. How many were attempted."""
+    budget_s = max(settings.reconcile_interval_seconds / 2, settings.webhook_timeout_seconds)
+    deadline = time.monotonic() + budget_s
     with transaction(settings.require("database_url")) as session:
         due = session.scalars(
             select(WebhookDelivery.id)
@@ -80,7 +83,12 @@ def deliver_due(settings: Settings) -> int:
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(_SWEEP_BATCH)
         ).all()
-    return sum(deliver(settings, delivery_id) is not None for delivery_id in due)
+    attempted = 0
+    for delivery_id in due:
+        if time.monotonic() > deadline:
+            break
+        attempted += deliver(settings, delivery_id) is not None
+    return attempted
 
 
 def _claim(url: str, delivery_id: str, hold_s: float) -> _Claimed | None:

@@ -114,7 +114,7 @@ def _addresses(host: str, port: int, resolver: Resolver) -> list[Address]:
         pass
     try:
         addresses = resolver(host, port)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         addresses = []
     if not addresses:
         raise UnsafeUrl(f"The host '{host}' of the webhook URL does not resolve; check the name")
