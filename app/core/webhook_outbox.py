@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.core import ids
 from app.core.db import after_commit
 from app.core.queue import enqueue_webhook_delivery
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 from app.core.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 log = structlog.get_logger()
@@ -31,6 +31,7 @@ JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED = (
 EVAL_SUCCEEDED, EVAL_FAILED, EVAL_CANCELED = "eval.run.succeeded", "eval.run.failed", "eval.run.canceled"
 EVENT_TYPES = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED, EVAL_SUCCEEDED, EVAL_FAILED, EVAL_CANCELED)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+_SETTINGS = "loraport.settings"
 
 
 def event_body(event_id: str, event_type: str, object_id: str, created_at: int) -> str:
@@ -66,13 +67,19 @@ def record(session: Session, organization_id: str, event_type: str, object_id: s
     ]
     session.add_all(deliveries)
     delivery_ids = [delivery.id for delivery in deliveries]
-    after_commit(session, partial(_send, delivery_ids))
+    after_commit(session, partial(_send, session.info.get(_SETTINGS), delivery_ids))
     return delivery_ids
 
 
-def _send(delivery_ids: list[str]) -> None:
+def use_settings(session: Session, settings: Settings) -> None:
+    """The settings whose broker the messages of `session`'s deliveries go to; without, the process's own
+    (`get_settings()`, what a worker runs with)."""
+    session.info[_SETTINGS] = settings
+
+
+def _send(settings: Settings | None, delivery_ids: list[str]) -> None:
     """A message per delivery, so that it goes at once; without a broker the sweep sends it within a minute."""
-    settings = get_settings()
+    settings = settings or get_settings()
     if settings.redis_url is None:
         return
     for delivery_id in delivery_ids:

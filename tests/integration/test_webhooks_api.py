@@ -2,6 +2,7 @@
 evaluations finishing delivered to a receiver this test starts, where `client.webhooks.unwrap()` accepts them."""
 
 import json
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,20 +12,24 @@ from pathlib import Path
 
 import openai
 import pytest
+import redis
 from sqlalchemy import select, update
 
 from app.api.main import create_app
 from app.core.db import transaction
 from app.core.lifecycle import JOBS, Status
+from app.core.queue import MAINTENANCE_QUEUE
 from app.core.settings import Settings
 from app.core.tables import WebhookDelivery, WebhookEvent
 from app.ml.base_models.from_settings import registry_from_settings
-from tests.helpers.datasets import chat_jsonl
+from tests.helpers.datasets import TICKETS, chat_jsonl
+from tests.helpers.jobs import NO_EVALUATION
 from tests.helpers.services import new_org_key, sdk_client, serving
 from tests.helpers.tiny_models import TINY_MODEL_ID
 from tests.helpers.waiting import eventually
 from tests.helpers.workers import start_maintenance_worker, stop
 from worker.evaluation_runner import run_evaluation
+from worker.job_runner import run_job
 from worker.webhook_delivery import deliver_due
 
 BASE = "smollm2-135m-instruct"
@@ -236,6 +241,31 @@ def test_an_evaluation_that_succeeds_and_one_cancelled_are_delivered_as_eval_run
     )
 
 
+def test_a_job_that_trains_and_succeeds_and_one_that_fails_are_delivered(
+    admin: openai.OpenAI, receiver: Receiver, webhook_settings: Settings
+) -> None:
+    endpoint = admin.webhooks.create(name="jobs", url=receiver.url, event_types=JOB_EVENTS)
+    training_file = admin.files.create(file=("t.jsonl", chat_jsonl(TICKETS * 2)), purpose="fine-tune").id
+    create = {"model": TINY_MODEL_ID, "training_file": training_file, "hyperparameters": {"n_epochs": 1}}
+    succeeding = admin.fine_tuning.jobs.create(**create, extra_body=NO_EVALUATION).id  # type: ignore[arg-type]
+    failing = admin.fine_tuning.jobs.create(**create, extra_body=NO_EVALUATION).id  # type: ignore[arg-type]
+    run_job(webhook_settings, registry_from_settings(webhook_settings), succeeding)
+    limited = webhook_settings.model_copy(update={"job_time_limit_seconds": 0.001})
+    run_job(limited, registry_from_settings(limited), failing)
+    assert admin.fine_tuning.jobs.retrieve(succeeding).status == "succeeded"
+    assert admin.fine_tuning.jobs.retrieve(failing).status == "failed"
+
+    deliver_due(webhook_settings)
+
+    events = [
+        admin.webhooks.unwrap(body, headers, secret=endpoint.signing_secret) for body, headers in receiver.requests
+    ]
+    assert sorted((event.type, event.data.id) for event in events) == [
+        ("fine_tuning.job.failed", failing),
+        ("fine_tuning.job.succeeded", succeeding),
+    ]
+
+
 def test_a_receiver_that_fails_twice_gets_the_third_delivery_with_the_same_id_and_body(
     admin: openai.OpenAI, webhook_settings: Settings
 ) -> None:
@@ -340,19 +370,42 @@ def test_a_finish_that_rolls_back_leaves_no_event(admin: openai.OpenAI, receiver
     assert admin.fine_tuning.jobs.retrieve(job_id).status == "queued"
 
 
-def test_the_maintenance_worker_delivers_without_being_asked(
-    admin: openai.OpenAI, receiver: Receiver, settings: Settings, tmp_path: Path
-) -> None:
-    worker = start_maintenance_worker(
+def _maintenance(settings: Settings, tmp_path: Path, interval_s: int) -> subprocess.Popen:
+    return start_maintenance_worker(
         settings,
         tmp_path / "beat-schedule",
-        LORAPORT_RECONCILE_INTERVAL_SECONDS="1",
+        LORAPORT_RECONCILE_INTERVAL_SECONDS=str(interval_s),
         LORAPORT_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
     )
+
+
+def test_the_message_sent_after_commit_has_the_maintenance_worker_deliver_at_once(
+    admin: openai.OpenAI, receiver: Receiver, settings: Settings, tmp_path: Path
+) -> None:
+    endpoint = admin.webhooks.create(name="ops", url=receiver.url, event_types=JOB_EVENTS)
+    job_id = _job(admin)
+    admin.fine_tuning.jobs.cancel(job_id)
+    assert redis.Redis.from_url(settings.require("redis_url")).llen(MAINTENANCE_QUEUE) >= 1
+
+    worker = _maintenance(settings, tmp_path, interval_s=3600)  # no sweep within the test: the message does it
     try:
-        endpoint = admin.webhooks.create(name="ops", url=receiver.url, event_types=JOB_EVENTS)
-        job_id = _job(admin)
-        admin.fine_tuning.jobs.cancel(job_id)
+        eventually(lambda: receiver.requests, timeout=60, what="the delivery the message asked for")
+    finally:
+        stop(worker)
+    body, headers = receiver.requests[0]
+    assert admin.webhooks.unwrap(body, headers, secret=endpoint.signing_secret).data.id == job_id
+
+
+def test_a_delivery_whose_message_was_lost_is_sent_by_the_sweep(
+    admin: openai.OpenAI, receiver: Receiver, settings: Settings, tmp_path: Path
+) -> None:
+    endpoint = admin.webhooks.create(name="ops", url=receiver.url, event_types=JOB_EVENTS)
+    job_id = _job(admin)
+    admin.fine_tuning.jobs.cancel(job_id)
+    redis.Redis.from_url(settings.require("redis_url")).delete(MAINTENANCE_QUEUE)  # the broker lost it
+
+    worker = _maintenance(settings, tmp_path, interval_s=1)
+    try:
         eventually(lambda: receiver.requests, timeout=60, what="the sweep's delivery")
     finally:
         stop(worker)
