@@ -22,7 +22,9 @@ from app.core.webhook_signing import signed_headers
 
 log = structlog.get_logger()
 _MAX_BACKOFF_S = 3600  # a receiver down for a day is tried every hour, not every few days
-_CLAIM_GRACE_S = 30  # beyond the request's own timeout, before a claimed delivery is due again
+# How long a claimed delivery is held: httpx's timeout bounds connect, write and each read apart, so an attempt
+# may take a few timeouts; a worker that died mid-attempt leaves the delivery due again after this.
+_CLAIM_TIMEOUTS, _CLAIM_GRACE_S = 4, 60
 _SWEEP_BATCH = 100
 
 
@@ -46,7 +48,7 @@ def deliver(settings: Settings, delivery_id: str) -> str | None:
     """One attempt at a due delivery: its status after it, or None when it was not due (delivered, failed, being
     sent by another worker, or waiting for its next retry)."""
     url = settings.require("database_url")
-    claimed = _claim(url, delivery_id, settings.webhook_timeout_seconds + _CLAIM_GRACE_S)
+    claimed = _claim(url, delivery_id, _CLAIM_TIMEOUTS * settings.webhook_timeout_seconds + _CLAIM_GRACE_S)
     if claimed is None:
         return None
     status_code, error = _attempt(settings, claimed)

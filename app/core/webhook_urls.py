@@ -10,6 +10,7 @@ redirect it. No redirects are followed, no proxy is used, and at most `_MAX_RESP
 
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,9 +128,16 @@ def _public(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def post(destination: Destination, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+def post(
+    destination: Destination,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    verify: ssl.SSLContext | bool = True,
+) -> int:
     """POSTs `body` to the destination's first checked address and returns the status code; `DeliveryFailed` when
-    there is no answer within `timeout_s` (connect to the last byte read)."""
+    there is no answer within `timeout_s` (connect to the last byte read). `verify`: the certificates trusted (the
+    system's; a test passes its own authority)."""
     address = destination.addresses[0]
     host_header = destination.host if destination.port == _DEFAULT_PORTS[destination.scheme] else None
     url = httpx.URL(
@@ -145,7 +153,7 @@ def post(destination: Destination, body: bytes, headers: dict[str, str], timeout
     extensions = {"sni_hostname": destination.host} if destination.scheme == "https" else {}
     deadline = time.monotonic() + timeout_s
     try:
-        with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout_s) as client:
+        with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout_s, verify=verify) as client:
             request = client.build_request("POST", url, content=body, headers=request_headers, extensions=extensions)
             response = client.send(request, stream=True)
             try:

@@ -2,9 +2,12 @@
 operator's allowed hosts and networks exempt; and the request goes to the address that was checked."""
 
 import ipaddress
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +131,41 @@ def test_a_receiver_that_does_not_listen_is_a_failed_delivery() -> None:
     destination = checked("http://127.0.0.1:1/in", allowance("127.0.0.1"))
     with pytest.raises(DeliveryFailed):
         post(destination, b"{}", {}, timeout_s=2)
+
+
+@pytest.fixture
+def tls_receiver(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, list[str]]]:
+    """An https receiver on 127.0.0.1 with a certificate for `hooks.test` only; the names clients asked for (SNI)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.test",
+         "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    names: list[str] = []
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server_context.sni_callback = lambda _socket, name, _context: names.append(name)
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Recorder.seen = []
+    yield server.server_address[1], ssl.create_default_context(cafile=cert), names
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_to_the_checked_address_names_the_host_in_sni_and_checks_its_certificate_against_it(
+    tls_receiver: tuple[int, ssl.SSLContext, list[str]],
+) -> None:
+    port, trusted, names = tls_receiver
+    allowed = allowance("127.0.0.1/32")
+    destination = checked(f"https://hooks.test:{port}/in", allowed, resolving("127.0.0.1"))
+
+    assert post(destination, b"{}", {}, timeout_s=5, verify=trusted) == 204
+    assert names == ["hooks.test"] and _Recorder.seen == [("/in", f"hooks.test:{port}", b"{}")]
+    # The same address under a name the certificate does not hold: refused, so the check is of the name, not the IP.
+    other = checked(f"https://other.test:{port}/in", allowed, resolving("127.0.0.1"))
+    with pytest.raises(DeliveryFailed, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+        post(other, b"{}", {}, timeout_s=5, verify=trusted)
