@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     max_active_evaluations_per_organization: int = Field(default=5, ge=0)  # evaluations queued or running
     max_stored_bytes_per_organization: int = Field(default=50 * 1024**3, ge=0)  # files plus open uploads' bytes
     max_open_uploads_per_organization: int = Field(default=20, ge=0)  # uploads pending completion
+    max_webhook_endpoints_per_organization: int = Field(default=20, ge=0)  # each finish is sent to every one
     rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
     # Uploads are validated in child processes of the API (one each): at most this many at once in one API process,
     # and this many of one organisation; beyond, an upload is refused with a 429.

@@ -153,6 +153,21 @@ def test_only_admin_keys_manage_endpoints_and_another_organisations_are_not_foun
     assert admin.webhooks.retrieve(endpoint.id).name == "ops"
 
 
+def test_past_the_organisations_endpoint_quota_a_create_is_a_429_naming_the_setting(
+    webhook_settings: Settings, settings: Settings, org_name: str, receiver: Receiver
+) -> None:
+    with serving(create_app(webhook_settings.model_copy(update={"max_webhook_endpoints_per_organization": 2}))) as url:
+        admin = sdk_client(url, new_org_key(settings, org_name, admin=True))
+        for name in ("one", "two"):
+            admin.webhooks.create(name=name, url=receiver.url, event_types=JOB_EVENTS)
+        with pytest.raises(openai.RateLimitError) as refused:
+            admin.webhooks.create(name="three", url=receiver.url, event_types=JOB_EVENTS)
+        assert refused.value.body["code"] == "quota_exceeded"  # type: ignore[index]
+        assert "LORAPORT_MAX_WEBHOOK_ENDPOINTS_PER_ORGANIZATION=2" in refused.value.message
+        admin.webhooks.delete(admin.webhooks.list().data[0].id)
+        admin.webhooks.create(name="three", url=receiver.url, event_types=JOB_EVENTS)
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [

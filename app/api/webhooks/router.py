@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.api import quotas
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.api.pagination import ListPage, list_page
 from app.api.webhooks import service
@@ -32,6 +33,7 @@ def create_webhook_endpoint(
     body: WebhookEndpointCreate, admin: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> WebhookEndpointWithSecret:
     """Create an endpoint; its signing secret is shown now and on rotation only."""
+    quotas.check_webhook_endpoints(session, admin.org.id, settings)
     return WebhookEndpointWithSecret.of(service.create_endpoint(session, settings, admin.org, body))
 
 
