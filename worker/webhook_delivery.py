@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from app.core import webhook_urls
 from app.core.db import transaction
@@ -26,6 +27,7 @@ _MAX_BACKOFF_S = 3600  # a receiver down for a day is tried every hour, not ever
 # may take a few timeouts; a worker that died mid-attempt leaves the delivery due again after this.
 _CLAIM_TIMEOUTS, _CLAIM_GRACE_S = 4, 60
 _SWEEP_BATCH = 100
+EVENTS_KEPT_DAYS = 30  # events and their deliveries' attempts stay listed this long, then go
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,14 @@ def _attempt(settings: Settings, claimed: _Claimed) -> tuple[int | None, str | N
     except webhook_urls.DeliveryFailed as error:
         return None, str(error)
     return status_code, None if 200 <= status_code < 300 else f"the receiver answered {status_code}"
+
+
+def expire_old_events(session: Session) -> int:
+    """Deletes events (and their deliveries) older than `EVENTS_KEPT_DAYS` with no delivery still pending; how many."""
+    pending = select(WebhookDelivery.id).where(
+        WebhookDelivery.event_id == WebhookEvent.id, WebhookDelivery.status == PENDING
+    )
+    old = delete(WebhookEvent).where(
+        WebhookEvent.created_at < func.now() - timedelta(days=EVENTS_KEPT_DAYS), ~pending.exists()
+    )
+    return len(session.execute(old.returning(WebhookEvent.id)).all())

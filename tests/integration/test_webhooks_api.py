@@ -30,7 +30,7 @@ from tests.helpers.waiting import eventually
 from tests.helpers.workers import start_maintenance_worker, stop
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
-from worker.webhook_delivery import deliver_due
+from worker.webhook_delivery import EVENTS_KEPT_DAYS, deliver_due, expire_old_events
 
 BASE = "smollm2-135m-instruct"
 JOB_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
@@ -328,6 +328,25 @@ def test_a_delivery_still_failing_a_day_after_its_event_is_marked_failed(
     [delivery] = _deliveries(admin, endpoint.id)
     assert (delivery["status"], delivery["next_attempt_at"]) == ("failed", None)
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [500, 500]
+
+
+def test_events_older_than_the_retention_are_deleted_with_their_deliveries_and_recent_ones_kept(
+    admin: openai.OpenAI, receiver: Receiver, webhook_settings: Settings
+) -> None:
+    endpoint = admin.webhooks.create(name="ops", url=receiver.url, event_types=JOB_EVENTS)
+    admin.fine_tuning.jobs.cancel(_job(admin))
+    admin.fine_tuning.jobs.cancel(_job(admin))
+    deliver_due(webhook_settings)
+    recent, old = _deliveries(admin, endpoint.id)  # newest first
+    with transaction(webhook_settings.require("database_url")) as session:
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == old["event_id"])
+            .values(created_at=WebhookEvent.created_at - timedelta(days=EVENTS_KEPT_DAYS, minutes=1))
+        )
+        assert expire_old_events(session) >= 1
+
+    assert [delivery["id"] for delivery in _deliveries(admin, endpoint.id)] == [recent["id"]]
 
 
 def test_after_rotate_secret_the_old_secret_is_refused_and_the_new_one_accepted(

@@ -18,7 +18,7 @@ from worker.export_sweep import leftovers_of_exports
 from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
 from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, leftovers_of_ended_jobs
-from worker.webhook_delivery import deliver, deliver_due
+from worker.webhook_delivery import deliver, deliver_due, expire_old_events
 
 configure_logging(get_settings().log_format)
 app = make_maintenance_celery(get_settings())
@@ -40,6 +40,7 @@ def sweep_storage() -> None:
         expire_uploads(session, store)
         leftovers_of_ended_jobs(session, store)
         leftovers_of_exports(session, store)
+        expire_old_events(session)
 
 
 @app.task(name=EXPIRE_IDEMPOTENCY_TASK)
