@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.api.generation.admission import Admission
 from app.api.orgs.rate_limit import FailedAuthentications, RateLimiter, charge_organization
+from app.core import webhook_outbox
 from app.core.dashboard_sessions import session_caller
 from app.core.db import run_after_commit, run_after_rollback, session_factory, transaction
 from app.core.errors import AuthenticationFailed, PermissionDenied
@@ -84,6 +85,7 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
     object stored for a row that was not), the route registers with `after_commit` and `after_rollback`.
     """
     with session_factory(settings.require("database_url"))() as session:
+        webhook_outbox.use_settings(session, settings)
         try:
             yield session
             session.commit()

@@ -21,6 +21,7 @@ from app.api.orgs.rate_limit import RateLimiter
 from app.api.orgs.router import router as api_keys_router
 from app.api.uploads.router import router as uploads_router
 from app.api.usage.router import router as usage_router
+from app.api.webhooks.router import router as webhooks_router
 from app.core import background_processes
 from app.core.errors import install_error_handlers
 from app.core.log_setup import configure_logging
@@ -78,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     routers = (
         health_router, files_router, uploads_router, jobs_router, evaluations_router, models_router, chat_router,
-        completions_router, api_keys_router, usage_router,
+        completions_router, api_keys_router, usage_router, webhooks_router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

@@ -1,6 +1,6 @@
-"""What one organisation may hold at once: active jobs, active evaluations, stored bytes and open uploads (the
-`max_*_per_organization` settings; 0 turns a limit off). Past a limit a create is a 429 `quota_exceeded` that names
-the limit, its setting, and what frees room.
+"""What one organisation may hold at once: active jobs, active evaluations, stored bytes, open uploads and webhook
+endpoints (the `max_*_per_organization` settings; 0 turns a limit off). Past a limit a create is a 429
+`quota_exceeded` that names the limit, its setting, and what frees room.
 
 Each check takes a per-organisation advisory lock held until the request's transaction ends, then counts: two
 concurrent creates of one organisation are serialised, so the second counts the first one's row and both cannot
@@ -17,11 +17,11 @@ from app.core.db import transaction
 from app.core.errors import QuotaExceeded
 from app.core.lifecycle import ACTIVE
 from app.core.settings import Settings
-from app.core.tables import Evaluation, FineTuningJob, StoredFile, Upload
+from app.core.tables import Evaluation, FineTuningJob, StoredFile, Upload, WebhookEndpoint
 
 _LOCK_SPACE = 0x10_5A  # the first key of our advisory locks: these are the quotas' (the second is the org's hash)
 _GIB = 1024**3
-_Owned = type[FineTuningJob] | type[Evaluation] | type[Upload]
+_Owned = type[FineTuningJob] | type[Evaluation] | type[Upload] | type[WebhookEndpoint]
 
 
 def check_active_jobs(session: Session, org_id: str, settings: Settings) -> None:
@@ -50,6 +50,21 @@ def check_active_evaluations(session: Session, org_id: str, settings: Settings) 
         raise QuotaExceeded(
             f"Your organization has {held} evaluations queued or running, the most this deployment allows "
             f"(LORAPORT_MAX_ACTIVE_EVALUATIONS_PER_ORGANIZATION={limit}); wait for one to finish or cancel one",
+            details={"limit": limit, "current": held},
+        )
+
+
+def check_webhook_endpoints(session: Session, org_id: str, settings: Settings) -> None:
+    """Room for one more webhook endpoint: every finish of the organisation is sent to each of them."""
+    limit = settings.max_webhook_endpoints_per_organization
+    if not limit:
+        return
+    _lock(session, org_id)
+    held = _count(session, WebhookEndpoint, org_id)
+    if held >= limit:
+        raise QuotaExceeded(
+            f"Your organization has {held} webhook endpoints, the most this deployment allows "
+            f"(LORAPORT_MAX_WEBHOOK_ENDPOINTS_PER_ORGANIZATION={limit}); delete one, or add event types to one",
             details={"limit": limit, "current": held},
         )
 

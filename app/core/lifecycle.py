@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, func, select, update
 from sqlalchemy.orm import Session
 
+from app.core import webhook_outbox
 from app.core.tables import Evaluation, FineTuningJob
 
 
@@ -34,10 +35,12 @@ Work = type[FineTuningJob] | type[Evaluation]
 
 class Lifecycle:
     """The state changes of one table of background work, whose rows have `status`, `attempt`, `lease_expires_at`,
-    `retry_at` and `finished_at`. `waiting` are the statuses of rows that wait for a worker to claim them."""
+    `retry_at` and `finished_at`. `waiting` are the statuses of rows that wait for a worker to claim them; `events`
+    the webhook event type of each finished status."""
 
-    def __init__(self, table: Work, waiting: tuple[Status, ...] = (Status.QUEUED,)) -> None:
+    def __init__(self, table: Work, events: dict[Status, str], waiting: tuple[Status, ...] = (Status.QUEUED,)) -> None:
         self.table = table
+        self.events = events
         self.waiting = waiting
 
     def move(
@@ -45,10 +48,17 @@ class Lifecycle:
     ) -> bool:
         """Sets the status to `to` if it is now one of `from_` (and the attempt still `attempt`, when given); False
         when another actor got there first."""
-        if to in FINISHED:
-            values.setdefault("finished_at", datetime.now(UTC))
-        statement = update(self.table).where(*self._guard(row_id, from_, attempt)).values(status=to, **values)
-        return _changed(session.execute(statement))
+        statement = update(self.table).where(*self._guard(row_id, from_, attempt))
+        if to not in FINISHED:
+            return _changed(session.execute(statement.values(status=to, **values)))
+        values.setdefault("finished_at", datetime.now(UTC))
+        finished = statement.values(status=to, **values).returning(self.table.organization_id)
+        organization_id = session.execute(finished).scalar_one_or_none()
+        if organization_id is None:
+            return False
+        # In this transaction: the finish and its webhook deliveries are stored together, or neither is.
+        webhook_outbox.record(session, organization_id, self.events[Status(to)], row_id)
+        return True
 
     def claim(self, session: Session, row_id: str, lease_seconds: float) -> int | None:
         """Waiting → running, with a lease the worker renews while it works: the attempt number taken, or None when
@@ -118,5 +128,20 @@ def _changed(result: Any) -> bool:
 
 
 # A job created by an older version may still be `validating_files`; a worker may claim it from there.
-JOBS = Lifecycle(FineTuningJob, waiting=(Status.VALIDATING_FILES, Status.QUEUED))
-EVALUATIONS = Lifecycle(Evaluation)
+JOBS = Lifecycle(
+    FineTuningJob,
+    {
+        Status.SUCCEEDED: webhook_outbox.JOB_SUCCEEDED,
+        Status.FAILED: webhook_outbox.JOB_FAILED,
+        Status.CANCELLED: webhook_outbox.JOB_CANCELLED,
+    },
+    waiting=(Status.VALIDATING_FILES, Status.QUEUED),
+)
+EVALUATIONS = Lifecycle(
+    Evaluation,
+    {
+        Status.SUCCEEDED: webhook_outbox.EVAL_SUCCEEDED,
+        Status.FAILED: webhook_outbox.EVAL_FAILED,
+        Status.CANCELLED: webhook_outbox.EVAL_CANCELED,
+    },
+)

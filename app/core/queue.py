@@ -26,6 +26,9 @@ EXPORT_TASK = "loraport.export_model"
 RECONCILE_TASK = "loraport.reconcile_jobs"
 SWEEP_TASK = "loraport.sweep_storage"
 EXPIRE_IDEMPOTENCY_TASK = "loraport.expire_idempotency_keys"
+# On the maintenance queue: a delivery is a short HTTP request, never behind a training job.
+DELIVER_WEBHOOK_TASK = "loraport.deliver_webhook"
+DELIVER_DUE_WEBHOOKS_TASK = "loraport.deliver_due_webhooks"
 _TRAIN_TASK_ID_PREFIX = "train-"
 _EVALUATE_TASK_ID_PREFIX = "evaluate-"
 _EXPORT_TASK_ID_PREFIX = "export-"
@@ -67,6 +70,10 @@ def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
 def enqueue_export(settings: Settings, export_id: str) -> None:
     task_id = f"{_EXPORT_TASK_ID_PREFIX}{export_id}.{uuid.uuid4().hex[:12]}"
     producer(settings).send_task(EXPORT_TASK, args=[export_id], queue=TRAINING_QUEUE, task_id=task_id)
+
+
+def enqueue_webhook_delivery(settings: Settings, delivery_id: str) -> None:
+    producer(settings).send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=MAINTENANCE_QUEUE)
 
 
 def enqueue_after_commit(

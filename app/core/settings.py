@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     max_active_evaluations_per_organization: int = Field(default=5, ge=0)  # evaluations queued or running
     max_stored_bytes_per_organization: int = Field(default=50 * 1024**3, ge=0)  # files plus open uploads' bytes
     max_open_uploads_per_organization: int = Field(default=20, ge=0)  # uploads pending completion
+    max_webhook_endpoints_per_organization: int = Field(default=20, ge=0)  # each finish is sent to every one
     rate_limit_per_minute_per_organization: int = Field(default=1800, ge=0)  # requests of all its keys together
     # Uploads are validated in child processes of the API (one each): at most this many at once in one API process,
     # and this many of one organisation; beyond, an upload is refused with a 429.
@@ -139,6 +140,16 @@ class Settings(BaseSettings):
     trust_forwarded_proto: bool = False
     failed_auth_per_minute: int = Field(default=20, ge=0)  # failed authentications per client IP; 0: no limit
     dashboard_session_hours: int = Field(default=24 * 7, ge=1)  # a dashboard login lasts this long
+
+    # Webhooks (README "Webhooks"): only https URLs on public addresses, checked after DNS resolution, except the
+    # hosts and networks listed here (comma-separated hostnames and CIDRs, e.g. "hooks.internal,10.1.0.0/16"), which
+    # may also use http.
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_seconds: float = Field(default=10, gt=0)  # one delivery, connect to last byte read
+    # A delivery that fails is retried after this, then twice as long each time (at most an hour) …
+    webhook_first_retry_seconds: float = Field(default=30, ge=0)
+    # … for this long after the event, then marked failed: more than a day, so a receiver down overnight loses nothing.
+    webhook_retry_hours: float = Field(default=26, gt=0)
 
     @field_validator("bootstrap_key")
     @classmethod

@@ -20,7 +20,8 @@ from app.api.main import create_app
 from app.core.db import transaction
 from app.core.keys import find_key
 from app.core.settings import Settings
-from app.core.tables import FineTunedModel, JobCheckpoint
+from app.core.tables import FineTunedModel, JobCheckpoint, WebhookEndpoint
+from app.core.webhook_signing import new_secret
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.jobs import finished_job_with_model
 from tests.helpers.services import new_org_key
@@ -39,10 +40,12 @@ class Objects:
     evaluation: str
     api_key: str
     export: str
+    webhook_endpoint: str
 
     def fill(self, path: str) -> str:
         ids = {"file_id": self.file, "upload_id": self.upload, "job_id": self.job, "evaluation_id": self.evaluation}
         ids |= {"model_id": self.model, "key_id": self.api_key, "export_id": self.export}
+        ids |= {"webhook_endpoint_id": self.webhook_endpoint}
         return re.sub(r"\{(\w+)\}", lambda match: ids[match.group(1)], path)
 
 
@@ -83,6 +86,14 @@ PATH_ROUTES: dict[tuple[str, str], Body] = {
     ("GET", "/files/{file_id}"): _no_body,
     ("GET", "/v1/organization/api_keys/{key_id}"): _no_body,  # B's key is an admin key (fixture below)
     ("DELETE", "/v1/organization/api_keys/{key_id}"): _no_body,
+    ("GET", "/v1/webhook_endpoints/{webhook_endpoint_id}"): _no_body,  # B's admin key passes their 403 too
+    ("POST", "/v1/webhook_endpoints/{webhook_endpoint_id}"): lambda _: {"json": {"name": "taken"}},
+    ("DELETE", "/v1/webhook_endpoints/{webhook_endpoint_id}"): _no_body,
+    ("POST", "/v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret"): _no_body,
+    ("POST", "/v1/webhook_endpoints/{webhook_endpoint_id}/test"): lambda _: {
+        "json": {"event_type": "fine_tuning.job.succeeded"}
+    },
+    ("GET", "/v1/webhook_endpoints/{webhook_endpoint_id}/deliveries"): _no_body,
 }
 
 # Routes that name A's objects in their body or query rather than their path.
@@ -135,9 +146,17 @@ def _organisation_a(settings: Settings, client: openai.OpenAI) -> Objects:
     evaluation = client.post("/evaluations", body={"model": model_id, "file": file_id}, cast_to=dict)
     export = client.post(f"/models/{model_id}/exports", cast_to=dict)
     with transaction(settings.require("database_url")) as session:
-        key_id = find_key(session, client.api_key).id  # type: ignore[union-attr]
+        key = find_key(session, client.api_key)
+        assert key is not None
+        endpoint = WebhookEndpoint(
+            id=f"we-{uuid.uuid4().hex[:12]}", organization_id=key.organization_id, name="a's", secret=new_secret(),
+            url="https://hooks.example.com/a", event_types=["fine_tuning.job.succeeded"],
+        )  # fmt: skip
+        session.add(endpoint)
     checkpoint = f"{model_id}:ckpt-step-5"
-    return Objects(file_id, upload.id, job_id, model_id, checkpoint, evaluation["id"], key_id, export["id"])
+    return Objects(
+        file_id, upload.id, job_id, model_id, checkpoint, evaluation["id"], key.id, export["id"], endpoint.id
+    )
 
 
 @pytest.fixture
@@ -173,6 +192,8 @@ def test_organisation_b_gets_404_for_each_of_a_s_objects_on_every_route(
     assert client.fine_tuning.jobs.retrieve(objects.job).status == "succeeded"
     with transaction(settings.require("database_url")) as session:
         assert session.scalar(select(FineTunedModel.deleted).where(FineTunedModel.id == objects.model)) is False
+        endpoint = session.get_one(WebhookEndpoint, objects.webhook_endpoint)
+        assert (endpoint.name, endpoint.previous_secret) == ("a's", None)
 
 
 def test_organisation_b_s_lists_hold_nothing_of_a_s(
@@ -184,6 +205,7 @@ def test_organisation_b_s_lists_hold_nothing_of_a_s(
     assert other_client.fine_tuning.jobs.list().data == []
     assert objects.model not in [m.id for m in other_client.models.list()]
     assert other_client.get("/evaluations", cast_to=dict)["data"] == []
+    assert other_client.webhooks.list().data == []
 
 
 def _never_existed(model_id: str) -> str:
@@ -225,6 +247,7 @@ def test_b_cannot_name_a_s_models_as_teacher_baseline_or_starting_checkpoint(
             assert error["message"] == unknown_error["message"].replace(_never_existed(a_s_model), a_s_model), label
     assert other_client.fine_tuning.jobs.list().data == []
     assert other_client.get("/evaluations", cast_to=dict)["data"] == []
+    assert other_client.webhooks.list().data == []
 
 
 def test_a_cookie_authenticated_write_from_a_same_site_origin_is_refused(

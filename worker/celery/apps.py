@@ -3,7 +3,14 @@
 
 from celery import Celery
 
-from app.core.queue import EXPIRE_IDEMPOTENCY_TASK, MAINTENANCE_QUEUE, RECONCILE_TASK, SWEEP_TASK, TRAINING_QUEUE
+from app.core.queue import (
+    DELIVER_DUE_WEBHOOKS_TASK,
+    EXPIRE_IDEMPOTENCY_TASK,
+    MAINTENANCE_QUEUE,
+    RECONCILE_TASK,
+    SWEEP_TASK,
+    TRAINING_QUEUE,
+)
 from app.core.settings import Settings
 
 _SWEEP_INTERVAL_S = 900  # what it clears costs space, not correctness: a quarter of an hour is soon enough
@@ -48,6 +55,12 @@ def make_maintenance_celery(settings: Settings) -> Celery:
         # A run that could not start within one interval is dropped: the next one does the same work.
         beat_schedule={
             "reconcile-jobs": {"task": RECONCILE_TASK, "schedule": interval, "options": {"expires": interval}},
+            # Webhook retries, and first attempts whose message was lost: as often as the reaper looks for lost work.
+            "deliver-due-webhooks": {
+                "task": DELIVER_DUE_WEBHOOKS_TASK,
+                "schedule": interval,
+                "options": {"expires": interval},
+            },
             "sweep-storage": {
                 "task": SWEEP_TASK,
                 "schedule": _SWEEP_INTERVAL_S,
