@@ -14,6 +14,7 @@ from app.api.evaluations.router import router as evaluations_router
 from app.api.files.router import router as files_router
 from app.api.generation.admission import Admission
 from app.api.generation.engine_errors import install_engine_error_handler
+from app.api.generation.shared_holds import SharedHolds
 from app.api.health.router import router as health_router
 from app.api.jobs.router import router as jobs_router
 from app.api.models.router import router as models_router
@@ -71,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.inference_queue_size,
         settings.inference_per_organization,
         settings.inference_share_per_organization,
+        SharedHolds(
+            settings.require("redis_url"), settings.inference_per_organization, settings.inference_timeout_seconds + 60
+        ),
     )
     install_error_handlers(app)
     install_engine_error_handler(app)

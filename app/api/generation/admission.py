@@ -4,11 +4,13 @@ them, and caps per organisation. Beyond a bound the request is refused at once w
 
 Two caps per organisation: the requests it may hold (running and waiting, `per_organization`), and the share of
 the running slots it may fill (`share_per_organization`). The second keeps one tenant from holding every slot:
-its further requests wait while another organisation's request, queued behind them, is admitted first."""
+its further requests wait while another organisation's request, queued behind them, is admitted first. With
+`shared` holds, the first cap counts the organisation's requests in every API process (`shared_holds`)."""
 
 import asyncio
 from collections import Counter, deque
 
+from app.api.generation.shared_holds import SharedHolds
 from app.core.errors import Overloaded
 
 _RETRY_AFTER_S = 2
@@ -17,22 +19,28 @@ _RETRY_AFTER_S = 2
 class Ticket:
     """A place in the engine, held from `Admission.enter` until `release` (safe to call twice)."""
 
-    def __init__(self, admission: "Admission", organization_id: str) -> None:
-        self._admission, self._organization_id, self._released = admission, organization_id, False
+    def __init__(self, admission: "Admission", organization_id: str, hold: str | None) -> None:
+        self._admission, self._organization_id, self._hold, self._released = admission, organization_id, hold, False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._leave(self._organization_id)
+            self._admission._leave(self._organization_id, self._hold)
 
 
 class Admission:
     """Used from the event loop only, so its counters need no lock."""
 
     def __init__(
-        self, concurrency: int, queue_size: int, per_organization: int, share_per_organization: float = 1.0
+        self,
+        concurrency: int,
+        queue_size: int,
+        per_organization: int,
+        share_per_organization: float = 1.0,
+        shared: SharedHolds | None = None,
     ) -> None:
         self._concurrency, self._queue_size, self._per_organization = concurrency, queue_size, per_organization
+        self._shared = shared
         self.running_per_organization = max(1, round(share_per_organization * concurrency))
         self._running: Counter[str] = Counter()  # generations running, per organisation
         self._held: Counter[str] = Counter()  # requests running or waiting, per organisation
@@ -40,16 +48,13 @@ class Admission:
 
     async def enter(self, organization_id: str) -> Ticket:
         if self._held[organization_id] >= self._per_organization:
-            raise Overloaded(
-                f"Your organisation already has {self._per_organization} completion requests in progress; "
-                "retry when one has finished",
-                _RETRY_AFTER_S,
-            )
+            raise _too_many(self._per_organization)
+        if not self._may_run(organization_id) and len(self._queue) >= self._queue_size:
+            raise Overloaded("The server is busy: too many completion requests are waiting", _RETRY_AFTER_S)
+        hold = await self._hold(organization_id)
         if self._may_run(organization_id):  # then none of its requests waits: `_dispatch` would have let it in
             self._start(organization_id)
-            return Ticket(self, organization_id)
-        if len(self._queue) >= self._queue_size:
-            raise Overloaded("The server is busy: too many completion requests are waiting", _RETRY_AFTER_S)
+            return Ticket(self, organization_id, hold)
         self._held[organization_id] += 1
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((organization_id, admitted))
@@ -57,12 +62,26 @@ class Admission:
             await admitted
         except BaseException:  # cancelled while waiting: the client went away
             if admitted.done() and not admitted.cancelled():  # admitted just before: give the slot back
-                self._leave(organization_id)
+                self._leave(organization_id, hold)
             else:
                 self._queue.remove((organization_id, admitted))
                 self._held[organization_id] -= 1
+                self._release_hold(organization_id, hold)
             raise
-        return Ticket(self, organization_id)
+        return Ticket(self, organization_id, hold)
+
+    async def _hold(self, organization_id: str) -> str | None:
+        """The organisation's hold across API processes (None without shared holds); `Overloaded` at its cap."""
+        if self._shared is None:
+            return None
+        hold = await asyncio.to_thread(self._shared.acquire, organization_id)
+        if hold is None:
+            raise _too_many(self._per_organization, "across the deployment's API processes")
+        return hold
+
+    def _release_hold(self, organization_id: str, hold: str | None) -> None:
+        if self._shared is not None and hold is not None:
+            self._shared.release(organization_id, hold)
 
     def _may_run(self, organization_id: str) -> bool:
         return (
@@ -73,9 +92,10 @@ class Admission:
         self._running[organization_id] += 1
         self._held[organization_id] += 1
 
-    def _leave(self, organization_id: str) -> None:
+    def _leave(self, organization_id: str, hold: str | None) -> None:
         self._held[organization_id] -= 1
         self._running[organization_id] -= 1
+        self._release_hold(organization_id, hold)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -87,3 +107,11 @@ class Admission:
                 self._queue.remove((organization_id, admitted))
                 self._running[organization_id] += 1  # its `held` was counted when it began to wait
                 admitted.set_result(None)
+
+
+def _too_many(cap: int, where: str = "") -> Overloaded:
+    return Overloaded(
+        f"Your organisation already has {cap} completion requests in progress{' ' + where if where else ''}; "
+        "retry when one has finished",
+        _RETRY_AFTER_S,
+    )
