@@ -44,12 +44,15 @@ class Admission:
                 f"Your organisation already has {self._per_organization} completion requests in progress; "
                 "retry when one has finished",
                 _RETRY_AFTER_S,
+                refusal="admission",
             )
         if self._may_run(organization_id):  # then none of its requests waits: `_dispatch` would have let it in
             self._start(organization_id)
             return Ticket(self, organization_id)
         if len(self._queue) >= self._queue_size:
-            raise Overloaded("The server is busy: too many completion requests are waiting", _RETRY_AFTER_S)
+            raise Overloaded(
+                "The server is busy: too many completion requests are waiting", _RETRY_AFTER_S, refusal="admission"
+            )
         self._held[organization_id] += 1
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((organization_id, admitted))
