@@ -8,6 +8,7 @@ from app.core.queue import EXPIRE_IDEMPOTENCY_TASK, RECONCILE_TASK, SWEEP_TASK
 from app.core.settings import get_settings
 from app.core.storage import store_for
 from worker.celery.apps import make_maintenance_celery
+from worker.celery.metrics import serve_worker_metrics
 from worker.export_sweep import leftovers_of_exports
 from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
@@ -15,6 +16,7 @@ from worker.storage_sweep import abort_stale_multipart_uploads, expire_uploads, 
 
 configure_logging(get_settings().log_format)
 app = make_maintenance_celery(get_settings())
+serve_worker_metrics()
 
 
 @app.task(name=RECONCILE_TASK)
