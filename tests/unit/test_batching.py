@@ -500,9 +500,7 @@ def test_a_request_handed_over_while_the_batch_is_busy_joins_at_the_next_step(se
     assert max(waits) <= 1  # at most the forward pass running when it was handed over
 
 
-def test_an_organisation_whose_row_just_finished_still_shares_the_batch(
-    served, prompts, eos, forward_shapes, stepper
-):
+def test_an_organisation_whose_row_just_finished_still_shares_the_batch(served, prompts, eos, forward_shapes, stepper):
     """The window in which an organisation counts as sharing runs from its last row running, not from its last
     submission: a chat that took longer than the window must not let another's `n=4` take every row in the
     moment before its next chat."""
