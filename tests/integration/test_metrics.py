@@ -13,6 +13,7 @@ from app.api.main import create_app
 from app.api.orgs.rate_limit import WINDOW_SECONDS
 from app.cli.embedded.process import free_ports
 from app.core.settings import Settings
+from app.serving.replica import create_replica_app
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import new_org_key, sdk_client, serving
 from tests.helpers.tiny_models import TINY_MODEL_ID
@@ -135,3 +136,11 @@ def _organization_of(settings: Settings, job_id: str) -> str:
         job = session.get(FineTuningJob, job_id)
         assert job is not None
         return job.organization_id
+
+
+def test_an_inference_replica_serves_its_metrics_on_their_own_port(settings: Settings) -> None:
+    port = free_ports(1)[0]
+    with serving(create_replica_app(settings.model_copy(update={"metrics_port": port}))) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        samples = scrape(f"http://127.0.0.1:{port}")
+    assert ("loraport_generated_tokens_total", frozenset()) in samples
