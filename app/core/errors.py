@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.core.metrics import REQUESTS_REFUSED
+from app.core.metrics import REQUESTS_REFUSED, Refusal
 from app.core.outages import OUTAGES, STORAGE_ANSWERS, unavailable_service
 
 log = structlog.get_logger()
@@ -26,8 +26,8 @@ class LoraportError(Exception):
     status_code = 400
     type = "invalid_request_error"
     code: str | None = None
-    # Why the request was refused unserved (`app.core.metrics.REFUSAL_REASONS`), counted when it is answered.
-    refusal: str | None = None
+    # Why the request was refused unserved, counted when it is answered; None: not a refusal by a limit.
+    refusal: Refusal | None = None
 
     def __init__(
         self,
@@ -127,7 +127,7 @@ class Overloaded(LoraportError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after: int, refusal: str = "rate_limit") -> None:
+    def __init__(self, message: str, retry_after: int, refusal: Refusal = "rate_limit") -> None:
         """`refusal`: "rate_limit" for a rate limit, "admission" for work that is full (generation, validation)."""
         super().__init__(message, retry_after=retry_after)
         self.refusal = refusal

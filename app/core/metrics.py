@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 import structlog
@@ -21,7 +22,7 @@ MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # Why a request was refused before it was served (`REQUESTS_REFUSED`): a size or quota limit, a rate limit of a key,
 # an organisation or an address, or admission to work that is full (generation slots, upload validation).
-REFUSAL_REASONS = ("limit", "rate_limit", "admission")
+Refusal = Literal["limit", "rate_limit", "admission"]
 
 # API processes.
 HTTP_REQUEST_DURATION = Histogram(
