@@ -76,13 +76,13 @@ class WorkCollector(Collector):
                     .where(table.status == Status.QUEUED)
                     .group_by(table.organization_id)
                 ).tuples()
-                for organization, count, oldest in _top(list(queued)):
+                for organization, count, oldest in top_organizations(list(queued)):
                     depth.add_metric([kind, organization], count)
                     age.add_metric([kind, organization], max(0.0, (now - oldest).total_seconds()))
         return [*counts.values(), depth, age]
 
 
-def _top(queued: list[tuple[str, int, datetime]]) -> list[tuple[str, int, datetime]]:
+def top_organizations(queued: list[tuple[str, int, datetime]]) -> list[tuple[str, int, datetime]]:
     """The organisations with the most queued, and one `other` row for the rest (their sum, their oldest)."""
     queued.sort(key=lambda row: (-row[1], row[2]))
     top, rest = queued[:TOP_ORGANIZATIONS], queued[TOP_ORGANIZATIONS:]
