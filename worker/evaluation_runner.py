@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from app.core.db import transaction
 from app.core.lifecycle import EVALUATIONS, Status
+from app.core.metrics import EVALUATION_SECONDS, OUTAGES_SURVIVED, WORK_FINISHED
 from app.core.outages import outage_tolerated, unavailable_service
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, store_for
@@ -62,7 +63,8 @@ def run_evaluation(settings: Settings, registry: BaseModelRegistry, evaluation_i
     try:
         with LeaseKeeper(url, EVALUATIONS, evaluation_id, attempt, settings.job_lease_seconds):
             stop = CancelCheck(url, EVALUATIONS, evaluation_id, attempt, time_limit(settings)).should_stop
-            report = _evaluate(settings, registry, _request(settings, registry, evaluation_id), stop)
+            with EVALUATION_SECONDS.labels("evaluation").time():
+                report = _evaluate(settings, registry, _request(settings, registry, evaluation_id), stop)
     except Stopped:
         log.info("evaluations.stopped", evaluation_id=evaluation_id, attempt=attempt)
     except TaskFailed as failure:
@@ -73,6 +75,7 @@ def run_evaluation(settings: Settings, registry: BaseModelRegistry, evaluation_i
     except Exception as error:
         if (service := unavailable_service(error)) is not None:
             log.warning("evaluations.outage", evaluation_id=evaluation_id, service=service, exc_info=True)
+            OUTAGES_SURVIVED.labels(service).inc()
             _give_back_or_fail(settings, evaluation_id, attempt, service)
             return
         log.exception("evaluations.failed", evaluation_id=evaluation_id)
@@ -176,3 +179,5 @@ def _finish(url: str, evaluation_id: str, attempt: int, status: Status, **values
     with transaction(url) as session:
         if not EVALUATIONS.move(session, evaluation_id, (Status.RUNNING,), status, attempt, **values):
             log.info("evaluations.finish.lost", evaluation_id=evaluation_id, attempt=attempt, status=status)
+            return
+    WORK_FINISHED.labels("evaluation", status.value).inc()

@@ -15,6 +15,7 @@ import structlog
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from app.core.metrics import EVALUATION_SECONDS
 from app.ml.scoring.report import Losses
 from app.ml.scoring.settings import EvaluationSettings
 from worker.datasets import PreferenceExample
@@ -63,7 +64,8 @@ def report_on_fine_tune(
         f"Evaluating the base model and the fine-tuned model on {count} held-out {kind}", {"held_out_examples": count}
     )
     try:
-        report = _measured(published, tokenizer, inputs, options)
+        with EVALUATION_SECONDS.labels("job").time():
+            report = _measured(published, tokenizer, inputs, options)
     except Exception as error:
         log.exception("jobs.evaluation.failed")
         announce(f"The evaluation failed ({error}); the model is published without it", None, "warn")

@@ -18,8 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.core import job_state, usage
 from app.core.announcements import announce_adapter
-from app.core.db import transaction
+from app.core.db import after_commit, transaction
 from app.core.lifecycle import ACTIVE, FINISHED, JOBS, Status
+from app.core.metrics import OUTAGES_SURVIVED, WORK_FINISHED
 from app.core.outages import outage_tolerated, unavailable_service
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, adapter_prefix, store_for, training_states_prefix
@@ -123,6 +124,7 @@ def run_job(
     except Exception as error:
         if (service := unavailable_service(error)) is not None:
             log.warning("jobs.outage", job_id=job_id, service=service, exc_info=True)
+            OUTAGES_SURVIVED.labels(service).inc()
             _give_back_or_fail(settings, job_id, service, attempt)
             return
         log.exception("jobs.failed", job_id=job_id)
@@ -176,6 +178,7 @@ def _fail(settings: Settings, job_id: str, error: dict, attempt: int | None) -> 
         held = ACTIVE if attempt is None else (Status.RUNNING,)  # re-queued, it is no longer this attempt's
         if JOBS.move(session, job_id, held, Status.FAILED, attempt, error=error):
             job_state.add_event(session, job_id, error["message"], level="error")
+            after_commit(session, WORK_FINISHED.labels("job", Status.FAILED.value).inc)
         else:
             log.info("jobs.fail.superseded", job_id=job_id, attempt=attempt, code=error["code"])
     _discard_if_ended(url, store_for(settings), job_id)
@@ -475,4 +478,5 @@ def _publish(
         )
         job_state.add_event(session, job.id, f"New fine-tuned model created: {name}")
         job_state.add_event(session, job.id, "The job has successfully completed")
+    WORK_FINISHED.labels("job", Status.SUCCEEDED.value).inc()
     return True

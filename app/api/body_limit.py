@@ -87,6 +87,7 @@ class BodyLimit:
             "(datasets go to /v1/files or /v1/uploads as multipart/form-data)",
             code="request_too_large",
         )
+        error.count_refusal()
         response = error.response()
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -20,13 +20,15 @@ from app.api.jobs.router import router as jobs_router
 from app.api.models.router import router as models_router
 from app.api.orgs.rate_limit import RateLimiter
 from app.api.orgs.router import router as api_keys_router
+from app.api.request_metrics import RequestMetrics
 from app.api.uploads.router import router as uploads_router
 from app.api.usage.router import router as usage_router
 from app.api.webhooks.router import router as webhooks_router
-from app.core import background_processes
+from app.core import background_processes, metrics
 from app.core.errors import install_error_handlers
 from app.core.log_setup import configure_logging
 from app.core.settings import Settings, get_settings
+from app.core.work_metrics import WorkCollector
 from app.ml.base_models.from_settings import registry_from_settings
 from app.serving.factory import build_inference_backend, replica_urls
 from app.serving.warmup import AdapterWarmer, pin_models_in_background
@@ -37,9 +39,10 @@ _STREAMED_UPLOADS = (r"/v1/files/?", r"/v1/uploads/[^/]+/parts/?")
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the app runs, adapters announced by workers are fetched before their first request; replicas,
-    where generation runs on them, do that themselves."""
+    """While the app runs, adapters announced by workers are fetched before their first request (replicas,
+    where generation runs on them, do that themselves), and metrics are served on their own port when one is set."""
     settings = app.state.settings
+    metrics_server = _serve_metrics(settings)
     warmer = None if replica_urls(settings) else AdapterWarmer(settings.require("redis_url"), app.state.engine)
     if warmer:
         warmer.start()
@@ -49,6 +52,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if warmer:
             warmer.stop()
+        if metrics_server:
+            metrics_server.stop()
+        metrics.process_exited()
+
+
+def _serve_metrics(settings: Settings) -> metrics.MetricsServer | None:
+    """`/metrics` on LORAPORT_METRICS_HOST:LORAPORT_METRICS_PORT, never on the public app (which answers it 404);
+    the jobs' figures are read from PostgreSQL at each scrape."""
+    if settings.metrics_port is None:
+        return None
+    collector = WorkCollector(settings.require("database_url"))
+    return metrics.serve(settings.metrics_host, settings.metrics_port, extra=[collector])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,4 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     install_dashboard(app)
+    # Added last: outermost, it times the refusals of the middleware too.
+    app.add_middleware(RequestMetrics, templates=lambda: app.openapi()["paths"])
     return app

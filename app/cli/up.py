@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from app.cli import user_config
-from app.cli.embedded.process import ServerError, ServerProcess, port_is_free
+from app.cli.embedded.process import ServerError, ServerProcess, free_ports, port_is_free
 from app.cli.embedded.services import embedded_services
 from app.core import bootstrap
 from app.core.settings import Settings, get_settings
@@ -52,13 +52,17 @@ def up() -> None:
 
 def _run(settings: Settings) -> None:
     with embedded_services(settings) as embedded:
-        settings = embedded.settings
+        api_metrics, worker_metrics, maintenance_metrics = _metrics_ports(embedded.settings)
+        settings = embedded.settings.model_copy(
+            update={"metrics_port": api_metrics, "worker_metrics_port": worker_metrics}
+        )
         new_key = bootstrap.prepare(settings)
         logs = settings.home / "logs"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings.as_environment()}
         worker = ServerProcess("worker", _worker_argv(), logs / "worker.log", stop_timeout=15.0, env=env)
+        maintenance_env = env | {"LORAPORT_WORKER_METRICS_PORT": str(maintenance_metrics)}
         maintenance = ServerProcess(
-            "maintenance", _maintenance_argv(settings), logs / "maintenance.log", stop_timeout=10.0, env=env
+            "maintenance", _maintenance_argv(settings), logs / "maintenance.log", stop_timeout=10.0, env=maintenance_env
         )
         api = ServerProcess("API", _api_argv(settings), logs / "api.log", stop_timeout=10.0, env=env)
         try:
@@ -66,7 +70,8 @@ def _run(settings: Settings) -> None:
             maintenance.start()
             api.start()
             api.wait_ready(lambda: _listens(settings.host, settings.port), API_START_TIMEOUT_S)
-            _print_banner(settings, new_key, embedded_names=[p.name for p in embedded.processes])
+            metrics = {"API": api_metrics, "worker": worker_metrics, "maintenance": maintenance_metrics}
+            _print_banner(settings, new_key, [p.name for p in embedded.processes], metrics)
             _watch([*embedded.processes, worker, maintenance, api])
         finally:
             _ignore_stop_signals()
@@ -111,7 +116,9 @@ def _watch(processes: list[ServerProcess]) -> NoReturn:
         time.sleep(0.5)
 
 
-def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[str]) -> None:
+def _print_banner(
+    settings: Settings, new_key: str | None, embedded_names: list[str], metrics_ports: dict[str, int]
+) -> None:
     console.print(f"[bold green]Loraport is up[/bold green] at [bold]http://{settings.host}:{settings.port}/v1[/bold]")
     if new_key:
         console.print(f"API key: [bold]{new_key}[/bold] ({escape(_remember(settings, new_key))})", highlight=False)
@@ -120,7 +127,32 @@ def _print_banner(settings: Settings, new_key: str | None, embedded_names: list[
     console.print(f"data: {settings.home}", highlight=False)
     if embedded_names:
         console.print(f"embedded: {', '.join(embedded_names)}; logs in {settings.home / 'logs'}", highlight=False)
+    _print_metrics(settings, metrics_ports)
     console.print("Ctrl-C stops everything.")
+
+
+def _metrics_ports(settings: Settings) -> tuple[int, int, int]:
+    """The metrics ports of the API, the training worker and the maintenance worker: LORAPORT_METRICS_PORT and
+    LORAPORT_WORKER_METRICS_PORT where set (the maintenance worker takes the port after the worker's), else the
+    ports after the API's, or free ones where those are taken."""
+    api = settings.metrics_port or settings.port + 1
+    worker = settings.worker_metrics_port or api + 1
+    wanted = [api, worker, worker + 1]
+    chosen: list[int] = []
+    for port in wanted:
+        configured = port in (settings.metrics_port, settings.worker_metrics_port)
+        if not configured and (port in chosen or not port_is_free(settings.metrics_host, port)):
+            port = next(free for free in free_ports(4, settings.metrics_host) if free not in chosen)
+        chosen.append(port)
+    return chosen[0], chosen[1], chosen[2]
+
+
+def _print_metrics(settings: Settings, ports: dict[str, int]) -> None:
+    """One line per metrics endpoint started, as Prometheus would scrape it."""
+    host = _reachable(settings.metrics_host)
+    host = f"[{host}]" if ":" in host else host
+    for name, port in ports.items():
+        console.print(f"metrics ({name}): http://{host}:{port}/metrics", highlight=False)
 
 
 def _remember(settings: Settings, key: str) -> str:

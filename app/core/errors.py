@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.core.metrics import REQUESTS_REFUSED, Refusal
 from app.core.outages import OUTAGES, STORAGE_ANSWERS, unavailable_service
 
 log = structlog.get_logger()
@@ -25,6 +26,8 @@ class LoraportError(Exception):
     status_code = 400
     type = "invalid_request_error"
     code: str | None = None
+    # Why the request was refused unserved, counted when it is answered; None: not a refusal by a limit.
+    refusal: Refusal | None = None
 
     def __init__(
         self,
@@ -48,6 +51,11 @@ class LoraportError(Exception):
         body = error_body(self.message, self.type, self.param, self.code)
         body["error"].update(self.details or {})
         return body
+
+    def count_refusal(self) -> None:
+        """Counts this error in `loraport_requests_refused_total` when it refuses a request by a limit."""
+        if self.refusal is not None:
+            REQUESTS_REFUSED.labels(self.refusal).inc()
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
@@ -109,6 +117,7 @@ class UnprocessableEntity(LoraportError):
 class PayloadTooLarge(LoraportError):
     status_code = 413
     code = "file_too_large"
+    refusal = "limit"
 
 
 class Overloaded(LoraportError):
@@ -118,8 +127,10 @@ class Overloaded(LoraportError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, refusal: Refusal = "rate_limit") -> None:
+        """`refusal`: "rate_limit" for a rate limit, "admission" for work that is full (generation, validation)."""
         super().__init__(message, retry_after=retry_after)
+        self.refusal = refusal
 
 
 class QuotaExceeded(LoraportError):
@@ -129,6 +140,7 @@ class QuotaExceeded(LoraportError):
     status_code = 429
     type = "insufficient_quota"
     code = "quota_exceeded"
+    refusal = "limit"
 
 
 class AdapterCorrupted(LoraportError):
@@ -181,6 +193,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoraportError)
     async def _loraport(_: Request, exc: LoraportError) -> JSONResponse:
+        exc.count_refusal()
         return exc.response()
 
     @app.exception_handler(RequestValidationError)

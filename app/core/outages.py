@@ -13,6 +13,8 @@ import redis.exceptions
 import sqlalchemy.exc
 import structlog
 
+from app.core.metrics import OUTAGES_SURVIVED
+
 log = structlog.get_logger()
 
 OUTAGES: dict[type[Exception], str] = {
@@ -58,6 +60,8 @@ def outage_tolerated(event: str, **fields: object) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if unavailable_service(error) is None:
+        service = unavailable_service(error)
+        if service is None:
             raise
+        OUTAGES_SURVIVED.labels(service).inc()
         log.warning(event, exc_info=True, **fields)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_format: Literal["console", "json"] = "console"  # json: one object per line, for log collectors
+    # Prometheus metrics (README "Metrics"), never on the public port: bind them to an address only the scraper
+    # reaches. Unset: not served. The API serves them on metrics_port, a Celery worker on worker_metrics_port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # None means "start an embedded server" under `loraport up`; the API and worker need them set.
     database_url: str | None = Field(default=None, repr=False)  # may hold a password: kept out of reprs

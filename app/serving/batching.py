@@ -54,7 +54,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
@@ -62,6 +62,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
+from app.core.metrics import (
+    DECODE_STEP_ROWS,
+    GENERATED_TOKENS,
+    GENERATION_SLOTS_IN_USE,
+    GENERATION_TOKENS_PER_SECOND,
+    TIME_TO_FIRST_TOKEN,
+)
 from app.serving.backend import GeneratedToken, QueuedTokenStream
 from app.serving.errors import EngineError, GenerationFailed
 from app.serving.kv_cache import growing_layers, left_pad, new_cache
@@ -120,14 +127,21 @@ class _Row:
     length: int = 0  # real tokens in the cache, which is also the position of the next one
     generated: int = 0
     next_token: int = -1  # sampled and streamed, not yet in the cache
+    submitted_at: float = field(default_factory=time.perf_counter)  # for the metrics only, not the batcher's clock
+    first_token_at: float = 0.0
 
     def accept(self, token: GeneratedToken) -> bool:
         """Stream a newly sampled token; True when the row is done."""
         self.next_token, self.generated = token.id, self.generated + 1
         self.stream._put(token)
+        if self.generated == 1:
+            self.first_token_at = time.perf_counter()
+            TIME_TO_FIRST_TOKEN.observe(self.first_token_at - self.submitted_at)
         done = token.id in self.eos_token_ids or self.generated >= self.max_new_tokens
         if done:
             self.stream._end()
+            if self.generated > 1 and (elapsed := time.perf_counter() - self.first_token_at) > 0:
+                GENERATION_TOKENS_PER_SECOND.observe((self.generated - 1) / elapsed)
         return done
 
 
@@ -262,6 +276,7 @@ class ContinuousBatcher:
         self._between: deque[Callable[[], None]] = deque()  # `run_between_steps`' actions for the decode thread
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._slots_in_use = GENERATION_SLOTS_IN_USE.labels(model_name or "")
 
     def submit(
         self,
@@ -393,6 +408,9 @@ class ContinuousBatcher:
         for batch in list(self._batches):
             if batch in self._batches:  # not merged into another group by a row leaving earlier in this step
                 self._decode(batch)
+        self._slots_in_use.set(
+            sum(len(batch.rows) for batch in self._batches) + sum(len(p.rows) for p in self._prefills)
+        )
 
     def _wait_for_work(self) -> bool:
         with self._wakeup:
@@ -529,11 +547,13 @@ class ContinuousBatcher:
         batch.mask = mask
         for row in rows:
             row.length += 1
+        DECODE_STEP_ROWS.observe(len(rows))
         self._accept(rows, logits)
 
     def _accept(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample a token for each row and drop the rows that are done."""
         done = set()
+        GENERATED_TOKENS.inc(len(rows))
         for row, token in zip(rows, _next_tokens(rows, logits), strict=True):
             if row.accept(token):
                 done.add(row)
@@ -584,5 +604,6 @@ class ContinuousBatcher:
         with self._wakeup:
             rows = [*self._running_rows(), *self._waiting]
             self._batches, self._prefills, self._waiting = [], [], deque()
+        self._slots_in_use.set(0)
         for row in rows:
             row.stream._fail(error)

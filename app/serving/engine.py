@@ -11,6 +11,7 @@ by a new one at the next request: a failure that passes does not take the base m
 """
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import structlog
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from app.core.metrics import ADAPTER_CACHE_HITS, ADAPTER_CACHE_MISSES, ADAPTER_LOAD_SECONDS
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.chat_format import render_prompt_ids
 from app.ml.chat_templates import end_of_turn_ids
@@ -112,12 +114,18 @@ class InferenceEngine:
         """
         base = self._base(base_model_id)
         batcher = self._batcher(base)
+        missed = adapter_name is not None and adapter_name not in base.recency
+        if adapter_name:
+            (ADAPTER_CACHE_MISSES if missed else ADAPTER_CACHE_HITS).inc()
+        started = time.perf_counter()
         adapter_dir = self._adapter_files(adapter_name) if adapter_name else None
         end_ids = set(model_end_of_turn_ids(base.model, base.tokenizer))
 
         def submit() -> TokenStream:
             if adapter_name and adapter_dir:
                 self._load(base, adapter_name, adapter_dir)
+                if missed:  # from the miss to the adapter in memory: fetched (disk or storage), then copied in
+                    ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - started)
             return batcher.submit(
                 prompt_ids, adapter_name, params.max_tokens, params.temperature, params.top_p, params.seed, end_ids,
                 params.logprobs, params.organization,

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from app.core import metrics
 from app.core.errors import AuthenticationFailed, LoraportError, ServiceUnavailable, error_body, install_error_handlers
 from app.core.log_setup import configure_logging
 from app.core.settings import Settings, get_settings
@@ -209,14 +210,20 @@ def health(request: Request) -> dict[str, Any]:
 
 @asynccontextmanager
 async def _warm_new_adapters(app: FastAPI) -> AsyncIterator[None]:
-    """Adapters that workers announce are fetched (and loaded, where their base model is in memory) here too."""
-    warmer = AdapterWarmer(app.state.settings.require("redis_url"), app.state.backend)
+    """Adapters that workers announce are fetched (and loaded, where their base model is in memory) here too; the
+    engine's metrics are served on LORAPORT_METRICS_PORT when set, as the API's are."""
+    settings = app.state.settings
+    warmer = AdapterWarmer(settings.require("redis_url"), app.state.backend)
     warmer.start()
-    pin_models_in_background(app.state.settings, app.state.backend)
+    pin_models_in_background(settings, app.state.backend)
+    served = metrics.serve(settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
     try:
         yield
     finally:
         warmer.stop()
+        if served:
+            served.stop()
+        metrics.process_exited()
 
 
 def create_replica_app(settings: Settings | None = None) -> FastAPI:

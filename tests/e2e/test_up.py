@@ -16,6 +16,7 @@ import psutil
 from app.cli.embedded.process import free_ports
 from tests.helpers.datasets import chat_jsonl
 from tests.helpers.services import ROOT, sdk_client
+from tests.helpers.waiting import eventually
 
 URL_SETTINGS = ("LORAPORT_DATABASE_URL", "LORAPORT_REDIS_URL", "LORAPORT_S3_ENDPOINT_URL", "LORAPORT_BOOTSTRAP_KEY")
 
@@ -74,6 +75,12 @@ def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
         assert refused.status_code == 401
         login = httpx.post(f"http://127.0.0.1:{port}/login", data={"api_key": key.group(1)})
         assert login.status_code == 303
+        # Metrics: one line per endpoint, each serving Loraport's metrics; never on the public port
+        endpoints = dict(re.findall(r"metrics \((\w+)\): (http://\S+/metrics)", output))
+        assert set(endpoints) == {"API", "worker", "maintenance"}, output
+        for url in endpoints.values():
+            eventually(lambda url=url: _serves_metrics(url), timeout=120, what=url)
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
     finally:
         stop_up(process)
     logs = {path.name: path.read_text() for path in (tmp_path / "logs").glob("*.log")}
@@ -87,6 +94,13 @@ def test_up_runs_everything_embedded_and_stops_cleanly(tmp_path: Path) -> None:
         assert again.status_code == 200  # … and still works after a restart
     finally:
         stop_up(process)
+
+
+def _serves_metrics(url: str) -> bool:
+    try:
+        return "loraport_" in httpx.get(url, timeout=5).text
+    except httpx.TransportError:
+        return False
 
 
 def test_up_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:

@@ -136,3 +136,56 @@ def test_the_s3_server_accepts_the_key_pair_the_services_use() -> None:
         text=True,
     )
     assert missing.returncode != 0 and "LORAPORT_S3_SECRET_KEY" in missing.stderr
+
+
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+
+
+def test_prometheus_service_mounts_its_config_and_alert_rules() -> None:
+    prometheus = compose()["services"]["prometheus"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in prometheus["volumes"]}
+    config_path = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
+    assert mounts[config_path] == "./deploy/prometheus/prometheus.yml"
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:
+        assert (ROOT / mounts[rule_file]).is_file(), f"{rule_file} is not mounted from a file of the repository"
+    assert not prometheus["image"].endswith(":latest") and "healthcheck" in prometheus
+    assert all(port.startswith("127.0.0.1:") for port in prometheus.get("ports", []))  # its UI on this host only
+
+
+def test_every_scrape_target_is_a_service_serving_metrics_on_that_port() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    scraped = set()
+    for job in config["scrape_configs"]:
+        for target in (target for static in job["static_configs"] for target in static["targets"]):
+            host, port = target.rsplit(":", 1)
+            assert host in services, f"{job['job_name']} scrapes {host}, which is no service"
+            env = services[host]["environment"]
+            served = env.get("LORAPORT_METRICS_PORT") or env.get("LORAPORT_WORKER_METRICS_PORT")
+            assert str(served) == port, f"{host} serves metrics on {served}, not {port}"
+            assert env["LORAPORT_METRICS_HOST"] == "0.0.0.0"  # reachable on the compose network …
+            assert all(str(served) not in str(mapping) for mapping in services[host].get("ports", []))  # … only
+            scraped.add(host)
+    assert scraped >= {"api", "worker", "maintenance"}
+
+
+def test_alert_rules_parse_and_use_only_metrics_the_code_registers() -> None:
+    from app.core import metrics, work_metrics
+
+    registered = metrics.series_names() | set(work_metrics.SERIES)
+    rules = [
+        rule for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"] for rule in group["rules"]
+    ]
+    names = {rule["alert"] for rule in rules}
+    assert {
+        "LoraportQueuedWorkWaitsTooLong",
+        "LoraportJobsFailing",
+        "LoraportHigh5xxRate",
+        "LoraportWorkerLost",
+    } <= names
+    for rule in rules:
+        assert rule["expr"] and rule["annotations"]["summary"], rule["alert"]
+        used = set(re.findall(r"\bloraport_\w+", rule["expr"]))
+        assert used <= registered, f"{rule['alert']} uses {used - registered}, which no process registers"
+        assert used or re.search(r"\bup\{", rule["expr"]), rule["alert"]

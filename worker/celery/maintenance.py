@@ -14,6 +14,7 @@ from app.core.queue import (
 from app.core.settings import get_settings
 from app.core.storage import store_for
 from worker.celery.apps import make_maintenance_celery
+from worker.celery.metrics import serve_worker_metrics
 from worker.export_sweep import leftovers_of_exports
 from worker.idempotency_sweep import expire_idempotency_keys
 from worker.reaper import reap_expired_leases, redispatch_lost
@@ -23,6 +24,7 @@ from worker.webhook_delivery import deliver, deliver_due, expire_old_events
 
 configure_logging(get_settings().log_format)
 app = make_maintenance_celery(get_settings())
+serve_worker_metrics()
 
 
 @app.task(name=RECONCILE_TASK)

@@ -21,12 +21,14 @@ from app.ml.base_models.from_settings import registry_from_settings
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.devices import worker_capabilities
 from worker.celery.apps import make_training_celery
+from worker.celery.metrics import serve_worker_metrics
 from worker.evaluation_runner import run_evaluation
 from worker.model_export import run_export
 from worker.next_job import run_next_job
 
 configure_logging(get_settings().log_format)
 app = make_training_celery(get_settings())
+serve_worker_metrics()
 
 
 @lru_cache

@@ -7,6 +7,7 @@ LM head runs only on the positions that have a label. On a CPU with native bf16 
 """
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from app.core.metrics import TRAINING_STEP_SECONDS, TRAINING_TOKENS, TRAINING_TOKENS_PER_SECOND
 from app.ml.adapter_manifest import write_manifest
 from app.ml.chat_format import IGNORE_INDEX, TokenizedExample, tokenize_example
 from app.ml.lora_targets import lora_target_names
@@ -432,6 +434,14 @@ def _load_adapter_weights(model: torch.nn.Module, weights: dict[str, torch.Tenso
             parameters[name].copy_(tensor)
 
 
+def _count_step(seconds: float, tokens: int) -> None:
+    """One step in the worker's metrics: its time, its tokens and their rate."""
+    TRAINING_STEP_SECONDS.observe(seconds)
+    TRAINING_TOKENS.inc(tokens)
+    if seconds > 0:
+        TRAINING_TOKENS_PER_SECOND.set(tokens / seconds)
+
+
 def _train_step(
     model: PeftModel,
     items: Sequence[Any],
@@ -594,13 +604,15 @@ def _train(
             for items in epoch_batches(train_set, config.batch_size, epoch, config.seed, config.group_by_length):
                 if hooks.should_stop is not None and hooks.should_stop():
                     return result(stopped=True)
+                started = time.perf_counter()
                 stats, learning_rate = _train_step(
                     peft_model, items, objective, optimizer, scheduler, bf16, config.max_grad_norm
                 )
-                loss, accuracy = stats.loss_sum.item() / stats.count, stats.correct / stats.count
+                loss, accuracy = stats.loss_sum.item() / stats.count, stats.correct / stats.count  # waits for the GPU
                 metrics = {name: value / stats.count for name, value in stats.extras.items()}
                 run.step += 1
                 tokens = sum(objective.tokens(item) for item in items)
+                _count_step(time.perf_counter() - started, tokens)
                 run.trained_tokens += tokens
                 computed_positions += stats.positions or tokens
                 step_losses.append(loss)

@@ -10,9 +10,12 @@ from app.api.files.validation_process import ValidationProcess, validation_slots
 from app.api.quotas import StorageRoom
 from app.core import ids
 from app.core.errors import DatasetRejected, InvalidRequest, PayloadTooLarge
+from app.core.metrics import UPLOAD_BYTES
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, file_key
 from app.core.tables import Organization
+
+_FILE_BYTES = UPLOAD_BYTES.labels("file")
 
 
 async def receive_upload(request: Request, store: ObjectStore, settings: Settings, org: Organization) -> ReceivedFile:
@@ -37,7 +40,10 @@ async def _receive(
     ingest = FileIngest(store.writer(storage_key), settings.max_upload_bytes, validator)
     try:
         form = await stream_form(
-            request, "file", lambda chunk: run_in_threadpool(ingest.feed, room.take(chunk)), fields=("purpose",)
+            request,
+            "file",
+            lambda chunk: run_in_threadpool(ingest.feed, room.take(_received(chunk))),
+            fields=("purpose",),
         )
         if not form.file_seen:
             raise InvalidRequest("Missing the multipart field 'file'", param="file")
@@ -49,3 +55,9 @@ async def _receive(
     if not ingested.validation.ok:
         raise DatasetRejected(ingested.validation.summary(), ingested.validation.as_dict())
     return ReceivedFile(file_id, storage_key, form.filename or "upload.jsonl", purpose, ingested)
+
+
+def _received(chunk: bytes) -> bytes:
+    """Counts the chunk's bytes in `loraport_upload_bytes_total`."""
+    _FILE_BYTES.inc(len(chunk))
+    return chunk

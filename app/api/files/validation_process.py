@@ -45,9 +45,12 @@ class ValidationSlots:
                     f"Your organisation already has {self._per_organization} uploads being validated; "
                     "retry when one has finished",
                     _RETRY_AFTER_S,
+                    refusal="admission",
                 )
             if self._running.total() >= self._total:
-                raise Overloaded("The server is busy validating other uploads; retry shortly", _RETRY_AFTER_S)
+                raise Overloaded(
+                    "The server is busy validating other uploads; retry shortly", _RETRY_AFTER_S, refusal="admission"
+                )
             self._running[organization_id] += 1
         try:
             yield

@@ -50,7 +50,9 @@ class Admission:
         if self._held[organization_id] >= self._per_organization:
             raise _too_many(self._per_organization)
         if not self._may_run(organization_id) and len(self._queue) >= self._queue_size:
-            raise Overloaded("The server is busy: too many completion requests are waiting", _RETRY_AFTER_S)
+            raise Overloaded(
+                "The server is busy: too many completion requests are waiting", _RETRY_AFTER_S, refusal="admission"
+            )
         hold = await self._hold(organization_id)
         if self._may_run(organization_id):  # then none of its requests waits: `_dispatch` would have let it in
             self._start(organization_id)
@@ -114,4 +116,5 @@ def _too_many(cap: int, where: str = "") -> Overloaded:
         f"Your organisation already has {cap} completion requests in progress{' ' + where if where else ''}; "
         "retry when one has finished",
         _RETRY_AFTER_S,
+        refusal="admission",
     )

@@ -18,7 +18,7 @@ class ModelFailed(LoraportError):
 
 def http_error(error: EngineError) -> LoraportError:
     if isinstance(error, SlotsBusy):
-        return Overloaded(error.message, retry_after=error.retry_after or 1)
+        return Overloaded(error.message, retry_after=error.retry_after or 1, refusal="admission")
     if isinstance(error, AdapterRankUnsupported):
         return UnprocessableEntity(error.message, code="adapter_rank_unsupported")
     if isinstance(error, GenerationFailed):
@@ -29,4 +29,6 @@ def http_error(error: EngineError) -> LoraportError:
 def install_engine_error_handler(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine_refused(_: Request, error: EngineError) -> JSONResponse:
-        return http_error(error).response()
+        refused = http_error(error)
+        refused.count_refusal()
+        return refused.response()

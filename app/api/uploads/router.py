@@ -15,8 +15,10 @@ from app.api.uploads.schemas import UploadComplete, UploadCreate, UploadPartPubl
 from app.core import ids
 from app.core.db import after_rollback
 from app.core.errors import InvalidRequest
+from app.core.metrics import UPLOAD_BYTES
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+_PART_BYTES = UPLOAD_BYTES.labels("upload_part")
 
 
 @router.post("", response_model=UploadPublic)
@@ -40,6 +42,7 @@ async def add_part(
     def write(chunk: bytes) -> None:
         nonlocal received
         received += len(chunk)
+        _PART_BYTES.inc(len(chunk))
         if received > room:
             raise InvalidRequest(f"The parts would exceed the upload's declared {upload.bytes} bytes", param="data")
         writer.write(chunk)
