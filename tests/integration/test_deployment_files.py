@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from app.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRED_SERVICES = {"postgres", "redis", "s3", "api", "worker", "maintenance"}
+REQUIRED_SERVICES = {"postgres", "redis", "s3", "api", "inference", "worker", "maintenance"}
+ROLES = ("api", "inference", "worker", "maintenance")
 URL_SETTINGS = ("database_url", "redis_url", "s3_endpoint_url")
 
 
@@ -33,7 +34,7 @@ def test_compose_has_every_service_with_a_health_check() -> None:
 def test_api_and_worker_get_every_url_setting_and_known_settings_only() -> None:
     services = compose()["services"]
     known = {f"LORAPORT_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker", "maintenance"):
+    for name in ROLES:
         env = services[name]["environment"]
         for setting in URL_SETTINGS:
             assert f"LORAPORT_{setting.upper()}" in env, f"{name} lacks LORAPORT_{setting.upper()}"
@@ -43,11 +44,17 @@ def test_api_and_worker_get_every_url_setting_and_known_settings_only() -> None:
 
 def test_commands_name_modules_that_exist() -> None:
     services = compose()["services"]
-    commands = " ".join(" ".join(services[name]["command"]) for name in ("api", "worker", "maintenance"))
+    commands = " ".join(" ".join(services[name]["command"]) for name in ROLES)
     commands += (ROOT / "Dockerfile.gpu").read_text()
     modules = set(re.findall(r"-A ([\w.]+)", commands)) | set(re.findall(r"([\w.]+):create_app", commands))
     modules |= set(re.findall(r"python -m ([\w.]+)", commands))
-    assert {"worker.celery.training", "worker.celery.maintenance", "app.api.main", "app.cli.migrate"} <= modules
+    assert {
+        "worker.celery.training",
+        "worker.celery.maintenance",
+        "app.api.main",
+        "app.cli.migrate",
+        "app.cli.main",
+    } <= modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, f"no module {module}"
 
@@ -69,7 +76,7 @@ SECRETS = ("LORAPORT_S3_ACCESS_KEY", "LORAPORT_S3_SECRET_KEY")
 
 def test_services_run_in_production_with_secrets_from_required_variables() -> None:
     services = compose()["services"]
-    for name in ("api", "worker", "maintenance"):
+    for name in ROLES:
         env = services[name]["environment"]
         assert env["LORAPORT_ENVIRONMENT"] == "production", name
         for secret in SECRETS:
@@ -98,6 +105,7 @@ def test_compose_settings_start_only_with_real_secrets(monkeypatch: pytest.Monke
     variables = {"LORAPORT_S3_ACCESS_KEY": "loraport-deploy", "LORAPORT_S3_SECRET_KEY": "kT3v9qXw2LmZpR7s"}
     variables["LORAPORT_BOOTSTRAP_KEY"] = "lp_first-admin-key-of-32-characters"
     variables["POSTGRES_PASSWORD"] = "db-password"
+    variables["LORAPORT_INFERENCE_REPLICA_TOKEN"] = "replica-token-of-32-random-characters"
     _compose_env(monkeypatch, variables)
     assert Settings().environment == "production"
 
@@ -158,8 +166,11 @@ def test_every_scrape_target_is_a_service_serving_metrics_on_that_port() -> None
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     scraped = set()
     for job in config["scrape_configs"]:
-        for target in (target for static in job["static_configs"] for target in static["targets"]):
-            host, port = target.rsplit(":", 1)
+        # by DNS, so that every container of a scaled service is a target (`docker compose up --scale worker=N`)
+        assert "static_configs" not in job, f"{job['job_name']} would scrape one container of a scaled service"
+        for lookup in job["dns_sd_configs"]:
+            assert lookup["type"] == "A"
+            (host,), port = lookup["names"], str(lookup["port"])
             assert host in services, f"{job['job_name']} scrapes {host}, which is no service"
             env = services[host]["environment"]
             served = env.get("LORAPORT_METRICS_PORT") or env.get("LORAPORT_WORKER_METRICS_PORT")
@@ -168,6 +179,27 @@ def test_every_scrape_target_is_a_service_serving_metrics_on_that_port() -> None
             assert all(str(served) not in str(mapping) for mapping in services[host].get("ports", []))  # … only
             scraped.add(host)
     assert scraped >= {"api", "worker", "maintenance"}
+
+
+def test_the_api_generates_on_the_inference_service_with_the_token_they_share() -> None:
+    services = compose()["services"]
+    api, inference = services["api"], services["inference"]
+    command = inference["command"]
+    assert command[command.index("serve-inference") :] == ["serve-inference", "--host", "0.0.0.0", "--port", "8100"]
+    assert api["environment"]["LORAPORT_INFERENCE_REPLICAS"] == "http://inference:8100"
+    token = "LORAPORT_INFERENCE_REPLICA_TOKEN"
+    assert REQUIRED.match(api["environment"][token]) and api["environment"][token] == inference["environment"][token]
+    assert "ports" not in inference  # on the compose network only: the api is its one client
+    assert inference["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert api["depends_on"]["inference"] == {"condition": "service_healthy"}
+
+
+def test_training_workers_and_api_processes_scale_with_compose() -> None:
+    """`docker compose up --scale worker=N` starts N training workers side by side: no fixed container name, no host
+    port for a second container to fight over. (The api grows inside its container, `uvicorn --workers N` behind its
+    one published port, with PROMETHEUS_MULTIPROC_DIR set.)"""
+    services = compose()["services"]
+    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
 
 
 def test_alert_rules_parse_and_use_only_metrics_the_code_registers() -> None:
