@@ -25,7 +25,11 @@ def usage(days: int = Days, base_url: str = BaseUrl, api_key: str = ApiKey, as_j
     if as_json:
         print_json([{"kind": kind, "data": data} for kind, data in buckets.items()])
         return
-    table = Table("day", "model", "requests", "input tokens", "output tokens", "jobs", "trained tokens", "stored bytes")
+    table = Table("day", "model", caption="tokens, except stored: bytes at the day's end")
+    table.columns[0].no_wrap, table.columns[0].min_width = True, 10  # a date is never cut, at any terminal width
+    table.columns[1].overflow = "fold"
+    for name in ("requests", "input", "output", "jobs", "trained", "stored"):
+        table.add_column(name, justify="right")
     for day_buckets in zip(*buckets.values(), strict=True):
         day = time.strftime("%Y-%m-%d", time.gmtime(day_buckets[0]["start_time"]))
         completions, fine_tuning, storage = (bucket["results"] for bucket in day_buckets)

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import httpx
 import openai
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from app.cli import usage as usage_cli
 from app.cli.main import app as cli
 from app.core.settings import Settings
 from tests.helpers.datasets import chat_jsonl
@@ -121,10 +123,13 @@ def test_end_time_defaults_to_now(admin: openai.OpenAI) -> None:
     assert [bucket["start_time"] for bucket in page["data"]] == [today() - DAY, today()]
 
 
-def test_the_cli_shows_each_day_s_usage(admin: openai.OpenAI, settings: Settings, api_base_url: str) -> None:
+def test_the_cli_shows_each_day_s_usage(
+    admin: openai.OpenAI, settings: Settings, api_base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_cli, "out", Console(width=80))  # a terminal of 80 columns: no date cut short
     file = admin.files.create(file=("t.jsonl", chat_jsonl()), purpose="fine-tune")
     remote = ["--base-url", api_base_url, "--api-key", admin.api_key]
-    shown = CliRunner().invoke(cli, ["usage", "--days", "40", *remote], env={"COLUMNS": "200"})
+    shown = CliRunner().invoke(cli, ["usage", "--days", "40", *remote])
     as_json = CliRunner().invoke(cli, ["usage", "--days", "2", "--json", *remote])
 
     assert shown.exit_code == 0, shown.output
