@@ -1,6 +1,7 @@
 """Generation on a `loraport serve-inference` replica (a real process) behind an API that keeps only tokenizers,
 through the openai SDK, against the real services."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def remote_api(settings: Settings, replica: str) -> Iterator[tuple[FastAPI, str]
     base = settings.default_base_model
     dead = next(
         url
-        for url in (f"http://127.0.0.1:{port}/gone-{i}" for i in range(64))
+        # as many names as it takes: a live replica whose weight is in the top 1 % for the model outranks 64
+        # names with odds of one in two (CI met one), and each try is one hash
+        for url in (f"http://127.0.0.1:{port}/gone-{i}" for i in itertools.count())
         if rendezvous_order(base, [url, replica])[0] == url
     )
     app = api_with_replicas(settings, [dead, replica], TOKEN)
