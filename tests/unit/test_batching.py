@@ -444,7 +444,7 @@ def test_a_row_that_expires_as_its_prefill_starts_leaves_its_neighbours_generati
         batcher.close()
 
 
-def test_while_organisations_share_the_batch_each_starts_at_most_its_rows(served, prompts, eos, reference):
+def test_while_organisations_share_the_batch_each_starts_at_most_its_rows(served, prompts, eos, reference, stepper):
     """Another organisation's `n=4` must not set a chat's pace: while both have rows, its rows start one at a time,
     and every one of them still generates what it would alone."""
     shared = make_batcher(served, rows_per_tenant_when_shared=1)
@@ -454,11 +454,13 @@ def test_while_organisations_share_the_batch_each_starts_at_most_its_rows(served
     )
     try:
         chat = shared.submit(prompts[0], None, 24, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="b")
+        stepper.allow(1)  # its prefill only: the chat still runs when the other organisation's rows arrive
         next(chat)
         wide = [
             shared.submit(prompts[1], None, 12, temperature=0, top_p=1, seed=None, eos_token_ids=eos, tenant="a")
             for _ in range(4)
         ]
+        stepper.allow()
         chat_ids = ids(chat)
         assert max(rows_per_step) == 2  # the chat's row and one of the other organisation's
         assert [ids(stream) for stream in wide] == [reference(1, None)] * 4
@@ -527,15 +529,18 @@ def test_a_decode_thread_that_breaks_leaves_no_caller_waiting(served, prompts, e
     """A bug that breaks the decode loop must fail the requests it held and refuse new ones, not leave callers of
     `run_between_steps` or readers waiting for ever (`InferenceEngine` then starts another batcher)."""
     batcher = make_batcher(served)
-    broken = threading.Event()
+    inside, broken = threading.Event(), threading.Event()
 
     def take_waiting(one_chunk_only: bool) -> list:
+        inside.set()
         broken.wait()
         raise AssertionError("a bug in the decode loop")
 
     batcher._take_waiting = take_waiting  # type: ignore[method-assign]
     try:
         held = greedy(batcher, prompts[0], None, eos)
+        # past `_run_between` for this step: an action handed over earlier would run at once, not wait for the bug
+        assert inside.wait(timeout=60)
         handed: list[object] = []
         hander = threading.Thread(target=lambda: handed.append(batcher.run_between_steps(lambda: "ran")), daemon=True)
         hander.start()
