@@ -14,7 +14,7 @@ from app.core.db import transaction
 from app.core.lifecycle import JOBS, Status
 from app.core.settings import Settings
 from app.core.tables import FineTuningJob, JobEvent
-from app.core.worker_devices import Capabilities, Needs, reported, waiting_message, why_none_can_run
+from app.core.worker_devices import Capabilities, Needs, reported, why_none_can_run
 
 log = structlog.get_logger()
 WORKER_AVAILABLE = "worker_available"
@@ -30,24 +30,25 @@ def tell_unrunnable_jobs(settings: Settings) -> list[str]:
     failed = []
     with transaction(settings.require("database_url")) as session:
         queued = session.scalars(select(FineTuningJob).where(FineTuningJob.status.in_(JOBS.waiting))).all()
+        told = _last_told(session, [job.id for job in queued])
         for job in queued:
-            if _tell_or_fail(session, job, workers, timeout):
+            if _tell_or_fail(session, job, told.get(job.id), workers, timeout):
                 failed.append(job.id)
     return failed
 
 
-def _tell_or_fail(session: Session, job: FineTuningJob, workers: dict[str, Capabilities], timeout: float) -> bool:
-    """True when the job failed here."""
+def _tell_or_fail(
+    session: Session, job: FineTuningJob, told: JobEvent | None, workers: dict[str, Capabilities], timeout: float
+) -> bool:
+    """True when the job failed here; `told`: its last event that said whether a worker can run it."""
     needs = Needs.of(job)
     why = why_none_can_run(needs, workers)
-    told = _last_told(session, job.id)
     if told is None or (told.data or {}).get("code") != job_state.WAITING_FOR_WORKER:
         if why is not None:
-            message = waiting_message(why, needs, timeout)
-            job_state.add_event(session, job.id, message, level="warn", data=_code(job_state.WAITING_FOR_WORKER))
+            job_state.tell_waiting(session, job.id, why, needs, timeout)
         return False
     if why is None:
-        job_state.add_event(session, job.id, AVAILABLE, data=_code(WORKER_AVAILABLE))
+        job_state.add_event(session, job.id, AVAILABLE, data={"code": WORKER_AVAILABLE})
         return False
     if told.created_at > datetime.now(UTC) - timedelta(seconds=timeout):
         return False
@@ -60,16 +61,12 @@ def _tell_or_fail(session: Session, job: FineTuningJob, workers: dict[str, Capab
     return True
 
 
-def _last_told(session: Session, job_id: str) -> JobEvent | None:
-    """The job's last event that said whether a worker can run it."""
+def _last_told(session: Session, job_ids: list[str]) -> dict[str, JobEvent]:
+    """Each job's last event that said whether a worker can run it, for the jobs that have one: one query for all."""
     query = (
         select(JobEvent)
-        .where(JobEvent.job_id == job_id, JobEvent.data["code"].as_string().in_(_CODES))
-        .order_by(JobEvent.seq.desc())
-        .limit(1)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.data["code"].as_string().in_(_CODES))
+        .order_by(JobEvent.job_id, JobEvent.seq.desc())
+        .distinct(JobEvent.job_id)
     )
-    return session.scalars(query).first()
-
-
-def _code(code: str) -> dict[str, str]:
-    return {"code": code}
+    return {event.job_id: event for event in session.scalars(query)}

@@ -87,9 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.inference_queue_size,
         settings.inference_per_organization,
         settings.inference_share_per_organization,
-        SharedHolds(
-            settings.require("redis_url"), settings.inference_per_organization, settings.inference_timeout_seconds + 60
-        ),
+        SharedHolds(settings.require("redis_url"), settings.inference_timeout_seconds + 60),
     )
     install_error_handlers(app)
     install_engine_error_handler(app)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.core import ids
 from app.core.lifecycle import JOBS, Status
 from app.core.tables import JobEvent
+from app.core.worker_devices import Needs, waiting_message
 
 WAITING_FOR_WORKER = "waiting_for_worker"  # the code of the event that says no live worker can run the job
 
@@ -18,6 +19,12 @@ def mark_queued(session: Session, job_id: str) -> None:
     """validating_files → queued, once the job's message is with the broker (jobs an older version left there)."""
     if JOBS.move(session, job_id, (Status.VALIDATING_FILES,), Status.QUEUED):
         add_event(session, job_id, "Files validated; job queued for a training worker")
+
+
+def tell_waiting(session: Session, job_id: str, why: str, needs: Needs, timeout_seconds: float) -> None:
+    """The warning that no live training worker can run the job (`why`): what it waits for, and how long."""
+    message = waiting_message(why, needs, timeout_seconds)
+    add_event(session, job_id, message, level="warn", data={"code": WAITING_FOR_WORKER})
 
 
 def add_event(

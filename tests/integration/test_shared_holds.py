@@ -17,7 +17,7 @@ from app.core.settings import Settings
 def two_processes(redis_url: str, cap: int, hold_seconds: float = 60) -> tuple[Admission, Admission]:
     """The admissions of two API processes, each with room for many more requests than the cap."""
     return tuple(  # type: ignore[return-value]
-        Admission(16, 16, cap, 1.0, SharedHolds(redis_url, cap, hold_seconds)) for _ in range(2)
+        Admission(16, 16, cap, 1.0, SharedHolds(redis_url, hold_seconds)) for _ in range(2)
     )
 
 

@@ -32,15 +32,19 @@ class LoginRequired(Exception):
         self.next_path = next_path
 
 
-def dashboard_org(request: Request) -> Organization:
-    """The organisation of the browser's login; pages are throttled and rate-limited as the API is."""
+def _logged_in_caller(request: Request) -> Caller:
+    """The caller of the browser's login; pages are throttled and rate-limited as the API is."""
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         try:
-            return authenticated(request, None, token).org
+            return authenticated(request, None, token)
         except AuthenticationFailed:
             pass
     raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+
+
+def dashboard_org(request: Request) -> Organization:
+    return _logged_in_caller(request).org
 
 
 DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
@@ -48,16 +52,10 @@ DashboardOrgDep = Annotated[Organization, Depends(dashboard_org)]
 
 def dashboard_admin_org(request: Request) -> Organization:
     """The organisation of the browser's login, if it logged in with an admin key (as the API's admin routes)."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        try:
-            caller = authenticated(request, None, token)
-        except AuthenticationFailed:
-            raise LoginRequired(request.url.path) from None
-        if not caller.key.is_admin:
-            raise PermissionDenied("This page is shown to admin keys only: log in with one of your admin keys.")
-        return caller.org
-    raise LoginRequired(request.url.path)
+    caller = _logged_in_caller(request)
+    if not caller.key.is_admin:
+        raise PermissionDenied("This page is shown to admin keys only: log in with one of your admin keys.")
+    return caller.org
 
 
 DashboardAdminOrgDep = Annotated[Organization, Depends(dashboard_admin_org)]

@@ -12,7 +12,6 @@ from app.core import usage
 
 @dataclass(frozen=True)
 class UsageRow:
-    day: int  # Unix time of the UTC day's start
     model: str
     requests: int | None = None
     input_tokens: int | None = None
@@ -23,7 +22,7 @@ class UsageRow:
 
 @dataclass(frozen=True)
 class DayUsage:
-    day: int
+    day: int  # Unix time of the UTC day's start
     stored_bytes: int
     rows: list[UsageRow]
 
@@ -41,11 +40,11 @@ def recent_usage(session: Session, organization_id: str) -> list[DayUsage]:
     days = []
     for completions, fine_tuning, storage in zip(*pages.values(), strict=True):
         rows = [
-            UsageRow(completions.start_time, r.model or "", r.num_model_requests, r.input_tokens, r.output_tokens)
+            UsageRow(r.model or "", r.num_model_requests, r.input_tokens, r.output_tokens)
             for r in completions.results
             if isinstance(r, CompletionsResult)
         ] + [
-            UsageRow(fine_tuning.start_time, r.model or "", jobs=r.num_jobs, trained_tokens=r.trained_tokens)
+            UsageRow(r.model or "", jobs=r.num_jobs, trained_tokens=r.trained_tokens)
             for r in fine_tuning.results
             if isinstance(r, FineTuningResult)
         ]

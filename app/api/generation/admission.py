@@ -76,7 +76,7 @@ class Admission:
         """The organisation's hold across API processes (None without shared holds); `Overloaded` at its cap."""
         if self._shared is None:
             return None
-        hold = await asyncio.to_thread(self._shared.acquire, organization_id)
+        hold = await asyncio.to_thread(self._shared.acquire, organization_id, self._per_organization)
         if hold is None:
             raise _too_many(self._per_organization, "across the deployment's API processes")
         return hold

@@ -28,19 +28,18 @@ UNCOUNTED = ""  # the hold of a request let through while Redis was down
 
 
 class SharedHolds:
-    def __init__(self, redis_url: str, per_organization: int, hold_seconds: float) -> None:
+    def __init__(self, redis_url: str, hold_seconds: float) -> None:
         """`hold_seconds`: longer than any request may run (the request timeout and a margin)."""
         self._redis = redis_client(redis_url, socket_timeout=1, socket_connect_timeout=1)
         self._acquire = self._redis.register_script(_ACQUIRE)
-        self.per_organization = per_organization
         self._hold_seconds = hold_seconds
 
-    def acquire(self, organization_id: str) -> str | None:
-        """A hold for one more request of the organisation, or None when it holds its cap already."""
+    def acquire(self, organization_id: str, cap: int) -> str | None:
+        """A hold for one more request of the organisation, or None when it holds `cap` already."""
         now, hold = time.time(), uuid.uuid4().hex
         arguments: list[float | int | str] = [
             now,
-            self.per_organization,
+            cap,
             now + self._hold_seconds,
             hold,
             int(self._hold_seconds) + 1,

@@ -18,7 +18,7 @@ from app.core.lifecycle import ACTIVE, JOBS, Status
 from app.core.scoped import get_owned
 from app.core.storage import ObjectStore
 from app.core.tables import FineTuningJob, JobCheckpoint, JobEvent, Organization, StoredFile
-from app.core.worker_devices import Capabilities, waiting_message, why_none_can_run
+from app.core.worker_devices import Capabilities, why_none_can_run
 from app.ml.base_models.registry import BaseModelRegistry
 from app.ml.datasets import CHAT, PREFERENCE, PROMPT_COMPLETION, PROMPTS
 from app.ml.hyperparameters import resolve
@@ -194,8 +194,7 @@ def create_job(
         _report_warnings(session, store, job, validation, "validation_file")
     job_state.add_event(session, job.id, "Files validated; job queued for a training worker")
     if why := why_none_can_run(needs, workers):
-        message = waiting_message(why, needs, wait_limit_seconds)
-        job_state.add_event(session, job.id, message, level="warn", data={"code": job_state.WAITING_FOR_WORKER})
+        job_state.tell_waiting(session, job.id, why, needs, wait_limit_seconds)
     return job
 
 
